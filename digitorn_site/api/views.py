@@ -1,0 +1,63 @@
+"""The base view every REST endpoint derives from, and the public/health/fallback views."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import connection
+from django.http import JsonResponse
+from rest_framework.views import APIView
+
+from digitorn_site.api.envelope import error_response, ok_response
+from digitorn_site.errors import DigitornError, MethodNotAllowedError, NotFoundError
+
+
+class ApiView(APIView):
+    """Thin base: API-key auth, scope permission, JSON only, the envelope via the exception handler."""
+
+    required_scope: str | dict[str, str] | None = None
+
+
+def health(request) -> JsonResponse:
+    """Public: version, database reachability and, when known, worker liveness."""
+    if request.method != "GET":
+        return error_response(MethodNotAllowedError(f'Method "{request.method}" not allowed.'))
+    db_ok = True
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+    except Exception:  # noqa: BLE001 - health reports, never raises
+        db_ok = False
+    data = {
+        "status": "ok" if db_ok else "degraded",
+        "version": settings.VERSION,
+        "database": {"ok": db_ok, "vendor": connection.vendor},
+    }
+    from digitorn_site import health_checks
+
+    data.update(health_checks.extra())
+    return ok_response(data, status=200 if db_ok else 503)
+
+
+def not_found(request, exception=None) -> JsonResponse:
+    return error_response(NotFoundError(f"No endpoint at {request.path}."))
+
+
+def server_error(request) -> JsonResponse:
+    return error_response(DigitornError("Internal error; the daemon's log has the details."))
+
+
+def bad_request(request, exception=None) -> JsonResponse:
+    from digitorn_site.api.exceptions import to_digitorn_error
+
+    error = to_digitorn_error(exception) if exception is not None else None
+    if error is None:
+        from digitorn_site.errors import ValidationError
+
+        error = ValidationError("Bad request.")
+    return error_response(error)
+
+
+def permission_denied(request, exception=None) -> JsonResponse:
+    from digitorn_site.errors import ForbiddenError
+
+    return error_response(ForbiddenError())

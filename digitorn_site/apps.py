@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class DigitornSiteConfig(AppConfig):
+    name = "digitorn_site"
+    verbose_name = "Digitorn"

@@ -1,0 +1,30 @@
+"""The roof: includes every app's API routes under /api/apps/ plus admin, schema, docs and health."""
+
+from django.contrib import admin
+from django.urls import include, path, register_converter
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from digitorn_site import converters
+from digitorn_site.api import views
+
+register_converter(converters.AppIdConverter, "app_id")
+register_converter(converters.NameConverter, "name")
+
+handler400 = "digitorn_site.api.views.bad_request"
+handler403 = "digitorn_site.api.views.permission_denied"
+handler404 = "digitorn_site.api.views.not_found"
+handler500 = "digitorn_site.api.views.server_error"
+
+urlpatterns = [
+    path("api/health", views.health, name="health"),
+    path("api/health/", views.health),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    # Order matters: fixed paths (deploy, …) before the catch-all {app_id} routes.
+    path("api/apps/", include("apps_registry.api.urls")),
+    path("api/apps/", include("tooling.api.urls")),
+    path("api/apps/", include("approvals.api.urls")),
+    path("api/apps/", include("conversations.api.urls")),
+    path("admin/", admin.site.urls),
+    path("ui/", include("conversations.ui_urls")),
+]
