@@ -109,3 +109,10 @@ class GatewayTimeoutError(DigitornError):
     status_code = 504
     error_code = "TIMEOUT"
     default_message = "Timed out."
+
+
+class MissingSecretError(ConflictError):
+    """The app references ``{{secret.KEY}}`` and no value is set yet."""
+
+    error_code = "MISSING_SECRET"
+    default_message = "The app needs a secret that is not set."

@@ -1,3 +1,7 @@
-from django.urls import path  # noqa: F401
+from django.urls import include, path
 
-urlpatterns: list = []
+# Background tasks and tool discovery are built separately; both hang under /api/apps/{app_id}/.
+urlpatterns = [
+    path("", include("tooling.api.background_urls")),
+    path("", include("tooling.api.discovery_urls")),
+]
