@@ -124,10 +124,7 @@ class HasScope(BasePermission):
         if not isinstance(principal, Principal):
             raise UnauthorizedError()
         declared = getattr(view, "required_scope", None)
-        if isinstance(declared, dict):
-            scope = declared.get(request.method)
-        else:
-            scope = declared
+        scope = declared.get(request.method) if isinstance(declared, dict) else declared
         if scope is None:
             scope = "apps:read" if request.method in ("GET", "HEAD", "OPTIONS") else "admin"
         if not principal.has_scope(scope):

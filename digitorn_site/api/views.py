@@ -2,19 +2,37 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from rest_framework import serializers
 from rest_framework.views import APIView
 
+from digitorn_site.api.auth import Principal
 from digitorn_site.api.envelope import error_response, ok_response
-from digitorn_site.errors import DigitornError, MethodNotAllowedError, NotFoundError
+from digitorn_site.errors import DigitornError, MethodNotAllowedError, NotFoundError, ValidationError
 
 
 class ApiView(APIView):
     """Thin base: API-key auth, scope permission, JSON only, the envelope via the exception handler."""
 
     required_scope: str | dict[str, str] | None = None
+
+    def parse(self, serializer_class: type[serializers.Serializer], data=None) -> dict:
+        """Validate the body (or ``data``) with a serializer; errors leave as 400 naming the field."""
+        if data is None:
+            data = self.request.data
+        if not isinstance(data, Mapping):
+            raise ValidationError(f"The request body must be a JSON object, got {type(data).__name__}.")
+        serializer = serializer_class(data=data)
+        serializer.is_valid(raise_exception=True)
+        return dict(serializer.validated_data)
+
+    @property
+    def principal(self) -> Principal:
+        return self.request.user
 
 
 def health(request) -> JsonResponse:

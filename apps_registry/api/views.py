@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from django.conf import settings
+
+from apps_registry import selectors, services
+from apps_registry.api.serializers import DeploySerializer, SecretValueSerializer, UploadSerializer
+from digitorn_site.api.envelope import ok
+from digitorn_site.api.views import ApiView
+from digitorn_site.errors import PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
+
+
+class AppListView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request):
+        return ok([selectors.app_summary(app) for app in selectors.app_list()])
+
+
+class DeployView(ApiView):
+    required_scope = "apps:deploy"
+
+    def post(self, request):
+        body = self.parse(DeploySerializer)
+        app = services.app_deploy_path(yaml_path=body["yaml_path"], force=body["force"])
+        return ok(selectors.app_summary(app))
+
+
+class DeployUploadView(ApiView):
+    required_scope = "apps:deploy"
+
+    def post(self, request):
+        if request.content_type != "multipart/form-data":
+            raise UnsupportedMediaTypeError(
+                "Send the manifest as multipart/form-data with the YAML in a 'file' field "
+                "(curl -F file=@app.yaml)."
+            )
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise ValidationError("file: a YAML file is required in the 'file' form field.")
+        limit = settings.DIGITORN_MAX_UPLOAD_BYTES
+        if upload.size > limit:
+            raise PayloadTooLargeError(f"file: the upload is {upload.size} bytes; the limit is {limit} bytes.")
+        body = self.parse(UploadSerializer, {"file": upload, "force": request.data.get("force", False)})
+        app = services.app_deploy(text=body["file"].read(), force=body["force"])
+        return ok(selectors.app_summary(app))
+
+
+class AppDetailView(ApiView):
+    required_scope = {"GET": "apps:read", "DELETE": "apps:deploy"}
+
+    def get(self, request, app_id: str):
+        return ok(selectors.app_detail(selectors.app_get(app_id=app_id)))
+
+    def delete(self, request, app_id: str):
+        services.app_undeploy(app_id=app_id)
+        return ok({"app_id": app_id, "undeployed": True})
+
+
+class SecretListView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str):
+        return ok({"app_id": app_id, "keys": selectors.secret_keys(app_id=app_id)})
+
+
+class SecretDetailView(ApiView):
+    required_scope = {"GET": "apps:read", "PUT": "secrets:write", "DELETE": "secrets:write"}
+
+    def get(self, request, app_id: str, key: str):
+        return ok({"app_id": app_id, "key": key, "exists": selectors.secret_exists(app_id=app_id, key=key)})
+
+    def put(self, request, app_id: str, key: str):
+        body = self.parse(SecretValueSerializer)
+        services.secret_set(app_id=app_id, key=key, value=body["value"])
+        app = selectors.app_get(app_id=app_id)
+        return ok({"app_id": app_id, "key": key, "exists": True, "missing_secrets": list(app.missing_secrets)})
+
+    def delete(self, request, app_id: str, key: str):
+        services.secret_delete(app_id=app_id, key=key)
+        return ok({"app_id": app_id, "key": key, "exists": False})

@@ -1,0 +1,245 @@
+"""Writes: deploy, undeploy, quotas, secrets, API keys."""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets as pysecrets
+import stat
+from dataclasses import replace
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from apps_registry.manifest.compiled import CompiledApp
+from apps_registry.models import ApiKey, App, AppSecret
+from apps_registry.selectors import app_get, hash_key
+from digitorn_site import crypto, signals
+from digitorn_site.api.auth import SCOPES
+from digitorn_site.errors import ConflictError, NotFoundError, PayloadTooLargeError, ValidationError
+
+SECRET_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+MAX_SECRET_BYTES = 64 * 1024
+
+
+# --- deploy ---------------------------------------------------------------------------------
+
+
+def _anchor_workspaces(compiled: CompiledApp, base_dir: Path) -> CompiledApp:
+    """Relative ``workspace`` settings are relative to the manifest's folder, as users expect."""
+    modules = {}
+    for module_id, config in compiled.modules.items():
+        config = dict(config or {})
+        workspace = config.get("workspace")
+        if isinstance(workspace, str) and workspace and not os.path.isabs(os.path.expanduser(workspace)):
+            config["workspace"] = str((base_dir / workspace).resolve())
+        elif isinstance(workspace, str) and workspace:
+            config["workspace"] = str(Path(os.path.expanduser(workspace)).resolve())
+        modules[module_id] = config
+    return replace(compiled, modules=modules)
+
+
+def _available_secret_keys(app_id: str, refs: tuple[str, ...]) -> set[str]:
+    stored = set(AppSecret.objects.filter(app_id=app_id).values_list("key", flat=True))
+    return stored | {k for k in refs if k in os.environ}
+
+
+@transaction.atomic
+def app_deploy(*, text: str | bytes, source_path: str = "", force: bool = False) -> App:
+    from tooling.selectors import tool_index_for
+
+    from apps_registry.manifest.compiler import compile_manifest
+
+    result = compile_manifest(text)
+    compiled = result.app
+    # Uploaded manifests have no folder of their own: their relative workspaces live in the data dir.
+    base_dir = Path(source_path).parent if source_path else settings.DATA_DIR / "workspaces" / compiled.app_id
+    compiled = _anchor_workspaces(compiled, base_dir)
+
+    existing = App.objects.select_for_update().filter(pk=compiled.app_id).first()
+    if existing is not None and not force:
+        raise ConflictError(
+            f"App '{compiled.app_id}' is already deployed; pass \"force\": true to redeploy it.",
+            details={"app_id": compiled.app_id},
+        )
+
+    index = tool_index_for(compiled)
+    available = _available_secret_keys(compiled.app_id, compiled.secret_refs)
+    now = timezone.now()
+    fields = {
+        "name": compiled.name,
+        "version": compiled.version,
+        "mode": compiled.mode,
+        "description": compiled.description,
+        "raw_yaml": result.raw_yaml,
+        "yaml_hash": result.yaml_hash,
+        "source_path": source_path,
+        "compiled": compiled.to_dict(),
+        "missing_secrets": [k for k in compiled.secret_refs if k not in available],
+        "total_tools": index.total_tools,
+        "total_categories": index.total_categories,
+        "deployed_at": now,
+    }
+    # A forced redeploy updates the row in place: secrets (FK) and sessions (by app_id) survive.
+    app, _ = App.objects.update_or_create(app_id=compiled.app_id, defaults=fields)
+    transaction.on_commit(lambda: signals.app_deployed.send(sender=App, app_id=app.app_id))
+    return app
+
+
+def _read_manifest_file(yaml_path: str) -> tuple[bytes, str]:
+    if not isinstance(yaml_path, str) or not yaml_path.strip():
+        raise ValidationError("yaml_path: must be a non-empty string.")
+    if "\x00" in yaml_path:
+        raise ValidationError("yaml_path: must not contain NUL bytes.")
+    path = Path(os.path.expanduser(yaml_path))
+    if not path.is_absolute():
+        raise ValidationError(f"yaml_path: must be an absolute path, got '{yaml_path}'.")
+    if path.suffix.lower() not in (".yaml", ".yml"):
+        raise ValidationError(f"yaml_path: must name a .yaml or .yml file, got '{path.name}'.")
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        raise NotFoundError(f"yaml_path: no file at '{yaml_path}'.") from None
+    except OSError as exc:
+        raise ValidationError(f"yaml_path: cannot read '{yaml_path}': {exc.strerror}.") from None
+    if stat.S_ISLNK(info.st_mode):
+        raise ValidationError(f"yaml_path: '{yaml_path}' is a symbolic link; give the real file's path.")
+    if stat.S_ISDIR(info.st_mode):
+        raise ValidationError(f"yaml_path: '{yaml_path}' is a directory, not a YAML file.")
+    if not stat.S_ISREG(info.st_mode):
+        raise ValidationError(f"yaml_path: '{yaml_path}' is not a regular file.")
+    resolved = path.resolve()
+    if resolved == settings.DATA_DIR or settings.DATA_DIR in resolved.parents:
+        raise ValidationError("yaml_path: files inside the daemon's data directory cannot be deployed.")
+    limit = settings.DIGITORN_MAX_UPLOAD_BYTES
+    if info.st_size > limit:
+        raise PayloadTooLargeError(f"yaml_path: the file is {info.st_size} bytes; the limit is {limit} bytes.")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as exc:
+        raise ValidationError(f"yaml_path: cannot open '{yaml_path}': {exc.strerror}.") from None
+    with os.fdopen(fd, "rb") as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise PayloadTooLargeError(f"yaml_path: the file is larger than {limit} bytes.")
+    return data, str(resolved)
+
+
+def app_deploy_path(*, yaml_path: str, force: bool = False) -> App:
+    data, resolved = _read_manifest_file(yaml_path)
+    return app_deploy(text=data, source_path=resolved, force=force)
+
+
+def app_undeploy(*, app_id: str) -> None:
+    with transaction.atomic():
+        app = app_get(app_id=app_id)
+        app.delete()  # secrets go with it (FK cascade)
+        transaction.on_commit(lambda: signals.app_undeployed.send(sender=App, app_id=app_id))
+
+
+def app_recompile(*, app_id: str) -> App:
+    """Redeploy from the stored YAML (after a secret changes, or from the admin)."""
+    app = app_get(app_id=app_id)
+    return app_deploy(text=app.raw_yaml, source_path=app.source_path, force=True)
+
+
+@transaction.atomic
+def app_rate_limit_set(*, app_id: str, rpm: int | None) -> App:
+    if rpm is not None and (isinstance(rpm, bool) or not isinstance(rpm, int) or rpm < 1 or rpm > 1_000_000):
+        raise ValidationError("rpm: must be an integer between 1 and 1000000.")
+    app = App.objects.select_for_update().filter(pk=app_id).first()
+    if app is None:
+        raise NotFoundError(f"App '{app_id}' is not deployed.")
+    app.rate_limit_rpm = rpm
+    app.save(update_fields=["rate_limit_rpm", "updated_at"])
+    return app
+
+
+# --- secrets --------------------------------------------------------------------------------
+
+
+def _validate_secret_key(key: str) -> None:
+    if not isinstance(key, str) or not SECRET_KEY_PATTERN.match(key):
+        raise ValidationError(
+            f"key: '{key}' is not a valid secret name; use letters, digits and underscores, "
+            "starting with a letter or underscore (at most 128 characters)."
+        )
+
+
+def _refresh_missing_secrets(app: App) -> None:
+    compiled = CompiledApp.from_dict(app.compiled)
+    available = _available_secret_keys(app.app_id, compiled.secret_refs)
+    app.missing_secrets = [k for k in compiled.secret_refs if k not in available]
+    app.save(update_fields=["missing_secrets", "updated_at"])
+
+
+@transaction.atomic
+def secret_set(*, app_id: str, key: str, value: str) -> AppSecret:
+    _validate_secret_key(key)
+    if not isinstance(value, str):
+        raise ValidationError("value: must be a string.")
+    if value == "":
+        raise ValidationError("value: must not be empty; DELETE the secret to remove it.")
+    if len(value.encode()) > MAX_SECRET_BYTES:
+        raise PayloadTooLargeError(f"value: secrets are limited to {MAX_SECRET_BYTES} bytes.")
+    app = App.objects.select_for_update().filter(pk=app_id).first()
+    if app is None:
+        raise NotFoundError(f"App '{app_id}' is not deployed.")
+    secret, _ = AppSecret.objects.update_or_create(app=app, key=key, defaults={"ciphertext": crypto.encrypt(value)})
+    # Bumps updated_at, so every worker's compiled-app cache picks up the new value.
+    _refresh_missing_secrets(app)
+    return secret
+
+
+@transaction.atomic
+def secret_delete(*, app_id: str, key: str) -> None:
+    _validate_secret_key(key)
+    app = App.objects.select_for_update().filter(pk=app_id).first()
+    if app is None:
+        raise NotFoundError(f"App '{app_id}' is not deployed.")
+    deleted, _ = AppSecret.objects.filter(app=app, key=key).delete()
+    if not deleted:
+        raise NotFoundError(f"App '{app_id}' has no secret '{key}'.")
+    _refresh_missing_secrets(app)
+
+
+@transaction.atomic
+def secrets_rotate() -> int:
+    """Re-encrypt every secret with the newest key; returns how many rows were rewritten."""
+    count = 0
+    for secret in AppSecret.objects.select_for_update().all():
+        secret.ciphertext = crypto.rotate(secret.ciphertext)
+        secret.save(update_fields=["ciphertext", "updated_at"])
+        count += 1
+    return count
+
+
+# --- API keys -------------------------------------------------------------------------------
+
+
+def api_key_create(*, name: str, owner: str | None = None, scopes: list[str] | None = None) -> tuple[ApiKey, str]:
+    """Returns the row and the plaintext key, which is never stored and cannot be shown again."""
+    scopes = list(scopes or ["apps:read", "apps:run"])
+    unknown = [s for s in scopes if s not in SCOPES]
+    if unknown:
+        raise ValidationError(f"scopes: unknown scope(s) {unknown}; known scopes are {list(SCOPES)}.")
+    if not name or len(name) > 100:
+        raise ValidationError("name: must be 1 to 100 characters.")
+    prefix = pysecrets.token_hex(4)
+    raw = f"dg_{prefix}_{pysecrets.token_urlsafe(32)}"
+    key = ApiKey.objects.create(
+        name=name, owner=(owner or name)[:100], prefix=prefix, key_hash=hash_key(raw), scopes=scopes
+    )
+    return key, raw
+
+
+def api_key_revoke(*, prefix: str) -> ApiKey:
+    key = ApiKey.objects.filter(prefix=prefix.removeprefix("dg_").split("_")[0]).first()
+    if key is None:
+        raise NotFoundError(f"No API key with prefix '{prefix}'.")
+    if key.revoked_at is None:
+        key.revoked_at = timezone.now()
+        key.save(update_fields=["revoked_at"])
+    return key
