@@ -171,7 +171,7 @@ REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["digitorn_site.api.auth.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["digitorn_site.api.auth.HasScope"],
     "EXCEPTION_HANDLER": "digitorn_site.api.exceptions.exception_handler",
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "digitorn_site.api.openapi.ViewAttributeSchema",
     "UNAUTHENTICATED_USER": None,
 }
 
@@ -194,6 +194,10 @@ SPECTACULAR_SETTINGS = {
         }
     },
     "SECURITY": [{"bearer": []}, {"apiKey": []}],
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "digitorn_site.api.schema.wrap_in_envelope",
+    ],
 }
 
 # Request bodies: JSON bodies and YAML uploads are small; anything bigger is refused with 413

@@ -18,6 +18,7 @@ class AppListView(ApiView):
 
 class DeployView(ApiView):
     required_scope = "apps:deploy"
+    request_serializer = DeploySerializer
 
     def post(self, request):
         body = self.parse(DeploySerializer)
@@ -27,6 +28,7 @@ class DeployView(ApiView):
 
 class DeployUploadView(ApiView):
     required_scope = "apps:deploy"
+    request_serializer = UploadSerializer
 
     def post(self, request):
         if request.content_type != "multipart/form-data":
@@ -65,6 +67,7 @@ class SecretListView(ApiView):
 
 class SecretDetailView(ApiView):
     required_scope = {"GET": "apps:read", "PUT": "secrets:write", "DELETE": "secrets:write"}
+    request_serializer = SecretValueSerializer
 
     def get(self, request, app_id: str, key: str):
         return ok({"app_id": app_id, "key": key, "exists": selectors.secret_exists(app_id=app_id, key=key)})
