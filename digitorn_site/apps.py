@@ -4,3 +4,15 @@ from django.apps import AppConfig
 class DigitornSiteConfig(AppConfig):
     name = "digitorn_site"
     verbose_name = "Digitorn"
+
+    def ready(self) -> None:
+        # Importing the Celery app here binds every task to it in web processes too, so
+        # publishing from a view uses the configured broker and not Celery's amqp default.
+        from digitorn_site import celery, health_checks
+
+        if celery.workers_health not in health_checks._checks:
+            health_checks.register(celery.workers_health)
+
+        from tooling.background import connect_receivers
+
+        connect_receivers()
