@@ -1,0 +1,58 @@
+"""Module registry: module ids → classes, found by scanning ``tooling/modules/``.
+
+Adding a module is adding one file there that defines a :class:`~tooling.modules.base.Module`
+subclass with an ``id``; files whose names start with ``_`` and ``base`` are helpers. The manifest
+compiler imports :func:`known_actions` and :func:`module_config_schema` lazily to validate manifests.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import pkgutil
+from functools import cache
+from typing import Any
+
+from digitorn_site.errors import NotFoundError
+from tooling.modules.base import ActionSpec, Module
+
+
+@cache
+def all_modules() -> dict[str, type[Module]]:
+    import tooling.modules as package
+
+    found: dict[str, type[Module]] = {}
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name.startswith("_") or info.name == "base":
+            continue
+        mod = importlib.import_module(f"{package.__name__}.{info.name}")
+        for _, obj in inspect.getmembers(mod, inspect.isclass):
+            if issubclass(obj, Module) and obj is not Module and obj.id and obj.__module__ == mod.__name__:
+                if obj.id in found:
+                    raise RuntimeError(f"two tool modules claim the id '{obj.id}'")
+                found[obj.id] = obj
+    return dict(sorted(found.items()))
+
+
+def get_module(module_id: str) -> type[Module]:
+    modules = all_modules()
+    try:
+        return modules[module_id]
+    except KeyError:
+        raise NotFoundError(f"Unknown tool module '{module_id}'; known modules: {', '.join(modules)}.")
+
+
+def known_actions() -> dict[str, list[str]]:
+    return {module_id: list(cls.actions) for module_id, cls in all_modules().items()}
+
+
+def module_config_schema(module_id: str) -> dict[str, Any]:
+    return get_module(module_id).config_schema
+
+
+def action_spec(module_id: str, action: str) -> ActionSpec:
+    cls = get_module(module_id)
+    try:
+        return cls.actions[action]
+    except KeyError:
+        raise NotFoundError(f"Module '{module_id}' has no action '{action}'; actions: {', '.join(cls.actions)}.")
