@@ -49,10 +49,14 @@ def scripted_rules_problems(rules: Any, *, path: str = "brain.config.rules") -> 
             try:
                 re.compile(when)
             except re.error as exc:
-                problems.append({"path": f"{rpath}.when", "message": f"is not a valid regular expression: {exc}"})
+                problems.append(
+                    {"path": f"{rpath}.when", "message": f"is not a valid regular expression: {exc}"}
+                )
         steps = rule.get("steps", [])
         if not isinstance(steps, list):
-            problems.append({"path": f"{rpath}.steps", "message": "must be a list of {call}, {calls} or {say} steps"})
+            problems.append(
+                {"path": f"{rpath}.steps", "message": "must be a list of {call}, {calls} or {say} steps"}
+            )
             continue
         for j, step in enumerate(steps):
             problems.extend(_step_problems(step, f"{rpath}.steps[{j}]"))
@@ -61,7 +65,12 @@ def scripted_rules_problems(rules: Any, *, path: str = "brain.config.rules") -> 
 
 def _step_problems(step: Any, path: str) -> list[dict[str, str]]:
     if not isinstance(step, dict):
-        return [{"path": path, "message": "must be a mapping: {call: <tool>, params: {...}}, {calls: [...]} or {say: <text>}"}]
+        return [
+            {
+                "path": path,
+                "message": "must be a mapping: {call: <tool>, params: {...}}, {calls: [...]} or {say: <text>}",
+            }
+        ]
     kinds = [k for k in ("call", "calls", "say") if k in step]
     if len(kinds) != 1:
         return [{"path": path, "message": "needs exactly one of 'call', 'calls' or 'say'"}]
@@ -71,7 +80,9 @@ def _step_problems(step: Any, path: str) -> list[dict[str, str]]:
         return []
     calls = [step] if "call" in step else step["calls"]
     if not isinstance(calls, list) or not calls:
-        return [{"path": f"{path}.calls", "message": "must be a non-empty list of {call: <tool>, params: {...}}"}]
+        return [
+            {"path": f"{path}.calls", "message": "must be a non-empty list of {call: <tool>, params: {...}}"}
+        ]
     problems = []
     for k, call in enumerate(calls):
         cpath = path if "call" in step else f"{path}.calls[{k}]"
