@@ -1,0 +1,122 @@
+"""The manifest compiler: YAML text -> :class:`CompiledApp`, or one :class:`ManifestError` listing
+every problem found.
+
+Pipeline: parse (``loader``) -> alias pass, legacy flat form to schema_version 2 (``legacy``) ->
+interpolation of ``{{env.X}}`` / ``{{secret.X}}`` (``interpolation``) -> validation and build
+(``validation``). Interpolation runs before the type checks so that ``timeout: "{{env.T ?? '30'}}"``
+is checked as the number it resolves to; its errors carry paths like every other error.
+
+Secrets: ``{{secret.KEY}}`` markers are kept in the compiled app in every case (they are never
+substituted here, even when ``secrets`` or the environment holds the value), so the stored
+``CompiledApp.to_dict()`` never contains a secret in plain text. ``KEY`` is listed in
+``secret_refs``; when neither ``secrets`` nor ``environ`` has it, it is also listed in
+``missing_secrets`` -- not an error: the app deploys and the caller reports what to set before it
+runs. Callers resolve markers in memory with ``CompiledApp.with_secrets(values)``, taking values
+from the app's secret store first and from the environment variable of the same name second.
+
+The compiler is pure: no ORM, no I/O besides reading ``environ``; the tool catalog comes from
+``tooling.registry`` (imported lazily so that importing this module never drags in the tooling app).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from digitorn_site.errors import ManifestError
+
+from .compiled import CompiledApp
+from .interpolation import interpolate
+from .legacy import fold
+from .loader import load
+from .problems import Path, PathMap, Problems, format_path
+from .validation import build_app
+
+SCHEMA_VERSION = 2
+MAX_REPORTED_ERRORS = 200
+
+
+@dataclass(frozen=True)
+class CompileResult:
+    app: CompiledApp
+    raw_yaml: str  # the manifest text as compiled (UTF-8 decoded, BOM dropped)
+    yaml_hash: str  # sha256 hex of raw_yaml encoded as UTF-8
+    missing_secrets: tuple[str, ...]  # referenced secrets found neither in `secrets` nor in `environ`
+    warnings: tuple[str, ...]  # "path: message", things that compile but are probably not meant
+
+
+def compile_manifest(
+    text: str | bytes,
+    *,
+    secrets: dict[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> CompileResult:
+    """Compile a manifest; raises ``ManifestError`` whose ``errors`` are ``{"path", "message"}`` items
+    (plus ``line``/``column`` where the file position is known), in the order they were found."""
+    from tooling import registry
+
+    loaded = load(text)
+    environ = os.environ if environ is None else environ
+    secrets = secrets or {}
+    problems = Problems()
+
+    canonical, paths = fold(loaded.data, problems)
+    if canonical is None:
+        raise ManifestError(_render(problems.errors, paths, loaded.locations))
+    interpolated = interpolate(canonical, environ=environ, problems=problems)
+    app = build_app(
+        interpolated.tree,
+        problems=problems,
+        templates=interpolated.templates,
+        secret_refs=interpolated.secret_refs,
+        catalog=registry.known_actions(),
+        config_schema=registry.module_config_schema,
+    )
+    if problems or app is None:
+        raise ManifestError(_render(problems.errors, paths, loaded.locations))
+
+    missing = tuple(key for key in app.secret_refs if key not in secrets and key not in environ)
+    warnings = tuple(
+        f"{shown}: {message}" if (shown := format_path(paths.to_original(path))) else message
+        for path, message in _unique(problems.warnings)
+    )
+    return CompileResult(
+        app=app,
+        raw_yaml=loaded.text,
+        yaml_hash=hashlib.sha256(loaded.text.encode("utf-8")).hexdigest(),
+        missing_secrets=missing,
+        warnings=warnings,
+    )
+
+
+def _unique(items: list[tuple[Path, str]]) -> list[tuple[Path, str]]:
+    seen: set[tuple[Path, str]] = set()
+    out = []
+    for item in items:
+        if item not in seen:
+            seen.add(item)
+            out.append(item)
+    return out
+
+
+def _render(
+    errors: list[tuple[Path, str]], paths: PathMap, locations: Mapping[Path, tuple[int, int]]
+) -> list[dict]:
+    rendered: list[dict] = []
+    for path, message in _unique(errors):
+        original = paths.to_original(path)
+        item: dict = {"path": format_path(original), "message": message}
+        # A missing key has no position of its own: point at the nearest block that holds it.
+        for size in range(len(original), 0, -1):
+            where = locations.get(original[:size])
+            if where is not None:
+                item["line"], item["column"] = where
+                break
+        rendered.append(item)
+    if len(rendered) > MAX_REPORTED_ERRORS:
+        extra = len(rendered) - MAX_REPORTED_ERRORS
+        rendered = rendered[:MAX_REPORTED_ERRORS]
+        rendered.append({"path": "", "message": f"{extra} more errors not shown; fix the ones above first"})
+    return rendered
