@@ -41,7 +41,9 @@ def _matches(rule: Any, module: str, action: str) -> bool:
     return rule.actions is None or action in rule.actions or "*" in rule.actions
 
 
-def resolve_policy_detail(app: Any, agent_id: str | None, module: str, action: str, risk_level: str) -> PolicyDecision:
+def resolve_policy_detail(
+    app: Any, agent_id: str | None, module: str, action: str, risk_level: str
+) -> PolicyDecision:
     tool = f"{module}.{action}"
     if agent_id is not None:
         agent = next((a for a in app.agents if a.id == agent_id), None)
@@ -59,7 +61,9 @@ def resolve_policy_detail(app: Any, agent_id: str | None, module: str, action: s
             return PolicyDecision("block", rule.reason or f"{tool} is denied by capabilities.deny", "deny")
     for rule in caps.approve:
         if _matches(rule, module, action):
-            return PolicyDecision("approve", rule.reason or f"{tool} needs approval (capabilities.approve)", "approve")
+            return PolicyDecision(
+                "approve", rule.reason or f"{tool} needs approval (capabilities.approve)", "approve"
+            )
     for rule in caps.grant:
         if _matches(rule, module, action):
             return PolicyDecision("auto", rule.reason or f"{tool} is granted", "grant")

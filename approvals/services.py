@@ -112,10 +112,14 @@ def _expire_one_locked(*, request_id: str) -> None:
         _expire(request, now)
 
 
-def approval_decide(*, app_id: str, request_id: str, approved: bool, message: str, principal: str) -> ApprovalRequest:
+def approval_decide(
+    *, app_id: str, request_id: str, approved: bool, message: str, principal: str
+) -> ApprovalRequest:
     # An overdue request is expired (and committed, with its signal) before the decision is refused.
     _expire_one_if_due(request_id=request_id)
-    return _decide(app_id=app_id, request_id=request_id, approved=approved, message=message, principal=principal)
+    return _decide(
+        app_id=app_id, request_id=request_id, approved=approved, message=message, principal=principal
+    )
 
 
 @transaction.atomic
@@ -147,7 +151,9 @@ def approvals_cancel(*, app_id: str, session_id: str | None = None) -> int:
     return rows.update(
         status=Status.CANCELLED,
         decided_at=timezone.now(),
-        decision_message="cancelled: the app was undeployed" if session_id is None else "cancelled: the session ended",
+        decision_message="cancelled: the app was undeployed"
+        if session_id is None
+        else "cancelled: the session ended",
     )
 
 

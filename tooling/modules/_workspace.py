@@ -41,7 +41,9 @@ def workspace_root(app_id: str, configured: str | None) -> Path:
             f"{data_dir} or leave workspace unset for the app's own folder."
         )
     if not root.is_dir():
-        raise ToolError(f"config.workspace: '{configured}' does not exist or is not a folder; create it first.")
+        raise ToolError(
+            f"config.workspace: '{configured}' does not exist or is not a folder; create it first."
+        )
     return root
 
 
@@ -69,7 +71,9 @@ def resolve_in(root: Path, user_path: str, *, field: str = "path") -> Path:
             "use a path relative to the workspace without '..' or links that leave it."
         )
     if is_protected(resolved, root):
-        raise ToolError(f"params.{field}: '{user_path}' is inside the daemon's data dir, which tools may not touch.")
+        raise ToolError(
+            f"params.{field}: '{user_path}' is inside the daemon's data dir, which tools may not touch."
+        )
     return resolved
 
 

@@ -51,7 +51,10 @@ class DatabaseModule(Module):
     config_schema = {
         "type": "object",
         "properties": {
-            "url": {"type": "string", "description": "sqlite:///relative.db (workspace) or sqlite:////abs/path.db"},
+            "url": {
+                "type": "string",
+                "description": "sqlite:///relative.db (workspace) or sqlite:////abs/path.db",
+            },
             "workspace": {"type": "string"},
             "max_rows": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_ROWS},
             "timeout": {"type": "number", "exclusiveMinimum": 0, "default": 10},
@@ -60,7 +63,9 @@ class DatabaseModule(Module):
     }
 
     def _path(self) -> Path:
-        configured = self.config.get("workspace") or self.context.app_modules.get("filesystem", {}).get("workspace")
+        configured = self.config.get("workspace") or self.context.app_modules.get("filesystem", {}).get(
+            "workspace"
+        )
         root = workspace_root(self.context.app_id, configured)
         url = self.config.get("url") or ""
         if not url:
@@ -153,7 +158,9 @@ class DatabaseModule(Module):
     )
     def execute(self, sql: str, params: list[Any] | None = None, script: bool = False) -> dict[str, Any]:
         if script and params:
-            raise ToolError("params.params: a script takes no bound params; run one statement per call instead.")
+            raise ToolError(
+                "params.params: a script takes no bound params; run one statement per call instead."
+            )
         conn = self._connect(read_only=False)
         try:
             if script:
@@ -194,9 +201,13 @@ class DatabaseModule(Module):
     def describe(self, table: str) -> dict[str, Any]:
         conn = self._connect(read_only=True)
         try:
-            names = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")]
+            names = [
+                r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")
+            ]
             if table not in names:
-                raise ToolError(f"params.table: no table '{table}'; tables: {', '.join(sorted(names)) or '(none)'}.")
+                raise ToolError(
+                    f"params.table: no table '{table}'; tables: {', '.join(sorted(names)) or '(none)'}."
+                )
             cols = conn.execute(
                 'SELECT name, type, "notnull", dflt_value, pk FROM pragma_table_info(?)', [table]
             ).fetchall()
@@ -207,7 +218,8 @@ class DatabaseModule(Module):
         return {
             "table": table,
             "columns": [
-                {"name": n, "type": t, "nullable": not nn, "default": d, "primary_key": bool(pk)} for n, t, nn, d, pk in cols
+                {"name": n, "type": t, "nullable": not nn, "default": d, "primary_key": bool(pk)}
+                for n, t, nn, d, pk in cols
             ],
             "row_count": count,
         }

@@ -116,7 +116,9 @@ class FilesystemModule(Module):
             return
         for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
             here = Path(dirpath)
-            dirnames[:] = sorted(d for d in dirnames if not is_protected(Path(os.path.realpath(here / d)), self.root))
+            dirnames[:] = sorted(
+                d for d in dirnames if not is_protected(Path(os.path.realpath(here / d)), self.root)
+            )
             for name in sorted(filenames):
                 path = here / name
                 real = Path(os.path.realpath(path))
@@ -229,7 +231,9 @@ class FilesystemModule(Module):
                 f"params.old_string: occurs {count} times in '{path}'; add context to make it unique "
                 "or set replace_all to true."
             )
-        updated = text.replace(old_string, new_string) if replace_all else text.replace(old_string, new_string, 1)
+        updated = (
+            text.replace(old_string, new_string) if replace_all else text.replace(old_string, new_string, 1)
+        )
         if len(updated.encode("utf-8")) > self.max_bytes:
             raise ToolError(f"params.new_string: the result would exceed max_file_bytes ({self.max_bytes}).")
         target.write_text(updated, encoding="utf-8")
@@ -249,7 +253,9 @@ class FilesystemModule(Module):
     def ls(self, path: str = ".", show_hidden: bool = True) -> dict[str, Any]:
         target = self._existing(path)
         if not target.is_dir():
-            raise ToolError(f"params.path: '{path}' is a file, not a folder; use filesystem.stat or filesystem.read.")
+            raise ToolError(
+                f"params.path: '{path}' is a file, not a folder; use filesystem.stat or filesystem.read."
+            )
         entries = []
         for child in sorted(target.iterdir(), key=lambda p: p.name):
             if not show_hidden and child.name.startswith("."):
@@ -276,7 +282,9 @@ class FilesystemModule(Module):
     )
     def find(self, pattern: str, path: str = ".", max_results: int = 1000) -> dict[str, Any]:
         if ".." in Path(pattern).parts or pattern.startswith("/"):
-            raise ToolError("params.pattern: must be a relative glob without '..' (e.g. *.py or src/**/*.py).")
+            raise ToolError(
+                "params.pattern: must be a relative glob without '..' (e.g. *.py or src/**/*.py)."
+            )
         base = self._existing(path)
         by_path = "/" in pattern
         regex = _glob_regex(pattern) if by_path else None
@@ -290,7 +298,13 @@ class FilesystemModule(Module):
                     truncated = True
                     break
                 matches.append(self._rel(file))
-        return {"pattern": pattern, "path": self._rel(base), "files": matches, "count": len(matches), "truncated": truncated}
+        return {
+            "pattern": pattern,
+            "path": self._rel(base),
+            "files": matches,
+            "count": len(matches),
+            "truncated": truncated,
+        }
 
     @action(
         description="Search file contents for a regular expression; returns matching lines with their numbers.",
@@ -308,7 +322,12 @@ class FilesystemModule(Module):
         tags=("file", "search", "content", "regex"),
     )
     def grep(
-        self, pattern: str, path: str = ".", glob: str | None = None, ignore_case: bool = False, max_results: int = 200
+        self,
+        pattern: str,
+        path: str = ".",
+        glob: str | None = None,
+        ignore_case: bool = False,
+        max_results: int = 200,
     ) -> dict[str, Any]:
         try:
             regex = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
@@ -357,7 +376,9 @@ class FilesystemModule(Module):
         if src == self.root:
             raise ToolError("params.source: the workspace folder itself cannot be moved or copied.")
         if dst.exists() and not overwrite:
-            raise ToolError(f"params.destination: '{destination}' already exists; set overwrite to true to replace it.")
+            raise ToolError(
+                f"params.destination: '{destination}' already exists; set overwrite to true to replace it."
+            )
         if src.is_dir() and dst.is_relative_to(src):
             raise ToolError("params.destination: cannot put a folder inside itself.")
         dst.parent.mkdir(parents=True, exist_ok=True)
@@ -366,7 +387,11 @@ class FilesystemModule(Module):
     @action(
         description="Move or rename a file or folder inside the workspace.",
         parameters={
-            "properties": {"source": _PATH, "destination": _PATH, "overwrite": {"type": "boolean", "default": False}},
+            "properties": {
+                "source": _PATH,
+                "destination": _PATH,
+                "overwrite": {"type": "boolean", "default": False},
+            },
             "required": ["source", "destination"],
         },
         risk_level="medium",
@@ -384,7 +409,11 @@ class FilesystemModule(Module):
     @action(
         description="Copy a file or folder inside the workspace (links are copied as links).",
         parameters={
-            "properties": {"source": _PATH, "destination": _PATH, "overwrite": {"type": "boolean", "default": False}},
+            "properties": {
+                "source": _PATH,
+                "destination": _PATH,
+                "overwrite": {"type": "boolean", "default": False},
+            },
             "required": ["source", "destination"],
         },
         risk_level="low",
@@ -402,13 +431,18 @@ class FilesystemModule(Module):
             shutil.copytree(src, dst, symlinks=True)
         else:
             if src.stat().st_size > self.max_bytes:
-                raise ToolError(f"params.source: '{source}' is larger than max_file_bytes ({self.max_bytes}).")
+                raise ToolError(
+                    f"params.source: '{source}' is larger than max_file_bytes ({self.max_bytes})."
+                )
             shutil.copy2(src, dst)
         return {"source": self._rel(src), "destination": self._rel(dst)}
 
     @action(
         description="Delete a file, or a folder with recursive=true.",
-        parameters={"properties": {"path": _PATH, "recursive": {"type": "boolean", "default": False}}, "required": ["path"]},
+        parameters={
+            "properties": {"path": _PATH, "recursive": {"type": "boolean", "default": False}},
+            "required": ["path"],
+        },
         risk_level="high",
         side_effects=("filesystem_delete",),
         irreversible=True,
@@ -421,7 +455,9 @@ class FilesystemModule(Module):
             raise ToolError("params.path: the workspace folder itself cannot be deleted.")
         if target.is_dir():
             if not recursive and any(target.iterdir()):
-                raise ToolError(f"params.recursive: '{path}' is a non-empty folder; set recursive to true to delete it.")
+                raise ToolError(
+                    f"params.recursive: '{path}' is a non-empty folder; set recursive to true to delete it."
+                )
             shutil.rmtree(target)
         else:
             target.unlink()

@@ -103,8 +103,14 @@ class HttpModule(Module):
         timeout = float(self.config.get("timeout") or DEFAULT_TIMEOUT)
         cap = int(self.config.get("max_response_bytes") or DEFAULT_MAX_BYTES)
         max_redirects = int(self.config.get("max_redirects", DEFAULT_MAX_REDIRECTS))
-        base_headers = {k: v for k, v in (headers or {}).items() if k.lower() not in ("host", "content-length")}
-        content = jsonlib.dumps(json).encode() if json is not None else (body.encode() if body is not None else None)
+        base_headers = {
+            k: v for k, v in (headers or {}).items() if k.lower() not in ("host", "content-length")
+        }
+        content = (
+            jsonlib.dumps(json).encode()
+            if json is not None
+            else (body.encode() if body is not None else None)
+        )
         if json is not None:
             base_headers.setdefault("Content-Type", "application/json")
         method = method.upper()
@@ -120,11 +126,15 @@ class HttpModule(Module):
                 except httpx.TimeoutException:
                     raise ToolError(f"params.url: no answer from {current.host} within {timeout:g} s.")
                 except httpx.HTTPError as exc:
-                    raise ToolError(f"params.url: request to {current.host} failed ({exc.__class__.__name__}: {exc}).")
+                    raise ToolError(
+                        f"params.url: request to {current.host} failed ({exc.__class__.__name__}: {exc})."
+                    )
                 try:
                     if response.is_redirect and "location" in response.headers:
                         current = current.join(response.headers["location"])
-                        if response.status_code == 303 or (response.status_code in (301, 302) and method == "POST"):
+                        if response.status_code == 303 or (
+                            response.status_code in (301, 302) and method == "POST"
+                        ):
                             method, content = "GET", None
                         continue
                     data = bytearray()
@@ -165,7 +175,9 @@ class HttpModule(Module):
         aliases=("fetch", "download", "web", "curl", "telecharger", "recuperer"),
         tags=("http", "web", "network", "api"),
     )
-    def get(self, url: str, headers: dict[str, str] | None = None, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def get(
+        self, url: str, headers: dict[str, str] | None = None, params: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
         return self._send("GET", url, headers=headers, params=params)
 
     @action(
@@ -193,7 +205,10 @@ class HttpModule(Module):
         description="Any HTTP request (method, url, headers, query params, json or text body).",
         parameters={
             "properties": {
-                "method": {"type": "string", "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"]},
+                "method": {
+                    "type": "string",
+                    "enum": ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"],
+                },
                 "url": {"type": "string", "minLength": 1},
                 "headers": _HEADERS,
                 "params": _QUERY,

@@ -30,12 +30,17 @@ class MemoryModule(Module):
     }
 
     def _rows(self):
-        return MemoryEntry.objects.filter(app_id=self.context.app_id, session_id=self.context.session_id or "")
+        return MemoryEntry.objects.filter(
+            app_id=self.context.app_id, session_id=self.context.session_id or ""
+        )
 
     @action(
         description="Store a value under a key for this session (replaces an earlier value of the key).",
         parameters={
-            "properties": {"key": {"type": "string", "minLength": 1, "maxLength": 200}, "value": {"type": "string"}},
+            "properties": {
+                "key": {"type": "string", "minLength": 1, "maxLength": 200},
+                "value": {"type": "string"},
+            },
             "required": ["key", "value"],
         },
         side_effects=("state_mutation",),
@@ -45,7 +50,9 @@ class MemoryModule(Module):
     def remember(self, key: str, value: str) -> dict[str, Any]:
         max_value = int(self.config.get("max_value_chars") or DEFAULT_MAX_VALUE)
         if len(value) > max_value:
-            raise ToolError(f"params.value: {len(value)} characters, above memory.max_value_chars ({max_value}).")
+            raise ToolError(
+                f"params.value: {len(value)} characters, above memory.max_value_chars ({max_value})."
+            )
         max_entries = int(self.config.get("max_entries") or DEFAULT_MAX_ENTRIES)
         with transaction.atomic():
             rows = self._rows()

@@ -108,7 +108,9 @@ class ShellModule(Module):
     }
 
     def _root(self) -> Path:
-        configured = self.config.get("workspace") or self.context.app_modules.get("filesystem", {}).get("workspace")
+        configured = self.config.get("workspace") or self.context.app_modules.get("filesystem", {}).get(
+            "workspace"
+        )
         return workspace_root(self.context.app_id, configured)
 
     def _check_lists(self, command: str) -> None:
@@ -137,7 +139,11 @@ class ShellModule(Module):
         parameters={
             "properties": {
                 "command": {"type": "string", "minLength": 1},
-                "timeout": {"type": "number", "exclusiveMinimum": 0, "description": "Seconds before the command is killed."},
+                "timeout": {
+                    "type": "number",
+                    "exclusiveMinimum": 0,
+                    "description": "Seconds before the command is killed.",
+                },
                 "cwd": {"type": "string", "default": ".", "description": "Folder relative to the workspace."},
             },
             "required": ["command"],
@@ -145,7 +151,17 @@ class ShellModule(Module):
         risk_level="high",
         side_effects=("process_exec", "filesystem_write", "network_request"),
         irreversible=True,
-        aliases=("exec", "execute", "bash", "sh", "terminal", "command", "commande", "executer", "run_command"),
+        aliases=(
+            "exec",
+            "execute",
+            "bash",
+            "sh",
+            "terminal",
+            "command",
+            "commande",
+            "executer",
+            "run_command",
+        ),
         tags=("shell", "process", "command"),
     )
     def run(self, command: str, timeout: float | None = None, cwd: str = ".") -> dict[str, Any]:

@@ -1,0 +1,81 @@
+"""Tool discovery and direct execution under /api/apps/{app_id}/ (DESIGN §7 shapes)."""
+
+from __future__ import annotations
+
+from apps_registry.selectors import app_compiled, app_runtime
+from digitorn_site.api.envelope import ok
+from digitorn_site.api.views import ApiView
+from digitorn_site.errors import ForbiddenError
+from tooling import selectors
+from tooling.api.serializers import CategoryPageSerializer, ExecuteSerializer, SearchQuerySerializer, parse
+from tooling.services import tool_invoke
+
+
+class ToolSearchView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str):
+        args = parse(SearchQuerySerializer, request.query_params)
+        app = app_compiled(app_id=app_id)
+        return ok(selectors.tool_search_result(app, query=args["query"], max_results=args["max_results"]))
+
+
+class ToolCategoriesView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str):
+        return ok(selectors.tool_categories_result(app_compiled(app_id=app_id)))
+
+
+class ToolCategoryView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str, category: str):
+        args = parse(CategoryPageSerializer, request.query_params)
+        return ok(
+            selectors.tool_category_result(app_compiled(app_id=app_id), category=category, page=args["page"])
+        )
+
+
+class ToolDetailView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str, tool_name: str):
+        return ok(selectors.tool_detail_result(app_compiled(app_id=app_id), tool_name=tool_name))
+
+
+class ToolExecuteView(ApiView):
+    required_scope = "apps:run"
+
+    def post(self, request, app_id: str, tool_name: str):
+        args = parse(ExecuteSerializer, request.data)
+        app = app_runtime(app_id=app_id)
+        outcome = tool_invoke(
+            app=app,
+            tool_name=tool_name,
+            params=args["params"],
+            caller="api",
+            principal=request.user.name,
+            origin="direct",
+        )
+        if outcome.status == "blocked":
+            raise ForbiddenError(outcome.error, details={"tool": outcome.tool})
+        if outcome.status == "pending_approval":
+            return ok(
+                {
+                    "request_id": outcome.request_id,
+                    "status": "pending",
+                    "tool": outcome.tool,
+                    "message": f"Approve it with POST /api/apps/{app_id}/approve; the result will be at "
+                    f"GET /api/apps/{app_id}/approvals/{outcome.request_id}.",
+                },
+                status=202,
+            )
+        return ok(outcome.as_result())
+
+
+class ToolIndexView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str):
+        return ok(selectors.tool_index_for(app_compiled(app_id=app_id)).to_dict())

@@ -1,0 +1,48 @@
+"""Input shapes of the discovery and direct-execution endpoints."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from digitorn_site.errors import ValidationError
+
+
+class ObjectField(serializers.Field):
+    def to_internal_value(self, data: Any) -> dict:
+        if not isinstance(data, dict):
+            raise serializers.ValidationError(
+                f"must be an object of tool parameters, got {type(data).__name__}."
+            )
+        return data
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class SearchQuerySerializer(serializers.Serializer):
+    query = serializers.CharField(
+        max_length=1000,
+        error_messages={
+            "required": "is required: say what the tool should do, e.g. ?query=read+file.",
+            "blank": "must not be empty: say what the tool should do, e.g. ?query=read+file.",
+        },
+    )
+    max_results = serializers.IntegerField(min_value=1, max_value=50, default=10)
+
+
+class CategoryPageSerializer(serializers.Serializer):
+    page = serializers.IntegerField(min_value=1, default=1)
+
+
+class ExecuteSerializer(serializers.Serializer):
+    params = ObjectField(required=False, default=dict)
+
+
+def parse(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
+    if not isinstance(data, dict) and not hasattr(data, "getlist"):
+        raise ValidationError(f"The request body must be a JSON object, not {type(data).__name__}.")
+    serializer = serializer_class(data=data)
+    serializer.is_valid(raise_exception=True)
+    return dict(serializer.validated_data)

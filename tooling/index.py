@@ -1,0 +1,251 @@
+"""The per-app tool index: every tool of the app's modules, its policy, categories and search.
+
+Built from a :class:`CompiledApp` (at deploy for the summary's counts, then on first use in each
+process) and cached by the compiled app's content hash, so a redeploy gets a fresh index. Tools
+whose app-level policy is ``block`` are kept aside for name resolution (so a call gets a clear
+"blocked by policy" instead of "unknown tool") but never appear in ``tools``, categories or search.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any
+
+from approvals.policy import resolve_policy_detail
+from digitorn_site.errors import NotFoundError
+from tooling import registry
+from tooling.search import ToolDoc, ToolSearchIndex
+
+_CACHE_SIZE = 128
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str  # module.action
+    module: str
+    action: str
+    description: str
+    parameters: dict[str, Any]
+    risk_level: str
+    side_effects: tuple[str, ...]
+    irreversible: bool
+    aliases: tuple[str, ...]
+    tags: tuple[str, ...]
+    policy: str  # the app-level policy (no agent restriction): auto | approve | block
+    policy_reason: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "risk_level": self.risk_level,
+            "tags": list(self.tags),
+        }
+
+    def schema(self) -> dict[str, Any]:
+        """What an LLM needs to call it."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "parameters": self.parameters,
+            "risk_level": self.risk_level,
+        }
+
+    def detail(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "module": self.module,
+            "description": self.description,
+            "parameters": self.parameters,
+            "side_effects": list(self.side_effects),
+            "aliases": list(self.aliases),
+            "tags": list(self.tags),
+            "risk_level": self.risk_level,
+            "irreversible": self.irreversible,
+            "policy": self.policy,
+        }
+
+
+@dataclass(frozen=True)
+class Category:
+    name: str
+    description: str
+    tools: tuple[ToolSpec, ...]
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "description": self.description, "tool_count": len(self.tools)}
+
+
+@dataclass
+class ToolIndex:
+    app_id: str
+    tools: list[ToolSpec]  # visible (not blocked), in module then action order
+    blocked: dict[str, ToolSpec]
+    categories: dict[str, Category]
+    _search: ToolSearchIndex = field(repr=False)
+    _by_name: dict[str, ToolSpec] = field(default_factory=dict, repr=False)
+    _aliases: dict[str, list[ToolSpec]] = field(default_factory=dict, repr=False)
+
+    @property
+    def total_tools(self) -> int:
+        return len(self.tools)
+
+    @property
+    def total_categories(self) -> int:
+        return len(self.categories)
+
+    @property
+    def mode(self) -> str:
+        return self._search.mode
+
+    def search(self, query: str, max_results: int = 10) -> list[tuple[ToolSpec, float]]:
+        """Best-first visible tools with a relevance in 0..1 (ValueError for an empty query)."""
+        return [(self._by_name[doc.name], score) for doc, score in self._search.search(query, max_results)]
+
+    def resolve(self, name: str) -> ToolSpec:
+        """Any tool of the app, blocked ones included: FQN, ``module__action``, ``module.alias``, or a
+        bare action name or alias that only one module has. Unknown → NotFoundError with did-you-mean."""
+        raw = (name or "").strip()
+        candidates = [raw]
+        if "__" in raw and "." not in raw:
+            candidates.append(raw.replace("__", ".", 1))
+        for candidate in candidates:
+            spec = self._by_name.get(candidate) or self.blocked.get(candidate)
+            if spec is not None:
+                return spec
+        for candidate in candidates:
+            module, sep, rest = candidate.partition(".")
+            keys = [candidate.lower()] if not sep else [f"{module}.{rest}".lower()]
+            for key in keys:
+                matches = self._aliases.get(key, [])
+                if len(matches) == 1:
+                    return matches[0]
+        known = sorted([*self._by_name, *self.blocked])
+        hint = difflib.get_close_matches(raw, known + sorted(self._aliases), n=1, cutoff=0.6)
+        suggestion = ""
+        if hint:
+            target = self._aliases.get(hint[0])
+            suggestion = f" Did you mean '{target[0].name if target else hint[0]}'?"
+        raise NotFoundError(
+            f"App '{self.app_id}' has no tool '{name}'.{suggestion} Tool names are 'module.action', "
+            f"e.g. {', '.join(known[:3]) or '(this app declares no modules)'}."
+        )
+
+    def get(self, name: str) -> ToolSpec:
+        """A visible tool by any of its names; a blocked one is NotFound with the reason."""
+        spec = self.resolve(name)
+        if spec.policy == "block":
+            raise NotFoundError(
+                f"Tool '{spec.name}' is not available in app '{self.app_id}': blocked by its capabilities "
+                f"policy ({spec.policy_reason})."
+            )
+        return spec
+
+    def category(self, name: str) -> Category:
+        try:
+            return self.categories[name]
+        except KeyError:
+            hint = difflib.get_close_matches(name, list(self.categories), n=1)
+            suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
+            raise NotFoundError(
+                f"App '{self.app_id}' has no tool category '{name}'.{suggestion} Categories: "
+                f"{', '.join(self.categories) or '(none)'}."
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "total_tools": self.total_tools,
+            "total_categories": self.total_categories,
+            "categories": [
+                {**category.summary(), "tools": [tool.detail() for tool in category.tools]}
+                for category in self.categories.values()
+            ],
+        }
+
+
+def build_index(app: Any) -> ToolIndex:
+    modules = registry.all_modules()
+    visible: list[ToolSpec] = []
+    blocked: dict[str, ToolSpec] = {}
+    categories: dict[str, Category] = {}
+    docs: list[ToolDoc] = []
+    aliases: dict[str, list[ToolSpec]] = {}
+    for module_id in app.modules:
+        cls = modules.get(module_id)
+        if cls is None:
+            continue  # the compiler refuses unknown modules; an old stored app must not break discovery
+        shown: list[ToolSpec] = []
+        for spec in cls.actions.values():
+            decision = resolve_policy_detail(app, None, module_id, spec.name, spec.risk_level)
+            tool = ToolSpec(
+                name=f"{module_id}.{spec.name}",
+                module=module_id,
+                action=spec.name,
+                description=spec.description,
+                parameters=spec.parameters,
+                risk_level=spec.risk_level,
+                side_effects=spec.side_effects,
+                irreversible=spec.irreversible,
+                aliases=spec.aliases,
+                tags=spec.tags,
+                policy=decision.policy,
+                policy_reason=decision.reason,
+            )
+            for key in {spec.name.lower(), *(a.lower() for a in spec.aliases)}:
+                aliases.setdefault(key, []).append(tool)
+                aliases.setdefault(f"{module_id}.{key}", []).append(tool)
+            if decision.policy == "block":
+                blocked[tool.name] = tool
+                continue
+            shown.append(tool)
+            docs.append(
+                ToolDoc(
+                    name=tool.name,
+                    module=module_id,
+                    action=spec.name,
+                    description=spec.description,
+                    aliases=spec.aliases,
+                    tags=spec.tags,
+                    category_description=cls.description,
+                )
+            )
+        if shown:
+            categories[module_id] = Category(name=module_id, description=cls.description, tools=tuple(shown))
+        visible.extend(shown)
+    return ToolIndex(
+        app_id=app.app_id,
+        tools=visible,
+        blocked=blocked,
+        categories=categories,
+        _search=ToolSearchIndex.build(docs),
+        _by_name={tool.name: tool for tool in visible},
+        _aliases=aliases,
+    )
+
+
+_cache: OrderedDict[tuple[str, str], ToolIndex] = OrderedDict()
+_lock = threading.Lock()
+
+
+def app_hash(app: Any) -> str:
+    return hashlib.sha256(json.dumps(app.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+
+
+def cached_index(app: Any) -> ToolIndex:
+    key = (app.app_id, app_hash(app))
+    with _lock:
+        index = _cache.get(key)
+        if index is not None:
+            _cache.move_to_end(key)
+            return index
+    index = build_index(app)
+    with _lock:
+        _cache[key] = index
+        while len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return index

@@ -1,0 +1,390 @@
+"""The one tool-invocation path: resolve → validate → gate → run → mask → truncate → record.
+
+Agents, background tasks, meta-tools and the REST endpoint all call :func:`tool_invoke`. It is
+synchronous and is never wrapped in a transaction as a whole: a tool may run a subprocess for
+minutes and must not hold the database's write lock meanwhile; each write it makes (an approval
+request, a memory row, the execution row) is its own short transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from approvals.models import ApprovalRequest
+from approvals.policy import resolve_policy_detail
+from digitorn_site.errors import NotFoundError, ValidationError
+from tooling import registry
+from tooling.index import ToolSpec, cached_index
+from tooling.models import ToolExecution
+from tooling.modules.base import ToolContext, ToolError
+
+log = logging.getLogger("digitorn.tooling")
+
+MASK = "***"
+TRUNCATION_MARKER = "\n…[truncated: {shown} of {total} characters shown]"
+
+
+@dataclass
+class ToolOutcome:
+    status: str  # ok | error | blocked | pending_approval | denied
+    tool: str  # canonical module.action
+    success: bool
+    data: Any = None
+    error: str | None = None
+    request_id: str | None = None
+    duration_ms: float = 0.0
+    risk_level: str = "low"
+
+    def as_result(self) -> dict[str, Any]:
+        return {"success": self.success, "data": self.data, "error": self.error}
+
+
+# -- masking and truncation ---------------------------------------------------------------------
+
+
+def mask_secrets(value: Any, secrets: tuple[str, ...] | list[str]) -> Any:
+    """Replace every secret value inside strings (dict keys included), longest secrets first."""
+    ordered = sorted((s for s in secrets if s), key=len, reverse=True)
+    if not ordered:
+        return value
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            for secret in ordered:
+                if secret in item:
+                    item = item.replace(secret, MASK)
+            return item
+        if isinstance(item, dict):
+            return {walk(k) if isinstance(k, str) else k: walk(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [walk(v) for v in item]
+        return item
+
+    return walk(value)
+
+
+def truncate_result(data: Any, limit: int) -> Any:
+    """Data whose JSON form is longer than ``limit`` becomes that JSON (or the string) cut, with a marker."""
+    if data is None or limit <= 0:
+        return data
+    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False, default=str)
+    if len(text) <= limit:
+        return data
+    return text[:limit] + TRUNCATION_MARKER.format(shown=limit, total=len(text))
+
+
+# -- validation ---------------------------------------------------------------------------------
+
+
+def validate_params(spec: ToolSpec, params: Any) -> dict[str, Any]:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValidationError(
+            f"params: must be an object of named parameters for '{spec.name}', not {type(params).__name__}."
+        )
+    found = []
+    for err in Draft202012Validator(spec.parameters).iter_errors(params):
+        path = [str(p) for p in err.absolute_path]
+        if err.validator == "required" and isinstance(err.instance, dict):
+            # "'path' is a required property" belongs to the missing field, not to its parent.
+            missing = [name for name in err.validator_value if name not in err.instance]
+            if missing:
+                path.append(missing[0])
+        elif err.validator == "additionalProperties":
+            extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+            if extra:
+                path.append(extra[0])
+        found.append({"path": ".".join(["params", *path]), "message": err.message})
+    if found:
+        found.sort(key=lambda e: e["path"])
+        first = found[0]
+        raise ValidationError(
+            f"{first['path']}: {first['message']} (tool '{spec.name}')", details={"errors": found}
+        )
+    return params
+
+
+# -- recording ----------------------------------------------------------------------------------
+
+
+def _record(
+    *, app_id: str, outcome: ToolOutcome, caller: str, principal: str, session_id: str | None
+) -> None:
+    ToolExecution.objects.create(
+        app_id=app_id,
+        tool=outcome.tool,
+        caller=caller[:200],
+        principal=principal[:100],
+        session_id=session_id,
+        outcome=outcome.status,
+        error=(outcome.error or "")[:4000],
+        duration_ms=round(outcome.duration_ms, 3),
+    )
+
+
+def _finish(
+    outcome: ToolOutcome, *, app: Any, caller: str, principal: str, session_id: str | None, started: float
+) -> ToolOutcome:
+    outcome.data = truncate_result(
+        mask_secrets(outcome.data, app.secret_values), app.runtime.max_tool_result_chars
+    )
+    if outcome.error:
+        outcome.error = mask_secrets(outcome.error, app.secret_values)
+    outcome.duration_ms = (time.monotonic() - started) * 1000
+    _record(app_id=app.app_id, outcome=outcome, caller=caller, principal=principal, session_id=session_id)
+    return outcome
+
+
+# -- the path -----------------------------------------------------------------------------------
+
+
+def _run(
+    *,
+    app: Any,
+    spec: ToolSpec,
+    params: dict,
+    principal: str,
+    session_id: str | None,
+    agent_id: str | None,
+    cancel_check: Callable[[], bool] | None,
+) -> ToolOutcome:
+    module_cls = registry.get_module(spec.module)
+    context = ToolContext(
+        app_id=app.app_id,
+        principal=principal,
+        session_id=session_id,
+        agent_id=agent_id,
+        cancel_check=cancel_check,
+        app_modules={k: dict(v or {}) for k, v in app.modules.items()},
+    )
+    module = module_cls(config=app.modules.get(spec.module) or {}, context=context)
+    try:
+        data = module.run(spec.action, params)
+    except ToolError as exc:
+        return ToolOutcome(
+            status="error",
+            tool=spec.name,
+            success=False,
+            data=exc.data,
+            error=exc.message,
+            risk_level=spec.risk_level,
+        )
+    except Exception as exc:  # noqa: BLE001 - a broken tool must not take the caller down
+        log.exception("tool %s of app %s crashed", spec.name, app.app_id)
+        return ToolOutcome(
+            status="error",
+            tool=spec.name,
+            success=False,
+            error=f"'{spec.name}' failed unexpectedly ({type(exc).__name__}: {exc}); the daemon's log has details.",
+            risk_level=spec.risk_level,
+        )
+    return ToolOutcome(status="ok", tool=spec.name, success=True, data=data, risk_level=spec.risk_level)
+
+
+def tool_invoke(
+    *,
+    app: Any,
+    tool_name: str,
+    params: dict,
+    caller: str,
+    principal: str,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    approval_request_id: str | None = None,
+    origin: str = "agent",
+    origin_ref: str = "",
+    cancel_check: Callable[[], bool] | None = None,
+) -> ToolOutcome:
+    """Run a tool for ``caller`` through the app's policy (see the module docstring and contracts).
+
+    Unknown tool → NotFoundError (did-you-mean); invalid params → ValidationError naming the field.
+    With ``approval_request_id`` of an approved request for this app and tool, the parameters that
+    were approved (the request's ``call_params``) are what runs.
+    """
+    started = time.monotonic()
+    index = cached_index(app)
+    spec = index.resolve(tool_name)
+    params = validate_params(spec, params)
+    finish = {
+        "app": app,
+        "caller": caller,
+        "principal": principal,
+        "session_id": session_id,
+        "started": started,
+    }
+
+    decision = resolve_policy_detail(app, agent_id, spec.module, spec.action, spec.risk_level)
+    if decision.policy == "block":
+        outcome = ToolOutcome(
+            status="blocked",
+            tool=spec.name,
+            success=False,
+            error=f"'{spec.name}' is blocked by policy: {decision.reason}.",
+            risk_level=spec.risk_level,
+        )
+        return _finish(outcome, **finish)
+
+    if decision.policy == "approve":
+        if approval_request_id:
+            from approvals.selectors import approval_get
+
+            request = approval_get(request_id=approval_request_id)
+            if request is None or request.app_id != app.app_id or request.tool_name != spec.name:
+                raise NotFoundError(
+                    f"approval_request_id: no approval request '{approval_request_id}' for tool '{spec.name}' "
+                    f"of app '{app.app_id}'."
+                )
+            if request.status == ApprovalRequest.Status.PENDING:
+                outcome = ToolOutcome(
+                    status="pending_approval",
+                    tool=spec.name,
+                    success=False,
+                    error=f"'{spec.name}' is waiting for approval (request {request.request_id}).",
+                    request_id=request.request_id,
+                    risk_level=spec.risk_level,
+                )
+                return _finish(outcome, **finish)
+            if request.status != ApprovalRequest.Status.APPROVED:
+                message = request.decision_message or request.status
+                outcome = ToolOutcome(
+                    status="denied",
+                    tool=spec.name,
+                    success=False,
+                    error=f"denied: {message}",
+                    request_id=request.request_id,
+                    risk_level=spec.risk_level,
+                )
+                return _finish(outcome, **finish)
+            params = request.call_params
+        else:
+            from approvals.services import approval_request_create
+
+            request = approval_request_create(
+                app=app,
+                tool_name=spec.name,
+                params=mask_secrets(params, app.secret_values),
+                call_params=params,
+                risk_level=spec.risk_level,
+                reason=decision.reason,
+                principal=principal,
+                session_id=session_id,
+                agent_id=agent_id or "",
+                origin=origin,
+                origin_ref=origin_ref,
+            )
+            outcome = ToolOutcome(
+                status="pending_approval",
+                tool=spec.name,
+                success=False,
+                error=f"'{spec.name}' needs approval: {decision.reason}.",
+                request_id=request.request_id,
+                risk_level=spec.risk_level,
+            )
+            return _finish(outcome, **finish)
+
+    outcome = _run(
+        app=app,
+        spec=spec,
+        params=params,
+        principal=principal,
+        session_id=session_id,
+        agent_id=agent_id,
+        cancel_check=cancel_check,
+    )
+    if approval_request_id:
+        outcome.request_id = approval_request_id
+    return _finish(outcome, **finish)
+
+
+# -- direct calls that waited for approval ------------------------------------------------------
+
+
+def direct_call_on_decision(*, request_id: str, approved: bool, message: str = "") -> None:
+    """A decided request of a direct ``/execute`` call: approved → run it on a worker; else record why not."""
+    from approvals.selectors import approval_get
+    from approvals.services import approval_result_store
+
+    request = approval_get(request_id=request_id)
+    if request is None or request.origin != ApprovalRequest.Origin.DIRECT or request.result is not None:
+        return
+    if approved:
+        from tooling.approval_tasks import run_approved_direct_call
+
+        run_approved_direct_call.delay(request_id)
+        return
+    approval_result_store(
+        request_id=request_id,
+        result={
+            "status": "denied",
+            "success": False,
+            "data": None,
+            "error": f"denied: {message or request.status}",
+        },
+    )
+
+
+def direct_call_run(*, request_id: str) -> dict[str, Any] | None:
+    """Run an approved direct call once (a redelivered message finds it claimed and does nothing)."""
+    from approvals.selectors import approval_get
+    from approvals.services import approval_result_claim, approval_result_store
+    from apps_registry.selectors import app_runtime  # the adapter looks the app up, as API views do
+
+    if not approval_result_claim(request_id=request_id):
+        return None
+    request = approval_get(request_id=request_id)
+    try:
+        app = app_runtime(app_id=request.app_id)
+        outcome = tool_invoke(
+            app=app,
+            tool_name=request.tool_name,
+            params=request.call_params,
+            caller="api",
+            principal=request.principal,
+            session_id=request.session_id,
+            approval_request_id=request_id,
+            origin="direct",
+        )
+        result = {"status": outcome.status, **outcome.as_result()}
+    except Exception as exc:  # noqa: BLE001 - the caller polls this row; it must end in a final state
+        from digitorn_site.errors import DigitornError
+
+        if not isinstance(exc, DigitornError):
+            log.exception("approved direct call %s failed", request_id)
+        message = exc.message if isinstance(exc, DigitornError) else f"{type(exc).__name__}: {exc}"
+        result = {"status": "error", "success": False, "data": None, "error": message}
+    approval_result_store(request_id=request_id, result=result)
+    return result
+
+
+def meta_tool_invoke(
+    *,
+    app: Any,
+    name: str,
+    params: dict,
+    caller: str,
+    principal: str,
+    session_id: str | None = None,
+    agent_id: str | None = None,
+    origin_ref: str = "",
+) -> ToolOutcome:
+    """Answer a meta-tool call (``origin_ref``: the agent's tool-call id, kept on approval requests)."""
+    from tooling.meta import meta_tool_invoke as invoke
+
+    return invoke(
+        app=app,
+        name=name,
+        params=params,
+        caller=caller,
+        principal=principal,
+        session_id=session_id,
+        agent_id=agent_id,
+        origin_ref=origin_ref,
+    )
