@@ -83,6 +83,9 @@ class Turn(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     result = models.JSONField(null=True, blank=True)
+    # Loop bookkeeping that must survive a crash: {"started": bool, "pending": {call_id: request_id},
+    # "decisions": {request_id: {"approved", "message"}}, "active_seconds": float, "compacted_upto": int}
+    state = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
@@ -90,6 +93,11 @@ class Turn(models.Model):
     class Meta:
         ordering = ["id"]
         indexes = [models.Index(fields=["session", "status"])]
+
+    def lease_expired(self, now=None) -> bool:
+        from django.utils import timezone
+
+        return self.lease_expires_at is None or self.lease_expires_at <= (now or timezone.now())
 
 
 class Event(models.Model):

@@ -1,0 +1,592 @@
+"""The agent loop: resumable, one step at a time, every step's state in the database.
+
+``advance_session`` claims the head of a session's queue with a lease and plays the turn:
+transcript → brain → tool calls through ``tool_invoke`` → results → brain … until a final answer,
+``max_turns`` or ``timeout``. A call that needs a human suspends the turn (lease released, no
+coroutine kept); the approval's decision resumes it wherever ``advance_session`` next runs. After a
+turn it takes the next queued one, so turns of a session are serial and FIFO.
+
+Turns run as asyncio tasks in the ASGI worker that accepted the message (``schedule_advance``);
+code without an event loop (admin, Celery) goes through ``conversations.tasks.advance_session_task``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import close_old_connections
+
+from conversations import services
+from conversations.events import main_loop
+from conversations.models import Message, Turn
+
+log = logging.getLogger("digitorn.engine")
+
+WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+META_TOOLS_THRESHOLD = 40
+TOKEN_FLUSH_SECONDS = 0.25
+RECAP_ITEM_CHARS = 300
+
+# Sessions this process is advancing, and those poked again while it was (re-check on exit).
+_running: set[int] = set()
+_again: set[int] = set()
+_tasks: set[asyncio.Task] = set()
+
+
+def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a sync ORM function in a worker thread; off SQLite, give its connection back after."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not settings.IS_SQLITE:
+                close_old_connections()
+
+    return sync_to_async(call, thread_sensitive=False)
+
+
+# --- scheduling ------------------------------------------------------------------------------
+
+
+def _start_task(loop: asyncio.AbstractEventLoop, session_pk: int) -> None:
+    task = loop.create_task(advance_session(session_pk=session_pk))
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+def schedule_advance(session_pk: int) -> None:
+    """Run the session's queue: as a task on this worker's event loop, else through Celery."""
+    loop = main_loop()
+    if loop is not None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            _start_task(loop, session_pk)
+        else:
+            loop.call_soon_threadsafe(_start_task, loop, session_pk)
+        return
+    from conversations.tasks import advance_session_task
+
+    advance_session_task.delay(session_pk)
+
+
+_recovery_loops: set[int] = set()
+
+
+def ensure_recovery() -> None:
+    """Once per event loop (i.e. per started worker): resume work a previous run left behind."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    if id(loop) in _recovery_loops:
+        return
+    _recovery_loops.add(id(loop))
+
+    async def recover() -> None:
+        try:
+            for pk in await db(services.turns_recoverable)():
+                _start_task(loop, pk)
+        except Exception:  # noqa: BLE001 - the periodic Celery sweep will try again
+            log.warning("turn recovery at start failed", exc_info=True)
+
+    task = loop.create_task(recover())
+    _tasks.add(task)
+    task.add_done_callback(_tasks.discard)
+
+
+# --- the loop --------------------------------------------------------------------------------
+
+
+async def advance_session(*, session_pk: int) -> None:
+    """Play the session's queued turns one after the other until none is claimable here."""
+    if session_pk in _running:
+        _again.add(session_pk)
+        return
+    _running.add(session_pk)
+    try:
+        while True:
+            _again.discard(session_pk)
+            claim = await db(services.turn_claim)(session_pk=session_pk, worker=WORKER_ID)
+            if claim is None:
+                if session_pk in _again:
+                    continue
+                return
+            try:
+                await _TurnRunner(claim).run()
+            except Turn.DoesNotExist:
+                return  # the session was deleted under us
+            except Exception as exc:  # noqa: BLE001 - a bug must end the turn, not wedge the queue
+                log.exception("turn %s failed", claim.correlation_id)
+                try:
+                    await db(services.turn_emit)(
+                        turn_pk=claim.turn_pk,
+                        type="error",
+                        data={"message": f"internal error: {exc}", "kind": "internal", "correlation_id": claim.correlation_id},
+                    )
+                    await db(services.turn_finish)(
+                        turn_pk=claim.turn_pk, content=f"The turn failed with an internal error: {exc}", failed=True
+                    )
+                except Exception:  # noqa: BLE001
+                    log.exception("could not record the failure of turn %s", claim.correlation_id)
+                    return
+    finally:
+        _running.discard(session_pk)
+
+
+class _Stop(Exception):
+    def __init__(self, content: str, *, truncated: bool = False, cancelled: bool = False, record: bool = True):
+        self.content = content
+        self.truncated = truncated
+        self.cancelled = cancelled
+        self.record = record
+
+
+class _TurnRunner:
+    def __init__(self, claim: services.ClaimedTurn):
+        self.claim = claim
+        self.cancelled = claim.cancel_requested
+        self.lease_lost = False
+        self.started = time.monotonic()
+        self.active_before = float(claim.state.get("active_seconds", 0.0))
+        self.turns_used = claim.turns_used
+        self.compacted_upto = int(claim.state.get("compacted_upto", 0))
+
+    # -- helpers ---------------------------------------------------------------------------
+    def active_seconds(self) -> float:
+        return self.active_before + (time.monotonic() - self.started)
+
+    async def emit(self, type: str, data: dict) -> None:
+        await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=data)
+
+    async def _heartbeat(self) -> None:
+        interval = max(min(settings.DIGITORN_LEASE_SECONDS / 3, 1.0), 0.2)
+        while True:
+            await asyncio.sleep(interval)
+            state = await db(services.turn_heartbeat)(turn_pk=self.claim.turn_pk, worker=WORKER_ID)
+            if state is None:
+                self.lease_lost = True
+                return
+            self.cancelled = self.cancelled or state
+
+    def _check(self) -> None:
+        if self.lease_lost:
+            raise Turn.DoesNotExist("the lease was lost (session deleted or turn taken over)")
+        if self.cancelled:
+            raise _Stop("Cancelled by the user.", cancelled=True)
+
+    # -- the turn --------------------------------------------------------------------------
+    async def run(self) -> None:
+        heartbeat = asyncio.get_running_loop().create_task(self._heartbeat())
+        try:
+            try:
+                await self._loop()
+            except _Stop as stop:
+                await db(services.turn_finish)(
+                    turn_pk=self.claim.turn_pk,
+                    content=stop.content,
+                    truncated=stop.truncated,
+                    cancelled=stop.cancelled,
+                    record_message=stop.record,
+                )
+        finally:
+            heartbeat.cancel()
+            try:
+                await heartbeat
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+    async def _setup(self) -> None:
+        from apps_registry.selectors import app_runtime
+        from conversations.brains import brain_for
+
+        self.app = await db(app_runtime)(app_id=self.claim.app_id)
+        if not self.app.agents:
+            raise _Stop(f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest.")
+        try:
+            self.agent = self.app.agent(self.claim.agent_id or None)
+        except KeyError:
+            self.agent = self.app.agent()
+        self.brain = brain_for(self.agent)
+        self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
+        self.tools, self.meta_names, self.background_names, self.risk = await db(_tools_for)(self.app, self.agent.id)
+
+    async def _loop(self) -> None:
+        from conversations.brains import BrainError
+        from digitorn_site.errors import DigitornError
+
+        try:
+            await self._setup()
+        except BrainError as exc:
+            await self.emit("error", {"message": exc.message, "kind": exc.kind, "correlation_id": self.claim.correlation_id})
+            raise _Stop(exc.message)
+        except DigitornError as exc:
+            await self.emit("error", {"message": exc.message, "kind": exc.error_code.lower(), "correlation_id": self.claim.correlation_id})
+            raise _Stop(exc.message)
+
+        while True:
+            self._check()
+            transcript = await db(_load_transcript)(self.claim.session_pk)
+            missing = _unanswered_calls(transcript, self.claim.correlation_id)
+            if missing:
+                suspended = await self._run_calls(missing)
+                if suspended:
+                    return
+                continue
+            if self.turns_used >= self.max_turns:
+                last = _last_assistant_text(transcript, self.claim.correlation_id)
+                note = f"[truncated: stopped after {self.max_turns} model calls (max_turns) without a final answer]"
+                raise _Stop(f"{last}\n\n{note}".strip(), truncated=True)
+            remaining = self.app.runtime.timeout - self.active_seconds()
+            if remaining <= 0:
+                raise self._timeout_stop(transcript)
+            messages = await self._brain_messages(transcript)
+            try:
+                reply = await asyncio.wait_for(
+                    self.brain.complete(messages=messages, tools=self.tools, on_token=self._token_sink_for()),
+                    timeout=remaining,
+                )
+            except TimeoutError:
+                raise self._timeout_stop(transcript)
+            except BrainError as exc:
+                await self.emit("error", {"message": exc.message, "kind": exc.kind, "correlation_id": self.claim.correlation_id})
+                raise _Stop(exc.message)
+            finally:
+                await self._flush_tokens()
+            self.turns_used += 1
+            if not reply.tool_calls:
+                await db(services.turn_count_model_call)(turn_pk=self.claim.turn_pk)
+                self._check()
+                raise _Stop(reply.text or "")
+            calls = [{"id": c.id or f"call_{uuid.uuid4().hex[:12]}", "name": c.name, "params": c.params or {}} for c in reply.tool_calls]
+            await db(services.turn_record_reply)(turn_pk=self.claim.turn_pk, text=reply.text or "", tool_calls=calls)
+
+    def _timeout_stop(self, transcript: list[Message]) -> _Stop:
+        last = _last_assistant_text(transcript, self.claim.correlation_id)
+        note = f"[truncated: the turn hit the app's {self.app.runtime.timeout:g} s timeout before a final answer]"
+        return _Stop(f"{last}\n\n{note}".strip(), truncated=True)
+
+    # -- streaming text --------------------------------------------------------------------
+    def _token_sink_for(self) -> Callable[[str], Awaitable[None]] | None:
+        # The scripted brain has its whole reply at once: `token` events would only add writes.
+        if (self.agent.brain.provider or "").lower() == "scripted":
+            return None
+        return self._token_sink()
+
+    def _token_sink(self) -> Callable[[str], Awaitable[None]]:
+        self._buffer: list[str] = []
+        self._last_flush = time.monotonic()
+
+        async def on_token(text: str) -> None:
+            if not text:
+                return
+            self._buffer.append(text)
+            # Batching keeps a fast model from writing one event row per token.
+            if time.monotonic() - self._last_flush >= TOKEN_FLUSH_SECONDS:
+                await self._flush_tokens()
+
+        return on_token
+
+    async def _flush_tokens(self) -> None:
+        buffer = getattr(self, "_buffer", None)
+        if not buffer:
+            return
+        text = "".join(buffer)
+        buffer.clear()
+        self._last_flush = time.monotonic()
+        await self.emit("token", {"correlation_id": self.claim.correlation_id, "text": text})
+
+    # -- context ---------------------------------------------------------------------------
+    async def _brain_messages(self, transcript: list[Message]) -> list[dict]:
+        system = []
+        if self.agent.system_prompt:
+            system.append({"role": "system", "content": self.agent.system_prompt})
+        window = max(int(self.app.runtime.context_window_messages or 0), 4)
+        body = transcript
+        if len(transcript) > window:
+            cut = _compaction_cut(transcript, window)
+            if cut > 0:
+                older, body = transcript[:cut], transcript[cut:]
+                recap = _recap(older)
+                system.append({"role": "system", "content": recap})
+                upto = older[-1].pk
+                if upto != self.compacted_upto:
+                    self.compacted_upto = upto
+                    await db(services.turn_save_state)(turn_pk=self.claim.turn_pk, compacted_upto=upto)
+                    await self.emit(
+                        "hook",
+                        {
+                            "name": "context_compaction",
+                            "compacted_messages": len(older),
+                            "kept_messages": len(body),
+                            "window": window,
+                            "correlation_id": self.claim.correlation_id,
+                        },
+                    )
+        return system + _to_brain(body)
+
+    # -- tools -----------------------------------------------------------------------------
+    async def _run_calls(self, calls: list[dict]) -> bool:
+        """Run the unanswered calls of the last reply; True when the turn was suspended."""
+        state = await db(_turn_state)(self.claim.turn_pk)
+        pending = state.get("pending", {})
+        decisions = state.get("decisions", {})
+        waiting = False
+        batch: list[dict] = []
+
+        async def flush_batch() -> None:
+            if not batch:
+                return
+            outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
+            for call, outcome in zip(batch, outcomes, strict=True):
+                await self._record(call, outcome)
+            batch.clear()
+
+        for call in calls:
+            self._check()
+            request_id = pending.get(call["id"])
+            if request_id is not None:
+                decision = decisions.get(request_id)
+                if decision is None:
+                    waiting = True
+                    continue
+                await flush_batch()
+                if decision.get("approved"):
+                    outcome = await self._invoke(call, request_id)
+                else:
+                    why = decision.get("message") or decision.get("status") or "denied"
+                    outcome = {"status": "denied", "result": {"success": False, "data": None, "error": f"denied: {why}"}}
+                await self._record(call, outcome)
+                continue
+            # Read-only (low-risk) calls of one reply run together; anything else runs alone, in order.
+            if self.risk.get(call["name"]) == "low":
+                batch.append(call)
+                continue
+            await flush_batch()
+            await self._record(call, await self._invoke(call, None))
+        await flush_batch()
+        if waiting or await db(_has_undecided)(self.claim.turn_pk):
+            self._check()
+            suspended = await db(services.turn_suspend)(
+                turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds()
+            )
+            return suspended
+        return False
+
+    async def _record(self, call: dict, outcome: dict) -> None:
+        if outcome["status"] == "pending_approval":
+            await db(services.turn_record_pending)(
+                turn_pk=self.claim.turn_pk,
+                call_id=call["id"],
+                name=call["name"],
+                params=call["params"],
+                request_id=outcome["request_id"],
+            )
+            return
+        await db(services.turn_record_result)(
+            turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=outcome["result"]
+        )
+
+    async def _invoke(self, call: dict, approval_request_id: str | None) -> dict:
+        return await db(_invoke_sync)(
+            app=self.app,
+            call=call,
+            claim=self.claim,
+            agent_id=self.agent.id,
+            meta=call["name"] in self.meta_names,
+            background=call["name"] in self.background_names,
+            approval_request_id=approval_request_id,
+            cancel_check=lambda: self.cancelled,
+        )
+
+
+# --- sync helpers (run in worker threads) ----------------------------------------------------
+
+
+def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict[str, str]]:
+    from tooling.selectors import meta_tools, tools_for_agent
+
+    visible = tools_for_agent(app, agent_id)
+    risk = {t["name"]: t.get("risk_level", "medium") for t in visible}
+    meta_names: set[str] = set()
+    if len(visible) > META_TOOLS_THRESHOLD:
+        tools = [dict(t) for t in meta_tools()]
+        meta_names = {t["name"] for t in tools}
+        tools = [{k: t[k] for k in ("name", "description", "parameters") if k in t} for t in tools]
+    else:
+        tools = [{k: t[k] for k in ("name", "description", "parameters") if k in t} for t in visible]
+    background_names: set[str] = set()
+    try:
+        from tooling.background import background_meta_tools
+
+        for spec in background_meta_tools():
+            tools.append(spec)
+            background_names.add(spec["name"])
+    except ImportError:
+        pass
+    return tools, meta_names, background_names, risk
+
+
+def _invoke_sync(
+    *,
+    app,
+    call: dict,
+    claim: services.ClaimedTurn,
+    agent_id: str,
+    meta: bool,
+    background: bool,
+    approval_request_id: str | None,
+    cancel_check: Callable[[], bool],
+) -> dict:
+    from digitorn_site.errors import DigitornError
+
+    params = call["params"] if isinstance(call["params"], dict) else {}
+    try:
+        if background:
+            from tooling.background import background_meta_invoke
+
+            result = background_meta_invoke(
+                app=app,
+                name=call["name"],
+                params=params,
+                principal=claim.principal,
+                session_id=claim.session_id,
+                agent_id=agent_id,
+            )
+            return {"status": "ok" if result.get("success") else "error", "result": result}
+        if meta:
+            from tooling.services import meta_tool_invoke
+
+            outcome = meta_tool_invoke(
+                app=app,
+                name=call["name"],
+                params=params,
+                caller=f"agent:{agent_id}",
+                principal=claim.principal,
+                session_id=claim.session_id,
+                agent_id=agent_id,
+            )
+        else:
+            from tooling.services import tool_invoke
+
+            outcome = tool_invoke(
+                app=app,
+                tool_name=call["name"],
+                params=params,
+                caller=f"agent:{agent_id}",
+                principal=claim.principal,
+                session_id=claim.session_id,
+                agent_id=agent_id,
+                approval_request_id=approval_request_id,
+                origin="agent",
+                origin_ref=call["id"],
+                cancel_check=cancel_check,
+            )
+    except DigitornError as exc:
+        # Bad params, unknown tool (with its did-you-mean): the model reads the message and retries.
+        return {"status": "error", "result": {"success": False, "data": None, "error": exc.message}}
+    if outcome.status == "pending_approval":
+        return {"status": "pending_approval", "request_id": outcome.request_id}
+    return {"status": outcome.status, "result": outcome.as_result()}
+
+
+def _turn_state(turn_pk: int) -> dict:
+    turn = Turn.objects.filter(pk=turn_pk).only("state").first()
+    if turn is None:
+        raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
+    return dict(turn.state or {})
+
+
+def _has_undecided(turn_pk: int) -> bool:
+    state = _turn_state(turn_pk)
+    decisions = state.get("decisions", {})
+    return any(rid not in decisions for rid in state.get("pending", {}).values())
+
+
+def _load_transcript(session_pk: int) -> list[Message]:
+    return list(Message.objects.filter(session_id=session_pk).order_by("id"))
+
+
+def _unanswered_calls(transcript: list[Message], correlation_id: str) -> list[dict]:
+    """Calls of this turn's latest assistant reply that have no tool result yet (resume point)."""
+    for index in range(len(transcript) - 1, -1, -1):
+        message = transcript[index]
+        if message.correlation_id != correlation_id:
+            return []
+        if message.role == Message.Role.ASSISTANT:
+            if not message.tool_calls:
+                return []
+            answered = {m.tool_call_id for m in transcript[index + 1 :] if m.role == Message.Role.TOOL}
+            return [c for c in message.tool_calls if c.get("id") not in answered]
+        if message.role == Message.Role.USER:
+            return []
+    return []
+
+
+def _last_assistant_text(transcript: list[Message], correlation_id: str) -> str:
+    for message in reversed(transcript):
+        if message.correlation_id != correlation_id:
+            break
+        if message.role == Message.Role.ASSISTANT and message.content:
+            return message.content
+    return ""
+
+
+def _to_brain(messages: list[Message]) -> list[dict]:
+    out: list[dict] = []
+    for m in messages:
+        if m.role == Message.Role.ASSISTANT:
+            item: dict[str, Any] = {"role": "assistant", "content": m.content}
+            if m.tool_calls:
+                item["tool_calls"] = [{"id": c["id"], "name": c["name"], "params": c.get("params", {})} for c in m.tool_calls]
+            out.append(item)
+        elif m.role == Message.Role.TOOL:
+            out.append({"role": "tool", "content": m.content, "tool_call_id": m.tool_call_id, "name": m.name})
+        else:
+            out.append({"role": m.role, "content": m.content})
+    return out
+
+
+def _compaction_cut(transcript: list[Message], window: int) -> int:
+    """Index where the kept tail starts: about ``window`` messages, never inside a call/result pair."""
+    cut = len(transcript) - window
+    while cut < len(transcript) and transcript[cut].role == Message.Role.TOOL:
+        cut += 1
+    if cut >= len(transcript):
+        return 0
+    return max(cut, 0)
+
+
+def _clip(text: str) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= RECAP_ITEM_CHARS else text[: RECAP_ITEM_CHARS - 1] + "…"
+
+
+def _recap(older: list[Message]) -> str:
+    lines = [f"Recap of the {len(older)} earlier messages of this conversation (compacted to fit the context window):"]
+    for m in older:
+        if m.role == Message.Role.ASSISTANT and m.tool_calls:
+            names = ", ".join(c.get("name", "?") for c in m.tool_calls)
+            lines.append(f"- assistant called {names}" + (f": {_clip(m.content)}" if m.content else ""))
+        elif m.role == Message.Role.TOOL:
+            try:
+                ok = json.loads(m.content).get("success")
+            except (ValueError, AttributeError):
+                ok = None
+            lines.append(f"- {m.name} returned {'ok' if ok else 'an error' if ok is False else 'a result'}: {_clip(m.content)}")
+        else:
+            lines.append(f"- {m.role}: {_clip(m.content)}")
+    return "\n".join(lines)

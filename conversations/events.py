@@ -1,0 +1,275 @@
+"""The durable event log and the doorbell that wakes SSE streams.
+
+Every event is first an ``Event`` row with a per-session ``seq`` allocated in the same transaction as
+the state it reports; the doorbell only tells streams "look again". Three ways a stream is woken:
+
+- in-process: an ``asyncio.Event`` per watching stream, set (thread-safely) when a transaction that
+  appended events to its session commits in this process;
+- with ``CHANNEL_LAYERS`` (Redis): a ``group_send`` per commit, received by one listener task per
+  process that rings the local waiters;
+- otherwise (embedded default, several workers or a Celery worker writing events): one poller task
+  per process reads ``Session.last_seq`` of every watched session every ``DIGITORN_SSE_POLL_SECONDS``
+  in a single query, so idle streams cost no queries of their own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+from collections.abc import AsyncIterator
+from typing import Any
+
+from asgiref.sync import SyncToAsync, sync_to_async
+from django.conf import settings
+from django.db import connection, transaction
+
+from conversations.models import Event, Session
+
+log = logging.getLogger("digitorn.events")
+
+GROUP_PREFIX = "digitorn.session."
+
+
+# --- writing ---------------------------------------------------------------------------------
+
+
+def _next_seq(session_pk: int) -> int:
+    table = connection.ops.quote_name(Session._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq", [session_pk])
+        row = cursor.fetchone()
+    if row is None:
+        raise Session.DoesNotExist(f"session {session_pk} is gone")
+    return int(row[0])
+
+
+def event_append(*, session: Session, type: str, data: dict, correlation_id: str = "") -> Event:
+    """Append one event; the seq comes from an atomic increment so it has no gaps per session.
+
+    Call it inside the transaction that writes the state the event reports: a rollback drops both
+    the row and the seq increment, and the doorbell rings only once the transaction commits.
+    """
+    with transaction.atomic(savepoint=False):
+        seq = _next_seq(session.pk)
+        session.last_seq = seq
+        event = Event.objects.create(session=session, seq=seq, type=type, data=data, correlation_id=correlation_id)
+        session_pk = session.pk
+        transaction.on_commit(lambda: doorbell_ring(session_pk))
+    return event
+
+
+# --- the doorbell ----------------------------------------------------------------------------
+
+
+class _Watch:
+    __slots__ = ("loop", "event")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop = loop
+        self.event = asyncio.Event()
+
+
+_lock = threading.Lock()
+_watches: dict[int, set[_Watch]] = {}
+_known_seq: dict[int, int] = {}
+_background: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+_layer_groups: set[int] = set()
+_layer_channel: dict[asyncio.AbstractEventLoop, str] = {}
+
+
+def _ring_local(session_pk: int) -> None:
+    with _lock:
+        watches = list(_watches.get(session_pk, ()))
+    for watch in watches:
+        try:
+            watch.loop.call_soon_threadsafe(watch.event.set)
+        except RuntimeError:  # the loop is closed: the stream is gone
+            pass
+
+
+def doorbell_ring(session_pk: int) -> None:
+    """Wake every stream watching the session: here directly, elsewhere through the channel layer."""
+    _ring_local(session_pk)
+    if settings.CHANNEL_LAYERS:
+        try:
+            from asgiref.sync import async_to_sync
+            from channels.layers import get_channel_layer
+
+            layer = get_channel_layer()
+            message = {"type": "doorbell", "session_pk": session_pk}
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                loop.create_task(layer.group_send(f"{GROUP_PREFIX}{session_pk}", message))
+            else:
+                async_to_sync(layer.group_send)(f"{GROUP_PREFIX}{session_pk}", message)
+        except Exception:  # noqa: BLE001 - the stream's safety poll still finds the event
+            log.warning("channel-layer doorbell failed for session %s", session_pk, exc_info=True)
+
+
+def main_loop() -> asyncio.AbstractEventLoop | None:
+    """The ASGI worker's event loop, from async code or from a sync view running under it."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        pass
+    loop = getattr(SyncToAsync.threadlocal, "main_event_loop", None)
+    if loop is not None and not loop.is_closed() and loop.is_running():
+        return loop
+    return None
+
+
+def _watch_add(session_pk: int, loop: asyncio.AbstractEventLoop) -> _Watch:
+    watch = _Watch(loop)
+    with _lock:
+        _watches.setdefault(session_pk, set()).add(watch)
+    _ensure_background(loop)
+    return watch
+
+
+def _watch_remove(session_pk: int, watch: _Watch) -> None:
+    with _lock:
+        watches = _watches.get(session_pk)
+        if watches is not None:
+            watches.discard(watch)
+            if not watches:
+                del _watches[session_pk]
+                _known_seq.pop(session_pk, None)
+
+
+def watching_count() -> int:
+    with _lock:
+        return sum(len(w) for w in _watches.values())
+
+
+def _ensure_background(loop: asyncio.AbstractEventLoop) -> None:
+    task = _background.get(loop)
+    if task is not None and not task.done():
+        return
+    if settings.CHANNEL_LAYERS:
+        _background[loop] = loop.create_task(_layer_listener())
+    else:
+        _background[loop] = loop.create_task(_poller())
+
+
+def _poll_once() -> list[int]:
+    with _lock:
+        pks = list(_watches)
+    if not pks:
+        return []
+    changed: list[int] = []
+    rows = Session.objects.filter(pk__in=pks).values_list("pk", "last_seq")
+    seen = set()
+    for pk, last_seq in rows:
+        seen.add(pk)
+        # A session seen for the first time is rung too: its stream may have read just before an
+        # event another process wrote, and the baseline recorded here would otherwise hide it.
+        if _known_seq.get(pk) != last_seq:
+            changed.append(pk)
+            _known_seq[pk] = last_seq
+    # A deleted session wakes its streams so they notice and close.
+    changed.extend(pk for pk in pks if pk not in seen)
+    return changed
+
+
+async def _poller() -> None:
+    """One query per interval for all watched sessions; catches events written by other processes."""
+    interval = settings.DIGITORN_SSE_POLL_SECONDS
+    poll = sync_to_async(_poll_once, thread_sensitive=False)
+    while True:
+        await asyncio.sleep(interval)
+        with _lock:
+            idle = not _watches
+        if idle:
+            continue
+        try:
+            for pk in await poll():
+                _ring_local(pk)
+        except Exception:  # noqa: BLE001 - keep polling; a transient lock must not kill every stream
+            log.warning("event poller failed", exc_info=True)
+
+
+async def _layer_listener() -> None:
+    from channels.layers import get_channel_layer
+
+    layer = get_channel_layer()
+    channel = await layer.new_channel()
+    loop = asyncio.get_running_loop()
+    _layer_channel[loop] = channel
+    while True:
+        with _lock:
+            wanted = set(_watches)
+        for pk in wanted - _layer_groups:
+            await layer.group_add(f"{GROUP_PREFIX}{pk}", channel)
+            _layer_groups.add(pk)
+        for pk in _layer_groups - wanted:
+            await layer.group_discard(f"{GROUP_PREFIX}{pk}", channel)
+            _layer_groups.discard(pk)
+        try:
+            message = await asyncio.wait_for(layer.receive(channel), timeout=max(settings.DIGITORN_SSE_POLL_SECONDS, 0.5))
+        except TimeoutError:
+            # Groups may have changed; re-sync subscriptions and wake everyone once as a safety net.
+            for pk in wanted:
+                _ring_local(pk)
+            continue
+        pk = message.get("session_pk")
+        if isinstance(pk, int):
+            _ring_local(pk)
+
+
+# --- reading ---------------------------------------------------------------------------------
+
+
+def events_after(*, session_pk: int, after: int, limit: int = 500) -> list[Event] | None:
+    """Events with seq > after, oldest first; None when the session no longer exists."""
+    events = list(Event.objects.filter(session_id=session_pk, seq__gt=after).order_by("seq")[:limit])
+    if not events and not Session.objects.filter(pk=session_pk).exists():
+        return None
+    return events
+
+
+def sse_frame(*, type: str, data: Any, seq: int | None = None) -> str:
+    head = f"id: {seq}\n" if seq is not None else ""
+    return f"{head}event: {type}\ndata: {json.dumps(data, default=str, separators=(',', ':'))}\n\n"
+
+
+class SessionGone(Exception):
+    """The session was deleted (or its app undeployed) while a stream was open."""
+
+
+async def follow(
+    *, session_pk: int, after: int, ping_seconds: float | None = None
+) -> AsyncIterator[Event | None]:
+    """Yield every event after ``after`` as it is committed, forever; ``None`` means "send a ping".
+
+    The DB is the source of truth: each wake-up re-reads from the last seq delivered, so an event is
+    never lost or duplicated whichever doorbell (or none) fired. Raises :class:`SessionGone` when the
+    session disappears. Cancelling the consumer unregisters the watch.
+    """
+    loop = asyncio.get_running_loop()
+    ping = settings.DIGITORN_SSE_PING_SECONDS if ping_seconds is None else ping_seconds
+    read = sync_to_async(events_after, thread_sensitive=False)
+    watch = _watch_add(session_pk, loop)
+    cursor = after
+    try:
+        while True:
+            watch.event.clear()
+            events = await read(session_pk=session_pk, after=cursor)
+            if events is None:
+                raise SessionGone()
+            if events:
+                for event in events:
+                    cursor = event.seq
+                    yield event
+                continue
+            try:
+                await asyncio.wait_for(watch.event.wait(), timeout=ping)
+            except TimeoutError:
+                # Each ping is also a re-read, a safety net should every doorbell have missed.
+                yield None
+    finally:
+        _watch_remove(session_pk, watch)

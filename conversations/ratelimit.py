@@ -1,0 +1,158 @@
+"""A true sliding-window rate limiter per app, shared by every worker.
+
+Embedded default: ``RateLimitHit`` rows. The check-and-record runs in one transaction; on SQLite the
+transaction is ``IMMEDIATE`` (settings), so concurrent workers serialise on the write lock before
+they count, and on PostgreSQL an advisory transaction lock per app does the same. With ``REDIS_URL``
+a sorted set per app is trimmed, counted and appended by one Lua script (atomic on the server).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import uuid
+import zlib
+from dataclasses import dataclass
+
+from django.conf import settings
+from django.db import connection, transaction
+
+from conversations.models import RateLimitHit
+from digitorn_site.errors import RateLimitError
+
+WINDOW_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class RateLimitState:
+    app_id: str
+    limit: int
+    current: int
+    allowed: bool
+    reset_seconds: int  # until the oldest hit in the window leaves it
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.current, 0)
+
+    def headers(self) -> dict[str, str]:
+        headers = {
+            "X-RateLimit-Limit": str(self.limit),
+            "X-RateLimit-Remaining": str(self.remaining),
+            "X-RateLimit-Reset": str(self.reset_seconds),
+        }
+        if not self.allowed:
+            headers["Retry-After"] = str(max(self.reset_seconds, 1))
+        return headers
+
+    def usage(self) -> dict:
+        return {
+            "app_id": self.app_id,
+            "current": self.current,
+            "limit": self.limit,
+            "remaining": self.remaining,
+            "window_seconds": WINDOW_SECONDS,
+        }
+
+
+_LUA = """
+local key = KEYS[1]
+local now = tonumber(ARGV[1])
+local window = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local member = ARGV[4]
+local record = tonumber(ARGV[5])
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local count = redis.call('ZCARD', key)
+local allowed = 0
+if record == 1 and count < limit then
+  redis.call('ZADD', key, now, member)
+  count = count + 1
+  allowed = 1
+end
+redis.call('EXPIRE', key, math.ceil(window) + 1)
+local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+local oldest_at = now
+if oldest[2] then oldest_at = tonumber(oldest[2]) end
+return {allowed, count, tostring(oldest_at)}
+"""
+
+_redis_client = None
+
+
+def _redis():
+    global _redis_client
+    if _redis_client is None:
+        import redis
+
+        _redis_client = redis.Redis.from_url(settings.REDIS_URL)
+    return _redis_client
+
+
+def _reset_after(oldest_at: float | None, now: float) -> int:
+    if oldest_at is None:
+        return 0
+    return max(int(math.ceil(oldest_at + WINDOW_SECONDS - now)), 0)
+
+
+def _hit_redis(app_id: str, limit: int, record: bool) -> RateLimitState:
+    now = time.time()
+    allowed, count, oldest = _redis().eval(
+        _LUA, 1, f"digitorn:ratelimit:{app_id}", now, WINDOW_SECONDS, limit, uuid.uuid4().hex, int(record)
+    )
+    oldest_at = float(oldest) if int(count) else None
+    return RateLimitState(
+        app_id=app_id,
+        limit=limit,
+        current=int(count),
+        allowed=bool(allowed) if record else int(count) < limit,
+        reset_seconds=_reset_after(oldest_at, now),
+    )
+
+
+def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
+    with transaction.atomic():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [zlib.crc32(app_id.encode()) & 0x7FFFFFFF])
+        now = time.time()
+        hits = RateLimitHit.objects.filter(app_id=app_id)
+        if record:
+            # Pruning writes, which also takes SQLite's write lock before the count below.
+            hits.filter(at__lte=now - WINDOW_SECONDS).delete()
+        window = hits.filter(at__gt=now - WINDOW_SECONDS)
+        current = window.count()
+        oldest_at = window.order_by("at").values_list("at", flat=True).first()
+        allowed = current < limit
+        if record and allowed:
+            RateLimitHit.objects.create(app_id=app_id, at=now)
+            current += 1
+            oldest_at = oldest_at if oldest_at is not None else now
+    return RateLimitState(
+        app_id=app_id, limit=limit, current=current, allowed=allowed, reset_seconds=_reset_after(oldest_at, now)
+    )
+
+
+def _effective_limit(app_id: str) -> int:
+    from apps_registry.selectors import app_rate_limit
+
+    return int(app_rate_limit(app_id=app_id))
+
+
+def rate_limit_hit(*, app_id: str) -> RateLimitState:
+    """Count one request against the app's window; raises RateLimitError (429, with headers) when full."""
+    limit = _effective_limit(app_id)
+    state = _hit_redis(app_id, limit, True) if settings.REDIS_URL else _hit_db(app_id, limit, True)
+    if not state.allowed:
+        raise RateLimitError(
+            f"Rate limit of {limit} requests per minute reached for app '{app_id}'; "
+            f"retry in {max(state.reset_seconds, 1)} s or raise it with PUT /api/apps/{app_id}/quota.",
+            headers=state.headers(),
+        )
+    return state
+
+
+def rate_limit_usage(*, app_id: str) -> RateLimitState:
+    """The window as it stands, without counting a request."""
+    limit = _effective_limit(app_id)
+    return _hit_redis(app_id, limit, False) if settings.REDIS_URL else _hit_db(app_id, limit, False)

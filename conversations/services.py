@@ -1,0 +1,662 @@
+"""Writes of the conversations app: sessions, the per-session queue, turn state, notifications.
+
+Every function here is synchronous and transactional; the async agent loop (``engine.py``) calls
+them through ``sync_to_async``. Each event is appended in the same transaction as the state it
+reports (``events.event_append``), so a stream never shows an event whose state was rolled back.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import F, Q
+from django.utils import timezone
+
+from conversations.events import event_append
+from conversations.models import Message, Notification, Session, Turn
+from digitorn_site.api.auth import ADMIN_PRINCIPAL
+from digitorn_site.errors import ConflictError, NotFoundError, QueueFullError, ValidationError
+
+log = logging.getLogger("digitorn.conversations")
+
+ACTIVE = (Turn.Status.QUEUED, Turn.Status.RUNNING, Turn.Status.WAITING_APPROVAL)
+MAX_MESSAGE_CHARS = 100_000
+
+
+# --- sessions ---------------------------------------------------------------------------------
+
+
+def idle_seconds_for(app_id: str) -> int:
+    from apps_registry.selectors import app_compiled
+
+    compiled = app_compiled(app_id=app_id)
+    return compiled.runtime.session_idle_seconds or settings.DIGITORN_SESSION_IDLE_SECONDS
+
+
+def _is_expired(session: Session, idle_seconds: int, now: datetime) -> bool:
+    if session.last_active >= now - timedelta(seconds=idle_seconds):
+        return False
+    # A turn still running or waiting for a human keeps its session alive.
+    return not session.turns.filter(status__in=ACTIVE).exists()
+
+
+def _not_found(app_id: str, session_id: str) -> NotFoundError:
+    return NotFoundError(
+        f"Session '{session_id}' of app '{app_id}' does not exist (it may have expired after inactivity or been deleted)."
+    )
+
+
+def session_resolve(*, app_id: str, session_id: str, principal: str, create: bool = False) -> Session:
+    """The caller's session, created on first use when ``create``; purges it when idle too long.
+
+    Another principal's session answers 404 (its existence is not revealed); the admin sees all.
+    """
+    idle = idle_seconds_for(app_id)
+    now = timezone.now()
+    with transaction.atomic():
+        session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+        if session is not None:
+            if session.principal != principal and principal != ADMIN_PRINCIPAL:
+                raise _not_found(app_id, session_id)
+            if _is_expired(session, idle, now):
+                session.delete()
+                session = None
+        if session is None:
+            if not create:
+                raise _not_found(app_id, session_id)
+            try:
+                with transaction.atomic():
+                    session = Session.objects.create(app_id=app_id, session_id=session_id, principal=principal)
+            except IntegrityError:
+                # Another worker created it between our read and write (PostgreSQL only; SQLite's
+                # IMMEDIATE transactions serialise the two).
+                session = Session.objects.get(app_id=app_id, session_id=session_id)
+                if session.principal != principal and principal != ADMIN_PRINCIPAL:
+                    raise _not_found(app_id, session_id)
+    return session
+
+
+def sessions_purge_expired(*, app_id: str) -> int:
+    """Delete the app's sessions idle for longer than its idle timeout; returns how many."""
+    idle = idle_seconds_for(app_id)
+    cutoff = timezone.now() - timedelta(seconds=idle)
+    with transaction.atomic():
+        stale = Session.objects.filter(app_id=app_id, last_active__lt=cutoff).exclude(turns__status__in=ACTIVE)
+        count, _ = Session.objects.filter(pk__in=list(stale.values_list("pk", flat=True))).delete()
+    return count
+
+
+def session_delete(*, app_id: str, session_id: str, principal: str) -> None:
+    """Delete the session with its transcript, turns and events, and cancel its pending approvals."""
+    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
+    with transaction.atomic():
+        Session.objects.filter(pk=session.pk).delete()
+    _approvals_cancel(app_id=app_id, session_id=session_id)
+
+
+def sessions_purge_app(*, app_id: str) -> int:
+    """An undeployed app loses its sessions; loops still running notice the session is gone and stop."""
+    with transaction.atomic():
+        Turn.objects.filter(session__app_id=app_id, status__in=ACTIVE).update(cancel_requested=True)
+        count, _ = Session.objects.filter(app_id=app_id).delete()
+    _approvals_cancel(app_id=app_id, session_id=None)
+    return count
+
+
+def _approvals_cancel(*, app_id: str, session_id: str | None) -> None:
+    try:
+        from approvals.services import approvals_cancel
+    except ImportError:  # the approvals part is not installed yet
+        return
+    approvals_cancel(app_id=app_id, session_id=session_id)
+
+
+# --- the queue --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Enqueued:
+    session_pk: int
+    session_id: str
+    correlation_id: str
+    position: int  # turns ahead of this one (0: it runs now)
+    queue_depth: int  # turns waiting to start, this one included
+    after_seq: int  # last event seq before this turn's first event
+
+    def payload(self) -> dict:
+        return {"correlation_id": self.correlation_id, "position": self.position, "queue_depth": self.queue_depth}
+
+
+def _validate_message(message: Any, field_name: str = "message") -> str:
+    if not isinstance(message, str) or not message.strip():
+        raise ValidationError(f"{field_name}: a non-empty string is required.")
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise ValidationError(f"{field_name}: at most {MAX_MESSAGE_CHARS} characters (got {len(message)}).")
+    return message
+
+
+def message_enqueue(
+    *,
+    app_id: str,
+    session_id: str,
+    principal: str,
+    message: str,
+    kind: str = Turn.Kind.MESSAGE,
+    field_name: str = "message",
+) -> Enqueued:
+    """Queue a turn in the session (FIFO, serial); 429 QUEUE_FULL beyond DIGITORN_QUEUE_DEPTH waiting."""
+    if kind == Turn.Kind.MESSAGE:
+        message = _validate_message(message, field_name)
+    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal, create=True)
+    with transaction.atomic():
+        session = Session.objects.select_for_update().get(pk=session.pk)
+        waiting = session.turns.filter(status=Turn.Status.QUEUED).count()
+        if waiting >= settings.DIGITORN_QUEUE_DEPTH:
+            raise QueueFullError(
+                f"Session '{session_id}' already has {waiting} messages waiting (the limit is "
+                f"{settings.DIGITORN_QUEUE_DEPTH}); wait for the running turn to finish or cancel it."
+            )
+        ahead = session.turns.filter(status__in=ACTIVE).count()
+        turn = Turn.objects.create(
+            session=session, correlation_id=uuid.uuid4().hex, kind=kind, content=message, status=Turn.Status.QUEUED
+        )
+        Session.objects.filter(pk=session.pk).update(last_active=timezone.now())
+        after_seq = session.last_seq
+        enqueued = Enqueued(
+            session_pk=session.pk,
+            session_id=session.session_id,
+            correlation_id=turn.correlation_id,
+            position=ahead,
+            queue_depth=waiting + 1,
+            after_seq=after_seq,
+        )
+        if ahead:
+            event_append(
+                session=session, type="message_queued", data=enqueued.payload(), correlation_id=turn.correlation_id
+            )
+    return enqueued
+
+
+def session_cancel(*, app_id: str, session_id: str, principal: str) -> dict:
+    """Stop the session's current turn at its next step boundary; a suspended or not-yet-started
+    turn is finished right here. Its pending approvals are cancelled."""
+    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
+    with transaction.atomic():
+        head = session.turns.select_for_update().filter(status__in=ACTIVE).order_by("id").first()
+        if head is None:
+            return {"cancelled": False, "correlation_id": None, "status": "idle"}
+        head.cancel_requested = True
+        head.save(update_fields=["cancel_requested"])
+        finished_now = head.status != Turn.Status.RUNNING or head.lease_expired()
+        if finished_now:
+            turn_finish(turn_pk=head.pk, content="Cancelled by the user.", cancelled=True)
+    _approvals_cancel(app_id=app_id, session_id=session_id)
+    return {
+        "cancelled": True,
+        "correlation_id": head.correlation_id,
+        "status": "cancelled" if finished_now else "cancelling",
+    }
+
+
+# --- turn state (called by the engine) --------------------------------------------------------
+
+
+@dataclass
+class ClaimedTurn:
+    turn_pk: int
+    session_pk: int
+    app_id: str
+    session_id: str
+    principal: str
+    correlation_id: str
+    kind: str
+    agent_id: str
+    turns_used: int
+    tool_calls_count: int
+    cancel_requested: bool
+    state: dict = field(default_factory=dict)
+
+
+def _lease_until() -> datetime:
+    return timezone.now() + timedelta(seconds=settings.DIGITORN_LEASE_SECONDS)
+
+
+def _notification_text(summaries: list[dict]) -> str:
+    lines = ["Background task notifications (these tasks finished since you last heard of them):"]
+    for s in summaries:
+        body = s.get("result") if s.get("status") == "completed" else s.get("error")
+        lines.append(
+            f"- task {s.get('task_id')} ({s.get('tool')}) {s.get('status')}: "
+            f"{json.dumps(body, default=str)[:2000]}"
+        )
+    return "\n".join(lines)
+
+
+def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
+    """Lease the head of the session's queue, or None when there is nothing this worker may run.
+
+    A turn is claimable when it is queued, running under an expired lease (its worker died), or
+    suspended for approval with every decision in. Starting a turn writes its opening messages.
+    """
+    with transaction.atomic():
+        session = Session.objects.select_for_update().filter(pk=session_pk).first()
+        if session is None:
+            return None
+        head = session.turns.select_for_update().filter(status__in=ACTIVE).order_by("id").first()
+        now = timezone.now()
+        if head is None:
+            if session.status != Session.Status.IDLE:
+                Session.objects.filter(pk=session.pk).update(status=Session.Status.IDLE)
+            return None
+        if head.status == Turn.Status.RUNNING and not head.lease_expired(now) and head.lease_owner != worker:
+            return None
+        if head.status == Turn.Status.WAITING_APPROVAL and not head.cancel_requested:
+            decisions = head.state.get("decisions", {})
+            if any(rid not in decisions for rid in head.state.get("pending", {}).values()):
+                return None
+        state = dict(head.state or {})
+        if not state.get("started"):
+            state["started"] = True
+            pending = list(session.notifications.filter(delivered_at__isnull=True))
+            if pending:
+                Message.objects.create(
+                    session=session,
+                    role=Message.Role.SYSTEM,
+                    content=_notification_text([n.summary for n in pending]),
+                    correlation_id=head.correlation_id,
+                )
+                Notification.objects.filter(pk__in=[n.pk for n in pending]).update(delivered_at=now)
+            if head.kind == Turn.Kind.NOTIFICATION:
+                summaries = json.loads(head.content or "[]")
+                Message.objects.create(
+                    session=session,
+                    role=Message.Role.USER,
+                    content=_notification_text(summaries)
+                    + "\nReport these results to the user and take any follow-up they call for.",
+                    correlation_id=head.correlation_id,
+                )
+            else:
+                Message.objects.create(
+                    session=session, role=Message.Role.USER, content=head.content, correlation_id=head.correlation_id
+                )
+        head.state = state
+        head.status = Turn.Status.RUNNING
+        head.lease_owner = worker
+        head.lease_expires_at = _lease_until()
+        head.attempts += 1
+        head.started_at = head.started_at or now
+        head.save()
+        Session.objects.filter(pk=session.pk).update(status=Session.Status.RUNNING, last_active=now)
+        return ClaimedTurn(
+            turn_pk=head.pk,
+            session_pk=session.pk,
+            app_id=session.app_id,
+            session_id=session.session_id,
+            principal=session.principal,
+            correlation_id=head.correlation_id,
+            kind=head.kind,
+            agent_id=head.agent_id,
+            turns_used=head.turns_used,
+            tool_calls_count=head.tool_calls_count,
+            cancel_requested=head.cancel_requested,
+            state=state,
+        )
+
+
+def turn_heartbeat(*, turn_pk: int, worker: str) -> bool | None:
+    """Renew the lease; returns cancel_requested, or None when the turn is gone or no longer ours."""
+    with transaction.atomic():
+        turn = Turn.objects.filter(pk=turn_pk).only("status", "lease_owner", "cancel_requested").first()
+        if turn is None or turn.status != Turn.Status.RUNNING or turn.lease_owner != worker:
+            return None
+        Turn.objects.filter(pk=turn_pk).update(lease_expires_at=_lease_until())
+        return turn.cancel_requested
+
+
+def _locked_turn(turn_pk: int) -> Turn:
+    turn = Turn.objects.select_for_update().select_related("session").filter(pk=turn_pk).first()
+    if turn is None:
+        raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
+    return turn
+
+
+def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None) -> None:
+    """The model's reply that asks for tools: the assistant message plus one tool_call event per call."""
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        session = turn.session
+        Message.objects.create(
+            session=session,
+            role=Message.Role.ASSISTANT,
+            content=text or "",
+            tool_calls=tool_calls,
+            correlation_id=turn.correlation_id,
+        )
+        turn.turns_used += 1
+        turn.tool_calls_count += len(tool_calls)
+        turn.lease_expires_at = _lease_until()
+        turn.save(update_fields=["turns_used", "tool_calls_count", "lease_expires_at"])
+        for call in tool_calls:
+            event_append(
+                session=session,
+                type="tool_call",
+                data={"id": call["id"], "name": call["name"], "params": call["params"]},
+                correlation_id=turn.correlation_id,
+            )
+
+
+def turn_count_model_call(*, turn_pk: int) -> None:
+    """A model call that ended the turn (no tools) still counts towards turns_used."""
+    Turn.objects.filter(pk=turn_pk).update(turns_used=F("turns_used") + 1)
+
+
+def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -> None:
+    """One tool result: the tool message for the model and the `result` event for streams."""
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        Message.objects.create(
+            session=turn.session,
+            role=Message.Role.TOOL,
+            content=json.dumps(result, default=str),
+            tool_call_id=call_id,
+            name=name,
+            correlation_id=turn.correlation_id,
+        )
+        event_append(
+            session=turn.session,
+            type="result",
+            data={"id": call_id, "name": name, **result},
+            correlation_id=turn.correlation_id,
+        )
+
+
+def turn_record_pending(*, turn_pk: int, call_id: str, name: str, params: dict, request_id: str) -> None:
+    """A call that needs a human: remember which request answers it and tell the streams."""
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        state = dict(turn.state or {})
+        state.setdefault("pending", {})[call_id] = request_id
+        turn.state = state
+        turn.save(update_fields=["state"])
+        data: dict[str, Any] = {"request_id": request_id, "id": call_id, "name": name, "params": params}
+        try:
+            from approvals.selectors import approval_get
+
+            request = approval_get(request_id=request_id)
+        except ImportError:
+            request = None
+        if request is not None:
+            data.update(
+                name=request.tool_name,
+                params=request.params,
+                risk_level=request.risk_level,
+                reason=request.reason,
+                expires_at=request.expires_at.timestamp() if request.expires_at else None,
+            )
+        event_append(session=turn.session, type="approval_request", data=data, correlation_id=turn.correlation_id)
+
+
+def turn_suspend(*, turn_pk: int, worker: str, active_seconds: float) -> bool:
+    """Park the turn until its approvals are decided, releasing the lease (no worker is held).
+
+    Returns False when every pending request was decided in the meantime: the caller goes on.
+    """
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        state = dict(turn.state or {})
+        decisions = state.get("decisions", {})
+        if all(rid in decisions for rid in state.get("pending", {}).values()) and not turn.cancel_requested:
+            return False
+        state["active_seconds"] = active_seconds
+        turn.state = state
+        turn.status = Turn.Status.WAITING_APPROVAL
+        turn.lease_owner = ""
+        turn.lease_expires_at = None
+        turn.save(update_fields=["state", "status", "lease_owner", "lease_expires_at"])
+        Session.objects.filter(pk=turn.session_id).update(status=Session.Status.WAITING_APPROVAL)
+        return True
+
+
+def turn_save_state(*, turn_pk: int, **changes: Any) -> dict:
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        state = dict(turn.state or {})
+        state.update(changes)
+        turn.state = state
+        turn.save(update_fields=["state"])
+        return state
+
+
+def turn_emit(*, turn_pk: int, type: str, data: dict) -> None:
+    """An event that reports no state change of its own (error, hook, token)."""
+    with transaction.atomic():
+        turn = Turn.objects.select_related("session").filter(pk=turn_pk).first()
+        if turn is None:
+            return
+        event_append(session=turn.session, type=type, data=data, correlation_id=turn.correlation_id)
+
+
+def turn_finish(
+    *,
+    turn_pk: int,
+    content: str,
+    truncated: bool = False,
+    cancelled: bool = False,
+    failed: bool = False,
+    record_message: bool = True,
+) -> dict | None:
+    """End the turn: final assistant message, `notification_result` (notification turns) and `done`.
+
+    Tool calls left without a result (cancel, truncation) get one saying so, because chat APIs
+    refuse a transcript whose tool calls are unanswered.
+    """
+    with transaction.atomic():
+        turn = Turn.objects.select_for_update().select_related("session").filter(pk=turn_pk).first()
+        if turn is None or turn.status in (Turn.Status.DONE, Turn.Status.FAILED, Turn.Status.CANCELLED):
+            return None
+        session = turn.session
+        now = timezone.now()
+        last_calls = (
+            Message.objects.filter(session=session, correlation_id=turn.correlation_id, role=Message.Role.ASSISTANT)
+            .exclude(tool_calls__isnull=True)
+            .order_by("-id")
+            .first()
+        )
+        if last_calls and last_calls.tool_calls:
+            answered = set(
+                Message.objects.filter(
+                    session=session, role=Message.Role.TOOL, correlation_id=turn.correlation_id
+                ).values_list("tool_call_id", flat=True)
+            )
+            reason = "cancelled" if cancelled else "not run: the turn ended first"
+            for call in last_calls.tool_calls:
+                if call.get("id") not in answered:
+                    Message.objects.create(
+                        session=session,
+                        role=Message.Role.TOOL,
+                        content=json.dumps({"success": False, "data": None, "error": reason}),
+                        tool_call_id=call.get("id", ""),
+                        name=call.get("name", ""),
+                        correlation_id=turn.correlation_id,
+                    )
+        if record_message and content:
+            Message.objects.create(
+                session=session, role=Message.Role.ASSISTANT, content=content, correlation_id=turn.correlation_id
+            )
+        payload = {
+            "content": content,
+            "session_id": session.session_id,
+            "correlation_id": turn.correlation_id,
+            "tool_calls_count": turn.tool_calls_count,
+            "turns_used": turn.turns_used,
+            "truncated": truncated,
+            "cancelled": cancelled,
+        }
+        turn.result = payload
+        turn.status = (
+            Turn.Status.CANCELLED if cancelled else Turn.Status.FAILED if failed else Turn.Status.DONE
+        )
+        turn.finished_at = now
+        turn.lease_owner = ""
+        turn.lease_expires_at = None
+        turn.save(update_fields=["result", "status", "finished_at", "lease_owner", "lease_expires_at"])
+        if turn.kind == Turn.Kind.NOTIFICATION:
+            event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
+        event_append(session=session, type="done", data=payload, correlation_id=turn.correlation_id)
+        more = session.turns.filter(status__in=ACTIVE).exclude(pk=turn.pk).exists()
+        Session.objects.filter(pk=session.pk).update(
+            status=Session.Status.RUNNING if more else Session.Status.IDLE, last_active=now
+        )
+        return payload
+
+
+def turns_recoverable() -> list[int]:
+    """Sessions with work no live worker holds: expired leases, queued turns, decided approvals."""
+    now = timezone.now()
+    pks = (
+        Turn.objects.filter(
+            Q(status=Turn.Status.QUEUED)
+            | Q(status=Turn.Status.RUNNING, lease_expires_at__lt=now)
+            | Q(status=Turn.Status.RUNNING, lease_expires_at__isnull=True)
+            | Q(status=Turn.Status.WAITING_APPROVAL, cancel_requested=True)
+        )
+        .values_list("session_id", flat=True)
+        .distinct()
+    )
+    out = set(pks)
+    for turn in Turn.objects.filter(status=Turn.Status.WAITING_APPROVAL).only("session_id", "state"):
+        decisions = turn.state.get("decisions", {})
+        if all(rid in decisions for rid in turn.state.get("pending", {}).values()):
+            out.add(turn.session_id)
+    return sorted(out)
+
+
+# --- approvals and notifications (signal receivers call these) -------------------------------
+
+
+def approval_resolution_apply(
+    *, request_id: str, app_id: str, session_id: str | None, approved: bool, message: str
+) -> int | None:
+    """Record a decision on the suspended turn and emit `approval_resolved`; returns the session pk
+    to resume, or None when no turn of ours waits on this request."""
+    if not session_id:
+        return None
+    status = "approved" if approved else "denied"
+    try:
+        from approvals.selectors import approval_get
+
+        request = approval_get(request_id=request_id)
+        if request is not None:
+            status = request.status
+    except ImportError:
+        pass
+    with transaction.atomic():
+        session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+        if session is None:
+            return None
+        for turn in session.turns.select_for_update().filter(status__in=ACTIVE).order_by("id"):
+            state = dict(turn.state or {})
+            if request_id not in state.get("pending", {}).values():
+                continue
+            decisions = dict(state.get("decisions", {}))
+            if request_id in decisions:
+                return None
+            decisions[request_id] = {"approved": bool(approved), "message": message or "", "status": status}
+            state["decisions"] = decisions
+            turn.state = state
+            turn.save(update_fields=["state"])
+            event_append(
+                session=session,
+                type="approval_resolved",
+                data={"request_id": request_id, "approved": bool(approved), "status": status, "message": message or ""},
+                correlation_id=turn.correlation_id,
+            )
+            return session.pk
+    return None
+
+
+def _task_summary(task_id: str, status: str) -> dict:
+    from tooling.models import BackgroundTask
+
+    task = BackgroundTask.objects.filter(task_id=task_id).first()
+    if task is None:
+        return {"task_id": task_id, "tool": "", "status": status, "result": None, "error": None}
+    return {
+        "task_id": task.task_id,
+        "tool": task.tool,
+        "status": task.status or status,
+        "result": task.result,
+        "error": task.error or None,
+    }
+
+
+def notification_record(*, task_id: str, app_id: str, session_id: str | None, status: str) -> Notification | None:
+    """A finished background task of a session: a Notification row and a `notification` event."""
+    if not session_id:
+        return None
+    with transaction.atomic():
+        session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+        if session is None:
+            return None
+        if Notification.objects.filter(session=session, task_id=task_id).exists():
+            return None  # a redelivered signal must not notify twice
+        summary = _task_summary(task_id, status)
+        notification = Notification.objects.create(
+            session=session, app_id=app_id, task_id=task_id, status=summary["status"], summary=summary
+        )
+        event_append(session=session, type="notification", data=summary)
+    return notification
+
+
+def notifications_drain(*, app_id: str, session_id: str, principal: str) -> tuple[Enqueued | None, list[dict]]:
+    """Take the session's pending notifications and queue a notification turn over them."""
+    if not isinstance(session_id, str) or not session_id:
+        raise ValidationError("session_id: required (the session whose notifications to drain).")
+    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
+    with transaction.atomic():
+        pending = list(
+            Notification.objects.select_for_update().filter(session=session, delivered_at__isnull=True).order_by("id")
+        )
+        if not pending:
+            return None, []
+        Notification.objects.filter(pk__in=[n.pk for n in pending]).update(delivered_at=timezone.now())
+        summaries = [n.summary for n in pending]
+        enqueued = message_enqueue(
+            app_id=app_id,
+            session_id=session_id,
+            principal=principal,
+            message=json.dumps(summaries, default=str),
+            kind=Turn.Kind.NOTIFICATION,
+        )
+    return enqueued, summaries
+
+
+def turn_result_wait_ready(*, correlation_id: str) -> dict | None:
+    turn = Turn.objects.filter(correlation_id=correlation_id).only("result", "status").first()
+    if turn is None:
+        raise ConflictError("The turn disappeared (its session was deleted or its app undeployed).")
+    return turn.result if turn.status not in ACTIVE else None
+
+
+async def advance_session(*, session_pk: int) -> None:
+    """Run the session's queue (the agent loop lives in ``conversations.engine``)."""
+    from conversations.engine import advance_session as _advance
+
+    await _advance(session_pk=session_pk)
+
+
+def turns_recover() -> list[int]:
+    """Resume every session with work no live worker holds (daemon start, periodic sweep)."""
+    from conversations.engine import schedule_advance
+
+    pks = turns_recoverable()
+    for pk in pks:
+        schedule_advance(pk)
+    return pks

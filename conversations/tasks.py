@@ -1,0 +1,22 @@
+"""Thin Celery adapters: the same services, for contexts without an event loop."""
+
+from __future__ import annotations
+
+from asgiref.sync import async_to_sync
+from celery import shared_task
+
+from conversations import services
+
+
+@shared_task(name="conversations.tasks.advance_session_task", ignore_result=True)
+def advance_session_task(session_pk: int) -> None:
+    async_to_sync(services.advance_session)(session_pk=session_pk)
+
+
+@shared_task(name="conversations.tasks.recover_leases", ignore_result=True)
+def recover_leases() -> int:
+    """Periodic: sessions whose turn lost its worker (expired lease) or whose queue nobody runs."""
+    pks = services.turns_recoverable()
+    for pk in pks:
+        advance_session_task.delay(pk)
+    return len(pks)
