@@ -31,7 +31,8 @@ class DeployUploadView(ApiView):
     request_serializer = UploadSerializer
 
     def post(self, request):
-        if request.content_type != "multipart/form-data":
+        # DRF's request.content_type keeps the boundary parameter; compare the media type only.
+        if request.content_type.split(";")[0].strip() != "multipart/form-data":
             raise UnsupportedMediaTypeError(
                 "Send the manifest as multipart/form-data with the YAML in a 'file' field "
                 "(curl -F file=@app.yaml)."
