@@ -167,7 +167,7 @@ def _run(
     )
     module = module_cls(config=app.modules.get(spec.module) or {}, context=context)
     try:
-        data = module.run(spec.action, params)
+        data = module.invoke_action(spec.action, params)
     except ToolError as exc:
         return ToolOutcome(
             status="error",

@@ -128,6 +128,8 @@ class Module:
             for attr in vars(klass).values():
                 spec = getattr(attr, "_action_spec", None)
                 if isinstance(spec, ActionSpec):
+                    if spec.method in vars(Module):
+                        raise TypeError(f"{cls.__name__}.{spec.method}: action methods may not shadow Module.{spec.method}")
                     found[spec.name] = spec
         cls.actions = found
 
@@ -135,6 +137,7 @@ class Module:
         self.config = dict(config or {})
         self.context = context
 
-    def run(self, action_name: str, params: dict[str, Any]) -> Any:
+    # Not named ``run``: that is a natural action name (shell.run) and would shadow the dispatcher.
+    def invoke_action(self, action_name: str, params: dict[str, Any]) -> Any:
         spec = self.actions[action_name]
         return getattr(self, spec.method)(**params)
