@@ -1,0 +1,279 @@
+"""The daemon's supervisor process.
+
+It holds the one listening socket, serves it with N daphne workers (each adopts the inherited file
+descriptor, so the kernel spreads connections over them), runs the Celery worker(s) and the beat
+scheduler, restarts a child that dies unexpectedly (with backoff), keeps the pid file current, and
+on SIGTERM/SIGINT stops every child: SIGTERM first, SIGKILL to each child's whole process group
+after the grace period. Each child runs in its own process group so Celery's pool processes are
+reaped with their parent, and gets a parent-death signal so none outlives a SIGKILLed supervisor.
+
+Started by ``digitorn start`` as ``python -m digitorn_site.cli.supervisor --listen-fd N ...``
+(detached, logging to DATA_DIR/logs/daemon.log) or run in-process by ``digitorn start --foreground``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+
+from digitorn_site.cli import config, procs
+
+# A child that lived at least this long before dying is "healthy again": its backoff resets.
+STABLE_SECONDS = 30.0
+MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass
+class Child:
+    role: str  # "asgi" | "celery" | "beat"
+    name: str
+    argv: list[str]
+    pass_fds: tuple[int, ...] = ()
+    proc: subprocess.Popen | None = None
+    starttime: int | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    failures: int = 0  # consecutive quick deaths, drives the backoff
+    restart_at: float | None = None
+    last_exit: int | None = None
+
+    def describe(self) -> dict:
+        return {
+            "role": self.role,
+            "name": self.name,
+            "pid": self.proc.pid if self.proc else None,
+            "starttime": self.starttime,
+            "restarts": self.restarts,
+            "last_exit": self.last_exit,
+        }
+
+
+@dataclass
+class Supervisor:
+    listen_fd: int
+    host: str
+    port: int
+    workers: int = 1
+    celery_workers: int = 1
+    celery_concurrency: int = 2
+    beat: bool = True
+    grace: float = 10.0
+    children: list[Child] = field(default_factory=list)
+    stopping: bool = False
+    started_at: str = ""
+
+    @property
+    def url(self) -> str:
+        return daemon_url(self.host, self.port)
+
+    def build_children(self) -> None:
+        py = config.python()
+        for index in range(self.workers):
+            self.children.append(
+                Child(
+                    role="asgi",
+                    name=f"asgi-{index + 1}",
+                    argv=[
+                        py, "-m", "daphne",
+                        "--fd", str(self.listen_fd),
+                        # SSE streams are long-lived: no HTTP timeout; let apps finish on stop.
+                        "--application-close-timeout", "5",
+                        "-v", "1",
+                        "digitorn_site.asgi:application",
+                    ],
+                    pass_fds=(self.listen_fd,),
+                )
+            )
+        embedded_broker = not config.settings().REDIS_URL and str(
+            config.settings().CELERY_BROKER_URL
+        ).startswith("sqla+")
+        for index in range(self.celery_workers):
+            argv = [
+                py, "-m", "celery", "-A", "digitorn_site", "worker",
+                "--concurrency", str(self.celery_concurrency),
+                "--hostname", f"digitorn-{index + 1}-{os.getpid()}@%h",
+                "--loglevel", "INFO",
+            ]
+            if embedded_broker:
+                # The SQLAlchemy transport has no broadcast: gossip, mingle and heartbeats would
+                # only add polling and warnings.
+                argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
+            self.children.append(Child(role="celery", name=f"celery-{index + 1}", argv=argv))
+        if self.beat:
+            schedule = str(config.data_dir() / "celerybeat-schedule")
+            self.children.append(
+                Child(
+                    role="beat",
+                    name="beat",
+                    argv=[py, "-m", "celery", "-A", "digitorn_site", "beat", "--schedule", schedule,
+                          "--loglevel", "INFO"],
+                )
+            )
+
+    # --- children -----------------------------------------------------------------------------
+    def spawn(self, child: Child) -> None:
+        child.proc = subprocess.Popen(
+            child.argv,
+            env=config.child_env(),
+            cwd=str(config.PROJECT_ROOT),
+            stdin=subprocess.DEVNULL,
+            pass_fds=child.pass_fds,
+            start_new_session=True,
+            preexec_fn=procs.set_parent_death_signal,
+        )
+        child.starttime = procs.proc_starttime(child.proc.pid)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        log(f"started {child.name} (pid {child.proc.pid})")
+
+    def reap(self) -> bool:
+        """Notice children that exited; schedule restarts. True when something changed."""
+        changed = False
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None or child.proc.poll() is None:
+                continue
+            code = child.proc.returncode
+            lived = now - child.started_at
+            child.last_exit = code
+            procs.kill_group_quietly(child.proc.pid)
+            child.proc = None
+            child.starttime = None
+            changed = True
+            if self.stopping:
+                continue
+            child.failures = 0 if lived >= STABLE_SECONDS else child.failures + 1
+            delay = 0.0 if child.failures == 0 else min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** (child.failures - 1))
+            child.restart_at = now + delay
+            log(f"{child.name} exited unexpectedly with code {code} after {lived:.1f}s; restarting in {delay:.1f}s")
+        return changed
+
+    def restart_due(self) -> bool:
+        changed = False
+        now = time.monotonic()
+        for child in self.children:
+            if child.proc is None and child.restart_at is not None and now >= child.restart_at and not self.stopping:
+                child.restarts += 1
+                self.spawn(child)
+                changed = True
+        return changed
+
+    def write_state(self) -> None:
+        config.write_pid_file(
+            {
+                "pid": os.getpid(),
+                "starttime": procs.proc_starttime(os.getpid()),
+                "url": self.url,
+                "host": self.host,
+                "port": self.port,
+                "workers": self.workers,
+                "celery_workers": self.celery_workers,
+                "beat": self.beat,
+                "grace": self.grace,
+                "started_at": self.started_at,
+                "data_dir": str(config.data_dir()),
+                "log_file": str(config.log_file()),
+                "children": [child.describe() for child in self.children],
+            }
+        )
+
+    def stop_children(self) -> None:
+        running = [c for c in self.children if c.proc is not None and c.proc.poll() is None]
+        log(f"stopping {len(running)} children (grace {self.grace:g}s)")
+        for child in running:
+            procs.send_signal(child.proc.pid, signal.SIGTERM)
+        began = time.monotonic()
+        deadline = began + self.grace
+        waiting = list(running)
+        while waiting and time.monotonic() < deadline:
+            time.sleep(0.05)
+            for child in [c for c in waiting if c.proc.poll() is not None]:
+                waiting.remove(child)
+                log(f"{child.name} stopped (code {child.proc.returncode}) after {time.monotonic() - began:.1f}s")
+        for child in running:
+            if child.proc.poll() is None:
+                log(f"{child.name} (pid {child.proc.pid}) did not stop in {self.grace:g}s; killing it")
+            # The whole group: Celery's pool processes and anything a daphne worker spawned.
+            procs.kill_group_quietly(child.proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                child.proc.wait(timeout=5)
+
+    # --- main loop ----------------------------------------------------------------------------
+    def _on_signal(self, signum, _frame) -> None:
+        if not self.stopping:
+            log(f"received {signal.Signals(signum).name}; shutting down")
+        self.stopping = True
+
+    def run(self) -> int:
+        self.started_at = dt.datetime.now(dt.UTC).isoformat()
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        self.build_children()
+        log(f"supervisor pid {os.getpid()} serving {self.url} with {self.workers} ASGI worker(s), "
+            f"{self.celery_workers} Celery worker(s){' and beat' if self.beat else ''}")
+        try:
+            for child in self.children:
+                self.spawn(child)
+            self.write_state()
+            while not self.stopping:
+                time.sleep(0.2)
+                changed = self.reap()
+                changed = self.restart_due() or changed
+                if changed:
+                    self.write_state()
+        finally:
+            self.stopping = True
+            self.stop_children()
+            config.remove_pid_file(only_if_pid=os.getpid())
+            with contextlib.suppress(OSError):
+                os.close(self.listen_fd)
+            log("stopped")
+        return 0
+
+
+def daemon_url(host: str, port: int) -> str:
+    """The URL clients use: a wildcard bind is reached through loopback."""
+    connect = "127.0.0.1" if host in ("", "0.0.0.0") else host
+    if ":" in connect and not connect.startswith("["):
+        connect = f"[{connect}]"
+    return f"http://{connect}:{port}"
+
+
+def log(message: str) -> None:
+    stamp = dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    print(f"[{stamp}] digitorn supervisor: {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m digitorn_site.cli.supervisor")
+    parser.add_argument("--listen-fd", type=int, required=True)
+    parser.add_argument("--host", required=True)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=1)
+    parser.add_argument("--celery-workers", type=int, default=1)
+    parser.add_argument("--celery-concurrency", type=int, default=2)
+    parser.add_argument("--no-beat", action="store_true")
+    parser.add_argument("--grace", type=float, default=10.0)
+    args = parser.parse_args(argv)
+    return Supervisor(
+        listen_fd=args.listen_fd,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        celery_workers=args.celery_workers,
+        celery_concurrency=args.celery_concurrency,
+        beat=not args.no_beat,
+        grace=args.grace,
+    ).run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

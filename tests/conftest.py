@@ -1,0 +1,301 @@
+"""Shared fixtures: a real daemon started with `digitorn start`, and app YAML files on disk.
+
+``daemon`` (module-scoped) starts ``digitorn start --workers 2`` on a free port with its own data dir
+and a known admin key, and stops it at the end of the module, failing if any of its processes is
+left. ``daemon_factory`` starts extra daemons with custom settings (environment, workers, flags),
+each stopped when the test ends. ``app_yaml`` writes app manifests to temporary files.
+
+Mark tests that use a daemon with ``@pytest.mark.e2e``. With ``DATABASE_URL``/``REDIS_URL`` set in
+the environment (the scale-out CI leg) the daemons use them; otherwise the embedded defaults.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+CLI = [sys.executable, "-m", "digitorn_site.cli.main"]
+# Variables a developer's shell may carry that would leak into the daemon under test.
+_SCRUBBED_PREFIXES = ("DIGITORN_", "DJANGO_", "CELERY_")
+_PASSTHROUGH = ("DATABASE_URL", "REDIS_URL")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _proc_alive(pid: int, starttime: int | None) -> bool:
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    fields = raw[raw.rfind(")") + 2 :].split()
+    if fields[0] in ("Z", "X"):
+        return False
+    return starttime is None or int(fields[19]) == starttime
+
+
+def daemon_env(data_dir: Path, key: str, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """A clean environment for a daemon (and its CLI) under test."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(_SCRUBBED_PREFIXES)}
+    for name in _PASSTHROUGH:
+        if not os.environ.get(name):
+            env.pop(name, None)
+    env.update(
+        {
+            "DIGITORN_DATA_DIR": str(data_dir),
+            "DIGITORN_API_KEY": key,
+            # Never read a developer's .env beside manage.py.
+            "DIGITORN_ENV_FILE": str(data_dir / "no.env"),
+            "PYTHONPATH": str(PROJECT_ROOT),
+            "PYTHONUNBUFFERED": "1",
+            # Rich tables wide enough that cells are never wrapped in captured output.
+            "COLUMNS": "200",
+        }
+    )
+    env.update(extra or {})
+    return env
+
+
+@dataclass
+class Daemon:
+    """A running daemon: ``url``, ``key``, ``data_dir``, an authenticated ``client`` and ``cli()``."""
+
+    url: str
+    key: str
+    data_dir: Path
+    port: int
+    env: dict[str, str]
+    client: httpx.Client
+    started: dict[str, Any] = field(default_factory=dict)
+    stopped: bool = False
+
+    # --- CLI ------------------------------------------------------------------------------
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run ``digitorn ARGS`` against this daemon (it finds it through the data dir's pid file)."""
+        return subprocess.run(
+            [*CLI, *args], input=input, capture_output=True, text=True, timeout=timeout,
+            env={**self.env, **(env or {})}, cwd=str(PROJECT_ROOT),
+        )
+
+    # --- processes ------------------------------------------------------------------------
+    def pid_state(self) -> dict[str, Any] | None:
+        try:
+            return json.loads((self.data_dir / "daemon.json").read_text())
+        except (FileNotFoundError, ValueError):
+            return None
+
+    def processes(self) -> list[tuple[int, int | None]]:
+        """(pid, starttime) of the supervisor and every child the pid file lists now."""
+        state = self.pid_state() or {}
+        out = [(state["pid"], state.get("starttime"))] if state.get("pid") else []
+        out += [(c["pid"], c.get("starttime")) for c in state.get("children", []) if c.get("pid")]
+        return out
+
+    def child_pids(self, role: str) -> list[int]:
+        """Pids of the children with ``role`` ("asgi", "celery", "beat") that are alive now."""
+        state = self.pid_state() or {}
+        return [c["pid"] for c in state.get("children", [])
+                if c.get("role") == role and c.get("pid") and _proc_alive(c["pid"], c.get("starttime"))]
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join((self.data_dir / "logs" / "daemon.log").read_text(errors="replace").splitlines()[-lines:])
+        except FileNotFoundError:
+            return "(no daemon.log)"
+
+    # --- HTTP helpers ---------------------------------------------------------------------
+    def sse(self, path: str, *, until: str | Callable[[dict], bool] = "done", timeout: float = 30.0,
+            params: dict | None = None, headers: dict | None = None, method: str = "GET",
+            json_body: Any = None, on_open: Callable[[], Any] | None = None) -> list[dict]:
+        """Read an SSE stream until an event of type ``until`` (or ``until(event)`` is true).
+
+        Returns the events as ``{"id", "event", "data"}`` dicts, the stopping one included.
+        ``on_open`` runs once the response headers arrived (e.g. to send a message only after
+        the stream is attached). Raises AssertionError on timeout, with what was received.
+        """
+        from digitorn_site.cli.sse import parse_sse_lines
+
+        stop = (lambda e: e["event"] == until) if isinstance(until, str) else until
+        received: list[dict] = []
+        deadline = time.monotonic() + timeout
+        with self.client.stream(method, path, params=params, headers=headers, json=json_body,
+                                timeout=httpx.Timeout(timeout, connect=5.0)) as response:
+            assert response.status_code == 200, f"{path}: HTTP {response.status_code} {response.read()[:500]!r}"
+            if on_open is not None:
+                on_open()
+            for event in parse_sse_lines(response.iter_lines()):
+                received.append(event.as_dict())
+                if stop(received[-1]):
+                    return received
+                if time.monotonic() > deadline:
+                    break
+        raise AssertionError(f"{path}: stream ended or timed out before {until!r}; got {received}")
+
+    def deploy(self, yaml_path: Path | str, *, force: bool = False) -> dict:
+        response = self.client.post("/api/apps/deploy", json={"yaml_path": str(yaml_path), "force": force})
+        assert response.status_code == 200, response.text
+        return response.json()["data"]
+
+    # --- lifecycle ------------------------------------------------------------------------
+    def stop(self) -> subprocess.CompletedProcess | None:
+        """``digitorn stop``; asserts that no process of the daemon is left."""
+        if self.stopped:
+            return None
+        known = set(self.processes()) | set(_state_processes(self.started))
+        result = self.cli("stop", timeout=90)
+        self.stopped = True
+        self.client.close()
+        left = [pid for pid, start in known if _proc_alive(pid, start)]
+        assert result.returncode == 0, f"digitorn stop failed: {result.stdout}{result.stderr}\n{self.log_tail()}"
+        assert not left, f"processes left after digitorn stop: {left}\n{self.log_tail()}"
+        assert not (self.data_dir / "daemon.json").exists(), "digitorn stop left the pid file behind"
+        return result
+
+
+def _state_processes(state: dict[str, Any]) -> list[tuple[int, int | None]]:
+    out = [(state["pid"], state.get("starttime"))] if state.get("pid") else []
+    out += [(c["pid"], c.get("starttime")) for c in state.get("children", []) if c.get("pid")]
+    return out
+
+
+def start_daemon(data_dir: Path, *, workers: int = 2, celery_workers: int = 1,
+                 env: dict[str, str] | None = None, args: tuple[str, ...] = (),
+                 key: str | None = None) -> Daemon:
+    """Run ``digitorn start`` in a fresh data dir on a free port and return the running daemon."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    key = key or "dg_test_" + secrets.token_urlsafe(18)
+    full_env = daemon_env(data_dir, key, env)
+    last = None
+    for _attempt in range(3):
+        port = free_port()
+        last = subprocess.run(
+            [*CLI, "start", "--workers", str(workers), "--celery-workers", str(celery_workers),
+             "--port", str(port), "--grace", "5", *args],
+            capture_output=True, text=True, timeout=180, env=full_env, cwd=str(PROJECT_ROOT),
+        )
+        if last.returncode == 0:
+            break
+        if "already in use" not in last.stderr:  # another process grabbed the port: try another
+            break
+    log = (data_dir / "logs" / "daemon.log")
+    if last is None or last.returncode != 0:
+        tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
+        pytest.fail(f"digitorn start failed ({last.returncode if last else '?'}):\n{last.stdout if last else ''}"
+                    f"{last.stderr if last else ''}\n--- daemon.log ---\n{tail}")
+    url = f"http://127.0.0.1:{port}"
+    client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0)
+    daemon = Daemon(url=url, key=key, data_dir=data_dir, port=port, env=full_env, client=client)
+    daemon.started = daemon.pid_state() or {}
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory) -> Iterator[Daemon]:
+    """A daemon with 2 ASGI workers, one Celery worker and beat, shared by the tests of a module."""
+    running = start_daemon(tmp_path_factory.mktemp("daemon"))
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def daemon_factory(tmp_path_factory) -> Iterator[Callable[..., Daemon]]:
+    """``daemon_factory(workers=2, celery_workers=1, env={...}, args=(...))`` → a fresh daemon.
+
+    Each is stopped (and checked for leftover processes) when the test ends.
+    """
+    started: list[Daemon] = []
+
+    def make(**kwargs) -> Daemon:
+        running = start_daemon(tmp_path_factory.mktemp("daemon"), **kwargs)
+        started.append(running)
+        return running
+
+    yield make
+    errors = []
+    for running in started:
+        try:
+            running.stop()
+        except AssertionError as exc:
+            errors.append(str(exc))
+    assert not errors, "\n".join(errors)
+
+
+class AppYaml:
+    """Writes app manifests into a temporary directory and returns their paths."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.workspace = root / "workspace"
+        self.workspace.mkdir(parents=True, exist_ok=True)
+        self._count = 0
+
+    def __call__(self, content: str | dict, name: str | None = None) -> Path:
+        """Write ``content`` (YAML text, or a dict dumped as YAML) to ``<tmp>/<name>``."""
+        self._count += 1
+        path = self.root / (name or f"app-{self._count}.yaml")
+        text = content if isinstance(content, str) else yaml.safe_dump(content, sort_keys=False)
+        path.write_text(text)
+        return path
+
+    def minimal(self, app_id: str = "demo", *, name: str | None = None, rules: list | None = None,
+                modules: dict | None = None, capabilities: dict | None = None,
+                runtime: dict | None = None, file_name: str | None = None) -> Path:
+        """The canonical minimal app: one scripted agent, the filesystem module in a temp workspace."""
+        manifest: dict[str, Any] = {
+            "schema_version": 2,
+            "app": {"app_id": app_id, "name": name or app_id.title()},
+        }
+        if runtime:
+            manifest["runtime"] = runtime
+        manifest["agents"] = [
+            {
+                "id": "assistant",
+                "brain": {
+                    "provider": "scripted",
+                    "config": {"rules": rules if rules is not None else [{"when": "", "steps": [{"say": "hello"}]}]},
+                },
+            }
+        ]
+        manifest["tools"] = {"modules": modules if modules is not None else {"filesystem": {"workspace": str(self.workspace)}}}
+        if capabilities is not None:
+            manifest["tools"]["capabilities"] = capabilities
+        return self(manifest, file_name or f"{app_id}.yaml")
+
+
+@pytest.fixture
+def app_yaml(tmp_path) -> AppYaml:
+    """``app_yaml(text_or_dict, name=None) -> Path``; ``app_yaml.minimal("demo", rules=[...]) -> Path``;
+    ``app_yaml.workspace`` is a temp dir the minimal app's filesystem module uses."""
+    return AppYaml(tmp_path / "apps")
+
+
+@pytest.fixture
+def cli_env(tmp_path) -> Callable[..., dict[str, str]]:
+    """An environment for running the CLI with no daemon (data dir in tmp)."""
+
+    def make(**extra: str) -> dict[str, str]:
+        data_dir = tmp_path / "cli-data"
+        data_dir.mkdir(exist_ok=True)
+        return daemon_env(data_dir, extra.pop("key", "dg_test_nodaemon"), extra)
+
+    return make

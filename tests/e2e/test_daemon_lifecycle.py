@@ -1,0 +1,199 @@
+"""`digitorn start/stop/status` as a user runs them: real processes, real sockets, real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import stat
+import subprocess
+import time
+
+import httpx
+import pytest
+from conftest import CLI, PROJECT_ROOT, _proc_alive, daemon_env, free_port
+
+pytestmark = pytest.mark.e2e
+
+
+def _wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    return predicate()
+
+
+def test_start_two_workers_serves_health_and_records_every_process(daemon):
+    health = httpx.get(f"{daemon.url}/api/health", timeout=5).json()
+    assert health["success"] is True
+    assert health["data"]["database"]["ok"] is True
+
+    state = daemon.pid_state()
+    assert state["url"] == daemon.url
+    assert state["port"] == daemon.port
+    roles = sorted(c["role"] for c in state["children"])
+    assert roles == ["asgi", "asgi", "beat", "celery"]
+    for pid, starttime in daemon.processes():
+        assert _proc_alive(pid, starttime), f"pid {pid} from the pid file is not running"
+    # The pid file is private to the operator.
+    assert stat.S_IMODE((daemon.data_dir / "daemon.json").stat().st_mode) == 0o600
+
+
+def test_both_asgi_workers_share_the_one_socket(daemon):
+    """Each daphne worker adopts the same listening socket: the supervisor holds one bound port."""
+    asgi = daemon.child_pids("asgi")
+    assert len(asgi) == 2
+    inodes = []
+    for pid in [daemon.pid_state()["pid"], *asgi]:
+        fds = os.listdir(f"/proc/{pid}/fd")
+        sockets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds
+                   if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")}
+        inodes.append(sockets)
+    shared = set.intersection(*inodes)
+    assert shared, "the supervisor and both ASGI workers should hold the same listening socket"
+
+
+def test_status_reports_url_processes_and_health(daemon):
+    result = daemon.cli("status", "--json")
+    assert result.returncode == 0, result.stderr
+    payload = json.loads(result.stdout)
+    assert payload["url"] == daemon.url
+    assert payload["running"] is True
+    assert payload["health"]["status"] == "ok"
+
+    human = daemon.cli("status")
+    assert human.returncode == 0
+    assert daemon.url in human.stdout
+    assert "asgi-1" in human.stdout and "celery-1" in human.stdout
+
+
+def test_second_start_says_already_running(daemon):
+    result = daemon.cli("start", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "already running" in result.stdout
+    assert daemon.url in result.stdout
+    # And the first daemon is untouched.
+    assert httpx.get(f"{daemon.url}/api/health", timeout=5).status_code == 200
+
+
+def test_killed_asgi_worker_is_restarted_and_service_continues(daemon):
+    before = {c["name"]: c for c in daemon.pid_state()["children"]}
+    victim = before["asgi-1"]["pid"]
+    os.kill(victim, signal.SIGKILL)
+
+    def restarted():
+        state = daemon.pid_state() or {}
+        child = next((c for c in state.get("children", []) if c["name"] == "asgi-1"), None)
+        return child if child and child["pid"] not in (None, victim) and child["restarts"] >= 1 else None
+
+    child = _wait_for(restarted, timeout=30)
+    assert child, f"asgi-1 was not restarted:\n{daemon.log_tail()}"
+    assert _proc_alive(child["pid"], child["starttime"])
+    for _ in range(10):
+        assert httpx.get(f"{daemon.url}/api/health", timeout=5).status_code == 200
+    assert "asgi-1 exited unexpectedly" in daemon.log_tail(200)
+
+
+def test_stop_leaves_no_process_and_a_second_stop_is_harmless(daemon_factory):
+    running = daemon_factory(workers=1)
+    processes = running.processes()
+    assert len(processes) == 4  # supervisor, 1 ASGI worker, 1 Celery worker, beat
+    running.stop()  # asserts nothing is left and the pid file is gone
+    for pid, starttime in processes:
+        assert not _proc_alive(pid, starttime)
+
+    again = running.cli("stop")
+    assert again.returncode == 0
+    assert "not running" in again.stdout
+
+    # With the pid file gone the CLI needs to be told where the daemon was.
+    down = running.cli("apps", env={"DIGITORN_URL": running.url})
+    assert down.returncode == 2
+    assert f"digitorn is not running at {running.url}" in down.stderr
+    assert "digitorn start" in down.stderr
+
+
+def test_port_in_use_is_a_clear_error(tmp_path):
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as blocker:
+        blocker.bind(("127.0.0.1", 0))
+        blocker.listen(1)
+        port = blocker.getsockname()[1]
+        env = daemon_env(tmp_path / "data", "dg_test_port")
+        result = subprocess.run([*CLI, "start", "--port", str(port)], capture_output=True, text=True,
+                                timeout=60, env=env, cwd=str(PROJECT_ROOT))
+    assert result.returncode == 1
+    assert f"port {port} on 127.0.0.1 is already in use" in result.stderr
+    assert "--port" in result.stderr
+    assert not (tmp_path / "data" / "daemon.json").exists()
+
+
+def test_stale_pid_file_is_reported_and_replaced(daemon_factory, tmp_path):
+    data_dir = tmp_path / "stale"
+    data_dir.mkdir()
+    # A pid that cannot be ours: a process that already exited.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    (data_dir / "daemon.json").write_text(json.dumps(
+        {"pid": dead.pid, "starttime": 1, "url": "http://127.0.0.1:9", "children": []}))
+    env = daemon_env(data_dir, "dg_test_stale")
+
+    status = subprocess.run([*CLI, "status"], capture_output=True, text=True, timeout=60, env=env,
+                            cwd=str(PROJECT_ROOT))
+    assert status.returncode == 2
+    assert "stale pid file" in status.stdout
+
+    stop = subprocess.run([*CLI, "stop"], capture_output=True, text=True, timeout=60, env=env,
+                          cwd=str(PROJECT_ROOT))
+    assert stop.returncode == 0
+    assert "stale pid file" in stop.stdout
+    assert not (data_dir / "daemon.json").exists()
+
+
+def test_generated_admin_key_is_private_and_used_by_the_cli(tmp_path):
+    """Without DIGITORN_API_KEY the first start writes admin.key (0600) and the CLI reads it."""
+    data_dir = tmp_path / "keyless"
+    env = daemon_env(data_dir, "")
+    env.pop("DIGITORN_API_KEY")
+    port = free_port()
+    start = subprocess.run([*CLI, "start", "--port", str(port), "--celery-workers", "0", "--no-beat",
+                            "--grace", "5"], capture_output=True, text=True, timeout=180, env=env,
+                           cwd=str(PROJECT_ROOT))
+    try:
+        assert start.returncode == 0, start.stderr
+        key_file = data_dir / "admin.key"
+        assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+        key = key_file.read_text().strip()
+        assert key.startswith("dg_") and len(key) > 30
+        assert str(key_file) in start.stdout
+        assert key not in start.stdout  # the path is printed, never the key itself
+
+        url = f"http://127.0.0.1:{port}"
+        assert httpx.get(f"{url}/api/apps/", timeout=5).status_code == 401
+        authed = httpx.get(f"{url}/api/apps/", headers={"Authorization": f"Bearer {key}"}, timeout=5)
+        assert authed.status_code == 200, authed.text
+
+        apps = subprocess.run([*CLI, "apps"], capture_output=True, text=True, timeout=60, env=env,
+                              cwd=str(PROJECT_ROOT))
+        assert apps.returncode == 0, apps.stderr
+    finally:
+        state = json.loads((data_dir / "daemon.json").read_text()) if (data_dir / "daemon.json").exists() else {}
+        stop = subprocess.run([*CLI, "stop"], capture_output=True, text=True, timeout=90, env=env,
+                              cwd=str(PROJECT_ROOT))
+        assert stop.returncode == 0, stop.stderr
+        pids = [(state.get("pid"), state.get("starttime"))] + [
+            (c["pid"], c.get("starttime")) for c in state.get("children", [])]
+        assert not [p for p, s in pids if p and _proc_alive(p, s)]
+
+
+def test_supervisor_sigkill_takes_its_children_down(daemon_factory):
+    """A SIGKILLed supervisor leaves no orphan serving the port; stop then cleans the stale state."""
+    running = daemon_factory(workers=1)
+    processes = running.processes()
+    os.kill(running.pid_state()["pid"], signal.SIGKILL)
+    gone = _wait_for(lambda: not any(_proc_alive(p, s) for p, s in processes), timeout=30)
+    assert gone, f"children outlived their supervisor: {[p for p, s in processes if _proc_alive(p, s)]}"
+    # `running.stop()` at teardown runs `digitorn stop` on the stale pid file and must succeed.
