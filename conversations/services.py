@@ -60,17 +60,19 @@ def session_resolve(*, app_id: str, session_id: str, principal: str, create: boo
     """
     idle = idle_seconds_for(app_id)
     now = timezone.now()
+    session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+    if session is not None:
+        if session.principal != principal and principal != ADMIN_PRINCIPAL:
+            raise _not_found(app_id, session_id)
+        if _is_expired(session, idle, now):
+            # Committed before any 404 below: an expired session is purged either way.
+            with transaction.atomic():
+                Session.objects.filter(pk=session.pk, last_active__lt=now - timedelta(seconds=idle)).delete()
+            session = None
+    if session is None and not create:
+        raise _not_found(app_id, session_id)
     with transaction.atomic():
-        session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
-        if session is not None:
-            if session.principal != principal and principal != ADMIN_PRINCIPAL:
-                raise _not_found(app_id, session_id)
-            if _is_expired(session, idle, now):
-                session.delete()
-                session = None
         if session is None:
-            if not create:
-                raise _not_found(app_id, session_id)
             try:
                 with transaction.atomic():
                     session = Session.objects.create(app_id=app_id, session_id=session_id, principal=principal)

@@ -28,7 +28,7 @@ def manifest(app_id: str, ws: Path, rules: list, *, runtime: dict | None = None,
     if runtime:
         doc["runtime"] = runtime
     if capabilities:
-        doc["capabilities"] = capabilities
+        doc["tools"]["capabilities"] = capabilities
     return json.dumps(doc)
 
 
@@ -79,3 +79,224 @@ def test_one_tool_call_then_answer(ws):
     assert roles == ["user", "assistant", "tool", "assistant"]
     assert Turn.objects.get(correlation_id=enq.correlation_id).status == Turn.Status.DONE
     assert Session.objects.get(pk=enq.session_pk).status == Session.Status.IDLE
+
+
+def test_two_queued_messages_run_serially_in_order(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"say": "echo: {message}"}]}]))
+    first = send("eng", "one")
+    second = send("eng", "two")
+    assert (first.position, second.position) == (0, 1)
+    assert second.queue_depth == 2
+    run(first.session_pk)
+    evs = events(first.session_pk)
+    assert [e.type for e in evs] == ["message_queued", "done", "done"]
+    assert [e.seq for e in evs] == [1, 2, 3]
+    assert [e.data["content"] for e in evs[1:]] == ["echo: one", "echo: two"]
+    assert [e.correlation_id for e in evs[1:]] == [first.correlation_id, second.correlation_id]
+
+
+def test_queue_depth_limit(ws, settings):
+    settings.DIGITORN_QUEUE_DEPTH = 2
+    deploy(manifest("eng", ws, [{"steps": [{"say": "ok"}]}]))
+    send("eng", "a")
+    send("eng", "b")
+    from digitorn_site.errors import QueueFullError
+
+    with pytest.raises(QueueFullError) as info:
+        send("eng", "c")
+    assert "limit is 2" in info.value.message
+
+
+def test_approval_suspends_then_resumes_on_approve(ws):
+    deploy(manifest("eng", ws, [{"steps": [
+        {"call": "filesystem.read", "params": {"path": "README.md"}},
+        {"say": "file says {result}"},
+    ]}], capabilities={"default_policy": "auto",
+                       "approve": [{"module": "filesystem", "actions": ["read"], "reason": "reads files"}]}))
+    enq = send("eng", "run it")
+    run(enq.session_pk)
+    turn = Turn.objects.get(correlation_id=enq.correlation_id)
+    assert turn.status == Turn.Status.WAITING_APPROVAL
+    assert turn.lease_owner == ""
+    evs = events(enq.session_pk)
+    assert [e.type for e in evs] == ["tool_call", "approval_request"]
+    request = evs[1].data
+    assert request["id"] == evs[0].data["id"] and request["reason"] == "reads files"
+    assert request["expires_at"] is not None
+
+    from approvals.services import approval_decide
+
+    approval_decide(app_id="eng", request_id=request["request_id"], approved=True, message="", principal="alice")
+    run(enq.session_pk)
+    types = [e.type for e in events(enq.session_pk)]
+    assert types == ["tool_call", "approval_request", "approval_resolved", "result", "done"]
+    done = events(enq.session_pk)[-1].data
+    assert "Demo project" in done["content"]
+    assert Turn.objects.get(pk=turn.pk).status == Turn.Status.DONE
+
+
+def test_denied_approval_tells_the_model_why(ws):
+    deploy(manifest("eng", ws, [{"steps": [
+        {"call": "filesystem.read", "params": {"path": "README.md"}},
+        {"say": "outcome {result}"},
+    ]}], capabilities={"default_policy": "auto", "approve": [{"module": "filesystem", "actions": ["read"]}]}))
+    enq = send("eng", "run it")
+    run(enq.session_pk)
+    request_id = events(enq.session_pk)[-1].data["request_id"]
+    from approvals.services import approval_decide
+
+    approval_decide(app_id="eng", request_id=request_id, approved=False, message="not today", principal="alice")
+    run(enq.session_pk)
+    evs = events(enq.session_pk)
+    assert [e.type for e in evs][-3:] == ["approval_resolved", "result", "done"]
+    assert evs[-3].data["approved"] is False
+    assert evs[-2].data["success"] is False and evs[-2].data["error"] == "denied: not today"
+    assert "denied: not today" in evs[-1].data["content"]
+    assert "Demo project" not in json.dumps(evs[-2].data)
+
+
+def test_cancel_while_waiting_for_approval(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}]}],
+                    capabilities={"default_policy": "auto", "approve": [{"module": "filesystem", "actions": ["read"]}]}))
+    enq = send("eng", "go")
+    run(enq.session_pk)
+    result = services.session_cancel(app_id="eng", session_id="s1", principal="alice")
+    assert result["status"] == "cancelled"
+    done = events(enq.session_pk)[-1]
+    assert done.type == "done" and done.data["cancelled"] is True
+    from approvals.models import ApprovalRequest
+
+    assert ApprovalRequest.objects.get(request_id=events(enq.session_pk)[1].data["request_id"]).status == "cancelled"
+    # The unanswered call got a result, so the next turn's transcript is valid for any chat API.
+    tool = Message.objects.get(session_id=enq.session_pk, role="tool")
+    assert json.loads(tool.content)["error"] == "cancelled"
+
+
+def test_cancel_flag_stops_a_turn_at_the_next_step(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"call": "filesystem.ls", "params": {"path": "."}}, {"say": "x"}]}]))
+    enq = send("eng", "go")
+    Turn.objects.filter(correlation_id=enq.correlation_id).update(cancel_requested=True)
+    run(enq.session_pk)
+    done = events(enq.session_pk)[-1]
+    assert done.type == "done" and done.data["cancelled"] is True and done.data["tool_calls_count"] == 0
+
+
+def test_max_turns_truncates_and_says_so(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"call": "filesystem.ls", "params": {"path": "."}}] * 5}],
+                    runtime={"max_turns": 2}))
+    enq = send("eng", "loop")
+    run(enq.session_pk)
+    done = events(enq.session_pk)[-1].data
+    assert done["truncated"] is True and done["turns_used"] == 2
+    assert "max_turns" in done["content"]
+
+
+def test_no_matching_rule_is_an_error_event_then_done(ws):
+    deploy(manifest("eng", ws, [{"when": "^never$", "steps": [{"say": "x"}]}]))
+    enq = send("eng", "something else")
+    run(enq.session_pk)
+    evs = events(enq.session_pk)
+    assert [e.type for e in evs] == ["error", "done"]
+    assert evs[0].data["kind"] == "no_rule" and evs[0].data["correlation_id"] == enq.correlation_id
+    assert evs[1].data["content"] == evs[0].data["message"]
+
+
+def test_invalid_params_go_back_to_the_model(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"call": "filesystem.read", "params": {"pathh": "x"}}, {"say": "{result}"}]}]))
+    enq = send("eng", "go")
+    run(enq.session_pk)
+    evs = events(enq.session_pk)
+    assert [e.type for e in evs] == ["tool_call", "result", "done"]
+    assert evs[1].data["success"] is False and "path" in evs[1].data["error"]
+
+
+def test_context_compaction_emits_a_hook(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"say": "ok {message}"}]}], runtime={"context_window_messages": 4}))
+    for i in range(4):
+        enq = send("eng", f"m{i}")
+        run(enq.session_pk)
+    hooks = [e for e in events(enq.session_pk) if e.type == "hook"]
+    assert hooks and hooks[0].data["name"] == "context_compaction"
+    assert hooks[-1].data["kept_messages"] <= 4
+    assert events(enq.session_pk)[-1].data["content"] == "ok m3"
+
+
+def test_resume_after_a_crashed_worker(ws):
+    """A turn whose worker died mid-step (lease expired) is picked up and finished elsewhere."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    deploy(manifest("eng", ws, [{"steps": [{"call": "filesystem.ls", "params": {"path": "."}}, {"say": "finished"}]}]))
+    enq = send("eng", "go")
+    claim = services.turn_claim(session_pk=enq.session_pk, worker="dead-worker")
+    assert claim is not None
+    # Another worker cannot take it while the lease is valid ...
+    assert services.turn_claim(session_pk=enq.session_pk, worker="other") is None
+    Turn.objects.filter(pk=claim.turn_pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert enq.session_pk in services.turns_recoverable()
+    run(enq.session_pk)
+    turn = Turn.objects.get(pk=claim.turn_pk)
+    assert turn.status == Turn.Status.DONE and turn.attempts == 2
+    assert [m.role for m in Message.objects.filter(session_id=enq.session_pk)].count("user") == 1
+    assert events(enq.session_pk)[-1].data["content"] == "finished"
+
+
+def test_notification_recorded_and_injected_once(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"say": "ok"}]}]))
+    enq = send("eng", "hello")
+    run(enq.session_pk)
+    note = services.notification_record(task_id="task-1", app_id="eng", session_id="s1", status="completed")
+    assert note is not None
+    assert services.notification_record(task_id="task-1", app_id="eng", session_id="s1", status="completed") is None
+    assert events(enq.session_pk)[-1].type == "notification"
+    from conversations.selectors import notifications_active
+
+    assert notifications_active(app_id="eng", principal="alice", session_id="s1") is True
+    assert notifications_active(app_id="eng", principal="bob") is False
+    enq2 = send("eng", "next")
+    run(enq2.session_pk)
+    system = Message.objects.filter(session_id=enq.session_pk, role="system")
+    assert system.count() == 1 and "task-1" in system[0].content
+    assert notifications_active(app_id="eng", principal="alice") is False
+
+
+def test_notification_turn_ends_with_notification_result(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"say": "noted: {message}"}]}]))
+    services.session_resolve(app_id="eng", session_id="s1", principal="alice", create=True)
+    services.notification_record(task_id="task-9", app_id="eng", session_id="s1", status="failed")
+    enq, summaries = services.notifications_drain(app_id="eng", session_id="s1", principal="alice")
+    assert [s["task_id"] for s in summaries] == ["task-9"]
+    run(enq.session_pk)
+    types = [e.type for e in events(enq.session_pk)]
+    assert types[-2:] == ["notification_result", "done"]
+    assert services.notifications_drain(app_id="eng", session_id="s1", principal="alice") == (None, [])
+
+
+def test_sessions_are_private_and_expire(ws, settings):
+    from digitorn_site.errors import NotFoundError
+
+    deploy(manifest("eng", ws, [{"steps": [{"say": "ok"}]}]))
+    send("eng", "hi")
+    with pytest.raises(NotFoundError):
+        services.session_resolve(app_id="eng", session_id="s1", principal="mallory")
+    assert services.session_resolve(app_id="eng", session_id="s1", principal="admin").principal == "alice"
+    settings.DIGITORN_SESSION_IDLE_SECONDS = 1
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    Turn.objects.all().update(status=Turn.Status.DONE)
+    Session.objects.update(last_active=timezone.now() - timedelta(seconds=5))
+    with pytest.raises(NotFoundError) as info:
+        services.session_resolve(app_id="eng", session_id="s1", principal="alice")
+    assert "expired" in info.value.message
+    assert not Session.objects.filter(session_id="s1").exists()
+
+
+def test_undeploy_purges_sessions(ws):
+    deploy(manifest("eng", ws, [{"steps": [{"say": "ok"}]}]))
+    enq = send("eng", "hi")
+    run(enq.session_pk)
+    registry.app_undeploy(app_id="eng")
+    assert not Session.objects.filter(app_id="eng").exists()
