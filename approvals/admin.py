@@ -89,7 +89,7 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
                     principal=ADMIN_PRINCIPAL,
                 )
             except DigitornError as err:
-                self.message_user(request, f"{item.request_id} not {verb}: {err.message}", level=messages.ERROR)
+                self.message_user(request, f"Not {verb}: {item.request_id}: {err.message}", level=messages.ERROR)
             else:
                 decided.append(item.request_id)
         if decided:

@@ -310,7 +310,8 @@ class ApiKeyForm(forms.ModelForm):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        self.fields["owner"].required = False
+        if "owner" in self.fields:
+            self.fields["owner"].required = False
 
 
 @admin.register(ApiKey)

@@ -130,15 +130,21 @@
     await loadApps();
   }
 
+  let appsGeneration = 0;
+
   async function loadApps() {
+    // A slower answer for a key that was replaced meanwhile must not overwrite the newer one.
+    const generation = ++appsGeneration;
     setStatus("Loading apps…");
     let data;
     try {
       data = await api("GET", apiBase);
     } catch (err) {
+      if (generation !== appsGeneration) return;
       setStatus(err.status === 401 ? "That API key was refused: " + err.message : err.message, "error");
       return;
     }
+    if (generation !== appsGeneration) return;
     const apps = Array.isArray(data) ? data : (data && (data.apps || data.results)) || [];
     const previous = ui.appSelect.value || state.app;
     ui.appSelect.replaceChildren();
@@ -409,6 +415,7 @@
     useKey(ui.keyInput.value);
   });
   ui.keyForget.addEventListener("click", () => {
+    appsGeneration++;
     localStorage.removeItem(KEY_STORAGE);
     closeStream();
     state.key = "";
