@@ -4,7 +4,9 @@ Where a workspace lives (decision, documented in the module configs):
 
 - ``workspace`` unset → ``<DIGITORN_DATA_DIR>/workspaces/<app_id>`` (created on first use);
 - an absolute path (``~`` expanded) → that folder;
-- a relative path → relative to the daemon's current working directory.
+- a relative path → relative to the manifest's folder (the deploy anchors it, see
+  ``apps_registry.services``); one that still arrives relative resolves against the daemon's
+  current working directory.
 
 Every user path is resolved inside the workspace with symlinks followed (``os.path.realpath``), so
 ``..``, absolute paths elsewhere and symlinks pointing out are all refused. The daemon's own data
@@ -56,23 +58,27 @@ def is_protected(path: Path, root: Path) -> bool:
     return path.is_relative_to(data_dir)
 
 
-def resolve_in(root: Path, user_path: str, *, field: str = "path") -> Path:
-    """Resolve ``user_path`` (relative to ``root``, or absolute inside it) with symlinks followed."""
+def resolve_in(root: Path, user_path: str, *, field: str = "path", source: str = "params") -> Path:
+    """Resolve ``user_path`` (relative to ``root``, or absolute inside it) with symlinks followed.
+
+    ``source.field`` names where the path came from in error messages (``params.path``, ``config.url``).
+    """
+    field = f"{source}.{field}"
     if not isinstance(user_path, str):
-        raise ToolError(f"params.{field}: must be a string path relative to the workspace.")
+        raise ToolError(f"{field}: must be a string path relative to the workspace.")
     if "\x00" in user_path:
-        raise ToolError(f"params.{field}: NUL bytes are not allowed in paths.")
+        raise ToolError(f"{field}: NUL bytes are not allowed in paths.")
     raw = user_path.strip() or "."
     candidate = Path(raw) if os.path.isabs(raw) else root / raw
     resolved = Path(os.path.realpath(candidate))
     if not resolved.is_relative_to(root):
         raise ToolError(
-            f"params.{field}: '{user_path}' resolves outside the workspace ({root}); "
+            f"{field}: '{user_path}' resolves outside the workspace ({root}); "
             "use a path relative to the workspace without '..' or links that leave it."
         )
     if is_protected(resolved, root):
         raise ToolError(
-            f"params.{field}: '{user_path}' is inside the daemon's data dir, which tools may not touch."
+            f"{field}: '{user_path}' is inside the daemon's data dir, which tools may not touch."
         )
     return resolved
 

@@ -69,7 +69,7 @@ class DatabaseModule(Module):
         root = workspace_root(self.context.app_id, configured)
         url = self.config.get("url") or ""
         if not url:
-            return resolve_in(root, DEFAULT_FILE, field="url")
+            return resolve_in(root, DEFAULT_FILE, field="url", source="config")
         if not url.startswith("sqlite:///"):
             raise ToolError(
                 f"config.url: '{url.split(':', 1)[0]}:' databases are not supported; use sqlite:///file.db "
@@ -84,7 +84,7 @@ class DatabaseModule(Module):
             if path.is_relative_to(data_dir) and not path.is_relative_to(root):
                 raise ToolError("config.url: the database file may not live in the daemon's data dir.")
             return path
-        return resolve_in(root, rest, field="url")
+        return resolve_in(root, rest, field="url", source="config")
 
     def _connect(self, *, read_only: bool) -> sqlite3.Connection:
         path = self._path()

@@ -78,7 +78,7 @@ class FilesystemModule(Module):
         "properties": {
             "workspace": {
                 "type": "string",
-                "description": "Workspace folder: absolute, or relative to the daemon's working directory; "
+                "description": "Workspace folder: absolute, or relative to the manifest's folder; "
                 "default <data dir>/workspaces/<app_id>.",
             },
             "max_file_bytes": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_FILE_BYTES},
