@@ -22,7 +22,6 @@ not an error, and the status tells the client which one won.
 from __future__ import annotations
 
 import asyncio
-import difflib
 import json
 import logging
 import os
@@ -37,7 +36,6 @@ from asgiref.sync import sync_to_async
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
-from jsonschema import Draft202012Validator
 
 from apps_registry.manifest.compiled import CompiledApp
 from digitorn_site import signals
@@ -186,16 +184,6 @@ def _mask(value: Any, secrets: tuple[str, ...]) -> Any:
     return value
 
 
-def _approval_reason(app: CompiledApp, module: str, action: str) -> str:
-    caps = app.capabilities
-    if caps is None:
-        return ""
-    for rule in caps.approve:
-        if rule.module == module and (rule.actions is None or action in rule.actions):
-            return rule.reason
-    return ""
-
-
 @dataclass(frozen=True)
 class _Gate:
     tool: str  # canonical module.action
@@ -203,54 +191,30 @@ class _Gate:
     action: str
     risk_level: str
     policy: str  # auto | approve | block
+    reason: str
 
 
 def _gate(*, app: CompiledApp, tool_name: str, params: dict, agent_id: str | None) -> _Gate:
-    """Resolve the tool, validate its params and read its policy before anything is queued."""
-    from approvals.policy import resolve_policy
-    from tooling import registry
+    """Resolve the tool, validate its params and read its policy before anything is queued.
 
-    module, sep, action = tool_name.partition(".")
-    if not sep:
-        module, sep, action = tool_name.partition("__")
-    available = sorted(
-        f"{m}.{a}" for m in app.modules if m in registry.all_modules() for a in registry.get_module(m).actions
+    The same resolution (aliases, did-you-mean), validation and policy as ``tool_invoke``, so a
+    task is refused at launch for exactly what would refuse the call later.
+    """
+    from approvals.policy import resolve_policy_detail
+    from tooling.index import cached_index
+    from tooling.services import validate_params
+
+    spec = cached_index(app).resolve(tool_name)
+    validate_params(spec, params)
+    decision = resolve_policy_detail(app, agent_id, spec.module, spec.action, spec.risk_level)
+    return _Gate(
+        tool=spec.name,
+        module=spec.module,
+        action=spec.action,
+        risk_level=spec.risk_level,
+        policy=decision.policy,
+        reason=decision.reason,
     )
-    if not sep or module not in app.modules or module not in registry.all_modules():
-        hint = difflib.get_close_matches(tool_name, available, n=1)
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise NotFoundError(f"tool: app '{app.app_id}' has no tool '{tool_name}'.{suggestion}")
-    try:
-        spec = registry.action_spec(module, action)
-    except NotFoundError:
-        hint = difflib.get_close_matches(f"{module}.{action}", available, n=1)
-        suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
-        raise NotFoundError(f"tool: app '{app.app_id}' has no tool '{tool_name}'.{suggestion}") from None
-    canonical = f"{module}.{spec.name}"
-    if agent_id:
-        try:
-            agent = app.agent(agent_id)
-        except KeyError:
-            agent = None
-        if agent is not None and agent.modules is not None and module not in agent.modules:
-            raise ForbiddenError(f"tool: agent '{agent_id}' may not use module '{module}'.")
-    errors = sorted(
-        Draft202012Validator(spec.parameters).iter_errors(params), key=lambda e: list(e.absolute_path)
-    )
-    if errors:
-        first = errors[0]
-        where = ".".join(str(p) for p in first.absolute_path)
-        raise ValidationError(
-            f"params{'.' + where if where else ''}: {first.message}",
-            details={
-                "errors": [
-                    {"path": "params." + ".".join(str(p) for p in e.absolute_path), "message": e.message}
-                    for e in errors
-                ]
-            },
-        )
-    policy = resolve_policy(app, agent_id, module, spec.name, spec.risk_level)
-    return _Gate(tool=canonical, module=module, action=spec.name, risk_level=spec.risk_level, policy=policy)
 
 
 def _new_task_id() -> str:
@@ -298,7 +262,7 @@ def background_task_launch(
     gate = _gate(app=app, tool_name=tool.strip(), params=params, agent_id=agent_id)
     if gate.policy == "block":
         raise ForbiddenError(
-            f"Tool '{gate.tool}' is blocked by the capabilities policy of app '{app.app_id}'; "
+            f"tool: '{gate.tool}' is blocked by the policy of app '{app.app_id}' ({gate.reason}); "
             "a background task cannot run it."
         )
     task_id = _new_task_id()
@@ -322,8 +286,7 @@ def background_task_launch(
             params=_mask(params, app.secret_values),
             call_params=params,
             risk_level=gate.risk_level,
-            reason=_approval_reason(app, gate.module, gate.action)
-            or f"'{gate.tool}' needs approval before a background task may run it.",
+            reason=gate.reason,
             principal=principal,
             session_id=session_id or None,
             agent_id=agent_id or "",
