@@ -50,8 +50,22 @@ def _is_cjk(cp: int) -> bool:
     )
 
 
+# ASCII control characters BERT drops (tab, newline and carriage return are whitespace instead).
+_ASCII_CONTROLS = {cp: None for cp in (*range(0, 9), 11, 12, *range(14, 32), 127)}
+# In ASCII every printable character that is not a letter, digit or space is BERT punctuation.
+_ASCII_WORDS = re.compile(r"[a-z0-9]+|[^\sa-z0-9]")
+
+
 def basic_tokenize(text: str) -> list[str]:
     """Split ``text`` into lowercased, accent-free words and single punctuation marks."""
+    if text.isascii():
+        # Fast path, same result: tool descriptions and most queries are plain ASCII.
+        return _ASCII_WORDS.findall(text.translate(_ASCII_CONTROLS).lower())
+    return basic_tokenize_unicode(text)
+
+
+def basic_tokenize_unicode(text: str) -> list[str]:
+    """The general path of :func:`basic_tokenize`, for any text."""
     out: list[str] = []
     for ch in text:
         cp = ord(ch)
