@@ -1,0 +1,268 @@
+"""Discovery and direct-execution endpoints over HTTP (Django test client, real deploys, real tools)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from django.test import Client, override_settings
+
+from approvals.models import ApprovalRequest
+from apps_registry import services as apps_services
+from tooling.models import ToolExecution
+
+ADMIN_KEY = "dg_test_admin_key_for_discovery"
+SECRET = "tok-5ecret-value-9876"
+
+pytestmark = [pytest.mark.django_db]
+
+
+def manifest(app_id: str, workspace: Path, capabilities: str = "") -> str:
+    return f"""\
+schema_version: 2
+app: {{app_id: {app_id}, name: {app_id}}}
+agents:
+  - id: assistant
+    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
+tools:
+  modules:
+    filesystem: {{workspace: "{workspace}"}}
+    shell: {{workspace: "{workspace}", env: {{TOKEN: "{{{{secret.API_TOKEN}}}}"}}}}
+    memory: {{}}
+{capabilities}"""
+
+
+GATED = """\
+  capabilities:
+    default_policy: auto
+    grant: [filesystem, memory]
+    deny: [filesystem.delete]
+    approve:
+      - {module: shell, actions: [run], reason: "commands change the machine"}
+"""
+
+
+@pytest.fixture(autouse=True)
+def admin_key():
+    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
+        yield
+
+
+@pytest.fixture
+def client() -> Client:
+    return Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "README.md").write_text("# project\n")
+    (root / "src").mkdir()
+    (root / "src" / "main.py").write_text("print('hi')\n")
+    return root
+
+
+@pytest.fixture
+def dev_app(ws) -> str:
+    apps_services.app_deploy(text=manifest("devapp", ws))
+    apps_services.secret_set(app_id="devapp", key="API_TOKEN", value=SECRET)
+    return "devapp"
+
+
+@pytest.fixture
+def gated_app(ws) -> str:
+    apps_services.app_deploy(text=manifest("gated", ws, GATED))
+    apps_services.secret_set(app_id="gated", key="API_TOKEN", value=SECRET)
+    return "gated"
+
+
+def execute(client: Client, app_id: str, tool: str, body) -> object:
+    data = body if isinstance(body, str) else json.dumps(body)
+    return client.post(f"/api/apps/{app_id}/tools/{tool}/execute", data=data, content_type="application/json")
+
+
+def error_of(response, status: int, code: str) -> str:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["success"] is False and body["error_code"] == code, body
+    return body["error"]
+
+
+# -- search --------------------------------------------------------------------------------------
+
+
+def test_search_ranks_tools_with_relevance(client, dev_app):
+    response = client.get(f"/api/apps/{dev_app}/tools/search", {"query": "read file", "max_results": 3})
+    assert response.status_code == 200
+    data = response.json()["data"]
+    assert data["query"] == "read file" and data["mode"] in ("hybrid", "keyword")
+    assert data["count"] == len(data["tools"]) <= 3
+    assert data["tools"][0]["name"] == "filesystem.read"
+    assert set(data["tools"][0]) == {"name", "description", "relevance", "risk_level", "tags", "parameters"}
+    scores = [t["relevance"] for t in data["tools"]]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({}, "query"),
+        ({"query": ""}, "query"),
+        ({"query": "   "}, "query"),
+        ({"query": "read", "max_results": 0}, "max_results"),
+        ({"query": "read", "max_results": 51}, "max_results"),
+        ({"query": "read", "max_results": "lots"}, "max_results"),
+    ],
+)
+def test_search_bad_input_is_400(client, dev_app, params, needle):
+    message = error_of(client.get(f"/api/apps/{dev_app}/tools/search", params), 400, "VALIDATION_ERROR")
+    assert needle in message
+
+
+def test_search_never_shows_blocked_tools(client, gated_app):
+    data = client.get(f"/api/apps/{gated_app}/tools/search", {"query": "delete remove file", "max_results": 50}).json()["data"]
+    assert "filesystem.delete" not in [t["name"] for t in data["tools"]]
+
+
+# -- categories, tool schema, index --------------------------------------------------------------
+
+
+def test_categories_and_category_pages(client, gated_app):
+    data = client.get(f"/api/apps/{gated_app}/tools/categories").json()["data"]
+    assert [c["name"] for c in data["categories"]] == ["filesystem", "shell", "memory"]
+    fs = data["categories"][0]
+    assert fs["tool_count"] == 10 and fs["description"]  # 11 actions, delete denied
+    assert data["total_categories"] == 3 and data["total_tools"] == 10 + 1 + 3
+
+    page = client.get(f"/api/apps/{gated_app}/tools/categories/filesystem").json()["data"]
+    assert page["category"] == "filesystem" and page["page"] == 1 and page["total_pages"] == 1
+    assert page["total_tools"] == 10 and "filesystem.delete" not in [t["name"] for t in page["tools"]]
+    assert set(page["tools"][0]) == {"name", "description", "risk_level", "tags"}
+
+    assert "1 page" in error_of(
+        client.get(f"/api/apps/{gated_app}/tools/categories/filesystem", {"page": 2}), 404, "RESOURCE_NOT_FOUND"
+    )
+    assert "page" in error_of(
+        client.get(f"/api/apps/{gated_app}/tools/categories/filesystem", {"page": 0}), 400, "VALIDATION_ERROR"
+    )
+    assert "Did you mean 'filesystem'" in error_of(
+        client.get(f"/api/apps/{gated_app}/tools/categories/filesytem"), 404, "RESOURCE_NOT_FOUND"
+    )
+
+
+def test_tool_schema_with_policy(client, gated_app):
+    data = client.get(f"/api/apps/{gated_app}/tools/filesystem.read").json()["data"]
+    assert data["name"] == "filesystem.read" and data["module"] == "filesystem"
+    assert data["parameters"]["required"] == ["path"] and data["side_effects"] == ["read_only"]
+    assert "cat" in data["aliases"] and data["risk_level"] == "low" and data["policy"] == "auto"
+    assert data["irreversible"] is False
+    shell = client.get(f"/api/apps/{gated_app}/tools/shell__run").json()["data"]
+    assert (shell["name"], shell["policy"], shell["risk_level"]) == ("shell.run", "approve", "high")
+    assert "blocked" in error_of(client.get(f"/api/apps/{gated_app}/tools/filesystem.delete"), 404, "RESOURCE_NOT_FOUND")
+    assert "Did you mean 'filesystem.read'" in error_of(
+        client.get(f"/api/apps/{gated_app}/tools/filesystem.raed"), 404, "RESOURCE_NOT_FOUND"
+    )
+
+
+def test_index(client, gated_app):
+    data = client.get(f"/api/apps/{gated_app}/index").json()["data"]
+    assert data["total_tools"] == 14 and data["total_categories"] == 3
+    tools = [t for c in data["categories"] for t in c["tools"]]
+    assert len(tools) == 14 and "filesystem.delete" not in [t["name"] for t in tools]
+    assert {"name", "parameters", "side_effects", "policy"} <= set(tools[0])
+    # The deploy summary's counts come from the same index.
+    summary = client.get(f"/api/apps/{gated_app}").json()["data"]
+    assert (summary["total_tools"], summary["total_categories"]) == (14, 3)
+
+
+def test_unknown_app_is_404_everywhere(client):
+    for url in ("/tools/search?query=x", "/tools/categories", "/tools/categories/filesystem", "/tools/filesystem.read", "/index"):
+        assert "not deployed" in error_of(client.get(f"/api/apps/ghost{url}"), 404, "RESOURCE_NOT_FOUND")
+    assert "not deployed" in error_of(execute(client, "ghost", "filesystem.read", {"params": {}}), 404, "RESOURCE_NOT_FOUND")
+
+
+# -- direct execution ----------------------------------------------------------------------------
+
+
+def test_execute_auto_runs_and_answers_the_tool_result(client, dev_app, ws):
+    response = execute(client, dev_app, "filesystem.read", {"params": {"path": "README.md"}})
+    assert response.status_code == 200
+    body = response.json()
+    assert body["success"] is True
+    assert body["data"]["success"] is True and body["data"]["error"] is None
+    assert body["data"]["data"]["content"] == "# project\n"
+    find = execute(client, dev_app, "filesystem.find", {"params": {"pattern": "*.py", "path": "."}}).json()["data"]
+    assert find["data"]["files"] == ["src/main.py"]
+    row = ToolExecution.objects.filter(tool="filesystem.read").get()
+    assert (row.caller, row.principal, row.outcome, row.app_id) == ("api", "admin", "ok", dev_app)
+
+
+def test_execute_tool_failure_is_200_with_success_false(client, dev_app):
+    response = execute(client, dev_app, "filesystem.read", {"params": {"path": "missing.txt"}})
+    assert response.status_code == 200
+    result = response.json()["data"]
+    assert result["success"] is False and "does not exist" in result["error"]
+
+
+def test_execute_masks_secrets(client, dev_app):
+    result = execute(client, dev_app, "shell.run", {"params": {"command": "echo token=$TOKEN"}}).json()["data"]
+    assert result["success"] is True and result["data"]["stdout"] == "token=***\n"
+    assert SECRET not in json.dumps(result)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"params": {}}, "params.path: 'path' is a required property"),
+        ({"params": {"path": 5}}, "params.path"),
+        ({"params": "README.md"}, "params"),
+        ("not json", "Malformed"),
+        ("[1, 2]", "JSON object"),
+    ],
+)
+def test_execute_bad_input_is_400(client, dev_app, body, needle):
+    assert needle in error_of(execute(client, dev_app, "filesystem.read", body), 400, "VALIDATION_ERROR")
+
+
+def test_execute_empty_body_means_no_params(client, dev_app):
+    response = client.post(f"/api/apps/{dev_app}/tools/filesystem.ls/execute")
+    assert response.status_code == 200 and response.json()["data"]["success"] is True
+
+
+def test_execute_honours_deny_grant_and_approve(client, gated_app, ws):
+    # grant → runs
+    assert execute(client, gated_app, "filesystem.write", {"params": {"path": "w.txt", "content": "x"}}).status_code == 200
+    assert (ws / "w.txt").read_text() == "x"
+    # deny → 403, nothing deleted
+    message = error_of(execute(client, gated_app, "filesystem.delete", {"params": {"path": "w.txt"}}), 403, "FORBIDDEN")
+    assert "blocked by policy" in message and (ws / "w.txt").exists()
+    # approve → 202 with a request id, nothing ran yet
+    response = execute(client, gated_app, "shell.run", {"params": {"command": "echo $TOKEN > ran.txt"}})
+    assert response.status_code == 202
+    data = response.json()["data"]
+    assert data["status"] == "pending" and data["request_id"].startswith("req-")
+    assert not (ws / "ran.txt").exists()
+    request = ApprovalRequest.objects.get(request_id=data["request_id"])
+    assert (request.origin, request.principal, request.tool_name) == ("direct", "admin", "shell.run")
+    assert request.call_params == {"command": "echo $TOKEN > ran.txt"}
+
+
+def test_execute_with_a_missing_secret_is_409(client, ws):
+    apps_services.app_deploy(text=manifest("nosecret", ws))
+    assert "API_TOKEN" in error_of(
+        execute(client, "nosecret", "filesystem.ls", {"params": {}}), 409, "MISSING_SECRET"
+    )
+
+
+def test_unknown_tool_execute_is_404(client, dev_app):
+    assert "Did you mean" in error_of(execute(client, dev_app, "filesystem.reed", {"params": {}}), 404, "RESOURCE_NOT_FOUND")
+
+
+def test_scopes(dev_app):
+    _, read_only = apps_services.api_key_create(name="viewer", scopes=["apps:read"])
+    viewer = Client(HTTP_AUTHORIZATION=f"Bearer {read_only}")
+    assert viewer.get(f"/api/apps/{dev_app}/tools/categories").status_code == 200
+    assert "apps:run" in error_of(execute(viewer, dev_app, "filesystem.ls", {"params": {}}), 403, "FORBIDDEN")
+    error_of(Client().get(f"/api/apps/{dev_app}/index"), 401, "UNAUTHORIZED")
