@@ -7,12 +7,15 @@ of search is replaced.
 from __future__ import annotations
 
 import logging
+import random
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tooling.embeddings import MODEL_ENV_VAR, MODEL_PATH, EmbeddingModelError, StaticEmbedder, load_embedder
-from tooling.embeddings.wordpiece import basic_tokenize
+from tooling.embeddings.wordpiece import basic_tokenize, basic_tokenize_unicode
 from tooling.search import ToolDoc, ToolSearchIndex, default_embedder, stem, words
 
 CATEGORIES = {
@@ -135,6 +138,15 @@ def test_wordpiece_tokenizer_folds_case_accents_and_punctuation(embedder: Static
     assert [vocab[i] for i in embedder.token_ids("Téléchargez")] == ["tel", "##ech", "##ar", "##ge", "##z"]
 
 
+def test_ascii_fast_path_tokenizes_like_the_general_path():
+    rng = random.Random(20261123)
+    alphabet = [chr(cp) for cp in range(128)]
+    samples = ["filesystem.list_tables(path='/tmp/x')", "a\x0cb\x00c\td\r\ne", "SELECT * FROM t;"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(3000)]
+    for text in samples:
+        assert basic_tokenize(text) == basic_tokenize_unicode(text), repr(text)
+
+
 def test_loading_a_missing_or_broken_model_file_says_which_file(tmp_path):
     missing = tmp_path / "nope.npz"
     with pytest.raises(EmbeddingModelError, match="not found.*nope.npz"):
@@ -238,6 +250,16 @@ def test_relevance_is_in_0_1_and_descending(mode, hybrid, keyword):
         assert scores == sorted(scores, reverse=True)
 
 
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(query=st.text(min_size=1, max_size=80).filter(lambda q: q.strip()))
+def test_any_query_gets_bounded_descending_relevance(hybrid: ToolSearchIndex, query: str):
+    results = hybrid.search(query, max_results=30)
+    scores = [score for _, score in results]
+    assert all(0.0 <= s <= 1.0 for s in scores)
+    assert scores == sorted(scores, reverse=True)
+    assert len({doc.name for doc, _ in results}) == len(results)
+
+
 def test_max_results_limits_the_answer(hybrid: ToolSearchIndex):
     assert len(hybrid.search("file", max_results=3)) == 3
     assert len(hybrid.search("file", max_results=1)) == 1
@@ -263,6 +285,8 @@ def test_overlong_query_and_bad_max_results_are_value_errors(hybrid: ToolSearchI
         hybrid.search("read " * 300)
     with pytest.raises(ValueError, match="max_results"):
         hybrid.search("read file", max_results=0)
+    with pytest.raises(ValueError, match="query must be text"):
+        hybrid.search(None)  # type: ignore[arg-type]
 
 
 def test_duplicate_tool_names_are_refused():

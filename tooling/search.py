@@ -521,7 +521,9 @@ class ToolSearchIndex:
         Raises ValueError (callers answer 400) for an empty or over-long query or a
         ``max_results`` below 1.
         """
-        if not isinstance(query, str) or not query.strip():
+        if not isinstance(query, str):
+            raise ValueError(f"query must be text, not {type(query).__name__}")
+        if not query.strip():
             raise ValueError("query must not be empty: say what the tool should do, e.g. 'read file'")
         if len(query) > MAX_QUERY_CHARS:
             raise ValueError(f"query is {len(query)} characters long; the limit is {MAX_QUERY_CHARS}")
