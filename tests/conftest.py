@@ -88,11 +88,11 @@ class Daemon:
 
     # --- CLI ------------------------------------------------------------------------------
     def cli(self, *args: str, input: str | None = None, timeout: float = 120,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+            env: dict[str, str] | None = None, cwd: Path | str | None = None) -> subprocess.CompletedProcess:
         """Run ``digitorn ARGS`` against this daemon (it finds it through the data dir's pid file)."""
         return subprocess.run(
             [*CLI, *args], input=input, capture_output=True, text=True, timeout=timeout,
-            env={**self.env, **(env or {})}, cwd=str(PROJECT_ROOT),
+            env={**self.env, **(env or {})}, cwd=str(cwd or PROJECT_ROOT),
         )
 
     # --- processes ------------------------------------------------------------------------

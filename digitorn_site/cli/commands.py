@@ -122,9 +122,12 @@ def cmd_secret_rotate(args) -> int:
     from digitorn_site.cli.config import django_setup
 
     django_setup()
-    from django.core.management import call_command
+    from django.core.management import CommandError, call_command
 
-    call_command("rotate_secrets")
+    try:
+        call_command("rotate_secrets")
+    except CommandError as exc:
+        raise CliError(str(exc))
     return 0
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 from rich.console import Console
 
-console = Console(highlight=False, soft_wrap=True)
+# Piped output (tests, scripts) gets wide tables instead of rich's 80-column default.
+_width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(highlight=False, soft_wrap=True, width=_width)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

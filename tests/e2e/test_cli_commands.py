@@ -1,0 +1,253 @@
+"""The `digitorn` client commands, run as subprocesses against a started daemon."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+SECRET = "sk-cli-e2e-Zq81vX"
+
+
+def test_http_lifecycle_deploy_list_get_undeploy(daemon, app_yaml):
+    """start --workers 2 (fixture) → deploy over HTTP → list → get → undeploy; stop at teardown."""
+    path = app_yaml.minimal("demo", name="Demo")
+    deployed = daemon.client.post("/api/apps/deploy", json={"yaml_path": str(path)})
+    assert deployed.status_code == 200, deployed.text
+    summary = deployed.json()["data"]
+    assert summary["app_id"] == "demo"
+    assert summary["name"] == "Demo"
+    assert summary["agents"] == ["assistant"]
+    assert summary["modules"] == ["filesystem"]
+    assert summary["total_tools"] > 0
+
+    listed = daemon.client.get("/api/apps/").json()["data"]
+    listed = listed if isinstance(listed, list) else listed["apps"]
+    assert [a["app_id"] for a in listed] == ["demo"]
+
+    got = daemon.client.get("/api/apps/demo")
+    assert got.status_code == 200
+    assert got.json()["data"]["app_id"] == "demo"
+
+    again = daemon.client.post("/api/apps/deploy", json={"yaml_path": str(path)})
+    assert again.status_code == 409
+    assert again.json()["success"] is False
+
+    gone = daemon.client.delete("/api/apps/demo")
+    assert gone.status_code == 200, gone.text
+    missing = daemon.client.get("/api/apps/demo")
+    assert missing.status_code == 404
+    assert missing.json()["error_code"] == "RESOURCE_NOT_FOUND"
+
+
+def test_cli_deploy_apps_undeploy(daemon, app_yaml, tmp_path, monkeypatch):
+    path = app_yaml.minimal("cli-app", name="CLI App")
+    result = daemon.cli("deploy", str(path))
+    assert result.returncode == 0, result.stderr
+    assert "deployed cli-app (CLI App" in result.stdout
+
+    conflict = daemon.cli("deploy", str(path))
+    assert conflict.returncode == 1
+    assert conflict.stderr.startswith("error: ")
+    assert "(CONFLICT)" in conflict.stderr or "already deployed" in conflict.stderr
+
+    forced = daemon.cli("deploy", str(path), "--force")
+    assert forced.returncode == 0, forced.stderr
+
+    apps = daemon.cli("apps")
+    assert apps.returncode == 0
+    assert "cli-app" in apps.stdout and "CLI App" in apps.stdout and "filesystem" in apps.stdout
+    as_json = json.loads(daemon.cli("apps", "--json").stdout)
+    assert "cli-app" in [a["app_id"] for a in as_json]
+
+    undeployed = daemon.cli("undeploy", "cli-app")
+    assert undeployed.returncode == 0, undeployed.stderr
+    assert "undeployed cli-app" in undeployed.stdout
+    twice = daemon.cli("undeploy", "cli-app")
+    assert twice.returncode == 1
+    assert "cli-app" in twice.stderr and "RESOURCE_NOT_FOUND" in twice.stderr
+
+
+def test_cli_deploy_relative_path_is_sent_absolute(daemon, app_yaml):
+    path = app_yaml.minimal("relative-app")
+    # Run from the manifest's folder with a bare file name: the CLI must resolve it.
+    result = daemon.cli("deploy", path.name, cwd=path.parent)
+    assert result.returncode == 0, result.stderr
+    got = daemon.client.get("/api/apps/relative-app").json()["data"]
+    assert got["app_id"] == "relative-app"
+    daemon.client.delete("/api/apps/relative-app")
+
+
+def test_cli_deploy_errors_are_one_line_with_exit_1(daemon, app_yaml, tmp_path):
+    missing = daemon.cli("deploy", str(tmp_path / "nope.yaml"))
+    assert missing.returncode == 1
+    assert "no such file" in missing.stderr
+
+    broken = app_yaml("schema_version: 2\napp: {app_id: broken}\nagents: []\nbogus_key: 1\n", "broken.yaml")
+    result = daemon.cli("deploy", str(broken))
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_secrets_set_list_delete_never_print_values(daemon, app_yaml):
+    daemon.cli("deploy", str(app_yaml.minimal("vault")))
+    set_arg = daemon.cli("secret", "set", "vault", "API_TOKEN", SECRET)
+    assert set_arg.returncode == 0, set_arg.stderr
+    assert "API_TOKEN set for vault" in set_arg.stdout
+
+    # Value omitted and stdin not a terminal: read from the pipe.
+    piped = daemon.cli("secret", "set", "vault", "OTHER", input=SECRET + "-2\n")
+    assert piped.returncode == 0, piped.stderr
+    assert daemon.client.get("/api/apps/vault/secrets/OTHER").json()["data"]["exists"] is True
+
+    empty = daemon.cli("secret", "set", "vault", "EMPTY", input="")
+    assert empty.returncode == 1
+    assert "no value given" in empty.stderr
+
+    listed = daemon.cli("secret", "list", "vault")
+    assert listed.returncode == 0
+    assert "API_TOKEN" in listed.stdout and "OTHER" in listed.stdout
+    for output in (set_arg, piped, listed):
+        assert SECRET not in output.stdout + output.stderr
+
+    deleted = daemon.cli("secret", "delete", "vault", "OTHER")
+    assert deleted.returncode == 0
+    again = daemon.cli("secret", "delete", "vault", "OTHER")
+    assert again.returncode == 1
+    assert "OTHER" in again.stderr
+    assert "OTHER" not in daemon.cli("secret", "list", "vault").stdout
+
+    unknown_app = daemon.cli("secret", "list", "no-such-app")
+    assert unknown_app.returncode == 1
+    assert "no-such-app" in unknown_app.stderr
+    daemon.client.delete("/api/apps/vault")
+
+
+def test_cli_tasks_and_approvals_listing(daemon, app_yaml):
+    daemon.cli("deploy", str(app_yaml.minimal("ops")))
+    tasks = daemon.cli("tasks", "ops")
+    assert tasks.returncode == 0, tasks.stderr
+    assert "no background tasks" in tasks.stdout
+    approvals = daemon.cli("approvals", "ops")
+    assert approvals.returncode == 0, approvals.stderr
+    assert "no pending approval requests" in approvals.stdout
+
+    (app_yaml.workspace / "notes.txt").write_text("hi")
+    launched = daemon.client.post("/api/apps/ops/background-tasks",
+                                  json={"tool": "filesystem.ls", "params": {"path": "."}})
+    assert launched.status_code in (200, 201, 202), launched.text
+    task_id = launched.json()["data"]["task_id"]
+    waited = daemon.client.post(f"/api/apps/ops/background-tasks/{task_id}/wait", json={"timeout": 30})
+    assert waited.json()["data"]["status"] == "completed", waited.text
+    tasks = daemon.cli("tasks", "ops")
+    assert task_id in tasks.stdout and "filesystem.ls" in tasks.stdout and "completed" in tasks.stdout
+    filtered = daemon.cli("tasks", "ops", "--status", "failed")
+    assert task_id not in filtered.stdout
+    daemon.client.delete("/api/apps/ops")
+
+
+def _chat_app(app_yaml, app_id: str):
+    return app_yaml.minimal(
+        app_id,
+        rules=[
+            {"when": "^list", "steps": [{"call": "filesystem.ls", "params": {"path": "."}},
+                                        {"say": "listed: {result}"}]},
+            {"when": "^save", "steps": [{"call": "filesystem.write",
+                                         "params": {"path": "saved.txt", "content": "from chat"}},
+                                        {"say": "write finished: {result}"}]},
+            {"when": "", "steps": [{"say": "echo: {message}"}]},
+        ],
+        capabilities={"default_policy": "auto",
+                      "approve": [{"module": "filesystem", "actions": ["write"], "reason": "writes files"}]},
+    )
+
+
+def test_cli_chat_over_a_pipe_shows_tools_and_answers(daemon, app_yaml):
+    daemon.cli("deploy", str(_chat_app(app_yaml, "chatty")))
+    (app_yaml.workspace / "readme.md").write_text("# hi")
+    result = daemon.cli("chat", "chatty", "--session", "pipe-1", input="hello there\nlist files\n/quit\n",
+                        timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "chatting with chatty in session pipe-1" in out
+    assert "echo: hello there" in out
+    assert "→ filesystem.ls" in out
+    assert "← filesystem.ls ok" in out and "readme.md" in out
+    assert "listed:" in out
+    # The order of the transcript is the order of the turn.
+    assert out.index("echo: hello there") < out.index("→ filesystem.ls") < out.index("listed:")
+
+    history = daemon.client.get("/api/apps/chatty/sessions/pipe-1/history").json()["data"]
+    contents = [m["content"] for m in history["messages"] if m["role"] == "user"]
+    assert contents == ["hello there", "list files"]
+
+
+def test_cli_chat_asks_for_approval_and_posts_the_answer(daemon, app_yaml):
+    daemon.cli("deploy", str(_chat_app(app_yaml, "guarded")))
+    approved = daemon.cli("chat", "guarded", "--session", "appr-1", input="save it\ny\n", timeout=120)
+    assert approved.returncode == 0, approved.stdout + approved.stderr
+    assert "? approval needed: filesystem.write" in approved.stdout
+    assert "approve? [y/N] y" in approved.stdout
+    assert "write finished:" in approved.stdout
+    assert (app_yaml.workspace / "saved.txt").read_text() == "from chat"
+
+    (app_yaml.workspace / "saved.txt").unlink()
+    denied = daemon.cli("chat", "guarded", "--session", "appr-2", input="save again\nn\n", timeout=120)
+    assert denied.returncode == 0, denied.stdout + denied.stderr
+    assert "? approval needed: filesystem.write" in denied.stdout
+    assert "denied" in denied.stdout
+    assert not (app_yaml.workspace / "saved.txt").exists()
+    assert daemon.cli("approvals", "guarded").stdout.count("filesystem.write") == 0
+
+
+def test_cli_chat_unknown_app_and_down_daemon(daemon):
+    unknown = daemon.cli("chat", "no-such-app", input="hi\n")
+    assert unknown.returncode == 1
+    assert "no-such-app" in unknown.stderr
+
+    down = daemon.cli("chat", "x", "--url", "http://127.0.0.1:9", input="hi\n")
+    assert down.returncode == 2
+    assert "digitorn is not running at http://127.0.0.1:9" in down.stderr
+
+
+def test_apikey_create_authenticates_and_revoke_makes_it_401(daemon):
+    created = daemon.cli("apikey", "create", "--name", "ci-bot", "--scopes", "apps:read")
+    assert created.returncode == 0, created.stderr
+    key = created.stdout.strip()
+    assert key.startswith("dg_")
+    assert "cannot be shown again" in created.stderr
+
+    ok = httpx.get(f"{daemon.url}/api/apps/", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert ok.status_code == 200, ok.text
+    # The key has apps:read only.
+    forbidden = httpx.post(f"{daemon.url}/api/apps/deploy", json={"yaml_path": "/nowhere.yaml"},
+                           headers={"X-API-Key": key}, timeout=10)
+    assert forbidden.status_code == 403
+
+    listed = daemon.cli("apikey", "list", "--json")
+    rows = json.loads(listed.stdout)
+    row = next(r for r in rows if r["name"] == "ci-bot")
+    assert row["scopes"] == ["apps:read"]
+    assert key not in listed.stdout
+    assert key.split("_")[1] == row["prefix"]
+
+    revoked = daemon.cli("apikey", "revoke", row["prefix"])
+    assert revoked.returncode == 0, revoked.stderr
+    assert "no longer authenticates" in revoked.stdout
+    after = httpx.get(f"{daemon.url}/api/apps/", headers={"Authorization": f"Bearer {key}"}, timeout=10)
+    assert after.status_code == 401
+    assert after.json()["error_code"] == "UNAUTHORIZED"
+
+    bad = daemon.cli("apikey", "create", "--name", "x", "--scopes", "root")
+    assert bad.returncode == 1
+    assert "unknown scope" in bad.stderr
+
+
+def test_cli_uses_an_explicit_api_key(daemon):
+    wrong = daemon.cli("apps", "--api-key", "dg_wrong")
+    assert wrong.returncode == 1
+    assert "UNAUTHORIZED" in wrong.stderr
