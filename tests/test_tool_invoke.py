@@ -250,3 +250,26 @@ def test_meta_tools(tmp_path):
     assert unknown.status == "error" and "no tool" in unknown.error
     bad = meta("search_tools", {"query": ""})
     assert bad.status == "error" and "params.query" in bad.error
+
+
+def test_meta_execute_tool_goes_through_approval_and_resumes(tmp_path):
+    app = make_app(tmp_path, GATED)
+
+    def execute(**kw):
+        return meta_tool_invoke(
+            app=app,
+            name="execute_tool",
+            params={"name": "shell.run", "params": {"command": "touch m"}},
+            caller="agent:main",
+            principal="alice",
+            agent_id="main",
+            **kw,
+        )
+
+    pending = execute(origin_ref="call-7")
+    assert pending.status == "pending_approval" and not (tmp_path / "m").exists()
+    assert ApprovalRequest.objects.get(request_id=pending.request_id).origin_ref == "call-7"
+    approval_decide(app_id="inv", request_id=pending.request_id, approved=True, message="", principal="alice")
+    ran = execute(approval_request_id=pending.request_id)
+    assert ran.status == "ok" and (tmp_path / "m").exists()
+    assert ApprovalRequest.objects.count() == 1

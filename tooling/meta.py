@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from approvals.policy import resolve_policy
@@ -173,6 +174,8 @@ def meta_tool_invoke(
     session_id: str | None = None,
     agent_id: str | None = None,
     origin_ref: str = "",
+    approval_request_id: str | None = None,
+    cancel_check: Callable[[], bool] | None = None,
 ) -> Any:
     from tooling.services import ToolOutcome, tool_invoke
 
@@ -190,6 +193,8 @@ def meta_tool_invoke(
                 agent_id=agent_id,
                 origin="agent",
                 origin_ref=origin_ref,
+                approval_request_id=approval_request_id,
+                cancel_check=cancel_check,
             )
         except DigitornError as exc:
             return ToolOutcome(

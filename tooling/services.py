@@ -374,8 +374,11 @@ def meta_tool_invoke(
     session_id: str | None = None,
     agent_id: str | None = None,
     origin_ref: str = "",
+    approval_request_id: str | None = None,
+    cancel_check: Callable[[], bool] | None = None,
 ) -> ToolOutcome:
-    """Answer a meta-tool call (``origin_ref``: the agent's tool-call id, kept on approval requests)."""
+    """Answer a meta-tool call. For ``execute_tool``, ``origin_ref`` (the agent's tool-call id),
+    ``approval_request_id`` (resuming an approved call) and ``cancel_check`` go to :func:`tool_invoke`."""
     from tooling.meta import meta_tool_invoke as invoke
 
     return invoke(
@@ -387,4 +390,6 @@ def meta_tool_invoke(
         session_id=session_id,
         agent_id=agent_id,
         origin_ref=origin_ref,
+        approval_request_id=approval_request_id,
+        cancel_check=cancel_check,
     )
