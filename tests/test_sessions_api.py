@@ -1,0 +1,209 @@
+"""Session, chat, run, quota and notification endpoints through Django's test clients (real DB)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, Client, override_settings
+
+from apps_registry import services as registry
+from apps_registry.services import api_key_create
+from conversations import services
+from tests.test_engine import manifest
+
+ADMIN_KEY = "dg_test_admin_key_for_sessions"
+AUTH = {"HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}"}
+HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
+
+
+@pytest.fixture
+def admin_key():
+    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
+        yield ADMIN_KEY
+
+
+@pytest.fixture
+def app(tmp_path: Path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "README.md").write_text("# Demo project\n")
+    registry.app_deploy(text=manifest("demo", ws, [
+        {"when": "read", "steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "read: {result}"}]},
+        {"steps": [{"say": "echo: {message}"}]},
+    ]), force=True)
+    registry.app_deploy(text=manifest("oneshot", ws, [{"steps": [{"say": "ran: {message}"}]}], mode="one_shot"), force=True)
+    return "demo"
+
+
+def client() -> Client:
+    return Client(**AUTH)
+
+
+def post(c, url, body, **extra):
+    return c.post(url, data=json.dumps(body) if not isinstance(body, str) else body,
+                  content_type="application/json", **extra)
+
+
+def stream_post(url: str, body):
+    """POST and read the SSE body on one event loop (the turn runs as a task on it)."""
+
+    async def go():
+        response = await AsyncClient().post(url, data=json.dumps(body), content_type="application/json", headers=HEADERS)
+        text = ""
+        if response.get("Content-Type") == "text/event-stream":
+            text = b"".join([chunk async for chunk in response.streaming_content]).decode()
+        return response, text
+
+    return async_to_sync(go)()
+
+
+def async_post(url: str, body, **extra):
+    async def go():
+        return await AsyncClient().post(url, data=json.dumps(body), content_type="application/json", headers=HEADERS, **extra)
+
+    return async_to_sync(go)()
+
+
+def assert_error(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["success"] is False and body["error_code"] == code and body["error"]
+    return body
+
+
+def test_chat_returns_the_done_payload_and_history_has_tool_calls(app):
+    response = async_post("/api/apps/demo/chat", {"session_id": "s1", "message": "read the readme"})
+    assert response.status_code == 200, response.content
+    data = response.json()["data"]
+    assert data["session_id"] == "s1" and data["tool_calls_count"] == 1 and data["turns_used"] == 2
+    assert "Demo project" in data["content"] and data["truncated"] is False
+    assert response["X-RateLimit-Limit"] == "60" and response["X-RateLimit-Remaining"] == "59"
+
+    c = client()
+    detail = c.get("/api/apps/demo/sessions/s1").json()["data"]
+    assert set(detail) == {"session_id", "app_id", "created_at", "last_active", "message_count", "status"}
+    assert detail["message_count"] == 4 and detail["status"] == "idle"
+    history = c.get("/api/apps/demo/sessions/s1/history").json()["data"]
+    assert [m["role"] for m in history["messages"]] == ["user", "assistant", "tool", "assistant"]
+    assert history["messages"][1]["tool_calls"][0]["name"] == "filesystem.read"
+    listing = c.get("/api/apps/demo/sessions").json()["data"]
+    assert [s["session_id"] for s in listing["sessions"]] == ["s1"]
+
+    assert c.delete("/api/apps/demo/sessions/s1").json()["data"]["deleted"] is True
+    assert_error(c.get("/api/apps/demo/sessions/s1"), 404, "RESOURCE_NOT_FOUND")
+
+
+def test_chat_stream_frames(app):
+    response, text = stream_post("/api/apps/demo/chat/stream", {"session_id": "s2", "message": "read it"})
+    assert response.status_code == 200
+    assert response["Content-Type"] == "text/event-stream"
+    assert response["Cache-Control"] == "no-cache" and response["X-Accel-Buffering"] == "no"
+    frames = [f for f in text.split("\n\n") if f.strip()]
+    types = [line.split(": ", 1)[1] for f in frames for line in f.splitlines() if line.startswith("event: ")]
+    assert types == ["connected", "tool_call", "result", "done"]
+    ids = [int(line.split(": ")[1]) for f in frames for line in f.splitlines() if line.startswith("id: ")]
+    assert ids == [1, 2, 3]
+
+
+def test_run_only_for_one_shot_apps(app):
+    response = async_post("/api/apps/oneshot/run", {"input": "hello"})
+    assert response.status_code == 200, response.content
+    assert response.json()["data"] == {"content": "ran: hello", "tool_calls_count": 0, "turns_used": 1, "truncated": False}
+    # One-shot runs leave no session behind.
+    assert client().get("/api/apps/oneshot/sessions").json()["data"]["total"] == 0
+    body = assert_error(async_post("/api/apps/demo/run", {"input": "x"}), 400, "VALIDATION_ERROR")
+    assert "one_shot" in body["error"]
+
+
+def test_bad_input_gets_the_envelope(app):
+    assert_error(async_post("/api/apps/demo/chat", {"session_id": "s1"}), 400, "VALIDATION_ERROR")
+    body = assert_error(async_post("/api/apps/demo/chat", {"session_id": "a/b", "message": "x"}), 400, "VALIDATION_ERROR")
+    assert "session_id" in body["error"]
+    assert_error(async_post("/api/apps/demo/chat", {"session_id": "s", "message": 5}), 400, "VALIDATION_ERROR")
+    assert_error(async_post("/api/apps/nope/chat", {"session_id": "s", "message": "x"}), 404, "RESOURCE_NOT_FOUND")
+    assert_error(async_post("/api/apps/demo/run", {}), 400, "VALIDATION_ERROR")
+
+    async def raw():
+        return await AsyncClient().post("/api/apps/demo/chat", data="{not json", content_type="application/json", headers=HEADERS)
+
+    assert_error(async_to_sync(raw)(), 400, "VALIDATION_ERROR")
+
+    async def unauth():
+        return await AsyncClient().post("/api/apps/demo/chat/stream", data="{}", content_type="application/json")
+
+    assert_error(async_to_sync(unauth)(), 401, "UNAUTHORIZED")
+    c = client()
+    assert_error(post(c, "/api/apps/demo/sessions/s1/messages", {"message": ""}), 400, "VALIDATION_ERROR")
+    assert_error(post(c, "/api/apps/demo/quota", {"rpm": 0}, REQUEST_METHOD="PUT"), 400, "VALIDATION_ERROR")
+    assert_error(c.put("/api/apps/demo/quota", data=json.dumps({"rpm": "ten"}), content_type="application/json"),
+                 400, "VALIDATION_ERROR")
+    assert_error(c.get("/api/apps/demo/sessions/missing/history"), 404, "RESOURCE_NOT_FOUND")
+
+
+def test_scopes_and_ownership(app):
+    _, read_key = api_key_create(name="reader", owner="bob", scopes=["apps:read"])
+    _, run_key = api_key_create(name="runner", owner="carol", scopes=["apps:read", "apps:run"])
+    reader = Client(HTTP_AUTHORIZATION=f"Bearer {read_key}")
+    runner = Client(HTTP_AUTHORIZATION=f"Bearer {run_key}")
+    assert_error(post(reader, "/api/apps/demo/sessions/b1/messages", {"message": "hi"}), 403, "FORBIDDEN")
+    assert post(runner, "/api/apps/demo/sessions/c1/messages", {"message": "hi"}).status_code == 202
+    # carol's session is invisible to bob, visible to the admin.
+    assert_error(reader.get("/api/apps/demo/sessions/c1"), 404, "RESOURCE_NOT_FOUND")
+    assert reader.get("/api/apps/demo/sessions").json()["data"]["total"] == 0
+    assert client().get("/api/apps/demo/sessions/c1").status_code == 200
+    assert_error(runner.put("/api/apps/demo/quota", data='{"rpm": 5}', content_type="application/json"),
+                 403, "FORBIDDEN")
+
+
+def test_messages_202_and_queue_full(app, settings):
+    settings.DIGITORN_QUEUE_DEPTH = 2
+    c = client()
+    first = post(c, "/api/apps/demo/sessions/q1/messages", {"message": "one"})
+    assert first.status_code == 202, first.content
+    assert first.json()["data"] == {"correlation_id": first.json()["data"]["correlation_id"], "position": 0, "queue_depth": 1}
+    second = post(c, "/api/apps/demo/sessions/q1/messages", {"message": "two"}).json()["data"]
+    assert second["position"] == 1 and second["queue_depth"] == 2
+    body = assert_error(post(c, "/api/apps/demo/sessions/q1/messages", {"message": "three"}), 429, "QUEUE_FULL")
+    assert "limit is 2" in body["error"]
+
+
+def test_quota_get_put_delete_and_429(app):
+    c = client()
+    usage = c.get("/api/apps/demo/quota").json()["data"]
+    assert usage == {"app_id": "demo", "current": 0, "limit": 60, "remaining": 60, "window_seconds": 60}
+    assert c.put("/api/apps/demo/quota", data='{"rpm": 2}', content_type="application/json").json()["data"]["limit"] == 2
+    for i in range(2):
+        ok = post(c, f"/api/apps/demo/sessions/r{i}/messages", {"message": "hi"})
+        assert ok.status_code == 202 and ok["X-RateLimit-Remaining"] == str(1 - i)
+    limited = post(c, "/api/apps/demo/sessions/r9/messages", {"message": "hi"})
+    assert_error(limited, 429, "RATE_LIMIT_EXCEEDED")
+    assert int(limited["Retry-After"]) >= 1 and limited["X-RateLimit-Remaining"] == "0"
+    assert_error(async_post("/api/apps/demo/chat", {"session_id": "x", "message": "hi"}), 429, "RATE_LIMIT_EXCEEDED")
+    assert c.get("/api/apps/demo/quota").json()["data"]["current"] == 2
+    reset = c.delete("/api/apps/demo/quota").json()["data"]
+    assert reset["limit"] == 60 and reset["remaining"] == 58
+
+
+def test_cancel_and_notifications_endpoints(app):
+    c = client()
+    assert post(c, "/api/apps/demo/sessions/n1/messages", {"message": "hi"}).status_code == 202
+    cancelled = post(c, "/api/apps/demo/sessions/n1/cancel", {}).json()["data"]
+    assert cancelled["cancelled"] is True and cancelled["status"] == "cancelled"
+    assert post(c, "/api/apps/demo/sessions/n1/cancel", {}).json()["data"]["cancelled"] is False
+
+    assert c.get("/api/apps/demo/notifications/active").json()["data"] == {"active": False}
+    empty = async_post("/api/apps/demo/notifications", {"session_id": "n1"})
+    assert empty.status_code == 200 and empty.json()["data"] == {"notifications": 0}
+    services.notification_record(task_id="t-1", app_id="demo", session_id="n1", status="completed")
+    assert c.get("/api/apps/demo/notifications/active?session_id=n1").json()["data"] == {"active": True}
+    streamed, text = stream_post("/api/apps/demo/notifications", {"session_id": "n1"})
+    assert streamed["Content-Type"] == "text/event-stream"
+    types = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
+    assert types[0] == "notification" and types[-2:] == ["notification_result", "done"]
+    assert c.get("/api/apps/demo/notifications/active").json()["data"] == {"active": False}
+    assert_error(async_post("/api/apps/demo/notifications", {}), 400, "VALIDATION_ERROR")
