@@ -318,7 +318,20 @@ def direct_call_on_decision(*, request_id: str, approved: bool, message: str = "
     if approved:
         from tooling.approval_tasks import run_approved_direct_call
 
-        run_approved_direct_call.delay(request_id)
+        try:
+            run_approved_direct_call.delay(request_id)
+        except Exception as exc:  # noqa: BLE001 - runs on commit of the decision; the decision stands
+            log.exception("could not queue approved direct call %s", request_id)
+            approval_result_store(
+                request_id=request_id,
+                result={
+                    "status": "error",
+                    "success": False,
+                    "data": None,
+                    "error": f"approved, but the call could not be queued for a worker ({type(exc).__name__}: {exc}); "
+                    f"run it again with POST /api/apps/{request.app_id}/tools/{request.tool_name}/execute.",
+                },
+            )
         return
     approval_result_store(
         request_id=request_id,
