@@ -14,8 +14,9 @@ attempt to reach a hub fail loudly. The exact commands used for the shipped file
 The shipped file was made that way on 2026-11-23 (2-core CPU, 27 s of distillation) with torch
 2.13.0+cpu, transformers 5.3.0, tokenizers 0.22.2, skeletoken 0.6.1, model2vec 0.10.0 and numpy
 2.4.6; its checks printed "tokenizer: 145/145 texts give identical ids" and a minimum cosine of
-1.000000 against model2vec; re-running it reproduced the file byte for byte. Passing ``--pca-dims 128`` gives a 7.1 MB file that scored one query
-lower on the search benchmark (``bench/README.md``).
+1.000000 against model2vec; re-running it reproduced the file byte for byte. Passing
+``--pca-dims 128`` gives a 7.1 MB file that scored one query lower on the search benchmark
+(``bench/README.md``).
 
 What it does: ``model2vec.distill`` passes every WordPiece token of the vocabulary (minus the
 ``[unusedN]`` placeholders) through the transformer, mean-pools each one into a 384-d vector,
