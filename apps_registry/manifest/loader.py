@@ -325,6 +325,11 @@ def load(text: str | bytes) -> LoadedManifest:
         raise _syntax_error(exc, decoded)
     except RecursionError:
         raise ManifestError([{"path": "", "message": f"the manifest nests deeper than {MAX_DEPTH} levels"}])
+    except ValueError as exc:
+        # PyYAML's constructors call int() on plain scalars; Python refuses integers over 4300 digits.
+        raise ManifestError(
+            [{"path": "", "message": f"a value could not be read ({exc}); quote it to keep it as a string"}]
+        )
 
     if not isinstance(data, dict):
         raise ManifestError(
