@@ -1,7 +1,7 @@
 """drf-spectacular glue: the API-key auth scheme and a schema class that reads view attributes.
 
 REST views are plain ``ApiView``s (no generic serializers), so they declare what to document:
-``request_serializer`` for the body and ``response_schema`` (a serializer or an OpenApiTypes value)
+``request_serializer`` for the body, ``query_serializer`` for the query string and ``response_schema`` (a serializer or an OpenApiTypes value)
 for ``data``; the postprocessing hook in ``schema.py`` wraps it in the envelope.
 """
 
@@ -34,6 +34,11 @@ class ViewAttributeSchema(AutoSchema):
         if self.method.upper() in ("GET", "DELETE", "HEAD"):
             return None
         return self._declared("request_serializer")
+
+    def get_override_parameters(self):
+        # ``query_serializer`` documents the query string (drf-spectacular explodes it into parameters).
+        declared = self._declared("query_serializer")
+        return [*super().get_override_parameters(), *([declared] if declared is not None else [])]
 
     def get_response_serializers(self):
         declared = self._declared("response_schema")

@@ -43,9 +43,132 @@ def _envelope(data_schema: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
+def _path_param(name: str, pattern: str) -> dict[str, Any]:
+    return {"in": "path", "name": name, "required": True, "schema": {"type": "string", "pattern": f"^{pattern}$"}}
+
+
+def _json_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties}
+    if required:  # OpenAPI 3.0 forbids an empty ``required`` list
+        schema["required"] = required
+    return {"required": bool(required), "content": {"application/json": {"schema": schema}}}
+
+
+_TEXT = {"type": "string", "maxLength": 100_000}
+_SESSION_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,200}$"}
+_DONE = {
+    "type": "object",
+    "properties": {
+        "content": {"type": "string"},
+        "session_id": {"type": "string"},
+        "correlation_id": {"type": "string"},
+        "tool_calls_count": {"type": "integer"},
+        "turns_used": {"type": "integer"},
+        "truncated": {"type": "boolean"},
+        "cancelled": {"type": "boolean"},
+    },
+}
+_TASK = {
+    "type": "object",
+    "required": ["task_id", "tool", "status"],
+    "properties": {
+        "task_id": {"type": "string"},
+        "tool": {"type": "string"},
+        "params": {"type": "object"},
+        "session_id": {"type": "string", "nullable": True},
+        "status": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"]},
+    },
+}
+# For text/event-stream the schema describes one event as a client parses it (``data`` is the JSON text).
+SSE_EVENT_TYPES = [
+    "connected", "tool_start", "tool_call", "result", "error", "hook", "approval_request", "approval_resolved",
+    "notification", "notification_result", "message_queued", "token", "done",
+]
+_SSE_EVENT = {
+    "type": "object",
+    "required": ["event", "data"],
+    "properties": {
+        "event": {"type": "string", "enum": SSE_EVENT_TYPES},
+        "data": {"type": "string", "description": "A JSON object (DESIGN §4 lists each event's fields)."},
+        "id": {"type": "string", "pattern": "^[0-9]+$", "description": "The event's per-session seq."},
+    },
+}
+_SSE = {"description": "Server-Sent Events, one `id`/`event`/`data` frame each",
+        "content": {"text/event-stream": {"schema": _SSE_EVENT}}}
+
+
+def _json_ok(data: dict[str, Any] | None, description: str = "") -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": data or {}}}}
+
+
+def _plain_view_paths() -> dict[str, dict[str, Any]]:
+    """The plain async views (SSE streams, turn waits, task waits): drf-spectacular only sees DRF views."""
+    from digitorn_site.converters import APP_ID_PATTERN, NameConverter
+
+    app = _path_param("app_id", APP_ID_PATTERN)
+    session = _path_param("session_id", NameConverter.regex)
+    task = _path_param("task_id", NameConverter.regex)
+    chat_body = _json_body({"session_id": _SESSION_ID, "message": _TEXT}, ["session_id", "message"])
+    base = "/api/apps/{app_id}"
+    return {
+        f"{base}/run": {"post": {
+            "operationId": "app_run_post", "description": "One-shot execution of a one_shot app.",
+            "parameters": [app],
+            "requestBody": _json_body({"input": _TEXT, "input_type": {"type": "string", "maxLength": 32}}, ["input"]),
+            "responses": {"200": _json_ok({"type": "object", "properties": {
+                "content": {"type": "string"}, "tool_calls_count": {"type": "integer"},
+                "turns_used": {"type": "integer"}, "truncated": {"type": "boolean"}}})},
+        }},
+        f"{base}/chat": {"post": {
+            "operationId": "chat_post", "description": "One conversation turn; answers the turn's `done` payload.",
+            "parameters": [app], "requestBody": chat_body, "responses": {"200": _json_ok(_DONE)},
+        }},
+        f"{base}/chat/stream": {"post": {
+            "operationId": "chat_stream_post", "description": "One conversation turn as an SSE stream ending with `done`.",
+            "parameters": [app], "requestBody": chat_body, "responses": {"200": _SSE},
+        }},
+        f"{base}/sessions/{{session_id}}/events": {"get": {
+            "operationId": "session_events_get",
+            "description": "The session's persistent SSE stream; `?token=` is accepted here (EventSource has no headers).",
+            "parameters": [
+                app, session,
+                {"in": "query", "name": "since", "required": False, "schema": {"type": "integer", "minimum": 0}},
+                {"in": "query", "name": "token", "required": False, "schema": {"type": "string"}},
+                {"in": "header", "name": "Last-Event-ID", "required": False, "schema": {"type": "integer", "minimum": 0}},
+            ],
+            "responses": {"200": _SSE},
+        }},
+        f"{base}/notifications": {"post": {
+            "operationId": "notifications_drain_post",
+            "description": "Drains pending notifications into a turn streamed as SSE; JSON `{notifications: 0}` when none.",
+            "parameters": [app], "requestBody": _json_body({"session_id": _SESSION_ID}, ["session_id"]),
+            "responses": {"200": {"description": "", "content": {
+                **_SSE["content"],
+                "application/json": {"schema": {"type": "object", "properties": {"notifications": {"type": "integer"}}}},
+            }}},
+        }},
+        f"{base}/background-tasks/{{task_id}}": {
+            "get": {"operationId": "background_task_get", "parameters": [app, task], "responses": {"200": _json_ok(_TASK)}},
+            "delete": {"operationId": "background_task_delete", "description": "Cancel the task (answers it settled).",
+                       "parameters": [app, task], "responses": {"200": _json_ok(_TASK)}},
+        },
+        f"{base}/background-tasks/{{task_id}}/wait": {"post": {
+            "operationId": "background_task_wait_post", "description": "Wait up to `timeout` seconds for the task to finish.",
+            "parameters": [app, task],
+            "requestBody": _json_body({"timeout": {"type": "number", "minimum": 0, "nullable": True}}, []),
+            "responses": {"200": _json_ok(_TASK)},
+        }},
+    }
+
+
 def wrap_in_envelope(result: dict[str, Any], generator, request, public) -> dict[str, Any]:
     components = result.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
+    paths = result.setdefault("paths", {})
+    for route, item in _plain_view_paths().items():
+        for operation in item.values():
+            operation.setdefault("tags", ["apps"])
+        paths.setdefault(route, {}).update(item)
     for path_item in result.get("paths", {}).values():
         for method, operation in path_item.items():
             if method not in {"get", "post", "put", "patch", "delete"}:
