@@ -31,6 +31,7 @@ class ApprovalDetailView(ApiView):
 
 class ApproveView(ApiView):
     required_scope = "apps:run"
+    request_serializer = DecisionSerializer
 
     def post(self, request, app_id: str):
         if not isinstance(request.data, dict):

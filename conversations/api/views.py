@@ -46,6 +46,7 @@ class SessionHistoryView(ApiView):
 
 class SessionMessagesView(ApiView):
     required_scope = "apps:run"
+    request_serializer = s.MessageSerializer
 
     def post(self, request, app_id: str, session_id: str):
         body = self.parse(s.MessageSerializer)
@@ -72,6 +73,7 @@ class SessionCancelView(ApiView):
 
 class QuotaView(ApiView):
     required_scope = {"GET": "apps:read", "PUT": "apps:deploy", "DELETE": "apps:deploy"}
+    request_serializer = {"PUT": s.QuotaSerializer}
 
     def get(self, request, app_id: str):
         _app_exists(app_id)

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 from asgiref.sync import sync_to_async
 from django.http import HttpRequest, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from apps_registry.selectors import app_get, app_runtime
@@ -38,6 +40,7 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+@extend_schema_field(OpenApiTypes.OBJECT)
 class ObjectField(serializers.Field):
     def to_internal_value(self, data):
         if not isinstance(data, dict):
@@ -70,6 +73,8 @@ def _is_admin(principal: Principal) -> bool:
 
 class BackgroundTaskListView(ApiView):
     required_scope = {"GET": "apps:read", "POST": "apps:run"}
+    request_serializer = {"POST": LaunchSerializer}
+    query_serializer = {"GET": ListQuerySerializer}
 
     def get(self, request, app_id: str):
         query = ListQuerySerializer(data=request.query_params)

@@ -13,6 +13,7 @@ from tooling.services import tool_invoke
 
 class ToolSearchView(ApiView):
     required_scope = "apps:read"
+    query_serializer = SearchQuerySerializer
 
     def get(self, request, app_id: str):
         args = parse(SearchQuerySerializer, request.query_params)
@@ -29,6 +30,7 @@ class ToolCategoriesView(ApiView):
 
 class ToolCategoryView(ApiView):
     required_scope = "apps:read"
+    query_serializer = CategoryPageSerializer
 
     def get(self, request, app_id: str, category: str):
         args = parse(CategoryPageSerializer, request.query_params)
@@ -46,6 +48,7 @@ class ToolDetailView(ApiView):
 
 class ToolExecuteView(ApiView):
     required_scope = "apps:run"
+    request_serializer = ExecuteSerializer
 
     def post(self, request, app_id: str, tool_name: str):
         args = parse(ExecuteSerializer, request.data)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from digitorn_site.errors import ValidationError
 
 
+@extend_schema_field(OpenApiTypes.OBJECT)
 class ObjectField(serializers.Field):
     def to_internal_value(self, data: Any) -> dict:
         if not isinstance(data, dict):
