@@ -8,3 +8,27 @@ django_asgi_app = get_asgi_application()
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
 
 application = ProtocolTypeRouter({"http": django_asgi_app})
+
+
+def _daphne_leaves_bodies_to_django() -> None:
+    """Twisted (under daphne) parses every multipart/urlencoded POST body itself before Django sees
+    it, and answers a body its parser rejects (e.g. a multipart with no parts) with an empty 400 that
+    has no Content-Type: no envelope, no message. Django parses bodies on its own, so switch
+    Twisted's copy off; malformed uploads then get Django's JSON 400 like any other bad body."""
+    try:
+        from daphne.http_protocol import WebRequest
+    except ImportError:  # served by another ASGI server
+        return
+    if getattr(WebRequest, "_digitorn_no_form_parsing", False):
+        return
+    original_init = WebRequest.__init__
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("parsePOSTFormSubmission", False)
+        original_init(self, *args, **kwargs)
+
+    WebRequest.__init__ = __init__
+    WebRequest._digitorn_no_form_parsing = True
+
+
+_daphne_leaves_bodies_to_django()

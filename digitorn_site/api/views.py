@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from django.conf import settings
 from django.db import connection
 from django.http import JsonResponse
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 from rest_framework.views import APIView
 
@@ -35,6 +36,7 @@ class ApiView(APIView):
         return self.request.user
 
 
+@csrf_exempt  # a POST must get the JSON 405 below, not the CSRF middleware's HTML 403
 def health(request) -> JsonResponse:
     """Public: version, database reachability and, when known, worker liveness."""
     if request.method != "GET":
