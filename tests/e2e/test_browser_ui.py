@@ -9,6 +9,8 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_SECONDS = 30
@@ -204,6 +207,60 @@ def test_content_is_escaped_not_rendered(daemon, browser, ui_app):
     assert _entries(driver, "done")[-1].text.endswith(f"You said: {payload}")
     assert not driver.find_elements("id", "injected")
     assert not driver.find_elements("id", "bold")
+
+
+def _admin_web(daemon) -> httpx.Client:
+    """A superuser made with `manage.py createsuperuser`, logged in to the daemon's admin."""
+    password = "browser-test-" + os.urandom(8).hex()
+    created = subprocess.run(
+        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "ui-ops", "--email", "o@example.com"],
+        cwd=str(PROJECT_ROOT), env={**daemon.env, "DJANGO_SUPERUSER_PASSWORD": password},
+        capture_output=True, text=True, timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    web = httpx.Client(base_url=daemon.url, timeout=30.0)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', web.get("/admin/login/").text).group(1)
+    login = web.post("/admin/login/", data={"csrfmiddlewaretoken": token, "username": "ui-ops", "password": password})
+    assert login.status_code == 302, login.text[:500]
+    return web
+
+
+def test_approval_given_in_the_admin_resumes_the_browser_turn(daemon, browser, ui_app):
+    driver = browser
+    driver.get(f"{daemon.url}/ui/")
+    _wait(driver, lambda d: d.find_element("id", "app-select").get_attribute("value") == ui_app, "app not reloaded")
+    session = driver.find_element("id", "session-id")
+    session.clear()
+    session.send_keys("browser-admin")
+    driver.find_element("id", "session-open").click()
+    _wait(driver, lambda d: d.find_element("id", "message").is_enabled(), "the composer never became usable")
+    driver.find_element("id", "message").send_keys("run it for the operator")
+    driver.find_element("id", "send").click()
+    entry = _wait(driver, lambda d: next(iter(_entries(d, "approval_request")), None), "no approval request appeared")
+    request_id = entry.get_attribute("data-request-id")
+    assert request_id
+
+    web = _admin_web(daemon)
+    try:
+        listing = web.get("/admin/approvals/approvalrequest/", params={"q": request_id})
+        pk = re.search(r'/admin/approvals/approvalrequest/(\d+)/change/', listing.text).group(1)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', listing.text).group(1)
+        decided = web.post(
+            "/admin/approvals/approvalrequest/",
+            data={"csrfmiddlewaretoken": token, "action": "approve", "_selected_action": [pk], "index": "0"},
+            follow_redirects=True,
+        )
+        assert f"Approved: {request_id}." in decided.text, decided.text[-2000:]
+    finally:
+        web.close()
+
+    # The decision reaches the page over the stream (approval_resolved) and the turn finishes.
+    _wait(driver, lambda d: d.find_elements("css selector", "#log .entry-approval_request .decision"),
+          "the admin's decision never reached the page")
+    assert "approved" in driver.find_element("css selector", "#log .entry-approval_request .decision").text
+    assert not driver.find_element("css selector", "#log .entry-approval_request button.approve").is_enabled()
+    _wait(driver, lambda d: _entries(d, "done"), "the turn did not resume after the admin approved")
+    assert "browser-ok" in _entries(driver, "done")[-1].text
 
 
 def test_bad_key_is_reported(daemon, browser):
