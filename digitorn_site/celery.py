@@ -32,8 +32,13 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 
 try:
     from kombu.transport.sqlalchemy import Channel as _SqlaChannel
+    from kombu.transport.sqlalchemy import Transport as _SqlaTransport
 
-    _SqlaChannel.polling_interval = float(os.environ.get("DIGITORN_BROKER_POLL_SECONDS", "0.1"))
+    # The worker's consume loop sleeps Transport.polling_interval between empty polls (kombu's
+    # virtual Transport.drain_events); the Channel attribute alone leaves the 1 s default there.
+    _poll = float(os.environ.get("DIGITORN_BROKER_POLL_SECONDS", "0.1"))
+    _SqlaChannel.polling_interval = _poll
+    _SqlaTransport.polling_interval = _poll
 except ImportError:  # pragma: no cover - SQLAlchemy missing means a Redis broker
     pass
 
