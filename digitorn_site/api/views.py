@@ -67,12 +67,15 @@ def server_error(request) -> JsonResponse:
 
 
 def bad_request(request, exception=None) -> JsonResponse:
+    from django.core.exceptions import DisallowedHost
+
     from digitorn_site.api.exceptions import to_digitorn_error
 
     error = to_digitorn_error(exception) if exception is not None else None
+    if error is None and isinstance(exception, DisallowedHost):
+        # Django's message names the Host and ALLOWED_HOSTS: what an operator behind a proxy must fix.
+        error = ValidationError(f"{exception} (refused to guard against DNS rebinding).")
     if error is None:
-        from digitorn_site.errors import ValidationError
-
         error = ValidationError("Bad request.")
     return error_response(error)
 

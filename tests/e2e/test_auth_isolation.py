@@ -1,0 +1,336 @@
+"""Who may call what, against the running daemon.
+
+- Every endpoint of the reference (the 36 under /api/apps) refuses a missing key and a wrong key
+  with 401 in the envelope; only /api/health is public.
+- ``?token=`` authenticates the SSE stream GET .../sessions/{sid}/events and nothing else.
+- One principal cannot read, stream, message, cancel or approve another principal's session,
+  approvals or background tasks: 404, the same answer as for an id that does not exist.
+- A Host header outside ALLOWED_HOSTS (DNS rebinding) gets a 400 JSON envelope, not an HTML page.
+
+The second and third principals are API keys made with `digitorn apikey create`, as an operator would.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import httpx
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+APP = "iso"
+# (method, path) for each of the 36 endpoints of the API reference, with sample ids.
+ROUTES: list[tuple[str, str]] = [
+    ("POST", "/api/apps/deploy"),
+    ("POST", "/api/apps/deploy/upload"),
+    ("GET", "/api/apps/"),
+    ("GET", f"/api/apps/{APP}"),
+    ("POST", f"/api/apps/{APP}/run"),
+    ("DELETE", f"/api/apps/{APP}"),
+    ("POST", f"/api/apps/{APP}/chat"),
+    ("POST", f"/api/apps/{APP}/chat/stream"),
+    ("GET", f"/api/apps/{APP}/sessions"),
+    ("GET", f"/api/apps/{APP}/sessions/s-1"),
+    ("GET", f"/api/apps/{APP}/sessions/s-1/history"),
+    ("DELETE", f"/api/apps/{APP}/sessions/s-1"),
+    ("GET", f"/api/apps/{APP}/sessions/s-1/events"),
+    ("POST", f"/api/apps/{APP}/sessions/s-1/messages"),
+    ("POST", f"/api/apps/{APP}/background-tasks"),
+    ("GET", f"/api/apps/{APP}/background-tasks"),
+    ("GET", f"/api/apps/{APP}/background-tasks/task-123"),
+    ("DELETE", f"/api/apps/{APP}/background-tasks/task-123"),
+    ("POST", f"/api/apps/{APP}/background-tasks/task-123/wait"),
+    ("GET", f"/api/apps/{APP}/tools/search?query=read+file"),
+    ("GET", f"/api/apps/{APP}/tools/categories"),
+    ("GET", f"/api/apps/{APP}/tools/categories/filesystem"),
+    ("GET", f"/api/apps/{APP}/tools/filesystem.read"),
+    ("POST", f"/api/apps/{APP}/tools/filesystem.read/execute"),
+    ("GET", f"/api/apps/{APP}/index"),
+    ("GET", f"/api/apps/{APP}/notifications/active"),
+    ("POST", f"/api/apps/{APP}/notifications"),
+    ("GET", f"/api/apps/{APP}/approvals"),
+    ("POST", f"/api/apps/{APP}/approve"),
+    ("GET", f"/api/apps/{APP}/quota"),
+    ("PUT", f"/api/apps/{APP}/quota"),
+    ("DELETE", f"/api/apps/{APP}/quota"),
+    ("GET", f"/api/apps/{APP}/secrets"),
+    ("GET", f"/api/apps/{APP}/secrets/API_KEY"),
+    ("PUT", f"/api/apps/{APP}/secrets/API_KEY"),
+    ("DELETE", f"/api/apps/{APP}/secrets/API_KEY"),
+]
+# A plausible body per endpoint, so that a missing key is the only thing wrong with the request.
+BODIES: dict[tuple[str, str], dict] = {
+    ("POST", "/api/apps/deploy"): {"yaml_path": "/nonexistent/app.yaml"},
+    ("POST", f"/api/apps/{APP}/run"): {"input": "hi"},
+    ("POST", f"/api/apps/{APP}/chat"): {"session_id": "s-1", "message": "hi"},
+    ("POST", f"/api/apps/{APP}/chat/stream"): {"session_id": "s-1", "message": "hi"},
+    ("POST", f"/api/apps/{APP}/sessions/s-1/messages"): {"message": "hi"},
+    ("POST", f"/api/apps/{APP}/background-tasks"): {"tool": "filesystem.ls", "params": {"path": "."}},
+    ("POST", f"/api/apps/{APP}/background-tasks/task-123/wait"): {"timeout": 1},
+    ("POST", f"/api/apps/{APP}/tools/filesystem.read/execute"): {"params": {"path": "a.txt"}},
+    ("POST", f"/api/apps/{APP}/notifications"): {"session_id": "s-1"},
+    ("POST", f"/api/apps/{APP}/approve"): {"request_id": "req-1", "approved": True},
+    ("PUT", f"/api/apps/{APP}/quota"): {"rpm": 10},
+    ("PUT", f"/api/apps/{APP}/secrets/API_KEY"): {"value": "v"},
+}
+EVENTS = ("GET", f"/api/apps/{APP}/sessions/s-1/events")
+
+
+def _route_id(route: tuple[str, str]) -> str:
+    return f"{route[0]} {route[1].split('?')[0]}"
+
+
+def _request(daemon, method: str, path: str, *, headers: dict | None = None, params: dict | None = None,
+             timeout: float = 15.0) -> httpx.Response:
+    """A request with no credentials unless ``headers`` brings them (the fixture's client has the admin key)."""
+    body = BODIES.get((method, path))
+    headers = dict(headers or {})
+    kwargs: dict = {}
+    if path.endswith("/deploy/upload"):
+        kwargs["files"] = {"file": ("app.yaml", b"schema_version: 2\n", "application/x-yaml")}
+    elif body is not None:
+        kwargs["content"] = json.dumps(body)
+        headers["Content-Type"] = "application/json"
+    with httpx.Client(base_url=daemon.url, timeout=timeout) as client:
+        return client.request(method, path, headers=headers, params=params, **kwargs)
+
+
+def _assert_envelope(response: httpx.Response, status: int, code: str) -> dict:
+    assert response.status_code == status, f"{response.request.method} {response.request.url}: " \
+                                           f"{response.status_code} {response.text[:300]}"
+    assert response.headers["content-type"].startswith("application/json"), response.headers
+    body = response.json()
+    assert body["success"] is False and body["data"] is None
+    assert body["error_code"] == code, body
+    assert body["error"], body
+    return body
+
+
+@pytest.fixture(scope="module")
+def deployed(daemon, tmp_path_factory):
+    """The app the routes point at: a scripted agent that lists, or writes (which needs approval)."""
+    root = tmp_path_factory.mktemp("iso-app")
+    workspace = root / "ws"
+    workspace.mkdir()
+    (workspace / "a.txt").write_text("alpha\n")
+    manifest = {
+        "schema_version": 2,
+        "app": {"app_id": APP, "name": "Isolation"},
+        "agents": [{"id": "assistant", "brain": {"provider": "scripted", "config": {"rules": [
+            {"when": "write", "steps": [{"call": "filesystem.write", "params": {"path": "w.txt", "content": "x"}},
+                                        {"say": "written"}]},
+            {"when": "", "steps": [{"call": "filesystem.ls", "params": {"path": "."}}, {"say": "listed"}]},
+        ]}}}],
+        "tools": {
+            "modules": {"filesystem": {"workspace": str(workspace)}},
+            "capabilities": {"default_policy": "auto",
+                             "approve": [{"module": "filesystem", "actions": ["write"], "reason": "writes"}]},
+        },
+    }
+    path = root / "iso.yaml"
+    path.write_text(json.dumps(manifest))  # JSON is YAML
+    daemon.deploy(path)
+    return daemon
+
+
+@pytest.fixture(scope="module")
+def keys(deployed) -> dict[str, str]:
+    """Two ordinary principals, alice and bob, made with `digitorn apikey create`."""
+    made = {}
+    for name in ("alice", "bob"):
+        result = deployed.cli("apikey", "create", "--name", name, "--scopes", "apps:read,apps:run", "--json")
+        assert result.returncode == 0, result.stdout + result.stderr
+        info = json.loads(result.stdout)
+        assert info["owner"] == name
+        made[name] = info["key"]
+    return made
+
+
+def _as(key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"}
+
+
+# --- 401 on every endpoint ---------------------------------------------------------------------
+
+
+def test_the_reference_lists_36_endpoints():
+    assert len(ROUTES) == 36
+    assert len({_route_id(r) for r in ROUTES}) == 36
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=_route_id)
+def test_missing_key_is_refused_with_401(deployed, route):
+    method, path = route
+    body = _assert_envelope(_request(deployed, method, path), 401, "UNAUTHORIZED")
+    assert "key" in body["error"].lower()
+
+
+@pytest.mark.parametrize("route", ROUTES, ids=_route_id)
+def test_wrong_key_is_refused_with_401(deployed, route):
+    method, path = route
+    for headers in ({"Authorization": "Bearer dg_00000000_not-a-real-key"}, {"X-API-Key": "wrong"},
+                    {"Authorization": f"Bearer {deployed.key}x"}):
+        _assert_envelope(_request(deployed, method, path, headers=headers), 401, "UNAUTHORIZED")
+
+
+def test_health_is_the_only_public_endpoint(deployed):
+    response = httpx.get(f"{deployed.url}/api/health", timeout=10)
+    assert response.status_code == 200 and response.json()["success"] is True
+
+
+@pytest.mark.parametrize("route", [r for r in ROUTES if r != EVENTS], ids=_route_id)
+def test_query_token_is_refused_off_the_sse_stream(deployed, route):
+    """A valid key in ?token= does not authenticate a non-SSE endpoint (it would leak into logs)."""
+    method, path = route
+    _assert_envelope(_request(deployed, method, path, params={"token": deployed.key}), 401, "UNAUTHORIZED")
+
+
+def test_query_token_opens_the_sse_stream(deployed, keys):
+    with httpx.Client(base_url=deployed.url, timeout=httpx.Timeout(15.0, connect=5.0)) as client, \
+            client.stream("GET", f"/api/apps/{APP}/sessions/tok-1/events", params={"token": keys["alice"]}) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        from digitorn_site.cli.sse import parse_sse_lines
+
+        first = next(iter(parse_sse_lines(response.iter_lines()))).as_dict()
+    assert first["event"] == "connected"
+    assert first["data"] == {"session_id": "tok-1"}
+    # The session it opened belongs to the token's principal.
+    mine = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=_as(keys["alice"]), timeout=10)
+    assert mine.status_code == 200, mine.text
+    theirs = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=_as(keys["bob"]), timeout=10)
+    _assert_envelope(theirs, 404, "RESOURCE_NOT_FOUND")
+
+
+def test_wrong_query_token_on_the_sse_stream_is_401(deployed):
+    _assert_envelope(
+        _request(deployed, "GET", f"/api/apps/{APP}/sessions/s-1/events", params={"token": "dg_bad"}),
+        401, "UNAUTHORIZED",
+    )
+
+
+# --- DNS rebinding ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/api/health", "/api/apps/", f"/api/apps/{APP}/sessions/s-1/events", "/admin/", "/ui/"])
+def test_foreign_host_header_gets_a_json_400(deployed, path):
+    response = httpx.get(f"{deployed.url}{path}", headers={"Host": "evil.example", **_as(deployed.key)}, timeout=10)
+    body = _assert_envelope(response, 400, "VALIDATION_ERROR")
+    assert "evil.example" in body["error"] and "ALLOWED_HOSTS" in body["error"], body
+
+
+def test_loopback_host_names_are_accepted(deployed):
+    for host in ("localhost", f"127.0.0.1:{deployed.port}", f"localhost:{deployed.port}"):
+        response = httpx.get(f"{deployed.url}/api/health", headers={"Host": host}, timeout=10)
+        assert response.status_code == 200, (host, response.text)
+
+
+# --- one principal cannot touch another's things -------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def alices(deployed, keys) -> dict[str, str]:
+    """Alice's session with a finished turn, a session whose turn waits for approval, and a task."""
+    alice = _as(keys["alice"])
+    api = deployed.client
+    done = api.post(f"/api/apps/{APP}/chat", json={"session_id": "alice-s", "message": "list"}, headers=alice)
+    assert done.status_code == 200 and done.json()["data"]["content"] == "listed", done.text
+    queued = api.post(f"/api/apps/{APP}/sessions/alice-w/messages", json={"message": "write"}, headers=alice)
+    assert queued.status_code == 202, queued.text
+    pending: list = []
+    deadline = time.monotonic() + 30
+    while not pending and time.monotonic() < deadline:
+        pending = api.get(f"/api/apps/{APP}/approvals", headers=alice).json()["data"]["pending"]
+        time.sleep(0.2)
+    assert len(pending) == 1 and pending[0]["session_id"] == "alice-w", pending
+    task = api.post(f"/api/apps/{APP}/background-tasks", headers=alice,
+                    json={"tool": "filesystem.ls", "params": {"path": "."}, "session_id": "alice-s"})
+    assert task.status_code == 202, task.text
+    return {"session": "alice-s", "waiting": "alice-w", "request_id": pending[0]["request_id"],
+            "task_id": task.json()["data"]["task_id"]}
+
+
+def _same_as_missing(deployed, bob: dict, method: str, path: str, real_id: str, body: dict | None = None) -> None:
+    """Bob's answer for Alice's id is a 404 worded exactly like the one for an id that never existed."""
+    theirs = deployed.client.request(method, path, headers=bob, json=body)
+    _assert_envelope(theirs, 404, "RESOURCE_NOT_FOUND")
+    ghost = "ghost-000000"
+    missing = deployed.client.request(method, path.replace(real_id, ghost), headers=bob,
+                                      json=json.loads(json.dumps(body).replace(real_id, ghost)) if body else None)
+    _assert_envelope(missing, 404, "RESOURCE_NOT_FOUND")
+    assert theirs.json()["error"].replace(real_id, "<id>") == missing.json()["error"].replace(ghost, "<id>")
+
+
+def test_another_principal_cannot_read_or_touch_a_session(deployed, keys, alices):
+    bob = _as(keys["bob"])
+    sid = alices["session"]
+    base = f"/api/apps/{APP}/sessions/{sid}"
+    _same_as_missing(deployed, bob, "GET", base, sid)
+    _same_as_missing(deployed, bob, "GET", f"{base}/history", sid)
+    _same_as_missing(deployed, bob, "POST", f"{base}/cancel", sid)
+    _same_as_missing(deployed, bob, "DELETE", base, sid)
+    # Writing into it (which would otherwise create the session) is refused too.
+    for method, path, body in (
+        ("POST", f"{base}/messages", {"message": "hijack"}),
+        ("POST", f"/api/apps/{APP}/chat", {"session_id": sid, "message": "hijack"}),
+        ("POST", f"/api/apps/{APP}/chat/stream", {"session_id": sid, "message": "hijack"}),
+        ("POST", f"/api/apps/{APP}/notifications", {"session_id": sid}),
+    ):
+        _assert_envelope(deployed.client.request(method, path, headers=bob, json=body), 404, "RESOURCE_NOT_FOUND")
+    # Streaming it, with a header or with ?token=.
+    _assert_envelope(deployed.client.get(f"{base}/events", headers=bob), 404, "RESOURCE_NOT_FOUND")
+    _assert_envelope(
+        httpx.get(f"{deployed.url}{base}/events", params={"token": keys["bob"]}, timeout=10), 404, "RESOURCE_NOT_FOUND"
+    )
+    # Bob's listings do not show it; Alice's session is intact, with its one exchange.
+    listed = deployed.client.get(f"/api/apps/{APP}/sessions", headers=bob).json()["data"]["sessions"]
+    assert sid not in {s["session_id"] for s in listed}
+    history = deployed.client.get(f"{base}/history", headers=_as(keys["alice"]))
+    assert history.status_code == 200
+    contents = [m["content"] for m in history.json()["data"]["messages"]]
+    assert "hijack" not in contents and "list" in contents
+    # The admin sees every principal's sessions.
+    assert deployed.client.get(base).status_code == 200
+
+
+def test_another_principal_cannot_see_or_decide_an_approval(deployed, keys, alices):
+    bob = _as(keys["bob"])
+    rid = alices["request_id"]
+    assert deployed.client.get(f"/api/apps/{APP}/approvals", headers=bob).json()["data"]["pending"] == []
+    _same_as_missing(deployed, bob, "GET", f"/api/apps/{APP}/approvals/{rid}", rid)
+    _same_as_missing(deployed, bob, "POST", f"/api/apps/{APP}/approve", rid,
+                     body={"request_id": rid, "approved": True, "message": "sure"})
+    _same_as_missing(deployed, bob, "POST", f"/api/apps/{APP}/sessions/{alices['waiting']}/cancel", alices["waiting"])
+    # Still pending for Alice: Bob's attempts changed nothing.
+    pending = deployed.client.get(f"/api/apps/{APP}/approvals", headers=_as(keys["alice"])).json()["data"]["pending"]
+    assert [p["request_id"] for p in pending] == [rid]
+
+
+def test_another_principal_cannot_see_wait_or_cancel_a_task(deployed, keys, alices):
+    bob = _as(keys["bob"])
+    tid = alices["task_id"]
+    base = f"/api/apps/{APP}/background-tasks/{tid}"
+    _same_as_missing(deployed, bob, "GET", base, tid)
+    _same_as_missing(deployed, bob, "POST", f"{base}/wait", tid, body={"timeout": 0})
+    _same_as_missing(deployed, bob, "DELETE", base, tid)
+    listed = deployed.client.get(f"/api/apps/{APP}/background-tasks", headers=bob).json()["data"]
+    assert tid not in {t["task_id"] for t in listed["tasks"]}
+    # Alice's task ran to completion; Bob's DELETE did not cancel it.
+    waited = deployed.client.post(f"{base}/wait", json={"timeout": 30}, headers=_as(keys["alice"]))
+    assert waited.status_code == 200, waited.text
+    assert waited.json()["data"]["status"] == "completed", waited.json()
+
+
+def test_owner_can_approve_and_the_turn_finishes(deployed, keys, alices):
+    """The positive control: the same calls Bob was refused work for Alice."""
+    alice = _as(keys["alice"])
+    decided = deployed.client.post(f"/api/apps/{APP}/approve", headers=alice,
+                                   json={"request_id": alices["request_id"], "approved": True})
+    assert decided.status_code == 200, decided.text
+    assert decided.json()["data"]["approved"] is True
+    events = deployed.sse(f"/api/apps/{APP}/sessions/{alices['waiting']}/events", params={"since": 0},
+                          headers=alice, until="done", timeout=30)
+    assert events[-1]["data"]["content"] == "written"
+    assert "approval_resolved" in [e["event"] for e in events]
