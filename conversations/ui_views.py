@@ -12,6 +12,7 @@ from pathlib import Path
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
 
 from digitorn_site.api.envelope import error_response
 from digitorn_site.errors import MethodNotAllowedError, NotFoundError
@@ -39,6 +40,8 @@ def _method_not_allowed(request: HttpRequest) -> HttpResponse:
     return error_response(MethodNotAllowedError(f'Method "{request.method}" not allowed; the chat page is GET only.'))
 
 
+# Read-only views: exempt from CSRF so any other method gets the JSON 405 below, not Django's HTML 403.
+@csrf_exempt
 def chat_page(request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request)
@@ -47,6 +50,7 @@ def chat_page(request: HttpRequest) -> HttpResponse:
     return _secure(response)
 
 
+@csrf_exempt
 def asset(request: HttpRequest, name: str) -> HttpResponse:
     if request.method not in ("GET", "HEAD"):
         return _method_not_allowed(request)

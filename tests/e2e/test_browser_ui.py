@@ -134,6 +134,8 @@ def test_page_is_public_html_with_a_strict_csp(daemon):
     script = httpx.get(f"{daemon.url}/ui/assets/chat.js", timeout=10)
     assert script.status_code == 200 and "EventSource" in script.text
     assert not re.search(r"\.(innerHTML|outerHTML)\s*[+]?=|insertAdjacentHTML|document\.write", script.text)
+    posted = httpx.post(f"{daemon.url}/ui/", data={"x": "1"}, timeout=10)
+    assert posted.status_code == 405 and posted.json()["error_code"] == "METHOD_NOT_ALLOWED"
     missing = httpx.get(f"{daemon.url}/ui/assets/../settings.py", timeout=10)
     assert missing.status_code == 404 and missing.json()["success"] is False
 
