@@ -36,6 +36,9 @@ WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
 META_TOOLS_THRESHOLD = 40
 TOKEN_FLUSH_SECONDS = 0.25
 RECAP_ITEM_CHARS = 300
+# Older messages summarised in a recap at most; anything before them is only counted. Bounds both
+# the recap's size and what a step reads from the database, however long the session grows.
+RECAP_MAX_ITEMS = 40
 
 # Sessions this process is advancing, and those poked again while it was (re-check on exit).
 _running: set[int] = set()
@@ -148,8 +151,10 @@ async def advance_session(*, session_pk: int) -> None:
 
 
 class _Stop(Exception):
-    def __init__(self, content: str, *, truncated: bool = False, cancelled: bool = False, record: bool = True):
+    def __init__(self, content: str, *, truncated: bool = False, cancelled: bool = False, record: bool = True,
+                 model_calls: int = 0):
         self.content = content
+        self.model_calls = model_calls
         self.truncated = truncated
         self.cancelled = cancelled
         self.record = record
@@ -164,6 +169,10 @@ class _TurnRunner:
         self.active_before = float(claim.state.get("active_seconds", 0.0))
         self.turns_used = claim.turns_used
         self.compacted_upto = int(claim.state.get("compacted_upto", 0))
+        # Mirrors of Turn.state kept here so a step costs no extra reads; the DB stays authoritative
+        # (a decision arriving while this runner works is re-checked by turn_suspend).
+        self.pending: dict[str, str] = dict(claim.state.get("pending", {}))
+        self.decisions: dict[str, dict] = dict(claim.state.get("decisions", {}))
 
     # -- helpers ---------------------------------------------------------------------------
     def active_seconds(self) -> float:
@@ -201,6 +210,7 @@ class _TurnRunner:
                     truncated=stop.truncated,
                     cancelled=stop.cancelled,
                     record_message=stop.record,
+                    model_calls=stop.model_calls,
                 )
         finally:
             heartbeat.cancel()
@@ -222,6 +232,7 @@ class _TurnRunner:
             self.agent = self.app.agent()
         self.brain = brain_for(self.agent)
         self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
+        self.window = max(int(self.app.runtime.context_window_messages or 0), 4)
         self.tools, self.meta_names, self.background_names, self.risk = await db(_tools_for)(self.app, self.agent.id)
 
     async def _loop(self) -> None:
@@ -239,7 +250,7 @@ class _TurnRunner:
 
         while True:
             self._check()
-            transcript = await db(_load_transcript)(self.claim.session_pk)
+            transcript = await db(_load_transcript)(self.claim.session_pk, self.window + RECAP_MAX_ITEMS)
             missing = _unanswered_calls(transcript, self.claim.correlation_id)
             if missing:
                 suspended = await self._run_calls(missing)
@@ -268,9 +279,8 @@ class _TurnRunner:
                 await self._flush_tokens()
             self.turns_used += 1
             if not reply.tool_calls:
-                await db(services.turn_count_model_call)(turn_pk=self.claim.turn_pk)
                 self._check()
-                raise _Stop(reply.text or "")
+                raise _Stop(reply.text or "", model_calls=1)
             calls = [{"id": c.id or f"call_{uuid.uuid4().hex[:12]}", "name": c.name, "params": c.params or {}} for c in reply.tool_calls]
             await db(services.turn_record_reply)(turn_pk=self.claim.turn_pk, text=reply.text or "", tool_calls=calls)
 
@@ -314,7 +324,7 @@ class _TurnRunner:
         system = []
         if self.agent.system_prompt:
             system.append({"role": "system", "content": self.agent.system_prompt})
-        window = max(int(self.app.runtime.context_window_messages or 0), 4)
+        window = self.window
         body = transcript
         if len(transcript) > window:
             cut = _compaction_cut(transcript, window)
@@ -325,10 +335,10 @@ class _TurnRunner:
                 upto = older[-1].pk
                 if upto != self.compacted_upto:
                     self.compacted_upto = upto
-                    await db(services.turn_save_state)(turn_pk=self.claim.turn_pk, compacted_upto=upto)
-                    await self.emit(
-                        "hook",
-                        {
+                    await db(services.turn_compacted)(
+                        turn_pk=self.claim.turn_pk,
+                        upto=upto,
+                        data={
                             "name": "context_compaction",
                             "compacted_messages": len(older),
                             "kept_messages": len(body),
@@ -341,9 +351,8 @@ class _TurnRunner:
     # -- tools -----------------------------------------------------------------------------
     async def _run_calls(self, calls: list[dict]) -> bool:
         """Run the unanswered calls of the last reply; True when the turn was suspended."""
-        state = await db(_turn_state)(self.claim.turn_pk)
-        pending = state.get("pending", {})
-        decisions = state.get("decisions", {})
+        pending = self.pending
+        decisions = self.decisions
         waiting = False
         batch: list[dict] = []
 
@@ -378,7 +387,7 @@ class _TurnRunner:
             await flush_batch()
             await self._record(call, await self._invoke(call, None))
         await flush_batch()
-        if waiting or await db(_has_undecided)(self.claim.turn_pk):
+        if waiting or any(rid not in decisions for rid in pending.values()):
             self._check()
             suspended = await db(services.turn_suspend)(
                 turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds()
@@ -388,6 +397,7 @@ class _TurnRunner:
 
     async def _record(self, call: dict, outcome: dict) -> None:
         if outcome["status"] == "pending_approval":
+            self.pending[call["id"]] = outcome["request_id"]
             await db(services.turn_record_pending)(
                 turn_pk=self.claim.turn_pk,
                 call_id=call["id"],
@@ -503,21 +513,11 @@ def _invoke_sync(
     return {"status": outcome.status, "result": outcome.as_result()}
 
 
-def _turn_state(turn_pk: int) -> dict:
-    turn = Turn.objects.filter(pk=turn_pk).only("state").first()
-    if turn is None:
-        raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
-    return dict(turn.state or {})
-
-
-def _has_undecided(turn_pk: int) -> bool:
-    state = _turn_state(turn_pk)
-    decisions = state.get("decisions", {})
-    return any(rid not in decisions for rid in state.get("pending", {}).values())
-
-
-def _load_transcript(session_pk: int) -> list[Message]:
-    return list(Message.objects.filter(session_id=session_pk).order_by("id"))
+def _load_transcript(session_pk: int, limit: int) -> list[Message]:
+    """The latest ``limit`` messages, oldest first (older ones only ever fed the recap)."""
+    rows = list(Message.objects.filter(session_id=session_pk).order_by("-id")[:limit])
+    rows.reverse()
+    return rows
 
 
 def _unanswered_calls(transcript: list[Message], correlation_id: str) -> list[dict]:
@@ -576,7 +576,7 @@ def _clip(text: str) -> str:
 
 
 def _recap(older: list[Message]) -> str:
-    lines = [f"Recap of the {len(older)} earlier messages of this conversation (compacted to fit the context window):"]
+    lines = ["Recap of earlier messages of this conversation (compacted to fit the context window):"]
     for m in older:
         if m.role == Message.Role.ASSISTANT and m.tool_calls:
             names = ", ".join(c.get("name", "?") for c in m.tool_calls)

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import F, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from conversations.events import event_append
@@ -354,11 +354,6 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
             )
 
 
-def turn_count_model_call(*, turn_pk: int) -> None:
-    """A model call that ended the turn (no tools) still counts towards turns_used."""
-    Turn.objects.filter(pk=turn_pk).update(turns_used=F("turns_used") + 1)
-
-
 def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -> None:
     """One tool result: the tool message for the model and the `result` event for streams."""
     with transaction.atomic():
@@ -436,6 +431,15 @@ def turn_save_state(*, turn_pk: int, **changes: Any) -> dict:
         return state
 
 
+def turn_compacted(*, turn_pk: int, upto: int, data: dict) -> None:
+    """The context was compacted up to message ``upto``: remember it and emit the `hook` event."""
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        turn.state = {**(turn.state or {}), "compacted_upto": upto}
+        turn.save(update_fields=["state"])
+        event_append(session=turn.session, type="hook", data=data, correlation_id=turn.correlation_id)
+
+
 def turn_emit(*, turn_pk: int, type: str, data: dict) -> None:
     """An event that reports no state change of its own (error, hook, token)."""
     with transaction.atomic():
@@ -453,6 +457,7 @@ def turn_finish(
     cancelled: bool = False,
     failed: bool = False,
     record_message: bool = True,
+    model_calls: int = 0,
 ) -> dict | None:
     """End the turn: final assistant message, `notification_result` (notification turns) and `done`.
 
@@ -492,6 +497,7 @@ def turn_finish(
             Message.objects.create(
                 session=session, role=Message.Role.ASSISTANT, content=content, correlation_id=turn.correlation_id
             )
+        turn.turns_used += model_calls
         payload = {
             "content": content,
             "session_id": session.session_id,
@@ -508,7 +514,7 @@ def turn_finish(
         turn.finished_at = now
         turn.lease_owner = ""
         turn.lease_expires_at = None
-        turn.save(update_fields=["result", "status", "finished_at", "lease_owner", "lease_expires_at"])
+        turn.save(update_fields=["result", "status", "finished_at", "lease_owner", "lease_expires_at", "turns_used"])
         if turn.kind == Turn.Kind.NOTIFICATION:
             event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
         event_append(session=session, type="done", data=payload, correlation_id=turn.correlation_id)
