@@ -6,8 +6,11 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 
-application = ProtocolTypeRouter({"http": django_asgi_app})
+# The daemon is the only server in front of itself: it serves the admin's CSS/JS from the apps'
+# static folders (no collectstatic step, no reverse proxy needed).
+application = ProtocolTypeRouter({"http": ASGIStaticFilesHandler(django_asgi_app)})
 
 
 def _daphne_leaves_bodies_to_django() -> None:
