@@ -188,8 +188,8 @@ def start_daemon(data_dir: Path, *, workers: int = 2, celery_workers: int = 1,
         port = free_port()
         last = subprocess.run(
             [*CLI, "start", "--workers", str(workers), "--celery-workers", str(celery_workers),
-             "--port", str(port), "--grace", "5", *args],
-            capture_output=True, text=True, timeout=180, env=full_env, cwd=str(PROJECT_ROOT),
+             "--port", str(port), "--grace", "5", "--wait", "240", *args],
+            capture_output=True, text=True, timeout=300, env=full_env, cwd=str(PROJECT_ROOT),
         )
         if last.returncode == 0:
             break

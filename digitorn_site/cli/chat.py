@@ -128,7 +128,7 @@ class Chat:
     def run(self) -> int:
         self.stream.start()
         try:
-            kind, data = self._next_event(timeout=30.0)
+            kind, data = self._next_event(timeout=60.0)
             if kind != "connected":
                 return self._control(kind, data) or EXIT_API_ERROR
             self.say(f"chatting with {self.app} in session {self.session_id} — /quit or end of input leaves.")

@@ -154,7 +154,6 @@ def log_tail_hint(lines: int = 20) -> str:
 
 
 def cmd_start(args) -> int:
-    settings = config.settings()
     if state := running_daemon():
         info(f"digitorn is already running at {state.get('url')} (pid {state.get('pid')}).")
         return 1
@@ -189,7 +188,7 @@ def cmd_start(args) -> int:
 
     if args.foreground:
         info(f"digitorn starting in the foreground at {url} (Ctrl-C stops it)")
-        _print_key_hint(key_file, settings)
+        _print_key_hint(key_file, url)
         supervisor = Supervisor(
             listen_fd=sock.fileno(), host=args.host, port=port, workers=args.workers,
             celery_workers=args.celery_workers, celery_concurrency=args.celery_concurrency,
@@ -228,15 +227,17 @@ def cmd_start(args) -> int:
         f"digitorn is running at {url} (supervisor pid {proc.pid}; {args.workers} ASGI worker(s), "
         f"{celery} Celery worker(s){', beat' if not args.no_beat else ''}). Logs: {log_path}"
     )
-    _print_key_hint(key_file, settings)
+    _print_key_hint(key_file, url)
     return 0
 
 
-def _print_key_hint(key_file: Path | None, settings) -> None:
+def _print_key_hint(key_file: Path | None, url: str) -> None:
     if key_file is None:
         info("Admin key: the DIGITORN_API_KEY environment variable.")
+        info(f'Try: curl -H "Authorization: Bearer $DIGITORN_API_KEY" {url}/api/apps/')
     else:
         info(f"Admin key: {key_file} (read it with `cat {key_file}`; the CLI uses it automatically).")
+        info(f'Try: curl -H "Authorization: Bearer $(cat {key_file})" {url}/api/apps/')
 
 
 # --- stop -------------------------------------------------------------------------------------

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import select
+import subprocess
+import time
 
 import httpx
 import pytest
+from conftest import CLI, PROJECT_ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -251,3 +256,67 @@ def test_cli_uses_an_explicit_api_key(daemon):
     wrong = daemon.cli("apps", "--api-key", "dg_wrong")
     assert wrong.returncode == 1
     assert "UNAUTHORIZED" in wrong.stderr
+
+
+class Pty:
+    """Runs the CLI with a pseudo-terminal as stdin/stdout, like a person at a terminal."""
+
+    def __init__(self, daemon, *args: str):
+        self.master, slave = os.openpty()
+        self.proc = subprocess.Popen([*CLI, *args], stdin=slave, stdout=slave, stderr=slave,
+                                     env=daemon.env, cwd=str(PROJECT_ROOT), close_fds=True)
+        os.close(slave)
+        self.buffer = b""
+
+    def expect(self, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        while text.encode() not in self.buffer:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"{text!r} not seen; got {self.buffer.decode(errors='replace')!r}"
+            ready, _, _ = select.select([self.master], [], [], remaining)
+            if ready:
+                try:
+                    chunk = os.read(self.master, 4096)
+                except OSError:
+                    chunk = b""
+                if not chunk:
+                    assert text.encode() in self.buffer, f"{text!r} not seen before EOF: {self.buffer!r}"
+                self.buffer += chunk
+        return self.buffer.decode(errors="replace")
+
+    def send(self, line: str) -> None:
+        os.write(self.master, (line + "\n").encode())
+
+    def close(self) -> int:
+        code = self.proc.wait(timeout=60)
+        os.close(self.master)
+        return code
+
+
+def test_secret_set_prompts_hidden_on_a_terminal(daemon, app_yaml):
+    daemon.cli("deploy", str(app_yaml.minimal("tty-vault")))
+    term = Pty(daemon, "secret", "set", "tty-vault", "TTY_KEY")
+    term.expect("value for tty-vault/TTY_KEY (hidden): ")
+    term.send(SECRET)
+    out = term.expect("TTY_KEY set for tty-vault")
+    assert term.close() == 0
+    assert SECRET not in out  # getpass turned echo off
+    assert daemon.client.get("/api/apps/tty-vault/secrets/TTY_KEY").json()["data"]["exists"] is True
+    daemon.client.delete("/api/apps/tty-vault")
+
+
+def test_chat_on_a_terminal_prompts_and_approves(daemon, app_yaml):
+    daemon.cli("deploy", str(_chat_app(app_yaml, "tty-chat")))
+    term = Pty(daemon, "chat", "tty-chat", "--session", "tty-1")
+    term.expect("you> ")
+    term.send("hello")
+    term.expect("echo: hello")
+    term.send("save now")
+    term.expect("approve? [y/N] ")
+    term.send("y")
+    term.expect("write finished:")
+    term.expect("you> ")
+    term.send("/quit")
+    assert term.close() == 0
+    assert (app_yaml.workspace / "saved.txt").read_text() == "from chat"
+    daemon.client.delete("/api/apps/tty-chat")

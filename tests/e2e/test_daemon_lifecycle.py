@@ -197,3 +197,56 @@ def test_supervisor_sigkill_takes_its_children_down(daemon_factory):
     gone = _wait_for(lambda: not any(_proc_alive(p, s) for p, s in processes), timeout=30)
     assert gone, f"children outlived their supervisor: {[p for p, s in processes if _proc_alive(p, s)]}"
     # `running.stop()` at teardown runs `digitorn stop` on the stale pid file and must succeed.
+
+
+def test_worker_command_runs_background_tasks_for_a_daemon_without_celery(daemon_factory, app_yaml):
+    """`digitorn worker` is the Celery-only process for other hosts: it consumes the daemon's tasks."""
+    running = daemon_factory(workers=1, celery_workers=0, args=("--no-beat",))
+    assert [c["role"] for c in running.pid_state()["children"]] == ["asgi"]
+    running.deploy(app_yaml.minimal("remote-worker"))
+    (app_yaml.workspace / "a.txt").write_text("a")
+
+    worker = subprocess.Popen([*CLI, "worker", "--concurrency", "1"], env=running.env, cwd=str(PROJECT_ROOT),
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        launched = running.client.post("/api/apps/remote-worker/background-tasks",
+                                       json={"tool": "filesystem.ls", "params": {"path": "."}})
+        assert launched.status_code in (200, 201, 202), launched.text
+        task_id = launched.json()["data"]["task_id"]
+        waited = running.client.post(f"/api/apps/remote-worker/background-tasks/{task_id}/wait",
+                                     json={"timeout": 60}, timeout=90)
+        task = waited.json()["data"]
+        assert task["status"] == "completed", task
+        assert "a.txt" in json.dumps(task["result"])
+    finally:
+        os.killpg(worker.pid, signal.SIGTERM)
+        output, _ = worker.communicate(timeout=60)
+    assert "celery" in output.lower()
+    assert worker.returncode is not None
+
+
+def test_foreground_start_serves_until_sigterm_then_cleans_up(tmp_path):
+    data_dir = tmp_path / "fg"
+    env = daemon_env(data_dir, "dg_test_fg")
+    port = free_port()
+    proc = subprocess.Popen([*CLI, "start", "--foreground", "--port", str(port), "--celery-workers", "0",
+                             "--no-beat", "--grace", "5"], env=env, cwd=str(PROJECT_ROOT),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        def healthy():
+            try:
+                return httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert _wait_for(healthy, timeout=90), "foreground daemon never answered /api/health"
+        state = json.loads((data_dir / "daemon.json").read_text())
+        assert state["pid"] == proc.pid  # the foreground process is the supervisor itself
+        children = [(c["pid"], c["starttime"]) for c in state["children"]]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, output
+    assert f"digitorn starting in the foreground at http://127.0.0.1:{port}" in output
+    assert not [p for p, s in children if _proc_alive(p, s)]
+    assert not (data_dir / "daemon.json").exists()
