@@ -37,6 +37,13 @@ def pct(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))]
 
 
+def _quiet(fn) -> None:
+    try:
+        fn()
+    except httpx.HTTPError:
+        pass  # the stream ends when the daemon stops
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--turns", type=int, default=200)
@@ -70,7 +77,7 @@ def main() -> None:
                     elif line.startswith("data: ") and event == "done":
                         done_at.put((json.loads(line[6:])["correlation_id"], time.perf_counter()))
 
-        threading.Thread(target=reader, daemon=True).start()
+        threading.Thread(target=lambda: _quiet(reader), daemon=True).start()
         opened.wait(10)
         time.sleep(0.3)
         accepted, sent = [], []
