@@ -11,6 +11,7 @@ the environment (the scale-out CI leg) the daemons use them; otherwise the embed
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import secrets
@@ -22,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
@@ -85,6 +87,8 @@ class Daemon:
     client: httpx.Client
     started: dict[str, Any] = field(default_factory=dict)
     stopped: bool = False
+    # Run after a successful stop: drop the per-daemon PostgreSQL database, flush its Redis DB.
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
 
     # --- CLI ------------------------------------------------------------------------------
     def cli(self, *args: str, input: str | None = None, timeout: float = 120,
@@ -167,6 +171,8 @@ class Daemon:
         assert result.returncode == 0, f"digitorn stop failed: {result.stdout}{result.stderr}\n{self.log_tail()}"
         assert not left, f"processes left after digitorn stop: {left}\n{self.log_tail()}"
         assert not (self.data_dir / "daemon.json").exists(), "digitorn stop left the pid file behind"
+        for cleanup in self.cleanups:
+            cleanup()
         return result
 
 
@@ -176,13 +182,51 @@ def _state_processes(state: dict[str, Any]) -> list[tuple[int, int | None]]:
     return out
 
 
+_redis_dbs = itertools.count()
+
+
+def isolated_backends() -> tuple[dict[str, str], list[Callable[[], None]]]:
+    """Per-daemon PostgreSQL database and Redis DB when the environment provides the servers.
+
+    On the scale-out leg every daemon of the run talks to the same servers: without this, apps
+    deployed by one test module would collide with the next one's, and two daemons alive at once
+    would consume each other's Celery messages.
+    """
+    extra: dict[str, str] = {}
+    cleanups: list[Callable[[], None]] = []
+    db_url = os.environ.get("DATABASE_URL", "")
+    if db_url.startswith(("postgres://", "postgresql://")):
+        import psycopg
+
+        name = f"dgtest_{secrets.token_hex(6)}"
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        extra["DATABASE_URL"] = urlunsplit(urlsplit(db_url)._replace(path=f"/{name}"))
+
+        def drop() -> None:
+            with psycopg.connect(db_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+        cleanups.append(drop)
+    redis_url = os.environ.get("REDIS_URL", "")
+    if redis_url:
+        import redis
+
+        url = urlunsplit(urlsplit(redis_url)._replace(path=f"/{1 + next(_redis_dbs) % 15}"))
+        redis.Redis.from_url(url).flushdb()
+        extra["REDIS_URL"] = url
+        cleanups.append(lambda: redis.Redis.from_url(url).flushdb())
+    return extra, cleanups
+
+
 def start_daemon(data_dir: Path, *, workers: int = 2, celery_workers: int = 1,
                  env: dict[str, str] | None = None, args: tuple[str, ...] = (),
                  key: str | None = None) -> Daemon:
     """Run ``digitorn start`` in a fresh data dir on a free port and return the running daemon."""
     data_dir.mkdir(parents=True, exist_ok=True)
     key = key or "dg_test_" + secrets.token_urlsafe(18)
-    full_env = daemon_env(data_dir, key, env)
+    backends, cleanups = isolated_backends()
+    full_env = daemon_env(data_dir, key, {**backends, **(env or {})})
     last = None
     for _attempt in range(3):
         port = free_port()
@@ -197,12 +241,15 @@ def start_daemon(data_dir: Path, *, workers: int = 2, celery_workers: int = 1,
             break
     log = (data_dir / "logs" / "daemon.log")
     if last is None or last.returncode != 0:
+        for cleanup in cleanups:
+            cleanup()
         tail = log.read_text(errors="replace")[-4000:] if log.exists() else ""
         pytest.fail(f"digitorn start failed ({last.returncode if last else '?'}):\n{last.stdout if last else ''}"
                     f"{last.stderr if last else ''}\n--- daemon.log ---\n{tail}")
     url = f"http://127.0.0.1:{port}"
     client = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30.0)
-    daemon = Daemon(url=url, key=key, data_dir=data_dir, port=port, env=full_env, client=client)
+    daemon = Daemon(url=url, key=key, data_dir=data_dir, port=port, env=full_env, client=client,
+                    cleanups=cleanups)
     daemon.started = daemon.pid_state() or {}
     return daemon
 

@@ -12,7 +12,7 @@ import time
 
 import httpx
 import pytest
-from conftest import CLI, PROJECT_ROOT, _proc_alive, daemon_env, free_port
+from conftest import CLI, PROJECT_ROOT, _proc_alive, daemon_env, free_port, isolated_backends
 
 pytestmark = pytest.mark.e2e
 
@@ -156,7 +156,8 @@ def test_stale_pid_file_is_reported_and_replaced(daemon_factory, tmp_path):
 def test_generated_admin_key_is_private_and_used_by_the_cli(tmp_path):
     """Without DIGITORN_API_KEY the first start writes admin.key (0600) and the CLI reads it."""
     data_dir = tmp_path / "keyless"
-    env = daemon_env(data_dir, "")
+    backends, cleanups = isolated_backends()
+    env = daemon_env(data_dir, "", backends)
     env.pop("DIGITORN_API_KEY")
     port = free_port()
     start = subprocess.run([*CLI, "start", "--port", str(port), "--celery-workers", "0", "--no-beat",
@@ -187,6 +188,8 @@ def test_generated_admin_key_is_private_and_used_by_the_cli(tmp_path):
         pids = [(state.get("pid"), state.get("starttime"))] + [
             (c["pid"], c.get("starttime")) for c in state.get("children", [])]
         assert not [p for p, s in pids if p and _proc_alive(p, s)]
+        for cleanup in cleanups:
+            cleanup()
 
 
 def test_supervisor_sigkill_takes_its_children_down(daemon_factory):
@@ -227,7 +230,8 @@ def test_worker_command_runs_background_tasks_for_a_daemon_without_celery(daemon
 
 def test_foreground_start_serves_until_sigterm_then_cleans_up(tmp_path):
     data_dir = tmp_path / "fg"
-    env = daemon_env(data_dir, "dg_test_fg")
+    backends, cleanups = isolated_backends()
+    env = daemon_env(data_dir, "dg_test_fg", backends)
     port = free_port()
     proc = subprocess.Popen([*CLI, "start", "--foreground", "--port", str(port), "--celery-workers", "0",
                              "--no-beat", "--grace", "5"], env=env, cwd=str(PROJECT_ROOT),
@@ -246,6 +250,8 @@ def test_foreground_start_serves_until_sigterm_then_cleans_up(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         output, _ = proc.communicate(timeout=60)
+    for cleanup in cleanups:
+        cleanup()
     assert proc.returncode == 0, output
     assert f"digitorn starting in the foreground at http://127.0.0.1:{port}" in output
     assert not [p for p, s in children if _proc_alive(p, s)]
