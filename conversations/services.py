@@ -605,6 +605,14 @@ def _task_summary(task_id: str, status: str) -> dict:
     }
 
 
+def _task_may_notify(task_id: str, session: Session) -> bool:
+    """A task reaches only its launcher's own sessions (tooling cannot see sessions at launch)."""
+    from tooling.models import BackgroundTask
+
+    principal = BackgroundTask.objects.filter(task_id=task_id).values_list("principal", flat=True).first()
+    return principal is None or principal in (session.principal, ADMIN_PRINCIPAL)
+
+
 def notification_record(*, task_id: str, app_id: str, session_id: str | None, status: str) -> Notification | None:
     """A finished background task of a session: a Notification row and a `notification` event."""
     if not session_id:
@@ -615,6 +623,9 @@ def notification_record(*, task_id: str, app_id: str, session_id: str | None, st
             return None
         if Notification.objects.filter(session=session, task_id=task_id).exists():
             return None  # a redelivered signal must not notify twice
+        if not _task_may_notify(task_id, session):
+            log.warning("task %s names session %s of another principal; not notified", task_id, session_id)
+            return None
         summary = _task_summary(task_id, status)
         notification = Notification.objects.create(
             session=session, app_id=app_id, task_id=task_id, status=summary["status"], summary=summary

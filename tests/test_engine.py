@@ -300,3 +300,18 @@ def test_undeploy_purges_sessions(ws):
     run(enq.session_pk)
     registry.app_undeploy(app_id="eng")
     assert not Session.objects.filter(app_id="eng").exists()
+
+
+def test_task_of_another_principal_cannot_notify_a_session(ws):
+    from tooling.models import BackgroundTask
+
+    deploy(manifest("eng", ws, [{"steps": [{"say": "ok"}]}]))
+    session = services.session_resolve(app_id="eng", session_id="s1", principal="alice", create=True)
+    BackgroundTask.objects.create(task_id="task-bob", app_id="eng", principal="bob", session_id="s1",
+                                  tool="filesystem.ls", status="completed")
+    BackgroundTask.objects.create(task_id="task-alice", app_id="eng", principal="alice", session_id="s1",
+                                  tool="filesystem.ls", status="completed")
+    assert services.notification_record(task_id="task-bob", app_id="eng", session_id="s1", status="completed") is None
+    assert services.notification_record(task_id="task-alice", app_id="eng", session_id="s1",
+                                        status="completed") is not None
+    assert [e.data.get("task_id") for e in events(session.pk) if e.type == "notification"] == ["task-alice"]
