@@ -22,6 +22,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
+import httpx
 import pytest
 
 pytestmark = pytest.mark.e2e
@@ -124,3 +125,52 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(daemon, app_
     # The app is still deployed at the end, so the last requests were as meaningful as the first.
     assert daemon.client.get("/api/apps/fuzzed").status_code == 200
 
+
+
+# --- what earlier runs found, pinned as plain regressions ----------------------------------------
+
+BOUNDARY = "c637e12e2b1a998d80d1b087531af51c"
+
+
+@pytest.mark.parametrize("path", [
+    "/api/apps/deploy/upload",
+    "/api/apps/deploy",
+    "/api/apps/nope/tools/filesystem.read/execute",
+    "/api/apps/nope/sessions/s1/messages",
+])
+def test_multipart_body_with_no_parts_gets_the_envelope(daemon, path):
+    """Twisted used to answer this itself: an empty 400 with no Content-Type."""
+    response = daemon.client.post(path, content=f"--{BOUNDARY}--\r\n".encode(),
+                                  headers={"Content-Type": f"multipart/form-data; boundary={BOUNDARY}"})
+    assert 400 <= response.status_code < 500, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["success"] is False and body["error"] and body["error_code"]
+
+
+def test_post_to_health_is_a_json_405_not_a_csrf_page(daemon):
+    response = httpx.post(f"{daemon.url}/api/health", timeout=10)
+    assert response.status_code == 405
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.json()["error_code"] == "METHOD_NOT_ALLOWED"
+
+
+def test_schema_documents_every_endpoint_of_the_reference(daemon):
+    schema = httpx.get(f"{daemon.url}/api/schema/", params={"format": "json"}, timeout=30).json()
+    # Trailing slashes are optional on every route; compare without them.
+    documented = {(method.upper(), path.rstrip("/"))
+                  for path, item in schema["paths"].items() for method in item if method in ("get", "post", "put", "delete")}
+    from test_auth_isolation import ROUTES
+
+    base = "/api/apps/{app_id}"
+    samples = {"iso": "{app_id}", "s-1": "{session_id}", "task-123": "{task_id}", "filesystem.read": "{tool_name}",
+               "API_KEY": "{key}", "categories/filesystem": "categories/{category}"}
+    for method, sample in ROUTES:
+        path = sample.split("?")[0].rstrip("/")
+        for value, name in samples.items():
+            path = path.replace(f"/{value}", f"/{name}")
+        assert (method, path) in documented, f"{method} {path} is not in /api/schema/"
+    # SSE responses are documented per event, with the event names clients switch on.
+    events = schema["paths"][f"{base}/sessions/{{session_id}}/events"]["get"]["responses"]["200"]
+    event_schema = events["content"]["text/event-stream"]["schema"]
+    assert {"done", "tool_call", "result", "approval_request"} <= set(event_schema["properties"]["event"]["enum"])
