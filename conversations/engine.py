@@ -427,27 +427,18 @@ class _TurnRunner:
 
 
 def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict[str, str]]:
+    from tooling.background import background_meta_tools
+    from tooling.registry import BACKGROUND_META_TOOL_NAMES, DISCOVERY_META_TOOL_NAMES
     from tooling.selectors import meta_tools, tools_for_agent
 
     visible = tools_for_agent(app, agent_id)
     risk = {t["name"]: t.get("risk_level", "medium") for t in visible}
-    meta_names: set[str] = set()
-    if len(visible) > META_TOOLS_THRESHOLD:
-        tools = [dict(t) for t in meta_tools()]
-        meta_names = {t["name"] for t in tools}
-        tools = [{k: t[k] for k in ("name", "description", "parameters") if k in t} for t in tools]
-    else:
-        tools = [{k: t[k] for k in ("name", "description", "parameters") if k in t} for t in visible]
-    background_names: set[str] = set()
-    try:
-        from tooling.background import background_meta_tools
-
-        for spec in background_meta_tools():
-            tools.append(spec)
-            background_names.add(spec["name"])
-    except ImportError:
-        pass
-    return tools, meta_names, background_names, risk
+    # Discovery meta-tools are offered only when the tools do not fit, but a call to one is always
+    # understood (a scripted rule may use execute_tool directly); it goes through the same gate.
+    shown = [dict(t) for t in meta_tools()] if len(visible) > META_TOOLS_THRESHOLD else visible
+    tools = [{k: t[k] for k in ("name", "description", "parameters") if k in t} for t in shown]
+    tools.extend(background_meta_tools())
+    return tools, set(DISCOVERY_META_TOOL_NAMES), set(BACKGROUND_META_TOOL_NAMES), risk
 
 
 def _invoke_sync(
@@ -488,6 +479,10 @@ def _invoke_sync(
                 principal=claim.principal,
                 session_id=claim.session_id,
                 agent_id=agent_id,
+                # execute_tool goes through the same gate: a resumed call must present its approval.
+                approval_request_id=approval_request_id,
+                origin_ref=call["id"],
+                cancel_check=cancel_check,
             )
         else:
             from tooling.services import tool_invoke

@@ -315,3 +315,28 @@ def test_task_of_another_principal_cannot_notify_a_session(ws):
     assert services.notification_record(task_id="task-alice", app_id="eng", session_id="s1",
                                         status="completed") is not None
     assert [e.data.get("task_id") for e in events(session.pk) if e.type == "notification"] == ["task-alice"]
+
+
+def test_meta_tool_execute_needing_approval_resumes_once_approved(ws):
+    """An agent that reaches a tool through execute_tool meets the same gate, and its approval sticks."""
+    deploy(manifest("eng", ws, [{"steps": [
+        {"call": "execute_tool", "params": {"name": "filesystem.read", "params": {"path": "README.md"}}},
+        {"say": "meta says {result}"},
+    ]}], capabilities={"default_policy": "auto",
+                       "approve": [{"module": "filesystem", "actions": ["read"], "reason": "reads files"}]}))
+    enq = send("eng", "go")
+    run(enq.session_pk)
+    evs = events(enq.session_pk)
+    assert [e.type for e in evs] == ["tool_call", "approval_request"]
+    assert evs[0].data["name"] == "execute_tool"
+
+    from approvals.models import ApprovalRequest
+    from approvals.services import approval_decide
+
+    approval_decide(app_id="eng", request_id=evs[1].data["request_id"], approved=True, message="", principal="alice")
+    run(enq.session_pk)
+    types = [e.type for e in events(enq.session_pk)]
+    assert types == ["tool_call", "approval_request", "approval_resolved", "result", "done"]
+    assert "Demo project" in events(enq.session_pk)[-1].data["content"]
+    # Resuming ran the approved call; it did not ask again.
+    assert ApprovalRequest.objects.filter(app_id="eng").count() == 1

@@ -46,6 +46,7 @@ from digitorn_site.errors import (
     NotFoundError,
     ValidationError,
 )
+from tooling import registry
 from tooling.models import BackgroundTask
 
 log = logging.getLogger("digitorn.tasks")
@@ -667,7 +668,7 @@ def background_tasks_sweep() -> dict[str, int]:
 # Meta-tools for agents
 # --------------------------------------------------------------------------------------------
 
-BACKGROUND_META_TOOL_NAMES = ("background_run", "background_status", "background_cancel")
+BACKGROUND_META_TOOL_NAMES = registry.BACKGROUND_META_TOOL_NAMES
 
 
 def background_meta_tools() -> list[dict[str, Any]]:

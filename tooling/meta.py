@@ -16,10 +16,11 @@ from typing import Any
 
 from approvals.policy import resolve_policy
 from digitorn_site.errors import DigitornError
+from tooling import registry
 from tooling.index import ToolSpec, cached_index
 
 CATEGORY_PAGE_SIZE = 20
-META_TOOL_NAMES = ("search_tools", "get_tool", "execute_tool", "list_categories", "browse_category")
+META_TOOL_NAMES = registry.DISCOVERY_META_TOOL_NAMES
 
 
 def meta_tools() -> list[dict[str, Any]]:

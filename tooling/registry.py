@@ -16,6 +16,12 @@ from typing import Any
 from digitorn_site.errors import NotFoundError
 from tooling.modules.base import ActionSpec, Module
 
+# Tools an agent may call besides module.action: discovery (tooling.meta) and background tasks
+# (tooling.background). Named here so the manifest compiler can accept them without importing either.
+DISCOVERY_META_TOOL_NAMES = ("search_tools", "get_tool", "execute_tool", "list_categories", "browse_category")
+BACKGROUND_META_TOOL_NAMES = ("background_run", "background_status", "background_cancel")
+META_TOOL_NAMES = DISCOVERY_META_TOOL_NAMES + BACKGROUND_META_TOOL_NAMES
+
 
 @cache
 def all_modules() -> dict[str, type[Module]]:
@@ -55,4 +61,6 @@ def action_spec(module_id: str, action: str) -> ActionSpec:
     try:
         return cls.actions[action]
     except KeyError:
-        raise NotFoundError(f"Module '{module_id}' has no action '{action}'; actions: {', '.join(cls.actions)}.")
+        raise NotFoundError(
+            f"Module '{module_id}' has no action '{action}'; actions: {', '.join(cls.actions)}."
+        )

@@ -73,6 +73,7 @@ def compile_manifest(
         secret_refs=interpolated.secret_refs,
         catalog=registry.known_actions(),
         config_schema=registry.module_config_schema,
+        meta_tools=registry.META_TOOL_NAMES,
     )
     if problems or app is None:
         raise ManifestError(_render(problems.errors, paths, loaded.locations))

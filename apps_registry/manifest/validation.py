@@ -87,7 +87,9 @@ class Checker:
         templates: Mapping[Path, str],
         catalog: Mapping[str, Sequence[str]],
         config_schema: Callable[[str], dict],
+        meta_tools: Sequence[str] = (),
     ):
+        self.meta_tools = frozenset(meta_tools)
         self.problems = problems
         self.templates = templates
         self.catalog = {module: list(actions) for module, actions in catalog.items()}
@@ -598,6 +600,8 @@ class Checker:
         if not isinstance(raw, str):
             self._type_error(path, raw, "a tool name such as 'filesystem.read'")
             return raw
+        if raw in self.meta_tools:
+            return raw  # search_tools, execute_tool, background_run, ...: always offered to agents
         module, action = _split_tool(raw)
         if not module or not action:
             self.error(path, f"{raw!r} is not a tool name; write 'module.action', e.g. 'filesystem.read'")
@@ -853,9 +857,10 @@ def build_app(
     secret_refs: Sequence[str],
     catalog: Mapping[str, Sequence[str]],
     config_schema: Callable[[str], dict],
+    meta_tools: Sequence[str] = (),
 ) -> CompiledApp | None:
     """The compiled app, or None when ``problems`` holds at least one error."""
-    checker = Checker(problems, templates, catalog, config_schema)
+    checker = Checker(problems, templates, catalog, config_schema, meta_tools)
     checker.mapping(top, (), CANONICAL_KEYS)
     app = checker.app(top)
     runtime = checker.runtime(top)
