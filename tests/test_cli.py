@@ -27,7 +27,7 @@ def run(env: dict, *args: str, input: str | None = None, cwd=None) -> subprocess
 # --- parser -------------------------------------------------------------------------------------
 COMMANDS = [
     ["start"], ["stop"], ["status"], ["worker"], ["deploy"], ["apps"], ["undeploy"], ["secret"],
-    ["secret", "set"], ["secret", "list"], ["secret", "delete"], ["secret", "rotate"], ["tasks"],
+    ["secret", "set"], ["secret", "list"], ["secret", "delete"], ["secret", "rotate"], ["secret", "genkey"], ["tasks"],
     ["approvals"], ["chat"],
 ]
 
@@ -115,6 +115,16 @@ def test_deploy_of_a_missing_file_fails_before_calling_the_daemon(cli_env, tmp_p
     result = run(cli_env(DIGITORN_URL=DOWN_URL), "deploy", str(tmp_path / "missing.yaml"))
     assert result.returncode == 1
     assert "missing.yaml: no such file" in result.stderr
+
+
+def test_secret_genkey_prints_a_fernet_key(cli_env):
+    from cryptography.fernet import Fernet
+
+    result = run(cli_env(), "secret", "genkey")
+    assert result.returncode == 0
+    key = result.stdout.strip()
+    assert Fernet(key.encode()).decrypt(Fernet(key.encode()).encrypt(b"x")) == b"x"
+    assert "DIGITORN_ENCRYPTION_KEYS" in result.stderr
 
 
 # --- start failures -------------------------------------------------------------------------------

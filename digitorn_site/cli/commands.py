@@ -131,6 +131,15 @@ def cmd_secret_rotate(args) -> int:
     return 0
 
 
+def cmd_secret_genkey(args) -> int:
+    from cryptography.fernet import Fernet
+
+    print(Fernet.generate_key().decode())
+    print("Put it first in DIGITORN_ENCRYPTION_KEYS (comma-separated, newest first), restart the daemon, "
+          "then run `digitorn secret rotate`.", file=sys.stderr)
+    return 0
+
+
 # --- runtime ----------------------------------------------------------------------------------
 def cmd_tasks(args) -> int:
     params = {"status": args.status} if args.status else None

@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = ssub.add_parser("rotate", help="re-encrypt every stored secret with the newest encryption key "
                                        "(runs locally against the data dir's database)")
     s.set_defaults(func=_lazy("commands", "cmd_secret_rotate"))
+    s = ssub.add_parser("genkey", help="print a new encryption key for DIGITORN_ENCRYPTION_KEYS (newest first)")
+    s.set_defaults(func=_lazy("commands", "cmd_secret_genkey"))
 
     # --- runtime ------------------------------------------------------------------------------
     p = sub.add_parser("tasks", help="list an app's background tasks", parents=[client])

@@ -320,3 +320,24 @@ def test_chat_on_a_terminal_prompts_and_approves(daemon, app_yaml):
     assert term.close() == 0
     assert (app_yaml.workspace / "saved.txt").read_text() == "from chat"
     daemon.client.delete("/api/apps/tty-chat")
+
+
+def test_secret_rotate_reencrypts_with_the_newest_key(daemon, app_yaml):
+    daemon.cli("deploy", str(app_yaml.minimal("rotating")))
+    assert daemon.cli("secret", "set", "rotating", "TOKEN", SECRET).returncode == 0
+    old_keys = (daemon.data_dir / "encryption.keys").read_text().split()
+    new_key = daemon.cli("secret", "genkey").stdout.strip()
+
+    rotated = daemon.cli("secret", "rotate", env={"DIGITORN_ENCRYPTION_KEYS": ",".join([new_key, *old_keys])})
+    assert rotated.returncode == 0, rotated.stderr
+    assert "Re-encrypted" in rotated.stdout
+    # Only the new key can read the rows now: rotating with the old one alone fails clearly.
+    stale = daemon.cli("secret", "rotate", env={"DIGITORN_ENCRYPTION_KEYS": ",".join(old_keys)})
+    assert stale.returncode == 1
+    assert "cannot be decrypted" in stale.stderr
+    assert "Traceback" not in stale.stderr
+    assert daemon.cli("secret", "rotate", env={"DIGITORN_ENCRYPTION_KEYS": new_key}).returncode == 0
+    # Put the daemon's own key back first so the rest of the module keeps working.
+    back = daemon.cli("secret", "rotate", env={"DIGITORN_ENCRYPTION_KEYS": ",".join([*old_keys, new_key])})
+    assert back.returncode == 0, back.stderr
+    daemon.client.delete("/api/apps/rotating")

@@ -80,22 +80,24 @@ def test_second_start_says_already_running(daemon):
     assert httpx.get(f"{daemon.url}/api/health", timeout=5).status_code == 200
 
 
-def test_killed_asgi_worker_is_restarted_and_service_continues(daemon):
+@pytest.mark.parametrize("name", ["asgi-1", "celery-1"])
+def test_killed_child_is_restarted_and_service_continues(daemon, name):
     before = {c["name"]: c for c in daemon.pid_state()["children"]}
-    victim = before["asgi-1"]["pid"]
+    victim = before[name]["pid"]
+    restarts = before[name]["restarts"]
     os.kill(victim, signal.SIGKILL)
 
     def restarted():
         state = daemon.pid_state() or {}
-        child = next((c for c in state.get("children", []) if c["name"] == "asgi-1"), None)
-        return child if child and child["pid"] not in (None, victim) and child["restarts"] >= 1 else None
+        child = next((c for c in state.get("children", []) if c["name"] == name), None)
+        return child if child and child["pid"] not in (None, victim) and child["restarts"] > restarts else None
 
     child = _wait_for(restarted, timeout=30)
-    assert child, f"asgi-1 was not restarted:\n{daemon.log_tail()}"
+    assert child, f"{name} was not restarted:\n{daemon.log_tail()}"
     assert _proc_alive(child["pid"], child["starttime"])
     for _ in range(10):
         assert httpx.get(f"{daemon.url}/api/health", timeout=5).status_code == 200
-    assert "asgi-1 exited unexpectedly" in daemon.log_tail(200)
+    assert f"{name} exited unexpectedly with code -9" in daemon.log_tail(400)
 
 
 def test_stop_leaves_no_process_and_a_second_stop_is_harmless(daemon_factory):
