@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ from datetime import timedelta
 from typing import Any
 
 from asgiref.sync import sync_to_async
+from django.conf import settings
 from django.db import connection, transaction
 from django.db.models import F, Q
 from django.utils import timezone
@@ -62,27 +62,18 @@ WORKER_LOST_ERROR = (
 )
 
 
-def _setting(name: str, default: float) -> float:
-    from django.conf import settings
-
-    value = getattr(settings, name, None)
-    if value is None:
-        value = os.environ.get(name, default)
-    return float(value)
-
-
 def lease_seconds() -> float:
     """How long a running task's claim lasts without renewal (renewed every third of it)."""
-    return _setting("DIGITORN_TASK_LEASE_SECONDS", 30)
+    return settings.DIGITORN_TASK_LEASE_SECONDS
 
 
 def requeue_seconds() -> float:
     """How long a queued task may wait unclaimed before its wake-up message is published again."""
-    return _setting("DIGITORN_TASK_REQUEUE_SECONDS", 60)
+    return settings.DIGITORN_TASK_REQUEUE_SECONDS
 
 
 def wait_max_seconds() -> float:
-    return _setting("DIGITORN_TASK_WAIT_MAX_SECONDS", 300)
+    return settings.DIGITORN_TASK_WAIT_MAX_SECONDS
 
 
 CANCEL_POLL_SECONDS = 0.5
