@@ -139,6 +139,17 @@ def test_migration_failure_is_reported_and_frees_the_port(cli_env, tmp_path):
         sock.bind(("127.0.0.1", port))
 
 
+def test_start_refuses_while_another_start_holds_the_data_dir_lock(cli_env, tmp_path):
+    import fcntl
+
+    env = cli_env()
+    with open(tmp_path / "cli-data" / "daemon.lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        result = run(env, "start", "--port", str(free_port()))
+    assert result.returncode == 1
+    assert "already running or starting for the data dir" in result.stdout
+
+
 def test_start_rejects_zero_workers(cli_env):
     result = run(cli_env(), "start", "--workers", "0", "--port", str(free_port()))
     assert result.returncode == 1

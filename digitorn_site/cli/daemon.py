@@ -63,6 +63,24 @@ def cleanup_stale(state: dict[str, Any]) -> int:
 
 
 # --- start ------------------------------------------------------------------------------------
+def acquire_lock() -> int | None:
+    """An exclusive flock on DATA_DIR/daemon.lock, or None when another daemon holds it.
+
+    The descriptor is inherited by the supervisor and held for its whole life, so two `digitorn
+    start` racing on one data dir cannot both get through, whatever the pid file says.
+    """
+    import fcntl
+
+    fd = os.open(config.data_dir() / "daemon.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    os.set_inheritable(fd, True)
+    return fd
+
+
 def bind_socket(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
@@ -165,9 +183,14 @@ def cmd_start(args) -> int:
         return fail("--workers must be at least 1.")
     if args.celery_workers < 0 or args.celery_concurrency < 1:
         return fail("--celery-workers must be >= 0 and --celery-concurrency >= 1.")
+    lock_fd = acquire_lock()
+    if lock_fd is None:
+        info(f"digitorn is already running or starting for the data dir {config.data_dir()}.")
+        return 1
     try:
         sock = bind_socket(args.host, args.port)
     except StartError as exc:
+        os.close(lock_fd)
         return fail(f"cannot start digitorn: {exc}")
     port = sock.getsockname()[1]
     url = daemon_url(args.host, port)
@@ -176,10 +199,11 @@ def cmd_start(args) -> int:
         key_file = ensure_admin_key()
     except StartError as exc:
         sock.close()
+        os.close(lock_fd)
         return fail(f"cannot start digitorn: {exc}")
 
     supervisor_args = [
-        "--listen-fd", str(sock.fileno()), "--host", args.host, "--port", str(port),
+        "--listen-fd", str(sock.fileno()), "--lock-fd", str(lock_fd), "--host", args.host, "--port", str(port),
         "--workers", str(args.workers), "--celery-workers", str(args.celery_workers),
         "--celery-concurrency", str(args.celery_concurrency), "--grace", str(args.grace),
     ]
@@ -195,7 +219,10 @@ def cmd_start(args) -> int:
             beat=not args.no_beat, grace=args.grace,
         )
         sock.detach()  # the supervisor owns the descriptor from here on
-        return supervisor.run()
+        try:
+            return supervisor.run()
+        finally:
+            os.close(lock_fd)
 
     log_path = config.log_file()
     with open(log_path, "ab", buffering=0) as log_fh:
@@ -206,10 +233,11 @@ def cmd_start(args) -> int:
             stdin=subprocess.DEVNULL,
             stdout=log_fh,
             stderr=subprocess.STDOUT,
-            pass_fds=(sock.fileno(),),
+            pass_fds=(sock.fileno(), lock_fd),
             start_new_session=True,
         )
     sock.close()
+    os.close(lock_fd)  # the supervisor holds the lock now
     try:
         wait_healthy(url, proc=proc, timeout=args.wait)
     except StartError as exc:

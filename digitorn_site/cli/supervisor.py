@@ -262,7 +262,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--celery-concurrency", type=int, default=2)
     parser.add_argument("--no-beat", action="store_true")
     parser.add_argument("--grace", type=float, default=10.0)
+    # Held, never read: the flock on DATA_DIR/daemon.lock lives as long as this process.
+    parser.add_argument("--lock-fd", type=int, default=None)
     args = parser.parse_args(argv)
+    if args.lock_fd is not None:
+        os.set_inheritable(args.lock_fd, False)  # children must not keep the daemon "running"
     return Supervisor(
         listen_fd=args.listen_fd,
         host=args.host,
