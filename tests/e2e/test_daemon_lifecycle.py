@@ -258,3 +258,26 @@ def test_foreground_start_serves_until_sigterm_then_cleans_up(tmp_path):
     assert f"digitorn starting in the foreground at http://127.0.0.1:{port}" in output
     assert not [p for p, s in children if _proc_alive(p, s)]
     assert not (data_dir / "daemon.json").exists()
+
+
+def test_stop_kills_a_child_that_ignores_sigterm_after_the_grace_period(daemon_factory):
+    running = daemon_factory(workers=1, celery_workers=0, args=("--no-beat",))
+    stuck = running.child_pids("asgi")[0]
+    os.kill(stuck, signal.SIGSTOP)  # a stopped process cannot act on SIGTERM
+    running.stop()  # asserts that nothing is left
+    assert "asgi-1" in running.log_tail(50) and "did not stop in 5s; killing it" in running.log_tail(50)
+
+
+def test_stop_kills_an_unresponsive_supervisor(daemon_factory):
+    running = daemon_factory(workers=1, celery_workers=0, args=("--no-beat",))
+    processes = running.processes()
+    os.kill(running.pid_state()["pid"], signal.SIGSTOP)
+    result = running.cli("stop", "--timeout", "1", timeout=60)
+    running.stopped = True  # stopped here, by hand
+    running.client.close()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "did not stop within 6s; killing the daemon's processes" in result.stdout
+    assert not [p for p, s in processes if _proc_alive(p, s)]
+    assert not (running.data_dir / "daemon.json").exists()
+    for cleanup in running.cleanups:
+        cleanup()
