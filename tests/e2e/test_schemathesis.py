@@ -126,7 +126,6 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(daemon, app_
     assert daemon.client.get("/api/apps/fuzzed").status_code == 200
 
 
-
 # --- what earlier runs found, pinned as plain regressions ----------------------------------------
 
 BOUNDARY = "c637e12e2b1a998d80d1b087531af51c"
