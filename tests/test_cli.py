@@ -50,6 +50,15 @@ def test_top_level_help_lists_every_command(capsys):
         assert name in out
 
 
+def test_console_script_points_at_main():
+    import importlib
+    import tomllib
+
+    target = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["scripts"]["digitorn"]
+    module, _, name = target.partition(":")
+    assert getattr(importlib.import_module(module), name) is main
+
+
 def test_start_defaults_match_the_documented_ones():
     args = build_parser().parse_args(["start"])
     assert (args.host, args.port, args.workers, args.foreground) == ("127.0.0.1", 8000, 1, False)
