@@ -175,10 +175,6 @@ def cmd_start(args) -> int:
     if state := running_daemon():
         info(f"digitorn is already running at {state.get('url')} (pid {state.get('pid')}).")
         return 1
-    if stale := config.read_pid_file():
-        killed = cleanup_stale(stale)
-        info(f"removed a stale pid file (supervisor pid {stale.get('pid')} is gone"
-             f"{f'; killed {killed} leftover processes' if killed else ''}).")
     if args.workers < 1:
         return fail("--workers must be at least 1.")
     if args.celery_workers < 0 or args.celery_concurrency < 1:
@@ -187,6 +183,11 @@ def cmd_start(args) -> int:
     if lock_fd is None:
         info(f"digitorn is already running or starting for the data dir {config.data_dir()}.")
         return 1
+    # Holding the lock, a pid file can only be a dead daemon's.
+    if stale := config.read_pid_file():
+        killed = cleanup_stale(stale)
+        info(f"removed a stale pid file (supervisor pid {stale.get('pid')} is gone"
+             f"{f'; killed {killed} leftover processes' if killed else ''}).")
     try:
         sock = bind_socket(args.host, args.port)
     except StartError as exc:

@@ -201,7 +201,14 @@ def test_supervisor_sigkill_takes_its_children_down(daemon_factory):
     os.kill(running.pid_state()["pid"], signal.SIGKILL)
     gone = _wait_for(lambda: not any(_proc_alive(p, s) for p, s in processes), timeout=30)
     assert gone, f"children outlived their supervisor: {[p for p, s in processes if _proc_alive(p, s)]}"
-    # `running.stop()` at teardown runs `digitorn stop` on the stale pid file and must succeed.
+
+    # The next start in that data dir clears the stale pid file and serves again on the same port.
+    again = running.cli("start", "--port", str(running.port), "--workers", "1", "--celery-workers", "0",
+                        "--no-beat", "--grace", "5", timeout=300)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "removed a stale pid file" in again.stdout
+    assert running.pid_state()["pid"] != processes[0][0]
+    assert running.client.get("/api/apps/").status_code == 200
 
 
 def test_worker_command_runs_background_tasks_for_a_daemon_without_celery(daemon_factory, app_yaml):
