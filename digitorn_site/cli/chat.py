@@ -25,7 +25,8 @@ from digitorn_site.cli.sse import parse_sse_lines
 # Control messages from the stream thread travel on the same queue as events.
 _DOWN = "__down__"
 _FATAL = "__fatal__"
-RECONNECT_ATTEMPTS = 5
+# How long the stream may stay unreachable (daemon worker restarting) before the chat gives up.
+RECONNECT_SECONDS = 30.0
 
 
 def _short(value: Any, limit: int = 300) -> str:
@@ -56,6 +57,7 @@ class EventStream(threading.Thread):
 
     def run(self) -> None:
         failures = 0
+        down_since: float | None = None
         headers = {"Authorization": f"Bearer {self.api.api_key}", "Accept": "text/event-stream"}
         timeout = httpx.Timeout(10.0, read=None)
         with httpx.Client(base_url=self.api.url, timeout=timeout) as http:
@@ -75,7 +77,7 @@ class EventStream(threading.Thread):
                                 message = exc.message
                             self.events.put((_FATAL, message))
                             return
-                        failures = 0
+                        failures, down_since = 0, None
                         for event in parse_sse_lines(response.iter_lines()):
                             if event.id is not None:
                                 self.last_id = event.id
@@ -89,10 +91,11 @@ class EventStream(threading.Thread):
                     self._response = None
                 if self._stopping.is_set():
                     return
-                if failures >= RECONNECT_ATTEMPTS:
+                down_since = down_since or time.monotonic()
+                if time.monotonic() - down_since > RECONNECT_SECONDS:
                     self.events.put((_DOWN, f"lost the event stream at {self.api.url}{self.path}"))
                     return
-                time.sleep(min(5.0, 0.3 * 2**failures))
+                time.sleep(min(3.0, 0.2 * 2**failures))
 
 
 class Chat:

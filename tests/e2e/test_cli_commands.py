@@ -341,3 +341,48 @@ def test_secret_rotate_reencrypts_with_the_newest_key(daemon, app_yaml):
     back = daemon.cli("secret", "rotate", env={"DIGITORN_ENCRYPTION_KEYS": ",".join([*old_keys, new_key])})
     assert back.returncode == 0, back.stderr
     daemon.client.delete("/api/apps/rotating")
+
+
+def test_harness_sse_helper_follows_a_turn_to_done(daemon, app_yaml):
+    """The fixture's `sse()` helper other e2e tests rely on: attach, send, read until `done`."""
+    daemon.deploy(_chat_app(app_yaml, "sse-helper"))
+
+    def send():
+        sent = daemon.client.post("/api/apps/sse-helper/sessions/h-1/messages", json={"message": "list it"})
+        assert sent.status_code == 202, sent.text
+
+    events = daemon.sse("/api/apps/sse-helper/sessions/h-1/events", until="done", on_open=send, timeout=60)
+    types = [e["event"] for e in events]
+    assert types[0] == "connected"
+    assert types.index("tool_call") < types.index("done")
+    assert events[-1]["data"]["content"].startswith("listed:")
+    ids = [int(e["id"]) for e in events if e["id"] is not None and e["event"] != "connected"]
+    assert ids == sorted(ids) and len(ids) == len(set(ids))
+    daemon.client.delete("/api/apps/sse-helper")
+
+
+def test_chat_reconnects_when_the_asgi_workers_die_between_turns(daemon, app_yaml):
+    import signal
+
+    daemon.deploy(_chat_app(app_yaml, "resilient"))
+    term = Pty(daemon, "chat", "resilient", "--session", "res-1")
+    term.expect("you> ")
+    term.send("first")
+    term.expect("echo: first")
+    term.expect("you> ")
+    old = daemon.child_pids("asgi")
+    for pid in old:
+        os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        current = daemon.child_pids("asgi")
+        if len(current) == 2 and not set(current) & set(old):
+            break
+        time.sleep(0.2)
+    term.send("second")
+    term.expect("echo: second", timeout=90)
+    term.send("/quit")
+    assert term.close() == 0
+    # Reconnecting with Last-Event-ID replayed nothing twice: one answer per message.
+    assert term.buffer.decode(errors="replace").count("echo: first") == 1
+    daemon.client.delete("/api/apps/resilient")
