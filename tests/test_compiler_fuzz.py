@@ -86,7 +86,7 @@ def test_the_fuzz_baseline_compiles():
 
 YAML_TOKENS = [
     ":", ": ", "-", "- ", "? ", "\n", "\n  ", "\n    ", "\t", " ", "#", "'", '"', "|", ">", "|-", ">+",
-    "{", "}", "[", "]", ",", "&a ", "*a", "&b ", "*b", "<<: *a", "<<: ", "!!str ", "!!int ", "!!binary ",
+    "{", "}", "[", "]", ",", "&a ", "*a", "&b ", "*b", "<<: *a", "<<: ", "!!str ", "!!int ", "!!float ", "!!bool ", "!!null ", "!!timestamp ", "!!binary ", "!!set ", "!!omap ",
     "!!python/object:os.system ", "!custom ", "!<tag:yaml.org,2002:str> ", "%YAML 1.1\n", "%TAG ! tag:x,2000:\n",
     "---\n", "...\n", "~", "null", "true", "no", "yes", "0x1F", "0o17", "1e400", "-.inf", ".nan", "2024-05-01",
     "12:30:00", "1_000", "schema_version", "app", "app_id", "agents", "brain", "provider", "scripted",
@@ -242,5 +242,12 @@ def test_alias_expansion_is_bounded_and_refused_cleanly(width, levels, shape):
 
 def test_non_finite_and_huge_numbers_are_refused_with_a_path():
     for value in ("1e400", ".inf", "-.inf", ".nan", "9" * 5000):
+        text = yaml.safe_dump(VALID, sort_keys=False).replace("max_turns: 20", f"max_turns: {value}")
+        assert compile_or_refuse(text) is None, value
+
+
+def test_explicit_tags_that_do_not_fit_their_value_are_refused():
+    """PyYAML raises IndexError/KeyError/AttributeError for these; found by the text fuzzer."""
+    for value in ("!!int", "!!float", "!!bool", "!!bool maybe", "!!int x", "!!timestamp x", "!!float x"):
         text = yaml.safe_dump(VALID, sort_keys=False).replace("max_turns: 20", f"max_turns: {value}")
         assert compile_or_refuse(text) is None, value

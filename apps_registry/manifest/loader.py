@@ -325,10 +325,18 @@ def load(text: str | bytes) -> LoadedManifest:
         raise _syntax_error(exc, decoded)
     except RecursionError:
         raise ManifestError([{"path": "", "message": f"the manifest nests deeper than {MAX_DEPTH} levels"}])
-    except ValueError as exc:
-        # PyYAML's constructors call int() on plain scalars; Python refuses integers over 4300 digits.
+    except (ValueError, IndexError, KeyError, AttributeError) as exc:
+        # PyYAML's constructors trust the scalar: an integer over Python's 4300-digit limit, or an
+        # explicit tag on a value it does not fit ('!!int' on nothing, '!!bool maybe', '!!timestamp x')
+        # raise plain Python errors instead of YAML ones.
         raise ManifestError(
-            [{"path": "", "message": f"a value could not be read ({exc}); quote it to keep it as a string"}]
+            [
+                {
+                    "path": "",
+                    "message": f"a value could not be read as its YAML type ({type(exc).__name__}: {exc}); "
+                    "check explicit tags such as !!int or !!bool, or quote the value to keep it as a string",
+                }
+            ]
         )
 
     if not isinstance(data, dict):
