@@ -39,11 +39,20 @@ RECAP_ITEM_CHARS = 300
 # Older messages summarised in a recap at most; anything before them is only counted. Bounds both
 # the recap's size and what a step reads from the database, however long the session grows.
 RECAP_MAX_ITEMS = 40
+# Once compacted, the kept tail may grow back to the window before the cut moves again, and a new
+# cut keeps this share of the window. A cut that moves at every step would write a `hook` event per
+# step and change the recap (the prompt's prefix, which providers cache) at every model call.
+RECOMPACT_KEEP = 0.75
 
 # Sessions this process is advancing, and those poked again while it was (re-check on exit).
 _running: set[int] = set()
 _again: set[int] = set()
 _tasks: set[asyncio.Task] = set()
+# Per session, the message up to which a turn run in this process compacted the context. The next
+# turn keeps that recap instead of announcing the same compaction again (another process re-announces
+# it once). Bounded: the oldest sessions are forgotten first.
+_compacted: dict[int, int] = {}
+_COMPACTED_MAX = 10_000
 
 
 def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
@@ -129,7 +138,18 @@ async def advance_session(*, session_pk: int) -> None:
                     continue
                 return
             try:
-                await _TurnRunner(claim).run()
+                runner = _TurnRunner(claim, compacted_upto=_compacted.get(session_pk, 0))
+                await runner.run()
+                if runner.compacted_upto:
+                    _compacted.pop(session_pk, None)
+                    _compacted[session_pk] = runner.compacted_upto
+                    if len(_compacted) > _COMPACTED_MAX:
+                        del _compacted[next(iter(_compacted))]
+                # Nothing queued behind the finished turn: skip the claim that would find nothing.
+                # A message enqueued here meanwhile is in `_again`; one enqueued by another worker
+                # found this session's lease held and counts on `more`, read in the finishing commit.
+                if runner.finished and not runner.more and session_pk not in _again:
+                    return
             except Turn.DoesNotExist:
                 return  # the session was deleted under us
             except Exception as exc:  # noqa: BLE001 - a bug must end the turn, not wedge the queue
@@ -161,14 +181,21 @@ class _Stop(Exception):
 
 
 class _TurnRunner:
-    def __init__(self, claim: services.ClaimedTurn):
+    def __init__(self, claim: services.ClaimedTurn, *, compacted_upto: int = 0):
         self.claim = claim
+        self.finished = False
+        self.more = True
         self.cancelled = claim.cancel_requested
         self.lease_lost = False
         self.started = time.monotonic()
         self.active_before = float(claim.state.get("active_seconds", 0.0))
         self.turns_used = claim.turns_used
-        self.compacted_upto = int(claim.state.get("compacted_upto", 0))
+        # The previous turn of this session run here already compacted up to that message: its recap
+        # still stands, so the next turn does not announce the same compaction again.
+        self.compacted_upto = int(claim.state.get("compacted_upto", 0)) or compacted_upto
+        # This turn's view of the transcript, read once and extended with what the runner writes:
+        # while it holds the lease nothing else appends messages to the session.
+        self.transcript: list[Message] = []
         # Mirrors of Turn.state kept here so a step costs no extra reads; the DB stays authoritative
         # (a decision arriving while this runner works is re-checked by turn_suspend).
         self.pending: dict[str, str] = dict(claim.state.get("pending", {}))
@@ -204,14 +231,16 @@ class _TurnRunner:
             try:
                 await self._loop()
             except _Stop as stop:
-                await db(services.turn_finish)(
+                payload, self.more = await db(services.turn_finish_and_peek)(
                     turn_pk=self.claim.turn_pk,
                     content=stop.content,
                     truncated=stop.truncated,
                     cancelled=stop.cancelled,
                     record_message=stop.record,
                     model_calls=stop.model_calls,
+                    unanswered=_unanswered_calls(self.transcript, self.claim.correlation_id) if self.transcript else None,
                 )
+                self.finished = payload is not None
         finally:
             heartbeat.cancel()
             try:
@@ -220,10 +249,11 @@ class _TurnRunner:
                 pass
 
     async def _setup(self) -> None:
-        from apps_registry.selectors import app_runtime
         from conversations.brains import brain_for
 
-        self.app = await db(app_runtime)(app_id=self.claim.app_id)
+        self.app, self.transcript = await db(_app_and_transcript)(
+            self.claim.app_id, self.claim.session_pk, RECAP_MAX_ITEMS
+        )
         if not self.app.agents:
             raise _Stop(f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest.")
         try:
@@ -233,6 +263,8 @@ class _TurnRunner:
         self.brain = brain_for(self.agent)
         self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
         self.window = max(int(self.app.runtime.context_window_messages or 0), 4)
+        self.transcript_limit = self.window + RECAP_MAX_ITEMS
+        del self.transcript[: -self.transcript_limit]
         self.tools, self.meta_names, self.background_names, self.risk = await db(_tools_for)(self.app, self.agent.id)
 
     async def _loop(self) -> None:
@@ -250,7 +282,7 @@ class _TurnRunner:
 
         while True:
             self._check()
-            transcript = await db(_load_transcript)(self.claim.session_pk, self.window + RECAP_MAX_ITEMS)
+            transcript = self.transcript
             missing = _unanswered_calls(transcript, self.claim.correlation_id)
             if missing:
                 suspended = await self._run_calls(missing)
@@ -282,7 +314,14 @@ class _TurnRunner:
                 self._check()
                 raise _Stop(reply.text or "", model_calls=1)
             calls = [{"id": c.id or f"call_{uuid.uuid4().hex[:12]}", "name": c.name, "params": c.params or {}} for c in reply.tool_calls]
-            await db(services.turn_record_reply)(turn_pk=self.claim.turn_pk, text=reply.text or "", tool_calls=calls)
+            self._remember(
+                await db(services.turn_record_reply)(turn_pk=self.claim.turn_pk, text=reply.text or "", tool_calls=calls)
+            )
+
+    def _remember(self, message: Message) -> None:
+        self.transcript.append(message)
+        if len(self.transcript) > self.transcript_limit:
+            del self.transcript[0]
 
     def _timeout_stop(self, transcript: list[Message]) -> _Stop:
         last = _last_assistant_text(transcript, self.claim.correlation_id)
@@ -327,7 +366,7 @@ class _TurnRunner:
         window = self.window
         body = transcript
         if len(transcript) > window:
-            cut = _compaction_cut(transcript, window)
+            cut = _stable_cut(transcript, window, self.compacted_upto)
             if cut > 0:
                 older, body = transcript[:cut], transcript[cut:]
                 recap = _recap(older)
@@ -406,8 +445,10 @@ class _TurnRunner:
                 request_id=outcome["request_id"],
             )
             return
-        await db(services.turn_record_result)(
-            turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=outcome["result"]
+        self._remember(
+            await db(services.turn_record_result)(
+                turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=outcome["result"]
+            )
         )
 
     async def _invoke(self, call: dict, approval_request_id: str | None) -> dict:
@@ -508,6 +549,15 @@ def _invoke_sync(
     return {"status": outcome.status, "result": outcome.as_result()}
 
 
+def _app_and_transcript(app_id: str, session_pk: int, extra: int) -> tuple[Any, list[Message]]:
+    """The runtime app and the transcript in one thread hop (the window comes from the app)."""
+    from apps_registry.selectors import app_runtime
+
+    app = app_runtime(app_id=app_id)
+    window = max(int(app.runtime.context_window_messages or 0), 4)
+    return app, _load_transcript(session_pk, window + extra)
+
+
 def _load_transcript(session_pk: int, limit: int) -> list[Message]:
     """The latest ``limit`` messages, oldest first (older ones only ever fed the recap)."""
     rows = list(Message.objects.filter(session_id=session_pk).order_by("-id")[:limit])
@@ -563,6 +613,21 @@ def _compaction_cut(transcript: list[Message], window: int) -> int:
     if cut >= len(transcript):
         return 0
     return max(cut, 0)
+
+
+def _stable_cut(transcript: list[Message], window: int, compacted_upto: int) -> int:
+    """The previous cut while the tail after it still fits the window, else a new one that keeps
+    ``RECOMPACT_KEEP`` of the window (so the cut moves once per several steps, not at each)."""
+    if compacted_upto:
+        for index in range(len(transcript) - 1, -1, -1):
+            pk = transcript[index].pk
+            if pk == compacted_upto:
+                if 0 < len(transcript) - (index + 1) <= window:
+                    return index + 1
+                break
+            if pk < compacted_upto:
+                break
+    return _compaction_cut(transcript, max(int(window * RECOMPACT_KEEP), 2))
 
 
 def _clip(text: str) -> str:

@@ -329,12 +329,15 @@ def _locked_turn(turn_pk: int) -> Turn:
     return turn
 
 
-def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None) -> None:
-    """The model's reply that asks for tools: the assistant message plus one tool_call event per call."""
+def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None) -> Message:
+    """The model's reply that asks for tools: the assistant message plus one tool_call event per call.
+
+    Returns the message so the engine can extend its in-memory transcript instead of re-reading it.
+    """
     with transaction.atomic():
         turn = _locked_turn(turn_pk)
         session = turn.session
-        Message.objects.create(
+        message = Message.objects.create(
             session=session,
             role=Message.Role.ASSISTANT,
             content=text or "",
@@ -352,13 +355,14 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
                 data={"id": call["id"], "name": call["name"], "params": call["params"]},
                 correlation_id=turn.correlation_id,
             )
+    return message
 
 
-def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -> None:
+def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -> Message:
     """One tool result: the tool message for the model and the `result` event for streams."""
     with transaction.atomic():
         turn = _locked_turn(turn_pk)
-        Message.objects.create(
+        message = Message.objects.create(
             session=turn.session,
             role=Message.Role.TOOL,
             content=json.dumps(result, default=str),
@@ -372,6 +376,7 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -
             data={"id": call_id, "name": name, **result},
             correlation_id=turn.correlation_id,
         )
+    return message
 
 
 def turn_record_pending(*, turn_pk: int, call_id: str, name: str, params: dict, request_id: str) -> None:
@@ -464,35 +469,60 @@ def turn_finish(
     Tool calls left without a result (cancel, truncation) get one saying so, because chat APIs
     refuse a transcript whose tool calls are unanswered.
     """
+    return turn_finish_and_peek(
+        turn_pk=turn_pk, content=content, truncated=truncated, cancelled=cancelled, failed=failed,
+        record_message=record_message, model_calls=model_calls,
+    )[0]
+
+
+def turn_finish_and_peek(
+    *,
+    turn_pk: int,
+    content: str,
+    truncated: bool = False,
+    cancelled: bool = False,
+    failed: bool = False,
+    record_message: bool = True,
+    model_calls: int = 0,
+    unanswered: list[dict] | None = None,
+) -> tuple[dict | None, bool]:
+    """``turn_finish`` that also says whether the session has more work queued (the engine then
+    claims it; without any, it skips that claim transaction).
+
+    ``unanswered``: the calls of the turn's last reply still without a result, when the caller knows
+    them (the engine's transcript); None makes this read them from the database.
+    """
     with transaction.atomic():
         turn = Turn.objects.select_for_update().select_related("session").filter(pk=turn_pk).first()
         if turn is None or turn.status in (Turn.Status.DONE, Turn.Status.FAILED, Turn.Status.CANCELLED):
-            return None
+            return None, False
         session = turn.session
         now = timezone.now()
-        last_calls = (
-            Message.objects.filter(session=session, correlation_id=turn.correlation_id, role=Message.Role.ASSISTANT)
-            .exclude(tool_calls__isnull=True)
-            .order_by("-id")
-            .first()
-        )
-        if last_calls and last_calls.tool_calls:
-            answered = set(
-                Message.objects.filter(
-                    session=session, role=Message.Role.TOOL, correlation_id=turn.correlation_id
-                ).values_list("tool_call_id", flat=True)
+        if unanswered is None:
+            unanswered = []
+            last_calls = (
+                Message.objects.filter(session=session, correlation_id=turn.correlation_id, role=Message.Role.ASSISTANT)
+                .exclude(tool_calls__isnull=True)
+                .order_by("-id")
+                .first()
             )
-            reason = "cancelled" if cancelled else "not run: the turn ended first"
-            for call in last_calls.tool_calls:
-                if call.get("id") not in answered:
-                    Message.objects.create(
-                        session=session,
-                        role=Message.Role.TOOL,
-                        content=json.dumps({"success": False, "data": None, "error": reason}),
-                        tool_call_id=call.get("id", ""),
-                        name=call.get("name", ""),
-                        correlation_id=turn.correlation_id,
-                    )
+            if last_calls and last_calls.tool_calls:
+                answered = set(
+                    Message.objects.filter(
+                        session=session, role=Message.Role.TOOL, correlation_id=turn.correlation_id
+                    ).values_list("tool_call_id", flat=True)
+                )
+                unanswered = [call for call in last_calls.tool_calls if call.get("id") not in answered]
+        reason = "cancelled" if cancelled else "not run: the turn ended first"
+        for call in unanswered:
+            Message.objects.create(
+                session=session,
+                role=Message.Role.TOOL,
+                content=json.dumps({"success": False, "data": None, "error": reason}),
+                tool_call_id=call.get("id", ""),
+                name=call.get("name", ""),
+                correlation_id=turn.correlation_id,
+            )
         if record_message and content:
             Message.objects.create(
                 session=session, role=Message.Role.ASSISTANT, content=content, correlation_id=turn.correlation_id
@@ -522,7 +552,7 @@ def turn_finish(
         Session.objects.filter(pk=session.pk).update(
             status=Session.Status.RUNNING if more else Session.Status.IDLE, last_active=now
         )
-        return payload
+        return payload, more
 
 
 def turns_recoverable() -> list[int]:
