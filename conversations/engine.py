@@ -251,21 +251,17 @@ class _TurnRunner:
     async def _setup(self) -> None:
         from conversations.brains import brain_for
 
-        self.app, self.transcript = await db(_app_and_transcript)(
-            self.claim.app_id, self.claim.session_pk, RECAP_MAX_ITEMS
+        self.app, self.agent, self.transcript, tools = await db(_prepare)(
+            self.claim.app_id, self.claim.agent_id, self.claim.session_pk, RECAP_MAX_ITEMS
         )
-        if not self.app.agents:
+        if self.agent is None:
             raise _Stop(f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest.")
-        try:
-            self.agent = self.app.agent(self.claim.agent_id or None)
-        except KeyError:
-            self.agent = self.app.agent()
         self.brain = brain_for(self.agent)
         self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
         self.window = max(int(self.app.runtime.context_window_messages or 0), 4)
         self.transcript_limit = self.window + RECAP_MAX_ITEMS
         del self.transcript[: -self.transcript_limit]
-        self.tools, self.meta_names, self.background_names, self.risk = await db(_tools_for)(self.app, self.agent.id)
+        self.tools, self.meta_names, self.background_names, self.risk = tools
 
     async def _loop(self) -> None:
         from conversations.brains import BrainError
@@ -413,18 +409,18 @@ class _TurnRunner:
                     continue
                 await flush_batch()
                 if decision.get("approved"):
-                    outcome = await self._invoke(call, request_id)
+                    await self._invoke_and_record(call, request_id)
                 else:
                     why = decision.get("message") or decision.get("status") or "denied"
                     outcome = {"status": "denied", "result": {"success": False, "data": None, "error": f"denied: {why}"}}
-                await self._record(call, outcome)
+                    await self._record(call, outcome)
                 continue
             # Read-only (low-risk) calls of one reply run together; anything else runs alone, in order.
             if self.risk.get(call["name"]) == "low":
                 batch.append(call)
                 continue
             await flush_batch()
-            await self._record(call, await self._invoke(call, None))
+            await self._invoke_and_record(call, None)
         await flush_batch()
         if waiting or any(rid not in decisions for rid in pending.values()):
             self._check()
@@ -451,8 +447,21 @@ class _TurnRunner:
             )
         )
 
+    async def _invoke_and_record(self, call: dict, approval_request_id: str | None) -> None:
+        """One call run and recorded in a single thread hop (two transactions: the tool's, then ours)."""
+        outcome, message = await db(_invoke_and_record_sync)(
+            turn_pk=self.claim.turn_pk, **self._invoke_kwargs(call, approval_request_id)
+        )
+        if message is None:
+            self.pending[call["id"]] = outcome["request_id"]
+        else:
+            self._remember(message)
+
     async def _invoke(self, call: dict, approval_request_id: str | None) -> dict:
-        return await db(_invoke_sync)(
+        return await db(_invoke_sync)(**self._invoke_kwargs(call, approval_request_id))
+
+    def _invoke_kwargs(self, call: dict, approval_request_id: str | None) -> dict:
+        return dict(
             app=self.app,
             call=call,
             claim=self.claim,
@@ -549,13 +558,36 @@ def _invoke_sync(
     return {"status": outcome.status, "result": outcome.as_result()}
 
 
-def _app_and_transcript(app_id: str, session_pk: int, extra: int) -> tuple[Any, list[Message]]:
-    """The runtime app and the transcript in one thread hop (the window comes from the app)."""
+def _prepare(app_id: str, agent_id: str, session_pk: int, extra: int) -> tuple[Any, Any, list[Message], tuple | None]:
+    """Runtime app, agent, transcript and tools in one thread hop (the window comes from the app).
+
+    The agent is None when the app declares none.
+    """
     from apps_registry.selectors import app_runtime
 
     app = app_runtime(app_id=app_id)
     window = max(int(app.runtime.context_window_messages or 0), 4)
-    return app, _load_transcript(session_pk, window + extra)
+    transcript = _load_transcript(session_pk, window + extra)
+    if not app.agents:
+        return app, None, transcript, None
+    try:
+        agent = app.agent(agent_id or None)
+    except KeyError:
+        agent = app.agent()
+    return app, agent, transcript, _tools_for(app, agent.id)
+
+
+def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Message | None]:
+    outcome = _invoke_sync(**kwargs)
+    call = kwargs["call"]
+    if outcome["status"] == "pending_approval":
+        services.turn_record_pending(
+            turn_pk=turn_pk, call_id=call["id"], name=call["name"], params=call["params"],
+            request_id=outcome["request_id"],
+        )
+        return outcome, None
+    message = services.turn_record_result(turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=outcome["result"])
+    return outcome, message
 
 
 def _load_transcript(session_pk: int, limit: int) -> list[Message]:

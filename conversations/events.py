@@ -162,7 +162,17 @@ def _poll_once() -> list[int]:
     if not pks:
         return []
     changed: list[int] = []
-    rows = Session.objects.filter(pk__in=pks).values_list("pk", "last_seq")
+    # Raw SQL: this runs every poll interval for every watched session of the worker; compiling the
+    # ORM query each time cost more than running it.
+    table = connection.ops.quote_name(Session._meta.db_table)
+    rows: list[tuple[int, int]] = []
+    with connection.cursor() as cursor:
+        for start in range(0, len(pks), 500):
+            chunk = pks[start : start + 500]
+            cursor.execute(
+                f"SELECT id, last_seq FROM {table} WHERE id IN ({', '.join(['%s'] * len(chunk))})", chunk
+            )
+            rows.extend(cursor.fetchall())
     seen = set()
     for pk, last_seq in rows:
         seen.add(pk)
@@ -224,7 +234,10 @@ async def _layer_listener() -> None:
 # --- reading ---------------------------------------------------------------------------------
 
 
-def events_after(*, session_pk: int, after: int, limit: int = 500) -> list[Event] | None:
+READ_PAGE = 500
+
+
+def events_after(*, session_pk: int, after: int, limit: int = READ_PAGE) -> list[Event] | None:
     """Events with seq > after, oldest first; None when the session no longer exists."""
     events = list(Event.objects.filter(session_id=session_pk, seq__gt=after).order_by("seq")[:limit])
     if not events and not Session.objects.filter(pk=session_pk).exists():
@@ -265,7 +278,11 @@ async def follow(
                 for event in events:
                     cursor = event.seq
                     yield event
-                continue
+                # A full page may have more behind it. Otherwise wait: the watch was cleared before
+                # the read, so a commit since then has set it and the wait returns at once; an
+                # immediate re-read would cost a query (and an existence check) per wake-up.
+                if len(events) >= READ_PAGE:
+                    continue
             try:
                 await asyncio.wait_for(watch.event.wait(), timeout=ping)
             except TimeoutError:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
+from django.db.models import Count, Min
 
 from conversations.models import RateLimitHit
 from digitorn_site.errors import RateLimitError
@@ -110,20 +111,31 @@ def _hit_redis(app_id: str, limit: int, record: bool) -> RateLimitState:
     )
 
 
+# Rows that left the window are pruned at most this often per app and process: they no longer
+# count, so deleting them on every request only added a write statement to the hot path.
+PRUNE_EVERY_SECONDS = 5.0
+_pruned_at: dict[str, float] = {}
+
+
 def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
+    # Writes take SQLite's write lock at BEGIN (IMMEDIATE transactions), so concurrent workers
+    # serialise before they count; a read-only usage query needs no lock.
     with transaction.atomic():
         if connection.vendor == "postgresql":
             with connection.cursor() as cursor:
                 cursor.execute("SELECT pg_advisory_xact_lock(%s)", [zlib.crc32(app_id.encode()) & 0x7FFFFFFF])
         now = time.time()
         hits = RateLimitHit.objects.filter(app_id=app_id)
-        if record:
-            # Pruning writes, which also takes SQLite's write lock before the count below.
+        if record and now - _pruned_at.get(app_id, 0.0) >= PRUNE_EVERY_SECONDS:
             hits.filter(at__lte=now - WINDOW_SECONDS).delete()
-        window = hits.filter(at__gt=now - WINDOW_SECONDS)
-        current = window.count()
-        oldest_at = window.order_by("at").values_list("at", flat=True).first()
+            _pruned_at[app_id] = now
+        window = hits.filter(at__gt=now - WINDOW_SECONDS).aggregate(current=Count("id"), oldest_at=Min("at"))
+        current, oldest_at = window["current"], window["oldest_at"]
         allowed = current < limit
+        if record and not allowed:
+            # A full window is the moment the table is at its largest: prune whatever the clock.
+            hits.filter(at__lte=now - WINDOW_SECONDS).delete()
+            _pruned_at[app_id] = now
         if record and allowed:
             RateLimitHit.objects.create(app_id=app_id, at=now)
             current += 1

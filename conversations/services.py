@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
-from django.db.models import Q
+from django.db import IntegrityError, connection, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
 from conversations.events import event_append
@@ -71,8 +71,9 @@ def session_resolve(*, app_id: str, session_id: str, principal: str, create: boo
             session = None
     if session is None and not create:
         raise _not_found(app_id, session_id)
-    with transaction.atomic():
-        if session is None:
+    if session is None:
+        # Only a creation opens a transaction: on SQLite every one takes the write lock.
+        with transaction.atomic():
             try:
                 with transaction.atomic():
                     session = Session.objects.create(app_id=app_id, session_id=session_id, principal=principal)
@@ -158,18 +159,30 @@ def message_enqueue(
         message = _validate_message(message, field_name)
     session = session_resolve(app_id=app_id, session_id=session_id, principal=principal, create=True)
     with transaction.atomic():
-        session = Session.objects.select_for_update().get(pk=session.pk)
-        waiting = session.turns.filter(status=Turn.Status.QUEUED).count()
+        # One statement locks the row (PostgreSQL; SQLite holds the write lock already), marks the
+        # session active and reads the seq this turn's events will follow.
+        table = connection.ops.quote_name(Session._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET last_active = %s WHERE id = %s RETURNING last_seq",
+                [connection.ops.adapt_datetimefield_value(timezone.now()), session.pk],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise _not_found(app_id, session_id)
+        session.last_seq = int(row[0])
+        counts = session.turns.aggregate(
+            waiting=Count("id", filter=Q(status=Turn.Status.QUEUED)), ahead=Count("id", filter=Q(status__in=ACTIVE))
+        )
+        waiting, ahead = counts["waiting"], counts["ahead"]
         if waiting >= settings.DIGITORN_QUEUE_DEPTH:
             raise QueueFullError(
                 f"Session '{session_id}' already has {waiting} messages waiting (the limit is "
                 f"{settings.DIGITORN_QUEUE_DEPTH}); wait for the running turn to finish or cancel it."
             )
-        ahead = session.turns.filter(status__in=ACTIVE).count()
         turn = Turn.objects.create(
             session=session, correlation_id=uuid.uuid4().hex, kind=kind, content=message, status=Turn.Status.QUEUED
         )
-        Session.objects.filter(pk=session.pk).update(last_active=timezone.now())
         after_seq = session.last_seq
         enqueued = Enqueued(
             session_pk=session.pk,
