@@ -18,6 +18,12 @@ venv: $(STAMP)
 
 run: $(STAMP)
 	$(BIN)/digitorn start
+	@data_dir=$${DIGITORN_DATA_DIR:-$$HOME/.digitorn}; \
+	  key=$${DIGITORN_API_KEY:-$$(cat "$$data_dir/admin.key" 2>/dev/null)}; \
+	  url=$$($(BIN)/python -c 'import json,sys; print(json.load(open(sys.argv[1]))["url"])' "$$data_dir/daemon.json" 2>/dev/null || echo http://127.0.0.1:8000); \
+	  echo; echo "Admin API key (also in $$data_dir/admin.key): $$key"; \
+	  echo "Try:  curl -H 'Authorization: Bearer $$key' $$url/api/apps/"; \
+	  echo "Stop: make stop   (or .venv/bin/digitorn stop)"
 
 stop: $(STAMP)
 	$(BIN)/digitorn stop
