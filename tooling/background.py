@@ -48,6 +48,7 @@ from digitorn_site.errors import (
 )
 from tooling import registry
 from tooling.models import BackgroundTask
+from tooling.services import mask_secrets
 
 log = logging.getLogger("digitorn.tasks")
 
@@ -161,21 +162,6 @@ def background_task_list(
 # --------------------------------------------------------------------------------------------
 
 
-def _mask(value: Any, secrets: tuple[str, ...]) -> Any:
-    if not secrets:
-        return value
-    if isinstance(value, str):
-        for secret in secrets:
-            if secret:
-                value = value.replace(secret, "***")
-        return value
-    if isinstance(value, dict):
-        return {k: _mask(v, secrets) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_mask(v, secrets) for v in value]
-    return value
-
-
 @dataclass(frozen=True)
 class _Gate:
     tool: str  # canonical module.action
@@ -275,7 +261,7 @@ def background_task_launch(
         request = approval_request_create(
             app=app,
             tool_name=gate.tool,
-            params=_mask(params, app.secret_values),
+            params=mask_secrets(params, app.secret_values),
             call_params=params,
             risk_level=gate.risk_level,
             reason=gate.reason,
