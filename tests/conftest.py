@@ -219,10 +219,16 @@ def isolated_backends() -> tuple[dict[str, str], list[Callable[[], None]]]:
     return extra, cleanups
 
 
-def start_daemon(data_dir: Path, *, workers: int = 2, celery_workers: int = 1,
+# The scale-out CI leg runs every daemon with two Celery workers in separate processes.
+DEFAULT_CELERY_WORKERS = int(os.environ.get("DIGITORN_TEST_CELERY_WORKERS", "1"))
+
+
+def start_daemon(data_dir: Path, *, workers: int = 2, celery_workers: int | None = None,
                  env: dict[str, str] | None = None, args: tuple[str, ...] = (),
                  key: str | None = None) -> Daemon:
     """Run ``digitorn start`` in a fresh data dir on a free port and return the running daemon."""
+    if celery_workers is None:
+        celery_workers = DEFAULT_CELERY_WORKERS
     data_dir.mkdir(parents=True, exist_ok=True)
     key = key or "dg_test_" + secrets.token_urlsafe(18)
     backends, cleanups = isolated_backends()
