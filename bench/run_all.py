@@ -1,0 +1,36 @@
+"""Runs every benchmark in turn with its default (small, bounded) settings: `make bench`.
+
+Each script starts what it measures on loopback (its own daemon or worker in a temp data dir) and
+stops it; figures and the commands for larger runs are in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHES = [
+    ["bench_search.py"],
+    ["bench_turns.py"],
+    ["bench_streams.py", "--streams", "1000"],
+    ["bench_tasks.py"],
+    ["bench_load.py", "--workers", "1"],
+    ["bench_load.py", "--workers", "4"],
+]
+
+
+def main() -> int:
+    failed = []
+    for script, *args in BENCHES:
+        print(f"\n=== {script} {' '.join(args)}", flush=True)
+        if subprocess.run([sys.executable, str(HERE / script), *args], cwd=HERE.parent).returncode != 0:
+            failed.append(script)
+    if failed:
+        print(f"\nfailed: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
