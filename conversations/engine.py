@@ -22,12 +22,10 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
-from django.db import close_old_connections
 
 from conversations import services
-from conversations.events import main_loop
+from conversations.events import db, main_loop
 from conversations.models import Message, Turn
 
 log = logging.getLogger("digitorn.engine")
@@ -53,19 +51,6 @@ _tasks: set[asyncio.Task] = set()
 # it once). Bounded: the oldest sessions are forgotten first.
 _compacted: dict[int, int] = {}
 _COMPACTED_MAX = 10_000
-
-
-def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """Run a sync ORM function in a worker thread; off SQLite, give its connection back after."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if not settings.IS_SQLITE:
-                close_old_connections()
-
-    return sync_to_async(call, thread_sensitive=False)
 
 
 # --- scheduling ------------------------------------------------------------------------------
@@ -590,9 +575,24 @@ def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Messa
     return outcome, message
 
 
+class _Msg:
+    """A transcript row with the attributes the loop reads (``Message`` quacks the same way);
+    building model instances cost more than the query for a long transcript."""
+
+    __slots__ = ("pk", "role", "content", "tool_calls", "tool_call_id", "name", "correlation_id")
+    FIELDS = ("pk", "role", "content", "tool_calls", "tool_call_id", "name", "correlation_id")
+
+    def __init__(self, *values: Any):
+        for attr, value in zip(self.FIELDS, values, strict=True):
+            setattr(self, attr, value)
+
+
 def _load_transcript(session_pk: int, limit: int) -> list[Message]:
     """The latest ``limit`` messages, oldest first (older ones only ever fed the recap)."""
-    rows = list(Message.objects.filter(session_id=session_pk).order_by("-id")[:limit])
+    rows = [
+        _Msg(*values)
+        for values in Message.objects.filter(session_id=session_pk).order_by("-id").values_list(*_Msg.FIELDS)[:limit]
+    ]
     rows.reverse()
     return rows
 

@@ -18,18 +18,32 @@ import asyncio
 import json
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from asgiref.sync import SyncToAsync, sync_to_async
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import close_old_connections, connection, transaction
 
 from conversations.models import Event, Session
 
 log = logging.getLogger("digitorn.events")
 
 GROUP_PREFIX = "digitorn.session."
+
+
+def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+    """Run a sync ORM function in a worker thread; off SQLite, give its connection back after
+    (to the pool on PostgreSQL: an executor thread must not keep one between calls)."""
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if not settings.IS_SQLITE:
+                close_old_connections()
+
+    return sync_to_async(call, thread_sensitive=False)
 
 
 # --- writing ---------------------------------------------------------------------------------
@@ -189,7 +203,7 @@ def _poll_once() -> list[int]:
 async def _poller() -> None:
     """One query per interval for all watched sessions; catches events written by other processes."""
     interval = settings.DIGITORN_SSE_POLL_SECONDS
-    poll = sync_to_async(_poll_once, thread_sensitive=False)
+    poll = db(_poll_once)
     while True:
         await asyncio.sleep(interval)
         with _lock:
@@ -265,7 +279,7 @@ async def follow(
     """
     loop = asyncio.get_running_loop()
     ping = settings.DIGITORN_SSE_PING_SECONDS if ping_seconds is None else ping_seconds
-    read = sync_to_async(events_after, thread_sensitive=False)
+    read = db(events_after)
     watch = _watch_add(session_pk, loop)
     cursor = after
     try:

@@ -307,7 +307,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         head.lease_expires_at = _lease_until()
         head.attempts += 1
         head.started_at = head.started_at or now
-        head.save()
+        head.save(update_fields=["state", "status", "lease_owner", "lease_expires_at", "attempts", "started_at"])
         Session.objects.filter(pk=session.pk).update(status=Session.Status.RUNNING, last_active=now)
         return ClaimedTurn(
             turn_pk=head.pk,
@@ -348,46 +348,59 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
     Returns the message so the engine can extend its in-memory transcript instead of re-reading it.
     """
     with transaction.atomic():
-        turn = _locked_turn(turn_pk)
-        session = turn.session
+        # One statement counts the call, renews the lease, locks the row and reads what the
+        # message and events need (a SELECT and a save before).
+        table = connection.ops.quote_name(Turn._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET turns_used = turns_used + 1, tool_calls_count = tool_calls_count + %s, "
+                f"lease_expires_at = %s WHERE id = %s RETURNING correlation_id, session_id",
+                [len(tool_calls), connection.ops.adapt_datetimefield_value(_lease_until()), turn_pk],
+            )
+            row = cursor.fetchone()
+        if row is None:
+            raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
+        correlation_id, session_pk = row
+        session = Session(pk=session_pk)
         message = Message.objects.create(
             session=session,
             role=Message.Role.ASSISTANT,
             content=text or "",
             tool_calls=tool_calls,
-            correlation_id=turn.correlation_id,
+            correlation_id=correlation_id,
         )
-        turn.turns_used += 1
-        turn.tool_calls_count += len(tool_calls)
-        turn.lease_expires_at = _lease_until()
-        turn.save(update_fields=["turns_used", "tool_calls_count", "lease_expires_at"])
         for call in tool_calls:
             event_append(
                 session=session,
                 type="tool_call",
                 data={"id": call["id"], "name": call["name"], "params": call["params"]},
-                correlation_id=turn.correlation_id,
+                correlation_id=correlation_id,
             )
     return message
 
 
 def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -> Message:
     """One tool result: the tool message for the model and the `result` event for streams."""
+    content = json.dumps(result, default=str)  # outside the transaction: it holds the write lock
     with transaction.atomic():
-        turn = _locked_turn(turn_pk)
+        row = Turn.objects.filter(pk=turn_pk).values_list("correlation_id", "session_id").first()
+        if row is None:
+            raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
+        correlation_id, session_pk = row
+        session = Session(pk=session_pk)
         message = Message.objects.create(
-            session=turn.session,
+            session=session,
             role=Message.Role.TOOL,
-            content=json.dumps(result, default=str),
+            content=content,
             tool_call_id=call_id,
             name=name,
-            correlation_id=turn.correlation_id,
+            correlation_id=correlation_id,
         )
         event_append(
-            session=turn.session,
+            session=session,
             type="result",
             data={"id": call_id, "name": name, **result},
-            correlation_id=turn.correlation_id,
+            correlation_id=correlation_id,
         )
     return message
 

@@ -14,7 +14,6 @@ import logging
 import uuid
 from collections.abc import AsyncIterator
 
-from asgiref.sync import sync_to_async
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
@@ -48,9 +47,7 @@ def _envelope(data, status: int = 200, headers: dict[str, str] | None = None) ->
 
 
 async def _auth(request: HttpRequest, *, scope: str, allow_query_token: bool = False) -> Principal:
-    return await sync_to_async(authenticate_request, thread_sensitive=False)(
-        request, allow_query_token=allow_query_token, scope=scope
-    )
+    return await db(authenticate_request)(request, allow_query_token=allow_query_token, scope=scope)
 
 
 def _body(request: HttpRequest) -> dict:

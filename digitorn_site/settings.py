@@ -125,11 +125,24 @@ if IS_SQLITE:
         }
     )
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test-digitorn.sqlite3")
+    # Django's SQLite backend plus a write queue (threading lock + flock): writers wait their turn
+    # and wake at once instead of sleeping in SQLite's busy handler (see sqlite_backend/base.py).
+    if env.bool("DIGITORN_SQLITE_WRITE_QUEUE", default=True):
+        DATABASES["default"]["ENGINE"] = "digitorn_site.sqlite_backend"
 else:
     # Under ASGI each request may run on another thread: persistent connections would leak.
     DATABASES["default"]["CONN_MAX_AGE"] = 0
-    if env.bool("DIGITORN_DB_POOL", default=False):
-        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = True
+    # With CONN_MAX_AGE=0 every request and engine step would open a new PostgreSQL connection
+    # (a fork on the server, several ms); Django's pool (psycopg-pool) hands a closed connection
+    # back to the pool instead. On by default for PostgreSQL; DIGITORN_DB_POOL=0 turns it off.
+    # max_size bounds one process: keep (ASGI workers + Celery processes) x max_size under the
+    # server's max_connections (100 by default).
+    if DATABASES["default"]["ENGINE"].endswith("postgresql") and env.bool("DIGITORN_DB_POOL", default=True):
+        DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+            "min_size": env.int("DIGITORN_DB_POOL_MIN", default=2),
+            "max_size": env.int("DIGITORN_DB_POOL_MAX", default=12),
+            "timeout": env.float("DIGITORN_DB_POOL_TIMEOUT", default=30.0),
+        }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
