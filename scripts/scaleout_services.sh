@@ -2,10 +2,11 @@
 # Throwaway PostgreSQL and Redis on loopback for the scale-out test leg.
 #   scripts/scaleout_services.sh start DIR   → installs (Debian packages) if missing, starts both,
 #                                              prints `export DATABASE_URL=… REDIS_URL=…` lines
+#   scripts/scaleout_services.sh restart-pg DIR → restarts PostgreSQL (fault tests)
 #   scripts/scaleout_services.sh stop DIR    → stops both and removes DIR
 set -euo pipefail
-cmd=${1:?usage: $0 start|stop DIR}
-dir=${2:?usage: $0 start|stop DIR}
+cmd=${1:?usage: $0 start|restart-pg|stop DIR}
+dir=${2:?usage: $0 start|restart-pg|stop DIR}
 PG_PORT=${PG_PORT:-55432}
 REDIS_PORT=${REDIS_PORT:-56379}
 
@@ -50,11 +51,16 @@ case "$cmd" in
     echo "export DATABASE_URL=postgres://digitorn@127.0.0.1:$PG_PORT/digitorn"
     echo "export REDIS_URL=redis://127.0.0.1:$REDIS_PORT/0"
     ;;
+  restart-pg)
+    bin=$(pg_bin)
+    as_pg "$bin/pg_ctl" -D "$dir/pg" -m fast -w restart -l "$dir/pg.log" \
+      -o "-p $PG_PORT -k $dir -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" >/dev/null
+    ;;
   stop)
     bin=$(pg_bin || true)
     if [ -n "$bin" ] && [ -d "$dir/pg" ]; then as_pg "$bin/pg_ctl" -D "$dir/pg" -m fast stop >/dev/null 2>&1 || true; fi
     if [ -f "$dir/redis.pid" ]; then kill "$(cat "$dir/redis.pid")" 2>/dev/null || true; fi
     rm -rf "$dir"
     ;;
-  *) echo "usage: $0 start|stop DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 start|restart-pg|stop DIR" >&2; exit 2 ;;
 esac
