@@ -12,7 +12,15 @@ import time
 
 import httpx
 import pytest
-from conftest import CLI, PROJECT_ROOT, _proc_alive, daemon_env, free_port, isolated_backends
+from conftest import (
+    CLI,
+    DEFAULT_CELERY_WORKERS,
+    PROJECT_ROOT,
+    _proc_alive,
+    daemon_env,
+    free_port,
+    isolated_backends,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -36,7 +44,7 @@ def test_start_two_workers_serves_health_and_records_every_process(daemon):
     assert state["url"] == daemon.url
     assert state["port"] == daemon.port
     roles = sorted(c["role"] for c in state["children"])
-    assert roles == ["asgi", "asgi", "beat", "celery"]
+    assert roles == ["asgi", "asgi", "beat", *["celery"] * DEFAULT_CELERY_WORKERS]
     for pid, starttime in daemon.processes():
         assert _proc_alive(pid, starttime), f"pid {pid} from the pid file is not running"
     # The pid file is private to the operator.
@@ -101,7 +109,7 @@ def test_killed_child_is_restarted_and_service_continues(daemon, name):
 
 
 def test_stop_leaves_no_process_and_a_second_stop_is_harmless(daemon_factory):
-    running = daemon_factory(workers=1)
+    running = daemon_factory(workers=1, celery_workers=1)
     processes = running.processes()
     assert len(processes) == 4  # supervisor, 1 ASGI worker, 1 Celery worker, beat
     running.stop()  # asserts nothing is left and the pid file is gone
