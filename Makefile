@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop test lint bench venv system-deps clean
+.PHONY: run stop test test-scaleout lint bench venv system-deps clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@PY=$$(scripts/find_python.sh) || exit 1; \
@@ -36,7 +36,16 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 test: $(STAMP) system-deps lint
-	DIGITORN_DATA_DIR=$$(mktemp -d) $(BIN)/pytest -q
+	DIGITORN_DATA_DIR=$$(mktemp -d) $(BIN)/pytest -q -m "not scaleout"
+
+# The end-to-end suite again on throwaway PostgreSQL + Redis (installed from Debian packages when
+# missing), 2 ASGI and 2 Celery worker processes per daemon, plus the database-restart fault test.
+test-scaleout: $(STAMP) system-deps
+	@set -euo pipefail; dir=$$(mktemp -d); chmod 755 "$$dir"; \
+	  trap 'scripts/scaleout_services.sh stop "$$dir/s"' EXIT; \
+	  eval "$$(scripts/scaleout_services.sh start "$$dir/s")"; \
+	  DIGITORN_TEST_CELERY_WORKERS=2 DIGITORN_TEST_DB_RESTART="scripts/scaleout_services.sh restart-pg $$dir/s" \
+	  DIGITORN_DATA_DIR=$$(mktemp -d) $(BIN)/pytest -q -m e2e tests/e2e
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
