@@ -7,9 +7,10 @@ the state it reports; the doorbell only tells streams "look again". Three ways a
   appended events to its session commits in this process;
 - with ``CHANNEL_LAYERS`` (Redis): a ``group_send`` per commit, received by one listener task per
   process that rings the local waiters;
-- otherwise (embedded default, several workers or a Celery worker writing events): one poller task
-  per process reads ``Session.last_seq`` of every watched session every ``DIGITORN_SSE_POLL_SECONDS``
-  in a single query, so idle streams cost no queries of their own.
+- always (events written by other workers or a Celery worker; with a channel layer, a safety net
+  for missed doorbells): one poller task per process reads ``Session.last_seq`` of every watched
+  session every ``DIGITORN_SSE_POLL_SECONDS`` in a single query, so idle streams cost no queries
+  of their own.
 """
 
 from __future__ import annotations
@@ -88,7 +89,7 @@ class _Watch:
 _lock = threading.Lock()
 _watches: dict[int, set[_Watch]] = {}
 _known_seq: dict[int, int] = {}
-_background: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+_background: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task] = {}
 _layer_groups: set[int] = set()
 _layer_channel: dict[asyncio.AbstractEventLoop, str] = {}
 
@@ -161,13 +162,17 @@ def watching_count() -> int:
 
 
 def _ensure_background(loop: asyncio.AbstractEventLoop) -> None:
-    task = _background.get(loop)
-    if task is not None and not task.done():
-        return
+    # The poller runs with a channel layer too: under load (bench_load, 4 workers, PostgreSQL +
+    # Redis) cross-worker doorbells were missed and `done` events reached their streams only at the
+    # next 15 s ping. One raw query per interval per worker for all its streams is the safety net;
+    # the layer stays the fast path.
+    wanted = [("poller", _poller)]
     if settings.CHANNEL_LAYERS:
-        _background[loop] = loop.create_task(_layer_listener())
-    else:
-        _background[loop] = loop.create_task(_poller())
+        wanted.append(("layer", _layer_listener))
+    for name, factory in wanted:
+        task = _background.get((loop, name))
+        if task is None or task.done():
+            _background[(loop, name)] = loop.create_task(factory())
 
 
 def _poll_once() -> list[int]:
