@@ -48,9 +48,8 @@ def _available_secret_keys(app_id: str, refs: tuple[str, ...]) -> set[str]:
 
 @transaction.atomic
 def app_deploy(*, text: str | bytes, source_path: str = "", force: bool = False) -> App:
-    from tooling.selectors import tool_index_for
-
     from apps_registry.manifest.compiler import compile_manifest
+    from tooling.selectors import tool_index_for
 
     result = compile_manifest(text)
     compiled = result.app
