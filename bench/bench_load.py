@@ -270,12 +270,12 @@ def main() -> int:
     finally:
         daemon.stop()
     result.update(workers=args.workers, backend=backend, env=extra_env, rate_offered=args.rate,
-                  wall_s=time.perf_counter() - t_start)
+                  wall_s=time.perf_counter() - t_start, load_average=[round(x, 2) for x in os.getloadavg()])
     if args.json:
         print(json.dumps(result, indent=2))
     else:
         print(f"{backend}{' ' + str(extra_env) if extra_env else ''}, {args.workers} ASGI worker(s), {args.sessions} sessions x {args.messages} messages, "
-              f"offered {args.rate or 'unpaced'} msg/s")
+              f"offered {args.rate or 'unpaced'} msg/s, load average {' '.join(map(str, result['load_average']))}")
         print(f"  done {result['done']}/{result['sent']} accepted in {result['elapsed_s']:.1f} s "
               f"→ {result['msgs_per_s']:.1f} msg/s")
         print(f"  accepted→done: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "

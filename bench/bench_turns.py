@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import queue
 import statistics
 import sys
@@ -93,7 +94,9 @@ def main() -> None:
                 if i >= args.warmup:
                     accepted.append((t_done - t_accepted) * 1000)
                     sent.append((t_done - t_send) * 1000)
-        print(f"turns: {args.turns} (one tool call each), ASGI workers: {args.workers}, embedded default")
+        backend = "PostgreSQL + Redis" if os.environ.get("DATABASE_URL") else "embedded default (SQLite WAL)"
+        load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+        print(f"turns: {args.turns} (one tool call each), ASGI workers: {args.workers}, {backend}, load average {load}")
         for label, values in (("accepted→done", accepted), ("sent→done", sent)):
             print(f"{label:>14}: p50 {pct(values, 50):6.1f} ms   p99 {pct(values, 99):6.1f} ms   "
                   f"mean {statistics.mean(values):6.1f} ms   max {max(values):6.1f} ms")

@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Exists, OuterRef, Q
 from django.utils import timezone
 
 from conversations.events import event_append
@@ -261,7 +261,13 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
     suspended for approval with every decision in. Starting a turn writes its opening messages.
     """
     with transaction.atomic():
-        session = Session.objects.select_for_update().filter(pk=session_pk).first()
+        # Whether notifications wait comes with the session row: one query less per claim.
+        session = (
+            Session.objects.select_for_update()
+            .annotate(has_pending_notes=Exists(Notification.objects.filter(session=OuterRef("pk"), delivered_at__isnull=True)))
+            .filter(pk=session_pk)
+            .first()
+        )
         if session is None:
             return None
         head = session.turns.select_for_update().filter(status__in=ACTIVE).order_by("id").first()
@@ -279,7 +285,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         state = dict(head.state or {})
         if not state.get("started"):
             state["started"] = True
-            pending = list(session.notifications.filter(delivered_at__isnull=True))
+            pending = list(session.notifications.filter(delivered_at__isnull=True)) if session.has_pending_notes else []
             if pending:
                 Message.objects.create(
                     session=session,
@@ -574,10 +580,19 @@ def turn_finish_and_peek(
         if turn.kind == Turn.Kind.NOTIFICATION:
             event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
         event_append(session=session, type="done", data=payload, correlation_id=turn.correlation_id)
-        more = session.turns.filter(status__in=ACTIVE).exclude(pk=turn.pk).exists()
-        Session.objects.filter(pk=session.pk).update(
-            status=Session.Status.RUNNING if more else Session.Status.IDLE, last_active=now
-        )
+        # Whether more work is queued and the session's new status, in one statement.
+        sessions = connection.ops.quote_name(Session._meta.db_table)
+        turns = connection.ops.quote_name(Turn._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {sessions} SET last_active = %s, status = CASE WHEN EXISTS (SELECT 1 FROM {turns} "
+                f"WHERE session_id = %s AND id <> %s AND status IN (%s, %s, %s)) THEN %s ELSE %s END "
+                f"WHERE id = %s RETURNING status",
+                [connection.ops.adapt_datetimefield_value(now), session.pk, turn.pk, *ACTIVE,
+                 Session.Status.RUNNING, Session.Status.IDLE, session.pk],
+            )
+            row = cursor.fetchone()
+        more = row is not None and row[0] == Session.Status.RUNNING
         return payload, more
 
 
