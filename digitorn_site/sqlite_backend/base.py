@@ -16,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
+import time
 
 from django.db import OperationalError
 from django.db.backends.sqlite3 import base
@@ -37,10 +38,25 @@ class WriteLock:
             raise OperationalError(f"database is locked (no write turn within {timeout:g} s in this process)")
         if self.fd is not None:
             try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX)
+                self._flock(timeout)
             except BaseException:
                 self.thread_lock.release()
                 raise
+
+    def _flock(self, timeout: float) -> None:
+        # Bounded like SQLite's own busy timeout: a stuck writer in another process must turn into
+        # a clear "database is locked" error, never a worker that waits forever.
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise OperationalError(
+                        f"database is locked (another process held the write lock for {timeout:g} s)"
+                    ) from None
+                time.sleep(0.001)
 
     def release(self) -> None:
         try:
