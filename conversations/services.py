@@ -204,7 +204,8 @@ def session_cancel(*, app_id: str, session_id: str, principal: str) -> dict:
     turn is finished right here. Its pending approvals are cancelled."""
     session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
     with transaction.atomic():
-        head = session.turns.select_for_update().filter(status__in=ACTIVE).order_by("id").first()
+        _lock_session(session.pk)
+        head = session.turns.select_for_update(no_key=True).filter(status__in=ACTIVE).order_by("id").first()
         if head is None:
             return {"cancelled": False, "correlation_id": None, "status": "idle"}
         head.cancel_requested = True
@@ -263,14 +264,14 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
     with transaction.atomic():
         # Whether notifications wait comes with the session row: one query less per claim.
         session = (
-            Session.objects.select_for_update()
+            Session.objects.select_for_update(no_key=True)
             .annotate(has_pending_notes=Exists(Notification.objects.filter(session=OuterRef("pk"), delivered_at__isnull=True)))
             .filter(pk=session_pk)
             .first()
         )
         if session is None:
             return None
-        head = session.turns.select_for_update().filter(status__in=ACTIVE).order_by("id").first()
+        head = session.turns.select_for_update(no_key=True).filter(status__in=ACTIVE).order_by("id").first()
         now = timezone.now()
         if head is None:
             if session.status != Session.Status.IDLE:
@@ -341,8 +342,26 @@ def turn_heartbeat(*, turn_pk: int, worker: str) -> bool | None:
         return turn.cancel_requested
 
 
+def _lock_session(session_pk: int) -> None:
+    """Lock a session row before any of its turns or notifications.
+
+    One order everywhere (session, then its turns) keeps concurrent transactions on one session from
+    deadlocking on PostgreSQL, and NO KEY UPDATE does not conflict with the KEY SHARE locks that
+    inserting a Message, Event or Turn row takes on the session it references.
+    """
+    list(Session.objects.select_for_update(no_key=True).filter(pk=session_pk).values_list("pk", flat=True))
+
+
+def _lock_turn(turn_pk: int) -> Turn | None:
+    session_pk = Turn.objects.filter(pk=turn_pk).values_list("session_id", flat=True).first()
+    if session_pk is None:
+        return None
+    _lock_session(session_pk)
+    return Turn.objects.select_for_update(no_key=True, of=("self",)).select_related("session").filter(pk=turn_pk).first()
+
+
 def _locked_turn(turn_pk: int) -> Turn:
-    turn = Turn.objects.select_for_update().select_related("session").filter(pk=turn_pk).first()
+    turn = _lock_turn(turn_pk)
     if turn is None:
         raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
     return turn
@@ -354,6 +373,10 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
     Returns the message so the engine can extend its in-memory transcript instead of re-reading it.
     """
     with transaction.atomic():
+        session_pk = Turn.objects.filter(pk=turn_pk).values_list("session_id", flat=True).first()
+        if session_pk is None:
+            raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
+        _lock_session(session_pk)  # before the turn row: the one lock order (see _lock_session)
         # One statement counts the call, renews the lease, locks the row and reads what the
         # message and events need (a SELECT and a save before).
         table = connection.ops.quote_name(Turn._meta.db_table)
@@ -525,7 +548,7 @@ def turn_finish_and_peek(
     them (the engine's transcript); None makes this read them from the database.
     """
     with transaction.atomic():
-        turn = Turn.objects.select_for_update().select_related("session").filter(pk=turn_pk).first()
+        turn = _lock_turn(turn_pk)
         if turn is None or turn.status in (Turn.Status.DONE, Turn.Status.FAILED, Turn.Status.CANCELLED):
             return None, False
         session = turn.session
@@ -640,7 +663,8 @@ def approval_resolution_apply(
         session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
         if session is None:
             return None
-        for turn in session.turns.select_for_update().filter(status__in=ACTIVE).order_by("id"):
+        _lock_session(session.pk)
+        for turn in session.turns.select_for_update(no_key=True).filter(status__in=ACTIVE).order_by("id"):
             state = dict(turn.state or {})
             if request_id not in state.get("pending", {}).values():
                 continue
@@ -711,8 +735,9 @@ def notifications_drain(*, app_id: str, session_id: str, principal: str) -> tupl
         raise ValidationError("session_id: required (the session whose notifications to drain).")
     session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
     with transaction.atomic():
+        _lock_session(session.pk)
         pending = list(
-            Notification.objects.select_for_update().filter(session=session, delivered_at__isnull=True).order_by("id")
+            Notification.objects.select_for_update(no_key=True).filter(session=session, delivered_at__isnull=True).order_by("id")
         )
         if not pending:
             return None, []
