@@ -504,7 +504,7 @@ def _invoke_sync(
             )
             return {"status": "ok" if result.get("success") else "error", "result": result}
         if meta:
-            from tooling.services import meta_tool_invoke
+            from tooling.meta import meta_tool_invoke
 
             outcome = meta_tool_invoke(
                 app=app,

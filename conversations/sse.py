@@ -20,7 +20,7 @@ from django.views.decorators.csrf import csrf_exempt
 from conversations import engine, services
 from conversations.api import serializers as s
 from conversations.events import SessionGone, follow, sse_frame
-from conversations.ratelimit import rate_limit_hit
+from conversations.ratelimit import RateLimitState, rate_limit_hit
 from digitorn_site.api.auth import Principal, authenticate_request
 from digitorn_site.api.envelope import error_response
 from digitorn_site.errors import ConflictError, DigitornError, MethodNotAllowedError, ValidationError
@@ -113,17 +113,23 @@ def _start(enqueued: services.Enqueued) -> None:
 # --- POST /{app}/chat -------------------------------------------------------------------------
 
 
+async def _accept_chat(request: HttpRequest, app_id: str) -> tuple[services.Enqueued, RateLimitState]:
+    """What /chat and /chat/stream share before they differ: auth, body, app, rate limit, enqueue."""
+    _require(request, "POST")
+    principal = await _auth(request, scope="apps:run")
+    body = s.validate(s.ChatSerializer, _body(request))
+    await db(_app_compiled)(app_id)
+    limit = await db(rate_limit_hit)(app_id=app_id)
+    enqueued = await db(services.message_enqueue)(
+        app_id=app_id, session_id=body["session_id"], principal=principal.name, message=body["message"]
+    )
+    return enqueued, limit
+
+
 @csrf_exempt
 async def chat(request: HttpRequest, app_id: str) -> HttpResponse:
     try:
-        _require(request, "POST")
-        principal = await _auth(request, scope="apps:run")
-        body = s.validate(s.ChatSerializer, _body(request))
-        await db(_app_compiled)(app_id)
-        limit = await db(rate_limit_hit)(app_id=app_id)
-        enqueued = await db(services.message_enqueue)(
-            app_id=app_id, session_id=body["session_id"], principal=principal.name, message=body["message"]
-        )
+        enqueued, limit = await _accept_chat(request, app_id)
         _start(enqueued)
         payload = await _wait_done(enqueued)
     except DigitornError as err:
@@ -137,14 +143,7 @@ async def chat(request: HttpRequest, app_id: str) -> HttpResponse:
 @csrf_exempt
 async def chat_stream(request: HttpRequest, app_id: str) -> HttpResponse:
     try:
-        _require(request, "POST")
-        principal = await _auth(request, scope="apps:run")
-        body = s.validate(s.ChatSerializer, _body(request))
-        await db(_app_compiled)(app_id)
-        limit = await db(rate_limit_hit)(app_id=app_id)
-        enqueued = await db(services.message_enqueue)(
-            app_id=app_id, session_id=body["session_id"], principal=principal.name, message=body["message"]
-        )
+        enqueued, limit = await _accept_chat(request, app_id)
     except DigitornError as err:
         return error_response(err)
     _start(enqueued)

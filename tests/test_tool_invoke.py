@@ -13,9 +13,10 @@ from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from apps_registry.manifest.compiled import AgentSpec, Capabilities, CapabilityRule, CompiledApp, Runtime
 from digitorn_site.errors import NotFoundError, ValidationError
+from tooling.meta import meta_tool_invoke
 from tooling.models import ToolExecution
 from tooling.selectors import meta_tools, tool_index_for, tools_for_agent
-from tooling.services import meta_tool_invoke, tool_invoke
+from tooling.services import tool_invoke
 
 pytestmark = pytest.mark.django_db
 

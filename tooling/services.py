@@ -375,34 +375,3 @@ def direct_call_run(*, request_id: str) -> dict[str, Any] | None:
         result = {"status": "error", "success": False, "data": None, "error": message}
     approval_result_store(request_id=request_id, result=result)
     return result
-
-
-def meta_tool_invoke(
-    *,
-    app: Any,
-    name: str,
-    params: dict,
-    caller: str,
-    principal: str,
-    session_id: str | None = None,
-    agent_id: str | None = None,
-    origin_ref: str = "",
-    approval_request_id: str | None = None,
-    cancel_check: Callable[[], bool] | None = None,
-) -> ToolOutcome:
-    """Answer a meta-tool call. For ``execute_tool``, ``origin_ref`` (the agent's tool-call id),
-    ``approval_request_id`` (resuming an approved call) and ``cancel_check`` go to :func:`tool_invoke`."""
-    from tooling.meta import meta_tool_invoke as invoke
-
-    return invoke(
-        app=app,
-        name=name,
-        params=params,
-        caller=caller,
-        principal=principal,
-        session_id=session_id,
-        agent_id=agent_id,
-        origin_ref=origin_ref,
-        approval_request_id=approval_request_id,
-        cancel_check=cancel_check,
-    )
