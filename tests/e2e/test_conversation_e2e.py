@@ -44,7 +44,9 @@ def test_persistent_stream_two_messages_then_replay(daemon, app_id):
     logged = events[1:]
     ids = [int(e["id"]) for e in logged]
     assert ids == list(range(ids[0], ids[0] + len(ids))), f"gaps or disorder in ids: {ids}"
-    assert sent[1]["position"] == 1  # the second message queued behind the first
+    # The scripted turn can finish before the second POST lands, so the second message is either
+    # queued behind it or first in line; test_second_message_waits_behind_a_slow_turn pins position 1.
+    assert sent[0]["position"] == 0 and sent[1]["position"] in (0, 1)
     for index, enq in enumerate(sent):
         mine = [e for e in logged if e["data"].get("correlation_id") == enq["correlation_id"] or
                 (e["event"] in ("tool_call", "result") and _owner(logged, e) == enq["correlation_id"])]
@@ -143,6 +145,38 @@ def test_concurrent_chats_in_one_session_are_serial(daemon, app_id):
     # Serial turns: each user message is directly followed by its own answer.
     for user, answer in zip(history[::2], history[1::2], strict=True):
         assert user["role"] == "user" and answer["content"] == f"echo: {user['content']}"
+
+
+def test_second_message_waits_behind_a_slow_turn(daemon, tmp_path_factory):
+    from tests.conftest import AppYaml
+
+    apps = AppYaml(tmp_path_factory.mktemp("slow-apps"))
+    with LLMServer() as llm:
+        # The first answer takes 3 s, so the second message certainly arrives while it runs.
+        llm.enqueue(Reply(text="first answer", delay=3.0), Reply(text="second answer"))
+        manifest = {
+            "schema_version": 2,
+            "app": {"app_id": "slow-llm", "name": "Slow LLM"},
+            "agents": [{"id": "assistant", "brain": {"provider": "openai", "model": "test-model",
+                                                     "config": {"base_url": llm.base_url, "api_key": "k"}}}],
+        }
+        daemon.deploy(apps(manifest, "slow.yaml"), force=True)
+        sent: list[dict] = []
+
+        def send_two() -> None:
+            for text in ("one", "two"):
+                response = daemon.client.post("/api/apps/slow-llm/sessions/q1/messages", json={"message": text})
+                assert response.status_code == 202, response.text
+                sent.append(response.json()["data"])
+
+        second_done = lambda e: e["event"] == "done" and len(sent) == 2 and e["data"]["correlation_id"] == sent[1]["correlation_id"]  # noqa: E731
+        events = daemon.sse("/api/apps/slow-llm/sessions/q1/events", until=second_done, on_open=send_two, timeout=60)
+    assert sent[0]["position"] == 0 and sent[1]["position"] == 1
+    dones = [e["data"] for e in events if e["event"] == "done"]
+    assert [(d["correlation_id"], d["content"]) for d in dones] == [
+        (sent[0]["correlation_id"], "first answer"), (sent[1]["correlation_id"], "second answer")]
+    # The model saw the first exchange before answering the second: turns are serial.
+    assert [m["content"] for m in llm.requests[1].json["messages"] if m["role"] != "system"] == ["one", "first answer", "two"]
 
 
 def test_chat_stream_with_an_openai_compatible_model(daemon, tmp_path_factory):
