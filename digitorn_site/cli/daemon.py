@@ -23,7 +23,7 @@ import httpx
 
 from digitorn_site.cli import config, procs
 from digitorn_site.cli.output import console, fail, info
-from digitorn_site.cli.supervisor import Supervisor, daemon_url
+from digitorn_site.cli.supervisor import Supervisor, daemon_url, listen_socket
 
 DEFAULT_GRACE = 10.0
 
@@ -82,14 +82,21 @@ def acquire_lock() -> int | None:
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
+    """The daemon's first listening socket; the supervisor adds one per further ASGI worker.
+
+    A plain bind (no SO_REUSEPORT) probes the port first, so another program on it, another
+    digitorn included, is reported instead of silently sharing its traffic.
+    """
     family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    probe = socket.socket(family, socket.SOCK_STREAM)
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        sock.bind((host.strip("[]"), port))
-        sock.listen(1024)
+        probe.bind((host.strip("[]"), port))
+        port = probe.getsockname()[1]  # port 0: the kernel's choice, kept for the real sockets
+        probe.close()
+        sock = listen_socket(host, port)
     except OSError as exc:
-        sock.close()
+        probe.close()
         if exc.errno == errno.EADDRINUSE:
             raise StartError(
                 f"port {port} on {host} is already in use by another program; "
@@ -98,7 +105,6 @@ def bind_socket(host: str, port: int) -> socket.socket:
         if exc.errno == errno.EACCES:
             raise StartError(f"permission denied binding {host}:{port}; ports below 1024 need root, pick another.")
         raise StartError(f"cannot listen on {host}:{port}: {exc.strerror or exc}.")
-    sock.set_inheritable(True)
     return sock
 
 

@@ -1,7 +1,6 @@
 """The daemon's supervisor process.
 
-It holds the one listening socket, serves it with N daphne workers (each adopts the inherited file
-descriptor, so the kernel spreads connections over them), runs the Celery worker(s) and the beat
+It holds the listening sockets and serves them with N daphne workers, runs the Celery worker(s) and the beat
 scheduler, restarts a child that dies unexpectedly (with backoff), keeps the pid file current, and
 on SIGTERM/SIGINT stops every child: SIGTERM first, SIGKILL to each child's whole process group
 after the grace period. Each child runs in its own process group so Celery's pool processes are
@@ -9,6 +8,12 @@ reaped with their parent, and gets a parent-death signal so none outlives a SIGK
 
 Started by ``digitorn start`` as ``python -m digitorn_site.cli.supervisor --listen-fd N ...``
 (detached, logging to DATA_DIR/logs/daemon.log) or run in-process by ``digitorn start --foreground``.
+
+Each ASGI worker gets a listening socket of its own on the same port (SO_REUSEPORT), so the kernel
+hashes connections evenly over the workers. With one shared socket every idle worker wakes on a
+new connection and the most recently woken wins: measured under load, one of two workers took
+~90% of the CPU while the other idled. The supervisor keeps every socket open, so connections
+that reach a worker while it restarts wait in its backlog instead of being refused.
 """
 
 from __future__ import annotations
@@ -18,12 +23,33 @@ import contextlib
 import datetime as dt
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
 
 from digitorn_site.cli import config, procs
+
+REUSEPORT = hasattr(socket, "SO_REUSEPORT")
+
+
+def listen_socket(host: str, port: int) -> socket.socket:
+    """A listening, inheritable socket on host:port that more such sockets may share (SO_REUSEPORT)."""
+    family = socket.AF_INET6 if ":" in host.strip("[]") else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if REUSEPORT:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host.strip("[]"), port))
+        sock.listen(1024)
+    except OSError:
+        sock.close()
+        raise
+    sock.set_inheritable(True)
+    return sock
+
 
 # A child that lived at least this long before dying is "healthy again": its backoff resets.
 STABLE_SECONDS = 30.0
@@ -66,6 +92,7 @@ class Supervisor:
     beat: bool = True
     grace: float = 10.0
     children: list[Child] = field(default_factory=list)
+    extra_fds: list[int] = field(default_factory=list)  # listening sockets of ASGI workers 2..N
     stopping: bool = False
     started_at: str = ""
 
@@ -76,19 +103,27 @@ class Supervisor:
     def build_children(self) -> None:
         py = config.python()
         for index in range(self.workers):
+            fd = self.listen_fd
+            if index and REUSEPORT:
+                try:
+                    fd = listen_socket(self.host, self.port).detach()
+                    self.extra_fds.append(fd)
+                except OSError as exc:  # e.g. a kernel without SO_REUSEPORT load balancing
+                    log(f"asgi-{index + 1} shares the first worker's socket ({exc})")
+                    fd = self.listen_fd
             self.children.append(
                 Child(
                     role="asgi",
                     name=f"asgi-{index + 1}",
                     argv=[
                         py, "-m", "daphne",
-                        "--fd", str(self.listen_fd),
+                        "--fd", str(fd),
                         # SSE streams are long-lived: no HTTP timeout; let apps finish on stop.
                         "--application-close-timeout", "5",
                         "-v", "1",
                         "digitorn_site.asgi:application",
                     ],
-                    pass_fds=(self.listen_fd,),
+                    pass_fds=(fd,),
                 )
             )
         embedded_broker = not config.settings().REDIS_URL and str(
@@ -233,8 +268,9 @@ class Supervisor:
             self.stopping = True
             self.stop_children()
             config.remove_pid_file(only_if_pid=os.getpid())
-            with contextlib.suppress(OSError):
-                os.close(self.listen_fd)
+            for fd in (self.listen_fd, *self.extra_fds):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             log("stopped")
         return 0
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -51,18 +52,58 @@ def test_start_two_workers_serves_health_and_records_every_process(daemon):
     assert stat.S_IMODE((daemon.data_dir / "daemon.json").stat().st_mode) == 0o600
 
 
-def test_both_asgi_workers_share_the_one_socket(daemon):
-    """Each daphne worker adopts the same listening socket: the supervisor holds one bound port."""
+def _listening_inodes(port: int) -> set[str]:
+    """Socket inodes in LISTEN state on ``port`` (IPv4 and IPv6), from /proc/net/tcp*."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(FileNotFoundError), open(table) as f:
+            for line in list(f)[1:]:
+                fields = line.split()
+                if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":
+                    inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def _sockets_of(pid: int) -> set[str]:
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return {link for link in links if link.startswith("socket:")}
+
+
+def test_each_asgi_worker_listens_on_its_own_socket_of_the_one_port(daemon):
+    """SO_REUSEPORT: one listening socket per worker on the daemon's port, so the kernel spreads
+    connections evenly; the supervisor holds them all, so a restarting worker's queue waits."""
     asgi = daemon.child_pids("asgi")
     assert len(asgi) == 2
-    inodes = []
-    for pid in [daemon.pid_state()["pid"], *asgi]:
-        fds = os.listdir(f"/proc/{pid}/fd")
-        sockets = {os.readlink(f"/proc/{pid}/fd/{fd}") for fd in fds
-                   if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")}
-        inodes.append(sockets)
-    shared = set.intersection(*inodes)
-    assert shared, "the supervisor and both ASGI workers should hold the same listening socket"
+    listening = _listening_inodes(daemon.port)
+    per_worker = [_sockets_of(pid) & listening for pid in asgi]
+    assert all(len(socks) == 1 for socks in per_worker), per_worker
+    assert per_worker[0] != per_worker[1], "the two workers share one socket"
+    assert per_worker[0] | per_worker[1] <= _sockets_of(daemon.pid_state()["pid"])
+
+
+def _server_side_inode(client_port: int, server_port: int) -> str | None:
+    """The accepted socket of a connection, found by its ports in /proc/net/tcp (ESTABLISHED)."""
+    with open("/proc/net/tcp") as f:
+        for line in list(f)[1:]:
+            fields = line.split()
+            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+            if local == server_port and remote == client_port and fields[3] == "01":
+                return f"socket:[{fields[9]}]"
+    return None
+
+
+def test_connections_reach_both_asgi_workers(daemon):
+    asgi = daemon.child_pids("asgi")
+    served: set[int] = set()
+    for _ in range(40):  # fresh connections: the kernel hashes each one to a worker's socket
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=5) as conn:
+            conn.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 200")  # accepted and answered by a worker
+            inode = _server_side_inode(conn.getsockname()[1], daemon.port)
+            served.update(pid for pid in asgi if inode in _sockets_of(pid))
+        if len(served) == 2:
+            break
+    assert served == set(asgi), f"40 connections all went to {served}"
 
 
 def test_status_reports_url_processes_and_health(daemon):
