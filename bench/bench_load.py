@@ -5,7 +5,7 @@
 Starts its own daemon (``digitorn start --workers N``, one Celery worker) in a fresh temp data dir on
 a free loopback port, on the embedded default, or on PostgreSQL + Redis when ``DATABASE_URL`` and
 ``REDIS_URL`` are exported (see ``scripts/scaleout_services.sh``). It deploys an app whose scripted
-agent calls ``filesystem.read`` once and answers, and lifts the app's rate limit. Then every session:
+agent calls ``filesystem.read`` once and answers (``--workload reply``: answers at once), and lifts the app's rate limit. Then every session:
 
 1. opens the persistent stream ``GET /sessions/{sid}/events`` and waits for ``connected``;
 2. sends its messages one after another with ``POST /sessions/{sid}/messages`` (the next one once
@@ -246,6 +246,9 @@ def main() -> int:
     parser.add_argument("--turn-timeout", type=float, default=30.0, help="give up on a message's `done` after this")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra daemon environment (e.g. DIGITORN_DB_POOL=1); repeatable")
+    parser.add_argument("--workload", choices=["tool", "reply"], default="tool",
+                        help="tool: each turn calls filesystem.read then answers (default); "
+                             "reply: the scripted agent answers at once")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args()
 
@@ -259,7 +262,10 @@ def main() -> int:
     try:
         apps = AppYaml(root / "apps")
         (apps.workspace / "README.md").write_text("# load bench\n")
-        rules = [{"steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "read {result}"}]}]
+        if args.workload == "tool":
+            rules = [{"steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "read {result}"}]}]
+        else:
+            rules = [{"steps": [{"say": "echo: {message}"}]}]
         daemon.deploy(apps.minimal(APP, rules=rules), force=True)
         assert daemon.client.put(f"/api/apps/{APP}/quota", json={"rpm": 1_000_000}).status_code == 200
         # Warm-up turns (tool index, brain, module caches in each worker) are not measured.
@@ -269,12 +275,13 @@ def main() -> int:
         result = asyncio.run(run_load(daemon.url, daemon.key, args))
     finally:
         daemon.stop()
-    result.update(workers=args.workers, backend=backend, env=extra_env, rate_offered=args.rate,
+    result.update(workers=args.workers, workload=args.workload, backend=backend, env=extra_env, rate_offered=args.rate,
                   wall_s=time.perf_counter() - t_start, load_average=[round(x, 2) for x in os.getloadavg()])
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        print(f"{backend}{' ' + str(extra_env) if extra_env else ''}, {args.workers} ASGI worker(s), {args.sessions} sessions x {args.messages} messages, "
+        print(f"{backend}{' ' + str(extra_env) if extra_env else ''}, {args.workers} ASGI worker(s), {args.sessions} sessions x {args.messages} messages "
+              f"({args.workload} workload), "
               f"offered {args.rate or 'unpaced'} msg/s, load average {' '.join(map(str, result['load_average']))}")
         print(f"  done {result['done']}/{result['sent']} accepted in {result['elapsed_s']:.1f} s "
               f"→ {result['msgs_per_s']:.1f} msg/s")

@@ -6,11 +6,37 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
+from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
+
+class ApiASGIHandler(ASGIHandler):
+    """Django's ASGI handler with settings.API_MIDDLEWARE as its chain (see that setting)."""
+
+    def load_middleware(self, is_async: bool = False) -> None:
+        # BaseHandler reads settings.MIDDLEWARE; this runs once, at import, before any request.
+        full = settings.MIDDLEWARE
+        settings.MIDDLEWARE = settings.API_MIDDLEWARE
+        try:
+            super().load_middleware(is_async)
+        finally:
+            settings.MIDDLEWARE = full
+
+
+api_asgi_app = ApiASGIHandler()
 # The daemon is the only server in front of itself: it serves the admin's CSS/JS from the apps'
 # static folders (no collectstatic step, no reverse proxy needed).
-application = ProtocolTypeRouter({"http": ASGIStaticFilesHandler(django_asgi_app)})
+site_asgi_app = ASGIStaticFilesHandler(django_asgi_app)
+
+
+async def http_app(scope, receive, send):
+    """/api/* through the lean API chain; the admin, the web UI and static files through the full one."""
+    handler = api_asgi_app if scope["path"].startswith("/api/") else site_asgi_app
+    return await handler(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": http_app})
 
 
 def _daphne_leaves_bodies_to_django() -> None:

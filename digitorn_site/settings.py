@@ -83,6 +83,13 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
+# The chain of /api/* under the ASGI server (digitorn_site.asgi): key-authenticated, no sessions,
+# CSRF or messages, and no hop to the sync thread per middleware hook.
+API_MIDDLEWARE = [
+    "digitorn_site.api.middleware.BodySizeLimitMiddleware",
+    "digitorn_site.api.middleware.InlineHeadersMiddleware",
+]
+
 ROOT_URLCONF = "digitorn_site.urls"
 APPEND_SLASH = False
 

@@ -337,3 +337,17 @@ def test_stop_kills_an_unresponsive_supervisor(daemon_factory):
     assert not (running.data_dir / "daemon.json").exists()
     for cleanup in running.cleanups:
         cleanup()
+
+
+def test_api_and_admin_run_their_own_middleware_chains(daemon):
+    """/api/* skips sessions and CSRF (key auth only) but keeps the security headers and the Host
+    check; the admin keeps Django's full chain (its login form sets the CSRF cookie)."""
+    api = httpx.get(f"{daemon.url}/api/apps/", headers={"Authorization": f"Bearer {daemon.key}"}, timeout=5)
+    assert api.status_code == 200
+    assert api.headers["x-content-type-options"] == "nosniff" and api.headers["x-frame-options"] == "DENY"
+    assert "set-cookie" not in api.headers
+    rebound = httpx.get(f"{daemon.url}/api/health", headers={"Host": "attacker.example"}, timeout=5)
+    assert rebound.status_code == 400 and rebound.json()["error_code"] == "VALIDATION_ERROR"
+    admin = httpx.get(f"{daemon.url}/admin/login/", timeout=5)
+    assert admin.status_code == 200 and "csrftoken=" in admin.headers.get("set-cookie", "")
+    assert admin.headers["x-frame-options"] == "DENY"
