@@ -7,6 +7,7 @@ import os
 from datetime import timedelta
 
 from django.conf import settings
+from django.db import connection
 from django.utils import timezone
 
 from apps_registry.manifest.compiled import CompiledApp
@@ -17,6 +18,30 @@ from digitorn_site.errors import MissingSecretError, NotFoundError
 # Parsing the stored JSON on every request is wasteful; the cache is keyed by the row's
 # updated_at so a redeploy, a quota change or a secret change is seen at once by every worker.
 _compiled_cache: dict[str, tuple[object, CompiledApp]] = {}
+# The same, keyed by updated_at as a raw cursor returns it (naive on SQLite), for app_compiled().
+_head_cache: dict[str, tuple[object, CompiledApp]] = {}
+
+
+def _app_head(app_id: str) -> tuple[object, int | None]:
+    """(updated_at, rate_limit_rpm) of a deployed app; NOT_FOUND otherwise.
+
+    Every message looks its app up three or four times (exists, idle timeout, rate limit, runtime).
+    This single-row raw query costs ~0.1 ms where the ORM lookup of the whole row costs ~0.8 ms on
+    the 2-core bench machine (query compilation, decoding the compiled manifest's JSON); the
+    compiled app itself comes from the cache while updated_at is unchanged.
+    """
+    table = connection.ops.quote_name(App._meta.db_table)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT updated_at, rate_limit_rpm FROM {table} WHERE app_id = %s", [app_id])
+        row = cursor.fetchone()
+    if row is None:
+        raise NotFoundError(f"App '{app_id}' is not deployed.")
+    return row[0], row[1]
+
+
+def app_exists(*, app_id: str) -> None:
+    """NOT_FOUND unless the app is deployed (a cheap check for request paths)."""
+    _app_head(app_id)
 
 
 def app_get(*, app_id: str) -> App:
@@ -32,8 +57,15 @@ def app_list() -> list[App]:
 
 def app_compiled(*, app_id: str) -> CompiledApp:
     """The stored compiled app ({{secret.X}} markers kept): for discovery and policy."""
-    app = app_get(app_id=app_id)
-    return compiled_of(app)
+    stamp, _ = _app_head(app_id)
+    cached = _head_cache.get(app_id)
+    if cached and cached[0] == stamp:
+        return cached[1]
+    # Read after the stamp, the row is at least as new: a redeploy in between costs one more
+    # reload on the next call, never a stale answer.
+    compiled = compiled_of(app_get(app_id=app_id))
+    _head_cache[app_id] = (stamp, compiled)
+    return compiled
 
 
 def compiled_of(app: App) -> CompiledApp:
@@ -86,10 +118,10 @@ def app_runtime(*, app_id: str) -> CompiledApp:
 
 
 def app_rate_limit(*, app_id: str) -> int:
-    app = app_get(app_id=app_id)
-    if app.rate_limit_rpm:
-        return app.rate_limit_rpm
-    manifest_rpm = compiled_of(app).runtime.rate_limit_rpm
+    _, rpm = _app_head(app_id)
+    if rpm:
+        return rpm
+    manifest_rpm = app_compiled(app_id=app_id).runtime.rate_limit_rpm
     return manifest_rpm or settings.DIGITORN_DEFAULT_RPM
 
 

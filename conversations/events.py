@@ -27,6 +27,7 @@ from django.conf import settings
 from django.db import close_old_connections, connection, transaction
 
 from conversations.models import Event, Session
+from digitorn_site import fastsql
 
 log = logging.getLogger("digitorn.events")
 
@@ -69,10 +70,15 @@ def event_append(*, session: Session, type: str, data: dict, correlation_id: str
     with transaction.atomic(savepoint=False):
         seq = _next_seq(session.pk)
         session.last_seq = seq
-        event = Event.objects.create(session=session, seq=seq, type=type, data=data, correlation_id=correlation_id)
+        # Raw INSERT (see digitorn_site.fastsql): one to three per turn, inside the write transaction.
+        event = fastsql.insert(Event(session_id=session.pk, seq=seq, type=type, data=data, correlation_id=correlation_id))
         session_pk = session.pk
         transaction.on_commit(lambda: doorbell_ring(session_pk))
     return event
+
+
+def _table(model: type) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
 
 
 # --- the doorbell ----------------------------------------------------------------------------
@@ -258,9 +264,27 @@ READ_PAGE = 500
 
 def events_after(*, session_pk: int, after: int, limit: int = READ_PAGE) -> list[Event] | None:
     """Events with seq > after, oldest first; None when the session no longer exists."""
-    events = list(Event.objects.filter(session_id=session_pk, seq__gt=after).order_by("seq")[:limit])
-    if not events and not Session.objects.filter(pk=session_pk).exists():
-        return None
+    # Raw SELECT: every open stream runs this on every wake-up (~0.1 ms against ~0.7 ms through
+    # the ORM). Values go through the fields' own converters, so they match what the ORM returns.
+    data_field, created_field = Event._meta.get_field("data"), Event._meta.get_field("created_at")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id, seq, type, data, correlation_id, created_at FROM {_table(Event)} "
+            f"WHERE session_id = %s AND seq > %s ORDER BY seq LIMIT %s",
+            [session_pk, after, limit],
+        )
+        rows = cursor.fetchall()
+        if not rows:
+            cursor.execute(f"SELECT 1 FROM {_table(Session)} WHERE id = %s", [session_pk])
+            return None if cursor.fetchone() is None else []
+    created_col = created_field.get_col(Event._meta.db_table)
+    converters = connection.ops.get_db_converters(created_col) + created_field.get_db_converters(connection)
+    events = []
+    for pk, seq, type_, data, correlation_id, created_at in rows:
+        for converter in converters:
+            created_at = converter(created_at, created_col, connection)
+        events.append(Event(id=pk, session_id=session_pk, seq=seq, type=type_, correlation_id=correlation_id,
+                            data=data_field.from_db_value(data, None, connection), created_at=created_at))
     return events
 
 

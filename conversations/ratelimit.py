@@ -16,7 +16,6 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.db import connection, transaction
-from django.db.models import Count, Min
 
 from conversations.models import RateLimitHit
 from digitorn_site.errors import RateLimitError
@@ -129,15 +128,21 @@ def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
         if record and now - _pruned_at.get(app_id, 0.0) >= PRUNE_EVERY_SECONDS:
             hits.filter(at__lte=now - WINDOW_SECONDS).delete()
             _pruned_at[app_id] = now
-        window = hits.filter(at__gt=now - WINDOW_SECONDS).aggregate(current=Count("id"), oldest_at=Min("at"))
-        current, oldest_at = window["current"], window["oldest_at"]
+        # Raw count and insert: they run on every request, inside the write transaction, where
+        # the ORM's statement compilation cost more than the statements (~0.6 ms each).
+        table = connection.ops.quote_name(RateLimitHit._meta.db_table)
+        with connection.cursor() as cursor:
+            cursor.execute(f"SELECT COUNT(*), MIN(at) FROM {table} WHERE app_id = %s AND at > %s",
+                           [app_id, now - WINDOW_SECONDS])
+            current, oldest_at = cursor.fetchone()
         allowed = current < limit
         if record and not allowed:
             # A full window is the moment the table is at its largest: prune whatever the clock.
             hits.filter(at__lte=now - WINDOW_SECONDS).delete()
             _pruned_at[app_id] = now
         if record and allowed:
-            RateLimitHit.objects.create(app_id=app_id, at=now)
+            with connection.cursor() as cursor:
+                cursor.execute(f"INSERT INTO {table} (app_id, at) VALUES (%s, %s)", [app_id, now])
             current += 1
             oldest_at = oldest_at if oldest_at is not None else now
     return RateLimitState(

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from conversations.events import event_append
 from conversations.models import Message, Notification, Session, Turn
+from digitorn_site import fastsql
 from digitorn_site.api.auth import ADMIN_PRINCIPAL
 from digitorn_site.errors import ConflictError, NotFoundError, QueueFullError, ValidationError
 
@@ -288,26 +289,26 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
             state["started"] = True
             pending = list(session.notifications.filter(delivered_at__isnull=True)) if session.has_pending_notes else []
             if pending:
-                Message.objects.create(
+                fastsql.insert(Message(
                     session=session,
                     role=Message.Role.SYSTEM,
                     content=_notification_text([n.summary for n in pending]),
                     correlation_id=head.correlation_id,
-                )
+                ))
                 Notification.objects.filter(pk__in=[n.pk for n in pending]).update(delivered_at=now)
             if head.kind == Turn.Kind.NOTIFICATION:
                 summaries = json.loads(head.content or "[]")
-                Message.objects.create(
+                fastsql.insert(Message(
                     session=session,
                     role=Message.Role.USER,
                     content=_notification_text(summaries)
                     + "\nReport these results to the user and take any follow-up they call for.",
                     correlation_id=head.correlation_id,
-                )
+                ))
             else:
-                Message.objects.create(
+                fastsql.insert(Message(
                     session=session, role=Message.Role.USER, content=head.content, correlation_id=head.correlation_id
-                )
+                ))
         head.state = state
         head.status = Turn.Status.RUNNING
         head.lease_owner = worker
@@ -391,13 +392,13 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
         session = Session(pk=session_pk)
-        message = Message.objects.create(
+        message = fastsql.insert(Message(
             session=session,
             role=Message.Role.ASSISTANT,
             content=text or "",
             tool_calls=tool_calls,
             correlation_id=correlation_id,
-        )
+        ))
         for call in tool_calls:
             event_append(
                 session=session,
@@ -417,14 +418,14 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
         session = Session(pk=session_pk)
-        message = Message.objects.create(
+        message = fastsql.insert(Message(
             session=session,
             role=Message.Role.TOOL,
             content=content,
             tool_call_id=call_id,
             name=name,
             correlation_id=correlation_id,
-        )
+        ))
         event_append(
             session=session,
             type="result",
@@ -570,18 +571,18 @@ def turn_finish_and_peek(
                 unanswered = [call for call in last_calls.tool_calls if call.get("id") not in answered]
         reason = "cancelled" if cancelled else "not run: the turn ended first"
         for call in unanswered:
-            Message.objects.create(
+            fastsql.insert(Message(
                 session=session,
                 role=Message.Role.TOOL,
                 content=json.dumps({"success": False, "data": None, "error": reason}),
                 tool_call_id=call.get("id", ""),
                 name=call.get("name", ""),
                 correlation_id=turn.correlation_id,
-            )
+            ))
         if record_message and content:
-            Message.objects.create(
+            fastsql.insert(Message(
                 session=session, role=Message.Role.ASSISTANT, content=content, correlation_id=turn.correlation_id
-            )
+            ))
         turn.turns_used += model_calls
         payload = {
             "content": content,

@@ -12,9 +12,9 @@ from digitorn_site.api.views import ApiView
 
 
 def _app_exists(app_id: str) -> None:
-    from apps_registry.selectors import app_get
+    from apps_registry.selectors import app_exists
 
-    app_get(app_id=app_id)
+    app_exists(app_id=app_id)
 
 
 class SessionListView(ApiView):
