@@ -16,7 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, connection, transaction
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Q
 from django.utils import timezone
 
 from conversations.events import event_append
@@ -61,7 +61,7 @@ def session_resolve(*, app_id: str, session_id: str, principal: str, create: boo
     """
     idle = idle_seconds_for(app_id)
     now = timezone.now()
-    session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+    session = fastsql.first(Session, "app_id = %s AND session_id = %s", [app_id, session_id])
     if session is not None:
         if session.principal != principal and principal != ADMIN_PRINCIPAL:
             raise _not_found(app_id, session_id)
@@ -172,18 +172,19 @@ def message_enqueue(
         if row is None:
             raise _not_found(app_id, session_id)
         session.last_seq = int(row[0])
-        counts = session.turns.aggregate(
-            waiting=Count("id", filter=Q(status=Turn.Status.QUEUED)), ahead=Count("id", filter=Q(status__in=ACTIVE))
+        waiting, ahead = fastsql.fetchone(
+            f"SELECT COUNT(CASE WHEN status = %s THEN 1 END), COUNT(CASE WHEN status IN (%s, %s, %s) THEN 1 END) "
+            f"FROM {fastsql.table(Turn)} WHERE session_id = %s",
+            [Turn.Status.QUEUED, *ACTIVE, session.pk],
         )
-        waiting, ahead = counts["waiting"], counts["ahead"]
         if waiting >= settings.DIGITORN_QUEUE_DEPTH:
             raise QueueFullError(
                 f"Session '{session_id}' already has {waiting} messages waiting (the limit is "
                 f"{settings.DIGITORN_QUEUE_DEPTH}); wait for the running turn to finish or cancel it."
             )
-        turn = Turn.objects.create(
+        turn = fastsql.insert(Turn(
             session=session, correlation_id=uuid.uuid4().hex, kind=kind, content=message, status=Turn.Status.QUEUED
-        )
+        ))
         after_seq = session.last_seq
         enqueued = Enqueued(
             session_pk=session.pk,
@@ -264,15 +265,11 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
     """
     with transaction.atomic():
         # Whether notifications wait comes with the session row: one query less per claim.
-        session = (
-            Session.objects.select_for_update(no_key=True)
-            .annotate(has_pending_notes=Exists(Notification.objects.filter(session=OuterRef("pk"), delivered_at__isnull=True)))
-            .filter(pk=session_pk)
-            .first()
-        )
+        session = fastsql.first(Session, "id = %s", [session_pk], lock=True)
         if session is None:
             return None
-        head = session.turns.select_for_update(no_key=True).filter(status__in=ACTIVE).order_by("id").first()
+        head = fastsql.first(Turn, "session_id = %s AND status IN (%s, %s, %s)", [session_pk, *ACTIVE],
+                             order_by="id", lock=True)
         now = timezone.now()
         if head is None:
             if session.status != Session.Status.IDLE:
@@ -287,7 +284,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         state = dict(head.state or {})
         if not state.get("started"):
             state["started"] = True
-            pending = list(session.notifications.filter(delivered_at__isnull=True)) if session.has_pending_notes else []
+            pending = fastsql.select(Notification, "session_id = %s AND delivered_at IS NULL", [session_pk], order_by="id")
             if pending:
                 fastsql.insert(Message(
                     session=session,
@@ -316,7 +313,10 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         head.attempts += 1
         head.started_at = head.started_at or now
         head.save(update_fields=["state", "status", "lease_owner", "lease_expires_at", "attempts", "started_at"])
-        Session.objects.filter(pk=session.pk).update(status=Session.Status.RUNNING, last_active=now)
+        fastsql.execute(
+            f"UPDATE {fastsql.table(Session)} SET status = %s, last_active = %s WHERE id = %s",
+            [Session.Status.RUNNING, connection.ops.adapt_datetimefield_value(now), session_pk],
+        )
         return ClaimedTurn(
             turn_pk=head.pk,
             session_pk=session.pk,
@@ -336,11 +336,16 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
 def turn_heartbeat(*, turn_pk: int, worker: str) -> bool | None:
     """Renew the lease; returns cancel_requested, or None when the turn is gone or no longer ours."""
     with transaction.atomic():
-        turn = Turn.objects.filter(pk=turn_pk).only("status", "lease_owner", "cancel_requested").first()
-        if turn is None or turn.status != Turn.Status.RUNNING or turn.lease_owner != worker:
+        row = fastsql.fetchone(
+            f"SELECT status, lease_owner, cancel_requested FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk]
+        )
+        if row is None or row[0] != Turn.Status.RUNNING or row[1] != worker:
             return None
-        Turn.objects.filter(pk=turn_pk).update(lease_expires_at=_lease_until())
-        return turn.cancel_requested
+        fastsql.execute(
+            f"UPDATE {fastsql.table(Turn)} SET lease_expires_at = %s WHERE id = %s",
+            [connection.ops.adapt_datetimefield_value(_lease_until()), turn_pk],
+        )
+        return bool(row[2])
 
 
 def _lock_session(session_pk: int) -> None:
@@ -350,15 +355,25 @@ def _lock_session(session_pk: int) -> None:
     deadlocking on PostgreSQL, and NO KEY UPDATE does not conflict with the KEY SHARE locks that
     inserting a Message, Event or Turn row takes on the session it references.
     """
-    list(Session.objects.select_for_update(no_key=True).filter(pk=session_pk).values_list("pk", flat=True))
+    fastsql.select(Session, "id = %s", [session_pk], lock=True)
+
+
+def _turn_session_pk(turn_pk: int) -> int | None:
+    row = fastsql.fetchone(f"SELECT session_id FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk])
+    return None if row is None else row[0]
 
 
 def _lock_turn(turn_pk: int) -> Turn | None:
-    session_pk = Turn.objects.filter(pk=turn_pk).values_list("session_id", flat=True).first()
+    """The turn with its session, both locked (session first: see _lock_session)."""
+    session_pk = _turn_session_pk(turn_pk)
     if session_pk is None:
         return None
-    _lock_session(session_pk)
-    return Turn.objects.select_for_update(no_key=True, of=("self",)).select_related("session").filter(pk=turn_pk).first()
+    session = fastsql.first(Session, "id = %s", [session_pk], lock=True)
+    turn = fastsql.first(Turn, "id = %s", [turn_pk], lock=True)
+    if session is None or turn is None:
+        return None
+    turn.session = session
+    return turn
 
 
 def _locked_turn(turn_pk: int) -> Turn:
@@ -374,7 +389,7 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
     Returns the message so the engine can extend its in-memory transcript instead of re-reading it.
     """
     with transaction.atomic():
-        session_pk = Turn.objects.filter(pk=turn_pk).values_list("session_id", flat=True).first()
+        session_pk = _turn_session_pk(turn_pk)
         if session_pk is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         _lock_session(session_pk)  # before the turn row: the one lock order (see _lock_session)
@@ -413,7 +428,7 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -
     """One tool result: the tool message for the model and the `result` event for streams."""
     content = json.dumps(result, default=str)  # outside the transaction: it holds the write lock
     with transaction.atomic():
-        row = Turn.objects.filter(pk=turn_pk).values_list("correlation_id", "session_id").first()
+        row = fastsql.fetchone(f"SELECT correlation_id, session_id FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk])
         if row is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row

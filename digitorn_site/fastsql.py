@@ -37,3 +37,68 @@ def insert(obj: models.Model) -> models.Model:
     obj._state.adding = False
     obj._state.db = connection.alias
     return obj
+
+
+@cache
+def _select_parts(model: type[models.Model], vendor: str) -> tuple[str, tuple[str, ...], tuple[tuple, ...]]:
+    fields = tuple(model._meta.concrete_fields)
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(f.column) for f in fields)
+    converters = []
+    for f in fields:
+        col = f.get_col(model._meta.db_table)
+        converters.append((col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
+    return f"SELECT {columns} FROM {quote(model._meta.db_table)}", tuple(f.attname for f in fields), tuple(converters)
+
+
+def select(
+    model: type[models.Model], where: str, params: list, *, order_by: str = "", limit: int | None = None,
+    lock: bool = False,
+) -> list:
+    """Instances of ``model`` for a raw WHERE clause (column names, %s placeholders).
+
+    Values go through the backend's and the fields' converters, so the instances equal what a
+    queryset returns. ``lock``: FOR NO KEY UPDATE where the database has row locks (PostgreSQL);
+    SQLite's IMMEDIATE transactions hold the database's write lock already.
+    """
+    head, attnames, converters = _select_parts(model, connection.vendor)
+    sql = f"{head} WHERE {where}"
+    if order_by:
+        sql += f" ORDER BY {order_by}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    if lock and connection.features.has_select_for_update:
+        sql += " FOR NO KEY UPDATE" if connection.features.has_select_for_no_key_update else " FOR UPDATE"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    objects = []
+    for row in rows:
+        values = list(row)
+        for index, (col, chain) in enumerate(converters):
+            for converter in chain:
+                values[index] = converter(values[index], col, connection)
+        objects.append(model.from_db(connection.alias, attnames, values))
+    return objects
+
+
+def first(model: type[models.Model], where: str, params: list, **kwargs) -> models.Model | None:
+    found = select(model, where, params, limit=1, **kwargs)
+    return found[0] if found else None
+
+
+def table(model: type[models.Model]) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def fetchone(sql: str, params: list) -> tuple | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def execute(sql: str, params: list) -> int:
+    """Run a write statement; returns the number of rows it touched."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
