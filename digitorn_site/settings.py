@@ -132,6 +132,10 @@ if IS_SQLITE:
         }
     )
     DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test-digitorn.sqlite3")
+    # Keep each thread's connection: ASGI runs requests on a fixed set of threads (the sync thread
+    # and the executor's), so connections stay bounded, and reopening one per request (connect and
+    # the PRAGMAs above) cost more than the request's own queries.
+    DATABASES["default"]["CONN_MAX_AGE"] = None
     # Django's SQLite backend plus a write queue (threading lock + flock): writers wait their turn
     # and wake at once instead of sleeping in SQLite's busy handler (see sqlite_backend/base.py).
     if env.bool("DIGITORN_SQLITE_WRITE_QUEUE", default=True):
