@@ -312,7 +312,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         head.lease_expires_at = _lease_until()
         head.attempts += 1
         head.started_at = head.started_at or now
-        head.save(update_fields=["state", "status", "lease_owner", "lease_expires_at", "attempts", "started_at"])
+        fastsql.update(head, ["state", "status", "lease_owner", "lease_expires_at", "attempts", "started_at"])
         fastsql.execute(
             f"UPDATE {fastsql.table(Session)} SET status = %s, last_active = %s WHERE id = %s",
             [Session.Status.RUNNING, connection.ops.adapt_datetimefield_value(now), session_pk],
@@ -615,7 +615,7 @@ def turn_finish_and_peek(
         turn.finished_at = now
         turn.lease_owner = ""
         turn.lease_expires_at = None
-        turn.save(update_fields=["result", "status", "finished_at", "lease_owner", "lease_expires_at", "turns_used"])
+        fastsql.update(turn, ["result", "status", "finished_at", "lease_owner", "lease_expires_at", "turns_used"])
         if turn.kind == Turn.Kind.NOTIFICATION:
             event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
         event_append(session=session, type="done", data=payload, correlation_id=turn.correlation_id)

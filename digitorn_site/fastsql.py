@@ -102,3 +102,16 @@ def execute(sql: str, params: list) -> int:
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
+
+
+def update(obj: models.Model, fields: list[str]) -> None:
+    """``obj.save(update_fields=fields)`` for an existing row, without the statement compiler."""
+    meta = obj._meta
+    chosen = [meta.get_field(name) for name in fields]
+    quote = connection.ops.quote_name
+    values = [f.get_db_prep_save(f.pre_save(obj, add=False), connection) for f in chosen]
+    execute(
+        f"UPDATE {quote(meta.db_table)} SET {', '.join(f'{quote(f.column)} = %s' for f in chosen)} "
+        f"WHERE {quote(meta.pk.column)} = %s",
+        [*values, obj.pk],
+    )

@@ -19,6 +19,7 @@ from jsonschema import Draft202012Validator
 
 from approvals.models import ApprovalRequest
 from approvals.policy import resolve_policy_detail
+from digitorn_site import fastsql
 from digitorn_site.errors import NotFoundError, ValidationError
 from tooling import registry
 from tooling.index import ToolSpec, cached_index
@@ -118,7 +119,8 @@ def validate_params(spec: ToolSpec, params: Any) -> dict[str, Any]:
 def _record(
     *, app_id: str, outcome: ToolOutcome, caller: str, principal: str, session_id: str | None
 ) -> None:
-    ToolExecution.objects.create(
+    # One audit row per call, on every turn's path: a raw INSERT (see digitorn_site.fastsql).
+    fastsql.insert(ToolExecution(
         app_id=app_id,
         tool=outcome.tool,
         caller=caller[:200],
@@ -127,7 +129,7 @@ def _record(
         outcome=outcome.status,
         error=(outcome.error or "")[:4000],
         duration_ms=round(outcome.duration_ms, 3),
-    )
+    ))
 
 
 def _finish(
