@@ -40,8 +40,10 @@ def insert(obj: models.Model) -> models.Model:
 
 
 @cache
-def _select_parts(model: type[models.Model], vendor: str) -> tuple[str, tuple[str, ...], tuple[tuple, ...]]:
-    fields = tuple(model._meta.concrete_fields)
+def _select_parts(
+    model: type[models.Model], names: tuple[str, ...] | None, vendor: str
+) -> tuple[str, tuple[str, ...], tuple[tuple, ...]]:
+    fields = tuple(model._meta.concrete_fields) if names is None else tuple(model._meta.get_field(n) for n in names)
     quote = connection.ops.quote_name
     columns = ", ".join(quote(f.column) for f in fields)
     converters = []
@@ -49,6 +51,37 @@ def _select_parts(model: type[models.Model], vendor: str) -> tuple[str, tuple[st
         col = f.get_col(model._meta.db_table)
         converters.append((col, connection.ops.get_db_converters(col) + f.get_db_converters(connection)))
     return f"SELECT {columns} FROM {quote(model._meta.db_table)}", tuple(f.attname for f in fields), tuple(converters)
+
+
+def values(
+    model: type[models.Model], names: tuple[str, ...], where: str, params: list, *, order_by: str = "",
+    limit: int | None = None, lock: bool = False,
+) -> list[list]:
+    """Rows of the named fields, converted as ``values_list`` converts them."""
+    head, _, converters = _select_parts(model, names, connection.vendor)
+    return _fetch(head, converters, where, params, order_by, limit, lock)
+
+
+def _fetch(head: str, converters: tuple, where: str, params: list, order_by: str, limit: int | None,
+           lock: bool) -> list[list]:
+    sql = f"{head} WHERE {where}"
+    if order_by:
+        sql += f" ORDER BY {order_by}"
+    if limit is not None:
+        sql += f" LIMIT {int(limit)}"
+    if lock and connection.features.has_select_for_update:
+        sql += " FOR NO KEY UPDATE" if connection.features.has_select_for_no_key_update else " FOR UPDATE"
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    out = []
+    for row in rows:
+        converted = list(row)
+        for index, (col, chain) in enumerate(converters):
+            for converter in chain:
+                converted[index] = converter(converted[index], col, connection)
+        out.append(converted)
+    return out
 
 
 def select(
@@ -61,25 +94,9 @@ def select(
     queryset returns. ``lock``: FOR NO KEY UPDATE where the database has row locks (PostgreSQL);
     SQLite's IMMEDIATE transactions hold the database's write lock already.
     """
-    head, attnames, converters = _select_parts(model, connection.vendor)
-    sql = f"{head} WHERE {where}"
-    if order_by:
-        sql += f" ORDER BY {order_by}"
-    if limit is not None:
-        sql += f" LIMIT {int(limit)}"
-    if lock and connection.features.has_select_for_update:
-        sql += " FOR NO KEY UPDATE" if connection.features.has_select_for_no_key_update else " FOR UPDATE"
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    objects = []
-    for row in rows:
-        values = list(row)
-        for index, (col, chain) in enumerate(converters):
-            for converter in chain:
-                values[index] = converter(values[index], col, connection)
-        objects.append(model.from_db(connection.alias, attnames, values))
-    return objects
+    head, attnames, converters = _select_parts(model, None, connection.vendor)
+    rows = _fetch(head, converters, where, params, order_by, limit, lock)
+    return [model.from_db(connection.alias, attnames, row) for row in rows]
 
 
 def first(model: type[models.Model], where: str, params: list, **kwargs) -> models.Model | None:

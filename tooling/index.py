@@ -12,6 +12,7 @@ import difflib
 import hashlib
 import json
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,8 +233,22 @@ _cache: OrderedDict[tuple[str, str], ToolIndex] = OrderedDict()
 _lock = threading.Lock()
 
 
+# Per compiled-app object (by identity: the selectors hand out one object per stored version);
+# hashing the whole dict on every tool call showed in bench_load profiles. The finalizer drops
+# the entry when the object dies, before its id can be reused.
+_hashes: dict[int, str] = {}
+
+
 def app_hash(app: Any) -> str:
-    return hashlib.sha256(json.dumps(app.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+    digest = _hashes.get(id(app))
+    if digest is None:
+        digest = hashlib.sha256(json.dumps(app.to_dict(), sort_keys=True, default=str).encode()).hexdigest()
+        try:
+            weakref.finalize(app, _hashes.pop, id(app), None)
+        except TypeError:  # not weak-referenceable: not memoised
+            return digest
+        _hashes[id(app)] = digest
+    return digest
 
 
 def cached_index(app: Any) -> ToolIndex:
