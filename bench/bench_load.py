@@ -268,9 +268,13 @@ def main() -> int:
             rules = [{"steps": [{"say": "echo: {message}"}]}]
         daemon.deploy(apps.minimal(APP, rules=rules), force=True)
         assert daemon.client.put(f"/api/apps/{APP}/quota", json={"rpm": 1_000_000}).status_code == 200
-        # Warm-up turns (tool index, brain, module caches in each worker) are not measured.
-        for i in range(2 * args.workers):
-            warm = daemon.client.post(f"/api/apps/{APP}/chat", json={"session_id": f"warmup-{i}", "message": "hi"})
+        # Warm-up turns (tool index, brain, module caches in each worker) are not measured. A fresh
+        # connection each: the kernel hashes connections to workers, so 6 per worker leave one
+        # of 4 workers cold with probability ~0.1% (2 per worker on one keep-alive client warmed one).
+        for i in range(6 * args.workers):
+            with httpx.Client(base_url=daemon.url, headers={"Authorization": f"Bearer {daemon.key}"},
+                              timeout=60) as fresh:
+                warm = fresh.post(f"/api/apps/{APP}/chat", json={"session_id": f"warmup-{i}", "message": "hi"})
             assert warm.status_code == 200, warm.text
         result = asyncio.run(run_load(daemon.url, daemon.key, args))
     finally:
