@@ -55,6 +55,9 @@ class SessionRun:
     done_at: dict[str, float] = field(default_factory=dict)
     waiters: dict[str, asyncio.Future] = field(default_factory=dict)
     latencies: list[float] = field(default_factory=list)
+    post_ms: list[float] = field(default_factory=list)  # send -> 202
+    sent_at: dict[str, float] = field(default_factory=dict)
+    send_to_done: list[float] = field(default_factory=list)
     sent: int = 0
     missing_done: int = 0
     late: dict[str, float] = field(default_factory=dict)
@@ -149,6 +152,7 @@ async def drive_session(client: httpx.AsyncClient, run: SessionRun, messages: in
             if run.stream_error:
                 break
             await pacer.slot()
+            posted = time.perf_counter()
             try:
                 response = await client.post(f"/api/apps/{APP}/sessions/{run.sid}/messages",
                                              json={"message": f"read it ({index})"})
@@ -161,6 +165,8 @@ async def drive_session(client: httpx.AsyncClient, run: SessionRun, messages: in
                 continue
             run.sent += 1
             cid = response.json()["data"]["correlation_id"]
+            run.post_ms.append((accepted - posted) * 1000)
+            run.sent_at[cid] = posted
             try:
                 done = await asyncio.wait_for(asyncio.shield(run.done_future(cid)), turn_timeout)
             except TimeoutError:
@@ -168,6 +174,7 @@ async def drive_session(client: httpx.AsyncClient, run: SessionRun, messages: in
                 run.late[cid] = accepted
                 continue
             run.latencies.append(max(0.0, done - accepted) * 1000)
+            run.send_to_done.append((done - posted) * 1000)
         for cid, accepted in run.late.items():
             try:
                 done = await asyncio.wait_for(asyncio.shield(run.done_future(cid)), turn_timeout)
@@ -175,6 +182,7 @@ async def drive_session(client: httpx.AsyncClient, run: SessionRun, messages: in
                 run.missing_done += 1
                 continue
             run.latencies.append(max(0.0, done - accepted) * 1000)
+            run.send_to_done.append((done - run.sent_at[cid]) * 1000)
         # Let a late duplicate `done` (if any) arrive before the stream closes.
         await asyncio.sleep(0.5)
     finally:
@@ -223,6 +231,10 @@ async def run_load(url: str, key: str, args) -> dict:
         "p99_ms": pct(latencies, 99),
         "max_ms": max(latencies) if latencies else float("nan"),
         "mean_ms": statistics.mean(latencies) if latencies else float("nan"),
+        "post_p50_ms": pct([v for run in runs for v in run.post_ms], 50),
+        "post_p99_ms": pct([v for run in runs for v in run.post_ms], 99),
+        "send_done_p50_ms": pct([v for run in runs for v in run.send_to_done], 50),
+        "send_done_p99_ms": pct([v for run in runs for v in run.send_to_done], 99),
         "http": dict(stats),
         "errors_5xx": sum(n for k, n in stats.items() if k.startswith("HTTP 5")),
         "errors_non2xx": sum(n for k, n in stats.items() if k.startswith("HTTP ") and not k.startswith("HTTP 2")),
@@ -291,6 +303,8 @@ def main() -> int:
               f"→ {result['msgs_per_s']:.1f} msg/s")
         print(f"  accepted→done: p50 {result['p50_ms']:.0f} ms, p99 {result['p99_ms']:.0f} ms, "
               f"max {result['max_ms']:.0f} ms, mean {result['mean_ms']:.0f} ms")
+        print(f"  send→202 (POST round trip): p50 {result['post_p50_ms']:.0f} ms, p99 {result['post_p99_ms']:.0f} ms; "
+              f"send→done: p50 {result['send_done_p50_ms']:.0f} ms, p99 {result['send_done_p99_ms']:.0f} ms")
         print(f"  HTTP: {result['http']}; 5xx {result['errors_5xx']}, non-2xx {result['errors_non2xx']}, "
               f"transport errors {result['transport_errors']}")
         print(f"  streams attached {result['streams_attached']}/{args.sessions}; "

@@ -119,17 +119,30 @@ def doorbell_ring(session_pk: int) -> None:
             from channels.layers import get_channel_layer
 
             layer = get_channel_layer()
-            message = {"type": "doorbell", "session_pk": session_pk}
+            group, message = f"{GROUP_PREFIX}{session_pk}", {"type": "doorbell", "session_pk": session_pk}
+            loop = main_loop()
+            if loop is None:  # a Celery worker: no event loop to hand the send to
+                async_to_sync(layer.group_send)(group, message)
+                return
+            # Fire and forget on the worker's loop. Waiting for the publish (async_to_sync) held an
+            # executor thread per commit until Redis answered: under bench_load on PostgreSQL the
+            # engine's threads queued behind doorbells and POSTs took seconds.
             try:
-                loop = asyncio.get_running_loop()
+                running = asyncio.get_running_loop()
             except RuntimeError:
-                loop = None
-            if loop is not None:
-                loop.create_task(layer.group_send(f"{GROUP_PREFIX}{session_pk}", message))
+                running = None
+            if running is loop:
+                sent = loop.create_task(layer.group_send(group, message))
             else:
-                async_to_sync(layer.group_send)(f"{GROUP_PREFIX}{session_pk}", message)
+                sent = asyncio.run_coroutine_threadsafe(layer.group_send(group, message), loop)
+            sent.add_done_callback(_log_doorbell_failure)
         except Exception:  # noqa: BLE001 - the stream's safety poll still finds the event
             log.warning("channel-layer doorbell failed for session %s", session_pk, exc_info=True)
+
+
+def _log_doorbell_failure(sent: Any) -> None:
+    if not sent.cancelled() and sent.exception() is not None:
+        log.warning("channel-layer doorbell failed", exc_info=sent.exception())
 
 
 def main_loop() -> asyncio.AbstractEventLoop | None:
