@@ -137,6 +137,33 @@ async def chat(request: HttpRequest, app_id: str) -> HttpResponse:
     return _envelope(payload, headers=limit.headers())
 
 
+# --- POST /{app}/sessions/{sid}/messages ---------------------------------------------------------
+
+
+@csrf_exempt
+async def session_messages(request: HttpRequest, app_id: str, session_id: str) -> HttpResponse:
+    """Queue a message in the session and answer 202 at once; the session's stream carries the turn.
+
+    An async view like /chat rather than a DRF one: each step runs on the executor's threads, so a
+    worker accepts messages concurrently. A sync view queues behind every other sync view on the
+    worker's one sync thread; on PostgreSQL, where each step is a round trip, bench_load's POSTs
+    waited seconds there while turns took milliseconds.
+    """
+    try:
+        _require(request, "POST")
+        principal = await _auth(request, scope="apps:run")
+        body = s.validate(s.MessageSerializer, _body(request))
+        await db(_app_compiled)(app_id)
+        limit = await db(rate_limit_hit)(app_id=app_id)
+        enqueued = await db(services.message_enqueue)(
+            app_id=app_id, session_id=session_id, principal=principal.name, message=body["message"]
+        )
+    except DigitornError as err:
+        return error_response(err)
+    _start(enqueued)
+    return _envelope(enqueued.payload(), status=202, headers=limit.headers())
+
+
 # --- POST /{app}/chat/stream ------------------------------------------------------------------
 
 

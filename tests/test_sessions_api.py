@@ -161,14 +161,22 @@ def test_scopes_and_ownership(app):
 
 
 def test_messages_202_and_queue_full(app, settings):
+    from conversations.services import message_enqueue
+    from digitorn_site.api.auth import ADMIN_PRINCIPAL
+
     settings.DIGITORN_QUEUE_DEPTH = 2
     c = client()
     first = post(c, "/api/apps/demo/sessions/q1/messages", {"message": "one"})
     assert first.status_code == 202, first.content
     assert first.json()["data"] == {"correlation_id": first.json()["data"]["correlation_id"], "position": 0, "queue_depth": 1}
-    second = post(c, "/api/apps/demo/sessions/q1/messages", {"message": "two"}).json()["data"]
+    # Turns queued without starting (the service schedules nothing), so the counts below are exact:
+    # the view counts inside the enqueue transaction, before it starts anything.
+    message_enqueue(app_id="demo", session_id="q2", principal=ADMIN_PRINCIPAL, message="one")
+    second = post(c, "/api/apps/demo/sessions/q2/messages", {"message": "two"}).json()["data"]
     assert second["position"] == 1 and second["queue_depth"] == 2
-    body = assert_error(post(c, "/api/apps/demo/sessions/q1/messages", {"message": "three"}), 429, "QUEUE_FULL")
+    for text in ("one", "two"):
+        message_enqueue(app_id="demo", session_id="q3", principal=ADMIN_PRINCIPAL, message=text)
+    body = assert_error(post(c, "/api/apps/demo/sessions/q3/messages", {"message": "three"}), 429, "QUEUE_FULL")
     assert "limit is 2" in body["error"]
 
 
@@ -190,8 +198,11 @@ def test_quota_get_put_delete_and_429(app):
 
 
 def test_cancel_and_notifications_endpoints(app):
+    from digitorn_site.api.auth import ADMIN_PRINCIPAL
+
     c = client()
-    assert post(c, "/api/apps/demo/sessions/n1/messages", {"message": "hi"}).status_code == 202
+    # Queued by the service, which starts nothing: the cancel below finds it still queued.
+    services.message_enqueue(app_id="demo", session_id="n1", principal=ADMIN_PRINCIPAL, message="hi")
     cancelled = post(c, "/api/apps/demo/sessions/n1/cancel", {}).json()["data"]
     assert cancelled["cancelled"] is True and cancelled["status"] == "cancelled"
     assert post(c, "/api/apps/demo/sessions/n1/cancel", {}).json()["data"]["cancelled"] is False

@@ -15,11 +15,7 @@ urlpatterns = [
         name="session-history",
     ),
     path("<app_id:app_id>/sessions/<name:session_id>/events", sse.session_events, name="session-events"),
-    path(
-        "<app_id:app_id>/sessions/<name:session_id>/messages",
-        views.SessionMessagesView.as_view(),
-        name="session-messages",
-    ),
+    path("<app_id:app_id>/sessions/<name:session_id>/messages", sse.session_messages, name="session-messages"),
     path("<app_id:app_id>/sessions/<name:session_id>/cancel", views.SessionCancelView.as_view(), name="session-cancel"),
     path("<app_id:app_id>/quota", views.QuotaView.as_view(), name="quota"),
     path("<app_id:app_id>/notifications/active", views.NotificationsActiveView.as_view(), name="notifications-active"),

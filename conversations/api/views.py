@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from django.db import transaction
-
 from conversations import engine, selectors, services
 from conversations.api import serializers as s
-from conversations.ratelimit import rate_limit_hit, rate_limit_usage
+from conversations.ratelimit import rate_limit_usage
 from digitorn_site.api.envelope import ok
 from digitorn_site.api.views import ApiView
 
@@ -42,21 +40,6 @@ class SessionHistoryView(ApiView):
 
     def get(self, request, app_id: str, session_id: str):
         return ok(selectors.session_history(app_id=app_id, session_id=session_id, principal=self.principal.name))
-
-
-class SessionMessagesView(ApiView):
-    required_scope = "apps:run"
-    request_serializer = s.MessageSerializer
-
-    def post(self, request, app_id: str, session_id: str):
-        body = self.parse(s.MessageSerializer)
-        _app_exists(app_id)
-        limit = rate_limit_hit(app_id=app_id)
-        enqueued = services.message_enqueue(
-            app_id=app_id, session_id=session_id, principal=self.principal.name, message=body["message"]
-        )
-        transaction.on_commit(lambda: engine.schedule_advance(enqueued.session_pk))
-        return ok(enqueued.payload(), status=202, headers=limit.headers())
 
 
 class SessionCancelView(ApiView):

@@ -127,6 +127,14 @@ def _plain_view_paths() -> dict[str, dict[str, Any]]:
             "operationId": "chat_stream_post", "description": "One conversation turn as an SSE stream ending with `done`.",
             "parameters": [app], "requestBody": chat_body, "responses": {"200": _SSE},
         }},
+        f"{base}/sessions/{{session_id}}/messages": {"post": {
+            "operationId": "session_messages_post",
+            "description": "Queue a message; its turn's events arrive on the session's stream.",
+            "parameters": [app, session], "requestBody": _json_body({"message": _TEXT}, ["message"]),
+            "responses": {"202": _json_ok({"type": "object", "properties": {
+                "correlation_id": {"type": "string"}, "position": {"type": "integer"},
+                "queue_depth": {"type": "integer"}}})},
+        }},
         f"{base}/sessions/{{session_id}}/events": {"get": {
             "operationId": "session_events_get",
             "description": "The session's persistent SSE stream; `?token=` is accepted here (EventSource has no headers).",
