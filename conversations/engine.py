@@ -146,7 +146,7 @@ async def advance_session(*, session_pk: int) -> None:
                         type="error",
                         data={"message": f"internal error: {exc}", "kind": "internal", "correlation_id": claim.correlation_id},
                     )
-                    await db(services.turn_finish)(
+                    await db(services.turn_finish_and_peek)(
                         turn_pk=claim.turn_pk, content=f"The turn failed with an internal error: {exc}", failed=True
                     )
                 except Exception:  # noqa: BLE001

@@ -214,7 +214,7 @@ def session_cancel(*, app_id: str, session_id: str, principal: str) -> dict:
         head.save(update_fields=["cancel_requested"])
         finished_now = head.status != Turn.Status.RUNNING or head.lease_expired()
         if finished_now:
-            turn_finish(turn_pk=head.pk, content="Cancelled by the user.", cancelled=True)
+            turn_finish_and_peek(turn_pk=head.pk, content="Cancelled by the user.", cancelled=True)
     _approvals_cancel(app_id=app_id, session_id=session_id)
     return {
         "cancelled": True,
@@ -525,27 +525,6 @@ def turn_emit(*, turn_pk: int, type: str, data: dict) -> None:
         event_append(session=turn.session, type=type, data=data, correlation_id=turn.correlation_id)
 
 
-def turn_finish(
-    *,
-    turn_pk: int,
-    content: str,
-    truncated: bool = False,
-    cancelled: bool = False,
-    failed: bool = False,
-    record_message: bool = True,
-    model_calls: int = 0,
-) -> dict | None:
-    """End the turn: final assistant message, `notification_result` (notification turns) and `done`.
-
-    Tool calls left without a result (cancel, truncation) get one saying so, because chat APIs
-    refuse a transcript whose tool calls are unanswered.
-    """
-    return turn_finish_and_peek(
-        turn_pk=turn_pk, content=content, truncated=truncated, cancelled=cancelled, failed=failed,
-        record_message=record_message, model_calls=model_calls,
-    )[0]
-
-
 def turn_finish_and_peek(
     *,
     turn_pk: int,
@@ -557,8 +536,12 @@ def turn_finish_and_peek(
     model_calls: int = 0,
     unanswered: list[dict] | None = None,
 ) -> tuple[dict | None, bool]:
-    """``turn_finish`` that also says whether the session has more work queued (the engine then
-    claims it; without any, it skips that claim transaction).
+    """End the turn: final assistant message, `notification_result` (notification turns) and `done`;
+    returns the `done` payload (None when the turn had already ended) and whether the session has
+    more work queued (the engine then claims it; without any, it skips that claim transaction).
+
+    Tool calls left without a result (cancel, truncation) get one saying so, because chat APIs
+    refuse a transcript whose tool calls are unanswered.
 
     ``unanswered``: the calls of the turn's last reply still without a result, when the caller knows
     them (the engine's transcript); None makes this read them from the database.

@@ -113,15 +113,18 @@ def _start(enqueued: services.Enqueued) -> None:
 # --- POST /{app}/chat -------------------------------------------------------------------------
 
 
-async def _accept_chat(request: HttpRequest, app_id: str) -> tuple[services.Enqueued, RateLimitState]:
-    """What /chat and /chat/stream share before they differ: auth, body, app, rate limit, enqueue."""
+async def _accept(
+    request: HttpRequest, app_id: str, serializer: type, session_id: str | None = None
+) -> tuple[services.Enqueued, RateLimitState]:
+    """What every message-taking POST does first: auth, body, app, rate limit, enqueue. The session
+    comes from the path (``session_id``) or from the body (/chat, /chat/stream)."""
     _require(request, "POST")
     principal = await _auth(request, scope="apps:run")
-    body = s.validate(s.ChatSerializer, _body(request))
+    body = s.validate(serializer, _body(request))
     await db(_app_compiled)(app_id)
     limit = await db(rate_limit_hit)(app_id=app_id)
     enqueued = await db(services.message_enqueue)(
-        app_id=app_id, session_id=body["session_id"], principal=principal.name, message=body["message"]
+        app_id=app_id, session_id=session_id or body["session_id"], principal=principal.name, message=body["message"]
     )
     return enqueued, limit
 
@@ -129,7 +132,7 @@ async def _accept_chat(request: HttpRequest, app_id: str) -> tuple[services.Enqu
 @csrf_exempt
 async def chat(request: HttpRequest, app_id: str) -> HttpResponse:
     try:
-        enqueued, limit = await _accept_chat(request, app_id)
+        enqueued, limit = await _accept(request, app_id, s.ChatSerializer)
         _start(enqueued)
         payload = await _wait_done(enqueued)
     except DigitornError as err:
@@ -150,14 +153,7 @@ async def session_messages(request: HttpRequest, app_id: str, session_id: str) -
     waited seconds there while turns took milliseconds.
     """
     try:
-        _require(request, "POST")
-        principal = await _auth(request, scope="apps:run")
-        body = s.validate(s.MessageSerializer, _body(request))
-        await db(_app_compiled)(app_id)
-        limit = await db(rate_limit_hit)(app_id=app_id)
-        enqueued = await db(services.message_enqueue)(
-            app_id=app_id, session_id=session_id, principal=principal.name, message=body["message"]
-        )
+        enqueued, limit = await _accept(request, app_id, s.MessageSerializer, session_id=session_id)
     except DigitornError as err:
         return error_response(err)
     _start(enqueued)
@@ -170,7 +166,7 @@ async def session_messages(request: HttpRequest, app_id: str, session_id: str) -
 @csrf_exempt
 async def chat_stream(request: HttpRequest, app_id: str) -> HttpResponse:
     try:
-        enqueued, limit = await _accept_chat(request, app_id)
+        enqueued, limit = await _accept(request, app_id, s.ChatSerializer)
     except DigitornError as err:
         return error_response(err)
     _start(enqueued)
