@@ -277,27 +277,10 @@ READ_PAGE = 500
 
 def events_after(*, session_pk: int, after: int, limit: int = READ_PAGE) -> list[Event] | None:
     """Events with seq > after, oldest first; None when the session no longer exists."""
-    # Raw SELECT: every open stream runs this on every wake-up (~0.1 ms against ~0.7 ms through
-    # the ORM). Values go through the fields' own converters, so they match what the ORM returns.
-    data_field, created_field = Event._meta.get_field("data"), Event._meta.get_field("created_at")
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"SELECT id, seq, type, data, correlation_id, created_at FROM {_table(Event)} "
-            f"WHERE session_id = %s AND seq > %s ORDER BY seq LIMIT %s",
-            [session_pk, after, limit],
-        )
-        rows = cursor.fetchall()
-        if not rows:
-            cursor.execute(f"SELECT 1 FROM {_table(Session)} WHERE id = %s", [session_pk])
-            return None if cursor.fetchone() is None else []
-    created_col = created_field.get_col(Event._meta.db_table)
-    converters = connection.ops.get_db_converters(created_col) + created_field.get_db_converters(connection)
-    events = []
-    for pk, seq, type_, data, correlation_id, created_at in rows:
-        for converter in converters:
-            created_at = converter(created_at, created_col, connection)
-        events.append(Event(id=pk, session_id=session_pk, seq=seq, type=type_, correlation_id=correlation_id,
-                            data=data_field.from_db_value(data, None, connection), created_at=created_at))
+    # Raw SQL (fastsql): every open stream runs this on every wake-up.
+    events = fastsql.select(Event, "session_id = %s AND seq > %s", [session_pk, after], order_by="seq", limit=limit)
+    if not events and fastsql.fetchone(f"SELECT 1 FROM {_table(Session)} WHERE id = %s", [session_pk]) is None:
+        return None
     return events
 
 

@@ -1,11 +1,13 @@
-"""Single-row INSERTs without the ORM's statement compiler, for the few writes every turn makes.
+"""Hot-path SQL without the ORM's statement compiler: single-row INSERT/UPDATE and plain SELECTs.
 
-On the 2-core bench machine the ORM spends ~0.6 ms compiling an INSERT that SQLite runs in
-~0.05 ms, and a turn makes several of them inside write transactions (on SQLite, under the
-database's one write lock, so that time serialises every worker). Values still go through each
-field's ``pre_save`` and ``get_db_prep_save``, exactly as ``Model.save()`` prepares them, so the
-row is the one the ORM would write on SQLite and PostgreSQL alike. No signals are sent: use it only
-for models nothing listens to.
+On the 2-core bench machine the ORM spends ~0.6 ms compiling a statement that SQLite runs in
+~0.05 ms, and a turn makes dozens, many inside write transactions (on SQLite, under the database's
+one write lock, so that time serialises every worker). Values still go through each field's
+``pre_save`` and ``get_db_prep_save`` on the way in, and through the backend's and the field's
+converters on the way out, exactly as the ORM does, so rows and instances are the ones the ORM
+would write and return on SQLite and PostgreSQL alike. No signals are sent: use it only for models
+nothing listens to. WHERE clauses are raw SQL with %s placeholders: callers pass values as params,
+never in the string.
 """
 
 from __future__ import annotations
