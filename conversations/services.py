@@ -264,7 +264,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
     suspended for approval with every decision in. Starting a turn writes its opening messages.
     """
     with transaction.atomic():
-        # Whether notifications wait comes with the session row: one query less per claim.
+        # The session row first (the one lock order, see _lock_session), then the head of its queue.
         session = fastsql.first(Session, "id = %s", [session_pk], lock=True)
         if session is None:
             return None
