@@ -1,4 +1,5 @@
-"""The async views: SSE streams and the endpoints that wait for a turn (chat, run).
+"""The async views: SSE streams, the endpoints that wait for a turn (chat, run) and the one that queues
+messages (a sync view would queue behind the worker's one sync thread).
 
 DRF has no async views, so these are plain async Django views. They authenticate with
 ``authenticate_request`` and answer every failure before a stream starts with the JSON envelope.
