@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import start_daemon
+from conftest import DEFAULT_CELERY_WORKERS, start_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -121,11 +121,14 @@ def unique_sleep(seconds: int = 30) -> str:
 def test_health_reports_the_celery_worker_and_scheduler(bg):
     def healthy():
         data = bg.client.get("/api/health").json()["data"]
-        return data if data["workers"]["alive"] and data["scheduler"]["alive"] else None
+        # Every Celery worker of the daemon (2 in the scale-out leg) reports: each stamps its own
+        # heartbeat, so "alive" can come while the second has not stamped yet.
+        everyone = data["workers"]["count"] == DEFAULT_CELERY_WORKERS
+        return data if data["workers"]["alive"] and everyone and data["scheduler"]["alive"] else None
 
     # The scheduler stamp appears at the first sweep (a worker start or a beat tick).
-    data = poll(healthy, 60, "workers and scheduler to report alive")
-    assert data["workers"]["count"] == 1
+    data = poll(healthy, 60, f"{DEFAULT_CELERY_WORKERS} worker(s) and the scheduler to report alive")
+    assert len(data["workers"]["hostnames"]) == DEFAULT_CELERY_WORKERS
     assert data["workers"]["last_seen"] and data["scheduler"]["last_tick"]
 
 
