@@ -36,6 +36,17 @@ _SCRUBBED_PREFIXES = ("DIGITORN_", "DJANGO_", "CELERY_")
 _PASSTHROUGH = ("DATABASE_URL", "REDIS_URL")
 
 
+def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
+    """``predicate()``'s first truthy value, checked every ``interval`` s; AssertionError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from conftest import poll
 from django.conf import settings
 from django.db import connection
 from django.test import Client, override_settings
@@ -197,16 +198,6 @@ def get(client: Client, app_id: str, task_id: str) -> dict:
     response = client.get(f"/api/apps/{app_id}/background-tasks/{task_id}")
     assert response.status_code == 200, response.content
     return response.json()["data"]
-
-
-def poll(predicate, timeout: float = 30.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def assert_error(response, status: int, code: str) -> str:

@@ -12,7 +12,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_CELERY_WORKERS, start_daemon
+from conftest import DEFAULT_CELERY_WORKERS, poll, start_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -87,16 +87,6 @@ def wait(bg, app_id: str, task_id: str, timeout: float = 60) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()["data"]
-
-
-def poll(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def pids_running(marker: str) -> list[int]:

@@ -13,6 +13,7 @@ import time
 
 import httpx
 import pytest
+from conftest import poll
 
 from digitorn_site.cli.sse import parse_sse_lines
 
@@ -71,16 +72,6 @@ class ReconnectingStream(threading.Thread):
         return [e["data"] for e in self.events if e["event"] == "done"]
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def assert_clean_log(events: list[dict]) -> None:
     ids = [e["id"] for e in events]
     assert ids == sorted(set(ids)), f"duplicate or out-of-order ids: {ids}"
@@ -101,15 +92,15 @@ def test_asgi_workers_killed_mid_turn_with_a_queued_message(daemon_factory, app_
             accepted.append(response.json()["data"]["correlation_id"])
 
         # The first turn is inside its tool call (the second waits behind it): kill every ASGI worker.
-        wait_for(lambda: any(e["event"] == "tool_call" for e in stream.events), 30, "the first tool call")
+        poll(lambda: any(e["event"] == "tool_call" for e in stream.events), 30, "the first tool call")
         killed = set(d.child_pids("asgi"))
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        wait_for(lambda: (now := set(d.child_pids("asgi"))) and not now & killed, 60, "the ASGI workers' restart")
+        poll(lambda: (now := set(d.child_pids("asgi"))) and not now & killed, 60, "the ASGI workers' restart")
 
         # The expired lease is recovered and both messages finish, each exactly once.
-        wait_for(lambda: len({x["correlation_id"] for x in stream.dones()}) == 2, 90,
-                 f"both turns to finish (events so far: {[e['event'] for e in stream.events]})")
+        poll(lambda: len({x["correlation_id"] for x in stream.dones()}) == 2, 90,
+             f"both turns to finish (events so far: {[e['event'] for e in stream.events]})")
         time.sleep(1.0)  # a duplicate `done` would arrive now
     finally:
         stream.stop.set()
@@ -139,7 +130,7 @@ def test_database_restart_during_a_stream(daemon_factory, app_yaml):
         assert stream.opened.wait(30)
         first = d.client.post("/api/apps/faulty/sessions/db1/messages", json={"message": "before"})
         assert first.status_code == 202
-        wait_for(lambda: len(stream.dones()) == 1, 60, "the first turn")
+        poll(lambda: len(stream.dones()) == 1, 60, "the first turn")
 
         subprocess.run(shlex.split(restart), check=True, timeout=120)
 
@@ -152,8 +143,8 @@ def test_database_restart_during_a_stream(daemon_factory, app_yaml):
                 return None
             return r if r.status_code == 202 else None
 
-        wait_for(send, 60, "a message to be accepted after the restart")
-        wait_for(lambda: len(stream.dones()) == 2, 90, "the turn after the restart")
+        poll(send, 60, "a message to be accepted after the restart")
+        poll(lambda: len(stream.dones()) == 2, 90, "the turn after the restart")
     finally:
         stream.stop.set()
     assert [x["content"] for x in stream.dones()] == ["finished before", "finished after"]
