@@ -84,23 +84,21 @@ class QueuedWriteCursor(base.SQLiteCursorWrapper):
     def _autocommit_write(self, query: str) -> bool:
         return not self.connection.in_transaction and query.lstrip()[:7].upper().startswith(_WRITE_PREFIXES)
 
+    def _queued(self, run, query, params):
+        """Run a write outside any transaction (autocommit) in its turn on the write queue."""
+        if not self._autocommit_write(query):
+            return run(query, params)
+        self.write_lock.acquire(self.lock_timeout)
+        try:
+            return run(query, params)
+        finally:
+            self.write_lock.release()
+
     def execute(self, query, params=None):
-        if self._autocommit_write(query):
-            self.write_lock.acquire(self.lock_timeout)
-            try:
-                return super().execute(query, params)
-            finally:
-                self.write_lock.release()
-        return super().execute(query, params)
+        return self._queued(super().execute, query, params)
 
     def executemany(self, query, param_list):
-        if self._autocommit_write(query):
-            self.write_lock.acquire(self.lock_timeout)
-            try:
-                return super().executemany(query, param_list)
-            finally:
-                self.write_lock.release()
-        return super().executemany(query, param_list)
+        return self._queued(super().executemany, query, param_list)
 
 
 class DatabaseWrapper(base.DatabaseWrapper):
