@@ -52,7 +52,7 @@ def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
 
 
 def _next_seq(session_pk: int) -> int:
-    table = connection.ops.quote_name(Session._meta.db_table)
+    table = fastsql.table(Session)
     with connection.cursor() as cursor:
         cursor.execute(f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq", [session_pk])
         row = cursor.fetchone()
@@ -75,10 +75,6 @@ def event_append(*, session: Session, type: str, data: dict, correlation_id: str
         session_pk = session.pk
         transaction.on_commit(lambda: doorbell_ring(session_pk))
     return event
-
-
-def _table(model: type) -> str:
-    return connection.ops.quote_name(model._meta.db_table)
 
 
 # --- the doorbell ----------------------------------------------------------------------------
@@ -202,7 +198,7 @@ def _poll_once() -> list[int]:
     changed: list[int] = []
     # Raw SQL: this runs every poll interval for every watched session of the worker; compiling the
     # ORM query each time cost more than running it.
-    table = connection.ops.quote_name(Session._meta.db_table)
+    table = fastsql.table(Session)
     rows: list[tuple[int, int]] = []
     with connection.cursor() as cursor:
         for start in range(0, len(pks), 500):
@@ -260,9 +256,9 @@ async def _layer_listener() -> None:
         try:
             message = await asyncio.wait_for(layer.receive(channel), timeout=max(settings.DIGITORN_SSE_POLL_SECONDS, 0.5))
         except TimeoutError:
-            # Groups may have changed; re-sync subscriptions and wake everyone once as a safety net.
-            for pk in wanted:
-                _ring_local(pk)
+            # Groups may have changed: re-sync subscriptions. Missed doorbells are the poller's job
+            # (it rings exactly the sessions whose last_seq moved); waking every stream here made
+            # each one re-read its log twice a second.
             continue
         pk = message.get("session_pk")
         if isinstance(pk, int):
@@ -279,7 +275,7 @@ def events_after(*, session_pk: int, after: int, limit: int = READ_PAGE) -> list
     """Events with seq > after, oldest first; None when the session no longer exists."""
     # Raw SQL (fastsql): every open stream runs this on every wake-up.
     events = fastsql.select(Event, "session_id = %s AND seq > %s", [session_pk, after], order_by="seq", limit=limit)
-    if not events and fastsql.fetchone(f"SELECT 1 FROM {_table(Session)} WHERE id = %s", [session_pk]) is None:
+    if not events and fastsql.fetchone(f"SELECT 1 FROM {fastsql.table(Session)} WHERE id = %s", [session_pk]) is None:
         return None
     return events
 
