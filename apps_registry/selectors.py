@@ -7,12 +7,11 @@ import os
 from datetime import timedelta
 
 from django.conf import settings
-from django.db import connection
 from django.utils import timezone
 
 from apps_registry.manifest.compiled import CompiledApp
 from apps_registry.models import ApiKey, App, AppSecret
-from digitorn_site import crypto
+from digitorn_site import crypto, fastsql
 from digitorn_site.errors import MissingSecretError, NotFoundError
 
 # Parsing the stored JSON on every request is wasteful; the cache is keyed by the row's
@@ -30,10 +29,7 @@ def _app_head(app_id: str) -> tuple[object, int | None]:
     the 2-core bench machine (query compilation, decoding the compiled manifest's JSON); the
     compiled app itself comes from the cache while updated_at is unchanged.
     """
-    table = connection.ops.quote_name(App._meta.db_table)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT updated_at, rate_limit_rpm FROM {table} WHERE app_id = %s", [app_id])
-        row = cursor.fetchone()
+    row = fastsql.fetchone(f"SELECT updated_at, rate_limit_rpm FROM {fastsql.table(App)} WHERE app_id = %s", [app_id])
     if row is None:
         raise NotFoundError(f"App '{app_id}' is not deployed.")
     return row[0], row[1]

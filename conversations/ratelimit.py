@@ -18,6 +18,7 @@ from django.conf import settings
 from django.db import connection, transaction
 
 from conversations.models import RateLimitHit
+from digitorn_site import fastsql
 from digitorn_site.errors import RateLimitError
 
 WINDOW_SECONDS = 60
@@ -130,7 +131,7 @@ def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
             _pruned_at[app_id] = now
         # Raw count and insert: they run on every request, inside the write transaction, where
         # the ORM's statement compilation cost more than the statements (~0.6 ms each).
-        table = connection.ops.quote_name(RateLimitHit._meta.db_table)
+        table = fastsql.table(RateLimitHit)
         with connection.cursor() as cursor:
             cursor.execute(f"SELECT COUNT(*), MIN(at) FROM {table} WHERE app_id = %s AND at > %s",
                            [app_id, now - WINDOW_SECONDS])

@@ -162,7 +162,7 @@ def message_enqueue(
     with transaction.atomic():
         # One statement locks the row (PostgreSQL; SQLite holds the write lock already), marks the
         # session active and reads the seq this turn's events will follow.
-        table = connection.ops.quote_name(Session._meta.db_table)
+        table = fastsql.table(Session)
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {table} SET last_active = %s WHERE id = %s RETURNING last_seq",
@@ -395,7 +395,7 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
         _lock_session(session_pk)  # before the turn row: the one lock order (see _lock_session)
         # One statement counts the call, renews the lease, locks the row and reads what the
         # message and events need (a SELECT and a save before).
-        table = connection.ops.quote_name(Turn._meta.db_table)
+        table = fastsql.table(Turn)
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {table} SET turns_used = turns_used + 1, tool_calls_count = tool_calls_count + %s, "
@@ -603,8 +603,8 @@ def turn_finish_and_peek(
             event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
         event_append(session=session, type="done", data=payload, correlation_id=turn.correlation_id)
         # Whether more work is queued and the session's new status, in one statement.
-        sessions = connection.ops.quote_name(Session._meta.db_table)
-        turns = connection.ops.quote_name(Turn._meta.db_table)
+        sessions = fastsql.table(Session)
+        turns = fastsql.table(Turn)
         with connection.cursor() as cursor:
             cursor.execute(
                 f"UPDATE {sessions} SET last_active = %s, status = CASE WHEN EXISTS (SELECT 1 FROM {turns} "
