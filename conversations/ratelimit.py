@@ -132,18 +132,16 @@ def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
         # Raw count and insert: they run on every request, inside the write transaction, where
         # the ORM's statement compilation cost more than the statements (~0.6 ms each).
         table = fastsql.table(RateLimitHit)
-        with connection.cursor() as cursor:
-            cursor.execute(f"SELECT COUNT(*), MIN(at) FROM {table} WHERE app_id = %s AND at > %s",
-                           [app_id, now - WINDOW_SECONDS])
-            current, oldest_at = cursor.fetchone()
+        current, oldest_at = fastsql.fetchone(
+            f"SELECT COUNT(*), MIN(at) FROM {table} WHERE app_id = %s AND at > %s", [app_id, now - WINDOW_SECONDS]
+        )
         allowed = current < limit
         if record and not allowed:
             # A full window is the moment the table is at its largest: prune whatever the clock.
             hits.filter(at__lte=now - WINDOW_SECONDS).delete()
             _pruned_at[app_id] = now
         if record and allowed:
-            with connection.cursor() as cursor:
-                cursor.execute(f"INSERT INTO {table} (app_id, at) VALUES (%s, %s)", [app_id, now])
+            fastsql.execute(f"INSERT INTO {table} (app_id, at) VALUES (%s, %s)", [app_id, now])
             current += 1
             oldest_at = oldest_at if oldest_at is not None else now
     return RateLimitState(
