@@ -68,6 +68,12 @@ def _require(request: HttpRequest, method: str) -> None:
         raise MethodNotAllowedError(f'Method "{request.method}" not allowed; use {method}.')
 
 
+def _app_exists(app_id: str) -> None:
+    from apps_registry.selectors import app_exists
+
+    app_exists(app_id=app_id)
+
+
 def _app_compiled(app_id: str):
     from apps_registry.selectors import app_compiled
 
@@ -122,7 +128,7 @@ async def _accept(
     _require(request, "POST")
     principal = await _auth(request, scope="apps:run")
     body = s.validate(serializer, _body(request))
-    await db(_app_compiled)(app_id)
+    await db(_app_exists)(app_id)
     limit = await db(rate_limit_hit)(app_id=app_id)
     enqueued = await db(services.message_enqueue)(
         app_id=app_id, session_id=session_id or body["session_id"], principal=principal.name, message=body["message"]
@@ -272,7 +278,7 @@ async def notifications_drain(request: HttpRequest, app_id: str) -> HttpResponse
         if "session_id" not in data and request.GET.get("session_id"):
             data["session_id"] = request.GET["session_id"]
         body = s.validate(s.NotificationsSerializer, data)
-        await db(_app_compiled)(app_id)
+        await db(_app_exists)(app_id)
         enqueued, summaries = await db(services.notifications_drain)(
             app_id=app_id, session_id=body["session_id"], principal=principal.name
         )

@@ -53,7 +53,7 @@ class InlineHeadersMiddleware:
     Under ASGI each ``MiddlewareMixin`` hook is a hop to the worker's one sync thread and back; with
     the seven stock middlewares that was ~13 hops per request, about a fifth of an ASGI worker's CPU
     under bench_load. These three do no I/O (headers, and the Host check behind
-    ``request.get_host()``), so their hooks are called directly, in the order MIDDLEWARE gives them.
+    ``request.get_host()``), so their hooks are called directly, in the order settings.MIDDLEWARE lists them.
     Sessions, CSRF, auth and messages serve the admin and are not part of the API's chain (the API
     authenticates by key only): see ``digitorn_site.asgi``.
     """
