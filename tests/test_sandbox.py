@@ -164,9 +164,23 @@ def _gone(pid: int) -> bool:
     return state in ("Z", "X")
 
 
-def _wait_gone(pid: int) -> bool:
+def _host_sleeps(marker: str) -> list[str]:
+    """Host processes running ``sleep <marker>`` (pids inside the sandbox's namespace mean nothing here)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and not _gone(int(entry)):
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if f"sleep {marker}" in cmdline:
+                found.append(entry)
+    return found
+
+
+def _wait_no_sleep(marker: str) -> bool:
     for _ in range(100):
-        if _gone(pid):
+        if not _host_sleeps(marker):
             return True
         time.sleep(0.05)
     return False
@@ -176,10 +190,11 @@ def test_shell_timeout_kills_the_whole_process_group(tmp_path):
     ws = tmp_path / "ws"
     ws.mkdir()
     app = make_app(ws)
-    outcome = call(app, "shell.run", command="sleep 30 & echo $! > child.pid; echo started; wait", timeout=1)
+    marker = f"{os.getpid()}.{time.time_ns() % 1000}1"
+    outcome = call(app, "shell.run", command=f"sleep {marker} & echo started; wait", timeout=1)
     assert outcome.status == "error" and "killed after 1 s" in outcome.error
     assert outcome.data["timed_out"] is True and outcome.data["stdout"] == "started\n"
-    assert _wait_gone(int((ws / "child.pid").read_text()))
+    assert _wait_no_sleep(marker)
 
 
 def test_shell_timeout_param_is_capped_by_max_timeout(tmp_path):
@@ -196,9 +211,10 @@ def test_shell_cancel_check_terminates_the_command(tmp_path):
     app = make_app(ws)
     flag = threading.Event()
     threading.Timer(0.3, flag.set).start()
-    outcome = call(app, "shell.run", cancel_check=flag.is_set, command="sleep 30 & echo $! > child.pid; wait")
+    marker = f"{os.getpid()}.{time.time_ns() % 1000}2"
+    outcome = call(app, "shell.run", cancel_check=flag.is_set, command=f"sleep {marker} & wait")
     assert outcome.status == "error" and "cancelled" in outcome.error and outcome.data["cancelled"] is True
-    assert _wait_gone(int((ws / "child.pid").read_text()))
+    assert _wait_no_sleep(marker)
 
 
 def test_shell_output_is_capped_per_stream(tmp_path):

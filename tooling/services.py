@@ -84,6 +84,26 @@ def truncate_result(data: Any, limit: int) -> Any:
 # -- validation ---------------------------------------------------------------------------------
 
 
+def _apply_param_aliases(spec: ToolSpec, params: dict[str, Any]) -> dict[str, Any]:
+    """Rename alias parameters (``file_path`` → ``path``) to the action's own names."""
+    try:
+        aliases = registry.action_spec(spec.module, spec.action).param_aliases
+    except NotFoundError:
+        return params
+    if not aliases or not any(alias in params for alias, _ in aliases):
+        return params
+    renamed = dict(params)
+    for alias, target in aliases:
+        if alias in renamed:
+            if target in renamed:
+                raise ValidationError(
+                    f"params.{alias}: '{alias}' and '{target}' name the same parameter; give one "
+                    f"(tool '{spec.name}')."
+                )
+            renamed[target] = renamed.pop(alias)
+    return renamed
+
+
 def validate_params(spec: ToolSpec, params: Any) -> dict[str, Any]:
     if params is None:
         params = {}
@@ -91,6 +111,7 @@ def validate_params(spec: ToolSpec, params: Any) -> dict[str, Any]:
         raise ValidationError(
             f"params: must be an object of named parameters for '{spec.name}', not {type(params).__name__}."
         )
+    params = _apply_param_aliases(spec, params)
     found = []
     for err in Draft202012Validator(spec.parameters).iter_errors(params):
         path = [str(p) for p in err.absolute_path]

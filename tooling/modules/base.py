@@ -51,6 +51,9 @@ class ActionSpec:
     aliases: tuple[str, ...] = ()
     tags: tuple[str, ...] = ()
     method: str = ""  # the Module method that runs it
+    # Other names a caller may give a parameter (the original Digitorn's ``file_path`` for
+    # ``path``): alias → parameter. ``tooling.services.validate_params`` renames them first.
+    param_aliases: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.risk_level not in RISK_LEVELS:
@@ -87,6 +90,7 @@ def action(
     aliases: tuple[str, ...] = (),
     tags: tuple[str, ...] = (),
     name: str | None = None,
+    param_aliases: dict[str, str] | None = None,
 ) -> Callable:
     """Declare a method as an action; the parameters schema is a JSON-schema object."""
 
@@ -103,6 +107,7 @@ def action(
             aliases=tuple(aliases),
             tags=tuple(tags),
             method=fn.__name__,
+            param_aliases=tuple(sorted((param_aliases or {}).items())),
         )
         return fn
 

@@ -1,57 +1,51 @@
-"""shell: run one command line in the workspace with a timeout, an output cap and command lists.
+"""shell: run one command line in the workspace, isolated, with a timeout, an output cap and command lists.
 
 Config: ``workspace`` (default: the filesystem module's workspace, else the app's own folder),
 ``timeout`` (default seconds, 30), ``max_timeout`` (cap on the ``timeout`` param, 600),
 ``max_output_bytes`` (per stream, 64 KiB), ``allowed_commands`` / ``blocked_commands`` (program names
-checked on every simple command of the line), ``env`` (extra environment variables).
+checked on every simple command of the line as /bin/sh reads it, see :mod:`tooling.sandbox`),
+``env`` (extra environment variables), ``network`` (default false: no network inside the sandbox),
+``limits`` (``cpu_seconds``, ``memory_mb``, ``max_processes``, ``max_file_mb``).
 
-The command runs under ``/bin/sh -c`` in its own process group with a clean environment (the
-daemon's variables, API key and encryption keys included, are not inherited). On timeout or when the
-caller's ``cancel_check`` says so, the whole group gets SIGTERM, then SIGKILL after a short grace.
+The command runs under ``/bin/sh -c`` inside a bubblewrap sandbox (:mod:`tooling.sandbox`): only the
+workspace is writable, the data dir and the daemon's environment and processes are out of sight,
+and on timeout or cancel the whole sandbox is killed (every descendant, ``setsid`` ones included).
+When bubblewrap cannot isolate, the action refuses unless the operator set
+``DIGITORN_SHELL_SANDBOX=off``. The action is published as ``shell.run`` and ``shell.bash``.
 """
 
 from __future__ import annotations
 
+import math
 import os
-import shlex
-import signal
 import subprocess
 import threading
 import time
 from pathlib import Path
 from typing import IO, Any
 
+from django.conf import settings
+
+from tooling import sandbox
 from tooling.modules._workspace import relative, resolve_in, workspace_root
 from tooling.modules.base import Module, ToolError, action
 
 DEFAULT_TIMEOUT = 30.0
 DEFAULT_MAX_TIMEOUT = 600.0
 DEFAULT_MAX_OUTPUT = 64 * 1024
-_OPERATORS = {";", "&&", "||", "|", "&", "(", ")", "\n", ";;", "|&"}
 _POLL_SECONDS = 0.05
-_KILL_GRACE_SECONDS = 1.0
+DEFAULT_LIMITS = {"memory_mb": 2048, "max_processes": 256, "max_file_mb": 1024}
 
 
 def command_programs(command: str) -> list[str]:
-    """Program names of every simple command in a shell line (``a && b | c`` → [a, b, c])."""
-    lexer = shlex.shlex(command.replace("\n", " ; "), posix=True, punctuation_chars=";&|()")
-    lexer.whitespace_split = True
+    """Program names of every simple command in a shell line, as /bin/sh would run them."""
     try:
-        tokens = list(lexer)
-    except ValueError as exc:
-        raise ToolError(f"params.command: cannot be parsed ({exc}).")
-    programs: list[str] = []
-    expect_program = True
-    for token in tokens:
-        if token in _OPERATORS or set(token) <= set(";&|()"):
-            expect_program = True
-            continue
-        if expect_program:
-            if "=" in token and not token.startswith("=") and token.split("=", 1)[0].isidentifier():
-                continue  # VAR=value prefix
-            programs.append(os.path.basename(token))
-            expect_program = False
-    return programs
+        return sandbox.command_programs(command)
+    except sandbox.ShParseError as exc:
+        raise ToolError(
+            f"params.command: cannot be checked against this app's command lists ({exc}); "
+            "write it as plain commands."
+        )
 
 
 class _Capped:
@@ -75,21 +69,6 @@ class _Capped:
         return self.data.decode("utf-8", errors="replace")
 
 
-def _kill_group(proc: subprocess.Popen) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        proc.wait(timeout=_KILL_GRACE_SECONDS)
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-
-
 class ShellModule(Module):
     id = "shell"
     description = "Run shell commands in the app's workspace."
@@ -103,6 +82,17 @@ class ShellModule(Module):
             "allowed_commands": {"type": "array", "items": {"type": "string"}},
             "blocked_commands": {"type": "array", "items": {"type": "string"}},
             "env": {"type": "object", "additionalProperties": {"type": "string"}},
+            "network": {"type": "boolean", "default": False},
+            "limits": {
+                "type": "object",
+                "properties": {
+                    "cpu_seconds": {"type": "integer", "minimum": 1},
+                    "memory_mb": {"type": "integer", "minimum": 16},
+                    "max_processes": {"type": "integer", "minimum": 1},
+                    "max_file_mb": {"type": "integer", "minimum": 1},
+                },
+                "additionalProperties": False,
+            },
         },
         "additionalProperties": False,
     }
@@ -116,23 +106,38 @@ class ShellModule(Module):
     def _check_lists(self, command: str) -> None:
         allowed = self.config.get("allowed_commands")
         blocked = set(self.config.get("blocked_commands") or ())
+        if allowed is None and not blocked:
+            return  # nothing to check; the sandbox is the boundary
         programs = command_programs(command)
         if not programs:
             raise ToolError("params.command: empty command.")
         for program in programs:
-            if program in blocked:
-                raise ToolError(f"params.command: '{program}' is in this app's shell.blocked_commands.")
-        if allowed is not None:
-            if "$(" in command or "`" in command:
+            if os.path.basename(program) in blocked:
                 raise ToolError(
-                    "params.command: command substitution ($(...) or backticks) is refused when "
-                    "shell.allowed_commands is set, because the programs it runs cannot be checked."
+                    f"params.command: '{os.path.basename(program)}' is in this app's shell.blocked_commands."
                 )
+        if allowed is not None:
             for program in programs:
-                if program not in allowed:
+                base = os.path.basename(program)
+                if base not in allowed:
                     raise ToolError(
-                        f"params.command: '{program}' is not in this app's shell.allowed_commands ({', '.join(allowed)})."
+                        f"params.command: '{base}' is not in this app's shell.allowed_commands ({', '.join(allowed)})."
                     )
+                if "/" in program and not program.startswith(("/usr/", "/bin/", "/sbin/")):
+                    raise ToolError(
+                        f"params.command: '{program}' runs a program by path outside the read-only system "
+                        "folders; with shell.allowed_commands, name the program without a path."
+                    )
+
+    def _limits(self, timeout: float) -> sandbox.Limits:
+        conf = {**DEFAULT_LIMITS, **(self.config.get("limits") or {})}
+        return sandbox.Limits(
+            # CPU time of each process: a little above the wall-clock limit, so busy loops end too.
+            cpu_seconds=int(conf.get("cpu_seconds") or math.ceil(timeout) + 5),
+            memory_bytes=int(conf["memory_mb"]) * 1024 * 1024,
+            max_processes=int(conf["max_processes"]),
+            max_file_bytes=int(conf["max_file_mb"]) * 1024 * 1024,
+        )
 
     @action(
         description="Run a shell command line in the workspace (or a sub-folder) and return its exit code and output.",
@@ -145,9 +150,11 @@ class ShellModule(Module):
                     "description": "Seconds before the command is killed.",
                 },
                 "cwd": {"type": "string", "default": ".", "description": "Folder relative to the workspace."},
+                "description": {"type": "string", "description": "What the command does, for the log."},
             },
             "required": ["command"],
         },
+        param_aliases={"timeout_seconds": "timeout", "workdir": "cwd"},
         risk_level="high",
         side_effects=("process_exec", "filesystem_write", "network_request"),
         irreversible=True,
@@ -164,8 +171,14 @@ class ShellModule(Module):
         ),
         tags=("shell", "process", "command"),
     )
-    def run(self, command: str, timeout: float | None = None, cwd: str = ".") -> dict[str, Any]:
+    def run(
+        self, command: str, timeout: float | None = None, cwd: str = ".", description: str | None = None
+    ) -> dict[str, Any]:
         self._check_lists(command)
+        try:
+            sandbox.require()
+        except sandbox.SandboxUnavailable as exc:
+            raise ToolError(f"shell: {exc}")
         root = self._root()
         workdir = resolve_in(root, cwd, field="cwd")
         if not workdir.is_dir():
@@ -174,22 +187,36 @@ class ShellModule(Module):
         limit = min(limit, float(self.config.get("max_timeout") or DEFAULT_MAX_TIMEOUT))
         cap = int(self.config.get("max_output_bytes") or DEFAULT_MAX_OUTPUT)
         env = {
-            "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+            "PATH": "/usr/local/bin:/usr/bin:/bin",
             "HOME": str(root),
             "LANG": "C.UTF-8",
             "LC_ALL": "C.UTF-8",
             "PWD": str(workdir),
+            "TMPDIR": "/tmp",
             **{str(k): str(v) for k, v in (self.config.get("env") or {}).items()},
         }
+        limits = self._limits(limit)
+        argv = ["/bin/sh", "-c", command]
+        if sandbox.mode() != "off":
+            data_dir = Path(os.path.realpath(settings.DATA_DIR))
+            argv = sandbox.bwrap_argv(
+                workspace=root,
+                workdir=workdir,
+                env=env,
+                hidden=(data_dir,),
+                network=bool(self.config.get("network")),
+                max_processes=limits.max_processes,
+            ) + argv
         started = time.monotonic()
         proc = subprocess.Popen(
-            ["/bin/sh", "-c", command],
+            argv,
             cwd=workdir,
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=sandbox.preexec(limits),
         )
         out, err = _Capped(proc.stdout, cap), _Capped(proc.stderr, cap)
         timed_out = cancelled = False
@@ -203,10 +230,10 @@ class ShellModule(Module):
                     break
                 time.sleep(_POLL_SECONDS)
         finally:
-            if proc.poll() is None or timed_out or cancelled:
-                _kill_group(proc)
+            # Always: a finished sh may leave background children behind. Killing bwrap's group
+            # kills the sandbox's PID 1, and with it every process of the namespace.
+            sandbox.kill_tree(proc.pid)
             proc.wait()
-            # Grandchildren that kept the pipes open were killed with the group, so these end.
             out.thread.join(timeout=2)
             err.thread.join(timeout=2)
         result = {
