@@ -112,15 +112,21 @@ def test_the_daemons_environment_and_processes_are_out_of_reach(ws, monkeypatch)
 def test_writes_outside_the_workspace_do_not_reach_the_host(ws, tmp_path):
     outside = tmp_path / "outside"
     outside.mkdir()
+    tag = uuid.uuid4().hex
     outcome = run(
         make_app(ws),
-        f"echo x > {outside}/planted; echo x > $HOME/../planted; echo x > /tmp/planted-{ws.name}; "
-        "touch /usr/planted /etc/planted; echo inside > ok.txt; true",
+        f"echo x > {outside}/planted; echo x > $HOME/../planted; echo x > /tmp/planted-{tag}; "
+        f"touch /usr/planted-{tag} /etc/planted-{tag}; echo inside > ok.txt; true",
     )
     assert outcome.status == "ok", outcome.error
-    assert not (outside / "planted").exists() and not (tmp_path / "planted").exists()
-    assert not Path(f"/tmp/planted-{ws.name}").exists() and not Path("/usr/planted").exists()
-    assert (ws / "ok.txt").read_text() == "inside\n"
+    try:
+        assert not (outside / "planted").exists() and not (tmp_path / "planted").exists()
+        assert not Path(f"/tmp/planted-{tag}").exists() and not Path(f"/usr/planted-{tag}").exists()
+        assert not Path(f"/etc/planted-{tag}").exists()
+        assert (ws / "ok.txt").read_text() == "inside\n"
+    finally:
+        for path in (f"/tmp/planted-{tag}", f"/usr/planted-{tag}", f"/etc/planted-{tag}"):
+            Path(path).unlink(missing_ok=True)
 
 
 def test_setsid_children_die_at_the_timeout_and_after_a_normal_exit(ws):

@@ -16,7 +16,9 @@ sees it as missing, and a workspace inside it must be this app's own folder unde
 
 from __future__ import annotations
 
+import errno
 import os
+import stat
 from pathlib import Path
 
 from django.conf import settings
@@ -86,3 +88,224 @@ def resolve_in(root: Path, user_path: str, *, field: str = "path", source: str =
 def relative(root: Path, path: Path) -> str:
     rel = os.path.relpath(path, root)
     return "." if rel == "." else rel.replace(os.sep, "/")
+
+
+# -- race-free access: every component opened relative to the workspace's directory fd -----------
+#
+# ``resolve_in`` checks a path and returns it; something that swaps a component for a symlink
+# between that check and the later open walks out of the workspace (issue #10: 23 reads of the
+# daemon's secret key in 600 tries). ``Beneath`` never hands out a path: it walks the components
+# with ``openat``-style calls on directory fds, never lets the kernel follow a symlink
+# (O_NOFOLLOW), follows links itself only while they stay inside, and returns (dir fd, name) pairs
+# that the caller uses with ``dir_fd=``. A component swapped mid-walk makes an open fail, never escape.
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_MAX_LINKS = 40
+
+
+class Target:
+    """The last component of a resolved path: ``name`` inside the open folder ``dir_fd``.
+
+    ``st`` is its lstat (None when it does not exist); ``rel`` its path relative to the workspace;
+    ``chain`` the (dev, ino) of every folder from the workspace down to ``dir_fd``.
+    """
+
+    def __init__(self, dir_fd: int, name: str, st: os.stat_result | None, rel: str, chain: list):
+        self.dir_fd, self.name, self.st, self.rel, self.chain = dir_fd, name, st, rel, chain
+
+    @property
+    def is_root(self) -> bool:
+        return self.name == "."
+
+    @property
+    def exists(self) -> bool:
+        return self.st is not None
+
+    @property
+    def is_dir(self) -> bool:
+        return self.st is not None and stat.S_ISDIR(self.st.st_mode)
+
+    @property
+    def is_link(self) -> bool:
+        return self.st is not None and stat.S_ISLNK(self.st.st_mode)
+
+
+class Beneath:
+    """Opens paths under ``root`` without ever leaving it. Use as a context manager (it owns fds)."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.fd = os.open(root, _DIR_FLAGS)
+        self._fds: list[int] = []
+        data_dir = Path(os.path.realpath(settings.DATA_DIR))
+        try:
+            st = os.stat(data_dir)
+            # A workspace inside the data dir is the app's own folder (workspace_root checks), and
+            # a walk never climbs above the workspace, so only a data dir below it needs hiding.
+            self.data_dir_id = None if root.is_relative_to(data_dir) else (st.st_dev, st.st_ino)
+        except OSError:
+            self.data_dir_id = None
+
+    def __enter__(self) -> Beneath:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for fd in [*self._fds, self.fd]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds.clear()
+
+    def is_data_dir(self, st: os.stat_result) -> bool:
+        return self.data_dir_id is not None and (st.st_dev, st.st_ino) == self.data_dir_id
+
+    def _open_dir(self, dir_fd: int, name: str) -> int:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+        self._fds.append(fd)
+        return fd
+
+    def _parts(self, user_path: str, field: str) -> list[str]:
+        if not isinstance(user_path, str):
+            raise ToolError(f"{field}: must be a string path relative to the workspace.")
+        if "\x00" in user_path:
+            raise ToolError(f"{field}: NUL bytes are not allowed in paths.")
+        raw = user_path.strip() or "."
+        if os.path.isabs(raw):
+            normal = os.path.normpath(raw)
+            if not Path(normal).is_relative_to(self.root):
+                raise self.outside(user_path, field)
+            raw = os.path.relpath(normal, self.root)
+        return [p for p in raw.split("/") if p not in ("", ".")]
+
+    def outside(self, user_path: str, field: str) -> ToolError:
+        return ToolError(
+            f"{field}: '{user_path}' resolves outside the workspace ({self.root}); "
+            "use a path relative to the workspace without '..' or links that leave it."
+        )
+
+    def protected(self, user_path: str, field: str) -> ToolError:
+        return ToolError(f"{field}: '{user_path}' is inside the daemon's data dir, which tools may not touch.")
+
+    def resolve(
+        self, user_path: str, *, field: str = "params.path", follow_last: bool = True, make_parents: bool = False
+    ) -> Target:
+        """Walk ``user_path`` down from the workspace; links are followed only while they stay inside."""
+        queue = self._parts(user_path, field)
+        stack: list[tuple[int, str, tuple[int, int]]] = []  # (fd, name, id) below the root
+        root_st = os.fstat(self.fd)
+        links = 0
+
+        def here() -> int:
+            return stack[-1][0] if stack else self.fd
+
+        def rel(name: str | None = None) -> str:
+            names = [s[1] for s in stack] + ([name] if name else [])
+            return "/".join(names) or "."
+
+        def chain() -> list[tuple[int, int]]:
+            return [(root_st.st_dev, root_st.st_ino), *(s[2] for s in stack)]
+
+        while queue:
+            name = queue.pop(0)
+            if name == "..":
+                if not stack:
+                    raise self.outside(user_path, field)
+                stack.pop()
+                continue
+            last = not queue
+            try:
+                st = os.stat(name, dir_fd=here(), follow_symlinks=False)
+            except FileNotFoundError:
+                if last:
+                    return Target(here(), name, None, rel(name), chain())
+                if not make_parents:
+                    raise ToolError(f"{field}: '{user_path}' does not exist in the workspace.")
+                try:
+                    os.mkdir(name, dir_fd=here())
+                except FileExistsError:
+                    pass
+                st = os.stat(name, dir_fd=here(), follow_symlinks=False)
+            except NotADirectoryError:
+                raise ToolError(f"{field}: '{user_path}' goes through a file, not a folder.")
+            if stat.S_ISLNK(st.st_mode) and (follow_last or not last):
+                links += 1
+                if links > _MAX_LINKS:
+                    raise ToolError(f"{field}: '{user_path}' goes through too many links.")
+                try:
+                    target = os.readlink(name, dir_fd=here())
+                except OSError:
+                    raise ToolError(f"{field}: '{user_path}' changed while it was being opened; try again.")
+                if os.path.isabs(target):
+                    normal = os.path.normpath(target)
+                    if not Path(normal).is_relative_to(self.root):
+                        raise self.outside(user_path, field)
+                    stack.clear()
+                    target = os.path.relpath(normal, self.root)
+                queue[:0] = [p for p in target.split("/") if p not in ("", ".")]
+                continue
+            if self.is_data_dir(st):
+                raise self.protected(user_path, field)
+            if last:
+                return Target(here(), name, st, rel(name), chain())
+            if not stat.S_ISDIR(st.st_mode):
+                raise ToolError(f"{field}: '{user_path}' goes through a file, not a folder.")
+            try:
+                fd = self._open_dir(here(), name)
+            except OSError:
+                # Swapped for a link or a file between the stat and the open: refuse, never follow.
+                raise ToolError(f"{field}: '{user_path}' changed while it was being opened; try again.")
+            opened = os.fstat(fd)
+            if self.is_data_dir(opened):
+                raise self.protected(user_path, field)
+            stack.append((fd, name, (opened.st_dev, opened.st_ino)))
+        # The path named the workspace itself (or a folder reached through links).
+        if stack:
+            fd, name, _ = stack.pop()
+            return Target(here(), name, os.stat(name, dir_fd=here(), follow_symlinks=False), rel(name), chain())
+        return Target(self.fd, ".", root_st, ".", [])
+
+    def open_dir(self, target: Target) -> int:
+        """An fd of the folder ``target`` names (owned by this Beneath)."""
+        if target.is_root:
+            return self.fd
+        fd = self._open_dir(target.dir_fd, target.name)
+        if self.is_data_dir(os.fstat(fd)):
+            raise ToolError(f"'{target.rel}' is inside the daemon's data dir, which tools may not touch.")
+        return fd
+
+    def open_file(self, target: Target, flags: int, *, field: str, user_path: str, mode: int = 0o644) -> int:
+        """Open a regular file with O_NOFOLLOW; refuse other kinds and files with several hard links.
+
+        A hard link planted in the workspace is the same file as one outside it: with more than one
+        link there is no telling, so it is neither read nor written (checked before any truncation).
+        """
+        try:
+            fd = os.open(
+                target.name, flags | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=target.dir_fd
+            )
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EMLINK):
+                raise ToolError(f"{field}: '{user_path}' changed into a link while it was being opened; refused.")
+            if isinstance(exc, IsADirectoryError):
+                raise ToolError(f"{field}: '{user_path}' is a folder.")
+            if isinstance(exc, FileNotFoundError):
+                raise ToolError(f"{field}: '{user_path}' does not exist in the workspace.")
+            raise ToolError(f"{field}: cannot open '{user_path}' ({exc.strerror}).")
+        st = os.fstat(fd)
+        problem = None
+        if not stat.S_ISREG(st.st_mode):
+            problem = "is not a regular file"
+        elif st.st_nlink > 1:
+            problem = (
+                f"has {st.st_nlink} hard links, so it may be a file outside the workspace; "
+                "tools do not read or write such files"
+            )
+        if problem:
+            os.close(fd)
+            raise ToolError(f"{field}: '{user_path}' {problem}.")
+        os.set_blocking(fd, True)
+        return fd
