@@ -6,8 +6,10 @@ private/loopback — e.g. ``["127.0.0.1"]`` for a local service), ``timeout`` (s
 
 Every host is resolved first; when any of its addresses is not a public unicast address (loopback,
 private, link-local such as 169.254.169.254, carrier-grade NAT, reserved, multicast, unspecified,
-IPv4-mapped forms of those) the request is refused unless the URL's host is listed in
-``allowed_hosts``. The connection then goes to the address that was checked (the Host header and
+and IPv6 addresses that carry one of those IPv4 addresses: IPv4-mapped/compatible, NAT64
+``64:ff9b::/96`` and ``64:ff9b:1::/48``, 6to4 ``2002::/16``, Teredo) the request is refused unless
+the URL's host is listed in ``allowed_hosts``. ``timeout`` bounds the whole call — connect,
+redirects and every read of the body — not each read. The connection then goes to the address that was checked (the Host header and
 TLS SNI keep the name), so a DNS answer that changes between check and connect cannot redirect it.
 Redirects are followed by hand and each hop is checked the same way.
 """
@@ -17,6 +19,8 @@ from __future__ import annotations
 import ipaddress
 import json as jsonlib
 import socket
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -30,10 +34,44 @@ _HEADERS = {"type": "object", "additionalProperties": {"type": "string"}}
 _QUERY = {"type": "object", "additionalProperties": {"type": ["string", "number", "integer", "boolean"]}}
 
 
+_NAT64 = (ipaddress.ip_network("64:ff9b::/96"), ipaddress.ip_network("64:ff9b:1::/48"))
+_V4_COMPATIBLE = ipaddress.ip_network("::/96")
+
+
+def embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """IPv4 addresses an IPv6 address routes to or carries (mapped, compatible, NAT64, 6to4, Teredo)."""
+    found = []
+    if ip.ipv4_mapped is not None:
+        found.append(ip.ipv4_mapped)
+    if ip in _V4_COMPATIBLE or any(ip in net for net in _NAT64):
+        found.append(ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF))
+    if ip.sixtofour is not None:
+        found.append(ip.sixtofour)
+    if ip.teredo is not None:
+        found.extend(ip.teredo)
+    return found
+
+
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        inner = embedded_ipv4(ip)
+        if inner:
+            # Local-use NAT64 (64:ff9b:1::/48) translates into a private network by definition.
+            if ip in _NAT64[1]:
+                return False
+            return all(_public(v4) for v4 in inner)
     return ip.is_global and not ip.is_multicast
+
+
+def _abort(response: httpx.Response) -> None:
+    """Shut the response's socket: a read blocked in another thread returns at once."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 class HttpModule(Module):
@@ -114,21 +152,36 @@ class HttpModule(Module):
         if json is not None:
             base_headers.setdefault("Content-Type", "application/json")
         method = method.upper()
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        # One deadline for the whole call: httpx's timeouts apply to each connect/read, so a server
+        # dripping a byte a second would otherwise hold the worker forever.
+        deadline = time.monotonic() + timeout
+        too_slow = ToolError(f"params.url: the request did not complete within {timeout:g} s (modules.http.timeout).")
+        with httpx.Client(follow_redirects=False, trust_env=False) as client:
             for _hop in range(max_redirects + 1):
                 pinned, extensions = self._target(current)
                 request_headers = {**base_headers, "Host": current.netloc.decode("ascii")}
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise too_slow
                 try:
                     request = client.build_request(
-                        method, pinned, headers=request_headers, content=content, extensions=extensions
+                        method,
+                        pinned,
+                        headers=request_headers,
+                        content=content,
+                        extensions=extensions,
+                        timeout=httpx.Timeout(remaining),
                     )
                     response = client.send(request, stream=True)
                 except httpx.TimeoutException:
-                    raise ToolError(f"params.url: no answer from {current.host} within {timeout:g} s.")
+                    raise too_slow
                 except httpx.HTTPError as exc:
                     raise ToolError(
                         f"params.url: request to {current.host} failed ({exc.__class__.__name__}: {exc})."
                     )
+                watchdog = threading.Timer(max(0.0, deadline - time.monotonic()), _abort, args=(response,))
+                watchdog.daemon = True
+                watchdog.start()
                 try:
                     if response.is_redirect and "location" in response.headers:
                         current = current.join(response.headers["location"])
@@ -140,13 +193,24 @@ class HttpModule(Module):
                     data = bytearray()
                     truncated = False
                     for chunk in response.iter_bytes():
+                        if time.monotonic() >= deadline:
+                            raise too_slow
                         room = cap - len(data)
                         if len(chunk) > room:
                             data.extend(chunk[:room])
                             truncated = True
                             break
                         data.extend(chunk)
+                    if time.monotonic() >= deadline and not watchdog.is_alive():
+                        raise too_slow  # the watchdog cut the body short
+                except httpx.HTTPError as exc:
+                    if time.monotonic() >= deadline:
+                        raise too_slow
+                    raise ToolError(
+                        f"params.url: reading the answer of {current.host} failed ({exc.__class__.__name__}: {exc})."
+                    )
                 finally:
+                    watchdog.cancel()
                     response.close()
                 text = data.decode(response.encoding or "utf-8", errors="replace")
                 result: dict[str, Any] = {
