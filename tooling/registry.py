@@ -21,6 +21,9 @@ from tooling.modules.base import ActionSpec, Module
 DISCOVERY_META_TOOL_NAMES = ("search_tools", "get_tool", "execute_tool", "list_categories", "browse_category")
 BACKGROUND_META_TOOL_NAMES = ("background_run", "background_status", "background_cancel")
 META_TOOL_NAMES = DISCOVERY_META_TOOL_NAMES + BACKGROUND_META_TOOL_NAMES
+# Module ids of the original Digitorn that name one of ours: a manifest declaring or granting
+# ``bash`` gets the shell module (under the id it wrote, so its config and rules apply as written).
+MODULE_ALIASES = {"bash": "shell"}
 
 
 @cache
@@ -37,7 +40,15 @@ def all_modules() -> dict[str, type[Module]]:
                 if obj.id in found:
                     raise RuntimeError(f"two tool modules claim the id '{obj.id}'")
                 found[obj.id] = obj
+    for alias, target in MODULE_ALIASES.items():
+        if target in found and alias not in found:
+            found[alias] = found[target]
     return dict(sorted(found.items()))
+
+
+def canonical_module_id(module_id: str) -> str:
+    """``bash`` → ``shell``; other ids unchanged."""
+    return MODULE_ALIASES.get(module_id, module_id)
 
 
 def get_module(module_id: str) -> type[Module]:
