@@ -231,6 +231,8 @@ class Beneath:
                 st = os.stat(name, dir_fd=here(), follow_symlinks=False)
             except NotADirectoryError:
                 raise ToolError(f"{field}: '{user_path}' goes through a file, not a folder.")
+            except OSError as exc:
+                raise ToolError(f"{field}: cannot open '{user_path[:200]}' ({exc.strerror}).")
             if stat.S_ISLNK(st.st_mode) and (follow_last or not last):
                 links += 1
                 if links > _MAX_LINKS:
