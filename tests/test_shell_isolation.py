@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -150,6 +151,33 @@ def test_resource_limits_apply_inside(ws):
     assert big.status == "error" and (ws / "big.bin").stat().st_size <= 2 * 1024 * 1024
     hog = run(app, "python3 -c 'x = bytearray(1024 * 1024 * 1024)'")
     assert hog.status == "error" and "MemoryError" in hog.data["stderr"]
+
+
+def test_process_count_is_capped_whoever_the_daemon_runs_as(ws):
+    """A fork storm stops at max_processes (an rlimit for other users, a pids cgroup for root)."""
+    marker = f"{time.time_ns() % 10**6 + 7000}.{os.getpid()}"
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.append(len(host_pids_running(f"sleep {marker}")))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        outcome = run(
+            make_app(ws, limits={"max_processes": 30}),
+            f"i=0; while [ $i -lt 200 ]; do sleep {marker} 2>/dev/null & i=$((i+1)); done; sleep 2; wait",
+            timeout=6,
+        )
+    finally:
+        stop.set()
+        watcher.join()
+    assert outcome.status == "error"
+    assert seen and max(seen) <= 30, max(seen)
+    assert wait_no_process(f"sleep {marker}") == []
 
 
 def test_no_network_unless_the_app_allows_it(ws):

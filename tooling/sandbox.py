@@ -15,7 +15,10 @@ PID, IPC, UTS, network and user namespace per command:
   namespace's every process when its init dies (``setsid``/double forks do not escape); bwrap
   runs with ``PR_SET_PDEATHSIG`` so a killed daemon or Celery worker takes it down too;
 - rlimits: CPU seconds, address space, file size, open files, and process count (set inside the
-  sandbox with ``prlimit``, where the count starts from zero in the new user namespace).
+  sandbox with ``prlimit``, where the count starts from zero in the new user namespace). The
+  kernel does not apply RLIMIT_NPROC to root, so when a ``pids`` cgroup (v1, or v2 with the
+  controller delegated) is writable each command also gets its own cgroup with ``pids.max``: a
+  fork bomb stops there whoever the daemon runs as.
 
 ``DIGITORN_SHELL_SANDBOX``: unset/``bwrap`` (default) requires bubblewrap and refuses to run
 commands when it cannot isolate; ``off`` is the operator's explicit opt-out (commands run as the
@@ -32,6 +35,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -163,7 +167,95 @@ def require() -> None:
         )
 
 
-def preexec(limits: Limits | None) -> Callable[[], None]:
+# -- pids cgroup ---------------------------------------------------------------------------------
+
+
+@cache
+def _pids_cgroup_parent() -> Path | None:
+    """A cgroup folder of this process under which per-command ``pids`` cgroups can be made, or None."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
+        own = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    candidates: list[Path] = []
+    for line in mountinfo:
+        fields = line.split()
+        try:
+            sep = fields.index("-")
+        except ValueError:
+            continue
+        mount_root, mount_point, fstype, options = fields[3], fields[4], fields[sep + 1], fields[sep + 3]
+        for entry in own:
+            hierarchy, _, rest = entry.partition(":")
+            controllers, _, path = rest.partition(":")
+            v1 = fstype == "cgroup" and "pids" in options.split(",") and "pids" in controllers.split(",")
+            v2 = fstype == "cgroup2" and hierarchy == "0" and controllers == ""
+            if (v1 or v2) and Path(path).is_relative_to(mount_root):
+                candidates.append(Path(mount_point) / Path(path).relative_to(mount_root))
+    for parent in candidates:
+        probe = parent / f"digitorn-probe-{os.getpid()}"
+        try:
+            probe.mkdir()
+        except OSError:
+            continue
+        try:
+            if (probe / "pids.max").exists():
+                return parent
+        finally:
+            try:
+                probe.rmdir()
+            except OSError:
+                pass
+    return None
+
+
+class PidsCgroup:
+    """A cgroup of its own for one command, with ``pids.max``; a no-op when none can be made."""
+
+    def __init__(self, max_processes: int | None):
+        self.path: Path | None = None
+        parent = _pids_cgroup_parent() if max_processes else None
+        if parent is None:
+            return
+        path = parent / f"digitorn-shell-{os.getpid()}-{id(self):x}-{time.monotonic_ns()}"
+        try:
+            path.mkdir()
+            (path / "pids.max").write_text(str(max_processes))
+            self.path = path
+        except OSError:
+            self._remove(path)
+
+    def join_fd(self) -> int | None:
+        """An fd of ``cgroup.procs`` the child writes its pid to (opened here: preexec must not allocate much)."""
+        if self.path is None:
+            return None
+        try:
+            return os.open(self.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+
+    @staticmethod
+    def _remove(path: Path) -> bool:
+        try:
+            path.rmdir()
+            return True
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        if self.path is None:
+            return
+        # Killed processes leave the cgroup as the kernel reaps them; give it a moment.
+        for _ in range(50):
+            if self._remove(self.path):
+                return
+            time.sleep(0.02)
+
+
+def preexec(limits: Limits | None, cgroup_fd: int | None = None) -> Callable[[], None]:
     """Runs in the child before exec: die with the parent, then apply the rlimits.
 
     PR_SET_PDEATHSIG ties the child to the thread that started it, which waits for it, so a
@@ -175,6 +267,8 @@ def preexec(limits: Limits | None) -> Callable[[], None]:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() == 1:  # the parent already died between fork and prctl
             os._exit(1)
+        if cgroup_fd is not None:
+            os.write(cgroup_fd, b"0")  # "0" is the writing process itself
         if limits is None:
             return
         for which, value in (

@@ -208,16 +208,26 @@ class ShellModule(Module):
                 max_processes=limits.max_processes,
             ) + argv
         started = time.monotonic()
-        proc = subprocess.Popen(
-            argv,
-            cwd=workdir,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            start_new_session=True,
-            preexec_fn=sandbox.preexec(limits),
-        )
+        cgroup = sandbox.PidsCgroup(limits.max_processes)
+        cgroup_fd = cgroup.join_fd()
+        try:
+            proc = subprocess.Popen(
+                argv,
+                cwd=workdir,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                start_new_session=True,
+                preexec_fn=sandbox.preexec(limits, cgroup_fd),
+                pass_fds=() if cgroup_fd is None else (cgroup_fd,),
+            )
+        except BaseException:
+            cgroup.close()
+            raise
+        finally:
+            if cgroup_fd is not None:
+                os.close(cgroup_fd)
         out, err = _Capped(proc.stdout, cap), _Capped(proc.stderr, cap)
         timed_out = cancelled = False
         try:
@@ -236,6 +246,7 @@ class ShellModule(Module):
             proc.wait()
             out.thread.join(timeout=2)
             err.thread.join(timeout=2)
+            cgroup.close()
         result = {
             "command": command,
             "cwd": relative(root, workdir),
