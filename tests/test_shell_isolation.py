@@ -180,6 +180,14 @@ def test_process_count_is_capped_whoever_the_daemon_runs_as(ws):
     assert wait_no_process(f"sleep {marker}") == []
 
 
+def test_memory_is_capped_for_the_whole_command_not_only_per_process(ws):
+    """Four processes of 150 MB each fit the per-process limit (256 MB), not the command's total."""
+    app = make_app(ws, limits={"memory_mb": 256})
+    hog = "import time; b = bytearray(150 * 1024 * 1024); b[::4096] = b'x' * len(b[::4096]); time.sleep(2); print('ok')"
+    outcome = run(app, f'for i in 1 2 3 4; do python3 -c "{hog}" & done; wait', timeout=60)
+    assert outcome.data["stdout"].count("ok") < 4, outcome.data
+
+
 def test_no_network_unless_the_app_allows_it(ws):
     server = socket.socket()
     server.bind(("127.0.0.1", 0))

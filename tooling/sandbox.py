@@ -16,9 +16,10 @@ PID, IPC, UTS, network and user namespace per command:
   runs with ``PR_SET_PDEATHSIG`` so a killed daemon or Celery worker takes it down too;
 - rlimits: CPU seconds, address space, file size, open files, and process count (set inside the
   sandbox with ``prlimit``, where the count starts from zero in the new user namespace). The
-  kernel does not apply RLIMIT_NPROC to root, so when a ``pids`` cgroup (v1, or v2 with the
-  controller delegated) is writable each command also gets its own cgroup with ``pids.max``: a
-  fork bomb stops there whoever the daemon runs as.
+  kernel does not apply RLIMIT_NPROC to root and RLIMIT_AS bounds each process, so when ``pids`` /
+  ``memory`` cgroups (v1, or v2 with the controllers delegated) are writable each command also
+  gets cgroups of its own with the process count and total memory: a fork bomb or a swarm of
+  processes stops there whoever the daemon runs as.
 
 ``DIGITORN_SHELL_SANDBOX``: unset/``bwrap`` (default) requires bubblewrap and refuses to run
 commands when it cannot isolate; ``off`` is the operator's explicit opt-out (commands run as the
@@ -170,15 +171,22 @@ def require() -> None:
 # -- pids cgroup ---------------------------------------------------------------------------------
 
 
+_CGROUP_FILES = {  # controller → (v1 limit file, v2 limit file)
+    "pids": ("pids.max", "pids.max"),
+    "memory": ("memory.limit_in_bytes", "memory.max"),
+}
+
+
 @cache
-def _pids_cgroup_parent() -> Path | None:
-    """A cgroup folder of this process under which per-command ``pids`` cgroups can be made, or None."""
+def _cgroup_parent(controller: str) -> Path | None:
+    """A cgroup folder of this process under which per-command cgroups with ``controller``'s limit
+    file can be made, or None (not mounted, not delegated, not writable)."""
     try:
         mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
         own = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
         return None
-    candidates: list[Path] = []
+    candidates: list[tuple[Path, str]] = []
     for line in mountinfo:
         fields = line.split()
         try:
@@ -189,18 +197,19 @@ def _pids_cgroup_parent() -> Path | None:
         for entry in own:
             hierarchy, _, rest = entry.partition(":")
             controllers, _, path = rest.partition(":")
-            v1 = fstype == "cgroup" and "pids" in options.split(",") and "pids" in controllers.split(",")
+            v1 = fstype == "cgroup" and controller in options.split(",") and controller in controllers.split(",")
             v2 = fstype == "cgroup2" and hierarchy == "0" and controllers == ""
             if (v1 or v2) and Path(path).is_relative_to(mount_root):
-                candidates.append(Path(mount_point) / Path(path).relative_to(mount_root))
-    for parent in candidates:
+                limit_file = _CGROUP_FILES[controller][0 if v1 else 1]
+                candidates.append((Path(mount_point) / Path(path).relative_to(mount_root), limit_file))
+    for parent, limit_file in candidates:
         probe = parent / f"digitorn-probe-{os.getpid()}"
         try:
             probe.mkdir()
         except OSError:
             continue
         try:
-            if (probe / "pids.max").exists():
+            if (probe / limit_file).exists():
                 return parent
         finally:
             try:
@@ -210,30 +219,45 @@ def _pids_cgroup_parent() -> Path | None:
     return None
 
 
-class PidsCgroup:
-    """A cgroup of its own for one command, with ``pids.max``; a no-op when none can be made."""
+class CommandCgroup:
+    """Cgroups of its own for one command: ``pids`` (process count) and ``memory`` (total memory).
 
-    def __init__(self, max_processes: int | None):
-        self.path: Path | None = None
-        parent = _pids_cgroup_parent() if max_processes else None
-        if parent is None:
+    Best effort: a controller whose hierarchy is missing or read-only is skipped (the rlimits
+    still apply). Needed because the kernel exempts root from RLIMIT_NPROC, and RLIMIT_AS bounds
+    each process, not the command.
+    """
+
+    def __init__(self, limits: Limits | None):
+        self.paths: list[Path] = []
+        if limits is None:
             return
-        path = parent / f"digitorn-shell-{os.getpid()}-{id(self):x}-{time.monotonic_ns()}"
-        try:
-            path.mkdir()
-            (path / "pids.max").write_text(str(max_processes))
-            self.path = path
-        except OSError:
-            self._remove(path)
+        wanted = {"pids": limits.max_processes, "memory": limits.memory_bytes}
+        tag = f"digitorn-shell-{os.getpid()}-{id(self):x}-{time.monotonic_ns()}"
+        for controller, value in wanted.items():
+            parent = _cgroup_parent(controller) if value else None
+            if parent is None:
+                continue
+            path = parent / tag
+            v1_file, v2_file = _CGROUP_FILES[controller]
+            try:
+                path.mkdir(exist_ok=True)  # v2: one folder serves both controllers
+                limit_file = path / (v1_file if (path / v1_file).exists() else v2_file)
+                limit_file.write_text(str(value))
+            except OSError:
+                self._remove(path)
+                continue
+            if path not in self.paths:
+                self.paths.append(path)
 
-    def join_fd(self) -> int | None:
-        """An fd of ``cgroup.procs`` the child writes its pid to (opened here: preexec must not allocate much)."""
-        if self.path is None:
-            return None
-        try:
-            return os.open(self.path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC)
-        except OSError:
-            return None
+    def join_fds(self) -> list[int]:
+        """Fds of each ``cgroup.procs`` the child writes itself into (opened here, before the fork)."""
+        fds = []
+        for path in self.paths:
+            try:
+                fds.append(os.open(path / "cgroup.procs", os.O_WRONLY | os.O_CLOEXEC))
+            except OSError:
+                pass
+        return fds
 
     @staticmethod
     def _remove(path: Path) -> bool:
@@ -246,16 +270,16 @@ class PidsCgroup:
             return False
 
     def close(self) -> None:
-        if self.path is None:
-            return
         # Killed processes leave the cgroup as the kernel reaps them; give it a moment.
-        for _ in range(50):
-            if self._remove(self.path):
-                return
-            time.sleep(0.02)
+        for path in self.paths:
+            for _ in range(50):
+                if self._remove(path):
+                    break
+                time.sleep(0.02)
+        self.paths = []
 
 
-def preexec(limits: Limits | None, cgroup_fd: int | None = None) -> Callable[[], None]:
+def preexec(limits: Limits | None, cgroup_fds: tuple[int, ...] = ()) -> Callable[[], None]:
     """Runs in the child before exec: die with the parent, then apply the rlimits.
 
     PR_SET_PDEATHSIG ties the child to the thread that started it, which waits for it, so a
@@ -267,8 +291,8 @@ def preexec(limits: Limits | None, cgroup_fd: int | None = None) -> Callable[[],
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
         if os.getppid() == 1:  # the parent already died between fork and prctl
             os._exit(1)
-        if cgroup_fd is not None:
-            os.write(cgroup_fd, b"0")  # "0" is the writing process itself
+        for fd in cgroup_fds:
+            os.write(fd, b"0")  # "0" is the writing process itself
         if limits is None:
             return
         for which, value in (

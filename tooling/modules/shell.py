@@ -208,8 +208,8 @@ class ShellModule(Module):
                 max_processes=limits.max_processes,
             ) + argv
         started = time.monotonic()
-        cgroup = sandbox.PidsCgroup(limits.max_processes)
-        cgroup_fd = cgroup.join_fd()
+        cgroup = sandbox.CommandCgroup(limits)
+        cgroup_fds = tuple(cgroup.join_fds())
         try:
             proc = subprocess.Popen(
                 argv,
@@ -219,15 +219,15 @@ class ShellModule(Module):
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
                 start_new_session=True,
-                preexec_fn=sandbox.preexec(limits, cgroup_fd),
-                pass_fds=() if cgroup_fd is None else (cgroup_fd,),
+                preexec_fn=sandbox.preexec(limits, cgroup_fds),
+                pass_fds=cgroup_fds,
             )
         except BaseException:
             cgroup.close()
             raise
         finally:
-            if cgroup_fd is not None:
-                os.close(cgroup_fd)
+            for fd in cgroup_fds:
+                os.close(fd)
         out, err = _Capped(proc.stdout, cap), _Capped(proc.stderr, cap)
         timed_out = cancelled = False
         try:
