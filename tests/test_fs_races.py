@@ -184,3 +184,11 @@ def test_original_names_file_path_glob_and_shell_bash(layout):
         call("filesystem.read", file_path="a.py", path="a.py")
     ran = call("shell.bash", command="cat a.py", description="show the file", timeout_seconds=5)
     assert ran.status == "ok" and ran.tool == "shell.run" and ran.data["stdout"] == "x = 2\n"
+
+
+@pytest.mark.parametrize("workspace", ["/", "/etc", "/usr/lib", "/proc/self"])
+def test_a_system_folder_is_refused_as_a_workspace(workspace):
+    app = CompiledApp(app_id="sys", name="Sys", modules={"filesystem": {"workspace": workspace}, "shell": {}})
+    for tool, params in [("filesystem.ls", {}), ("filesystem.read", {"path": "passwd"}), ("shell.run", {"command": "id"})]:
+        outcome = tool_invoke(app=app, tool_name=tool, params=params, caller="t", principal="t")
+        assert outcome.status == "error" and "system folder" in outcome.error, (tool, outcome.error)

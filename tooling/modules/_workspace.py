@@ -25,6 +25,12 @@ from django.conf import settings
 
 from tooling.modules.base import ToolError
 
+_SYSTEM_DIRS = tuple(
+    Path(p)
+    for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
+              "/sbin", "/sys", "/usr", "/var/lib", "/var/run", "/var/log")
+)
+
 
 def default_workspace(app_id: str) -> Path:
     return Path(settings.DATA_DIR) / "workspaces" / app_id
@@ -43,6 +49,11 @@ def workspace_root(app_id: str, configured: str | None) -> Path:
         raise ToolError(
             f"config.workspace: '{configured}' is inside the daemon's data dir; use a folder outside "
             f"{data_dir} or leave workspace unset for the app's own folder."
+        )
+    if root == Path("/") or any(root == p or root.is_relative_to(p) for p in _SYSTEM_DIRS):
+        # A workspace is read-write for tools and bound read-write into the shell's sandbox.
+        raise ToolError(
+            f"config.workspace: '{configured}' is a system folder ({root}); give the app a folder of its own."
         )
     if not root.is_dir():
         raise ToolError(
