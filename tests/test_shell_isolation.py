@@ -287,6 +287,7 @@ BYPASSES = [
     "case x in x) cat /etc/hostname;; esac",
     "./ls /etc/hostname",
     "/tmp/ls",
+    "/usr/../tmp/ls",
     "echo ok >",
 ]
 

@@ -123,7 +123,7 @@ class ShellModule(Module):
                     raise ToolError(
                         f"params.command: '{base}' is not in this app's shell.allowed_commands ({', '.join(allowed)})."
                     )
-                if "/" in program and not program.startswith(("/usr/", "/bin/", "/sbin/")):
+                if "/" in program and not os.path.normpath(program).startswith(("/usr/", "/bin/", "/sbin/")):
                     raise ToolError(
                         f"params.command: '{program}' runs a program by path outside the read-only system "
                         "folders; with shell.allowed_commands, name the program without a path."
