@@ -17,6 +17,7 @@ $(STAMP): requirements.txt pyproject.toml
 venv: $(STAMP)
 
 run: $(STAMP)
+	@scripts/system_deps.sh --runtime
 	$(BIN)/digitorn start
 	@data_dir=$${DIGITORN_DATA_DIR:-$$HOME/.digitorn}; \
 	  key=$${DIGITORN_API_KEY:-$$(cat "$$data_dir/admin.key" 2>/dev/null)}; \
