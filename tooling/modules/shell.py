@@ -240,9 +240,11 @@ class ShellModule(Module):
                     break
                 time.sleep(_POLL_SECONDS)
         finally:
-            # Always: a finished sh may leave background children behind. Killing bwrap's group
-            # kills the sandbox's PID 1, and with it every process of the namespace.
-            sandbox.kill_tree(proc.pid)
+            # Killing bwrap's group kills the sandbox's PID 1, and with it every process of the
+            # namespace; once bwrap has exited on its own the namespace is already gone. Without
+            # the sandbox, a finished sh may leave background children in its group: kill them too.
+            if proc.poll() is None or sandbox.mode() == "off":
+                sandbox.kill_tree(proc.pid)
             proc.wait()
             out.thread.join(timeout=2)
             err.thread.join(timeout=2)
