@@ -259,6 +259,13 @@ def test_a_killed_worker_takes_its_command_down(ws, tmp_path, settings):
         finally:
             if worker.poll() is None:
                 worker.kill()
+    # The dead worker's per-command cgroups are swept by the next command.
+    stale = f"digitorn-shell-{worker.pid}-"
+    run(make_app(ws), "true")
+    for controller in ("pids", "memory"):
+        parent = sandbox._cgroup_parent(controller)
+        if parent is not None:
+            assert not [n for n in os.listdir(parent) if n.startswith(stale)], controller
 
 
 # -- allowed / blocked commands are checked as /bin/sh reads the line -------------------------

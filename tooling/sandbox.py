@@ -219,6 +219,23 @@ def _cgroup_parent(controller: str) -> Path | None:
     return None
 
 
+def _sweep(parent: Path) -> None:
+    """Remove the empty cgroups of commands whose daemon process died before it could (SIGKILL)."""
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return
+    for name in names:
+        if not name.startswith("digitorn-shell-"):
+            continue
+        pid = name.split("-")[2]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            try:
+                (parent / name).rmdir()  # refused while processes remain in it
+            except OSError:
+                pass
+
+
 class CommandCgroup:
     """Cgroups of its own for one command: ``pids`` (process count) and ``memory`` (total memory).
 
@@ -237,6 +254,7 @@ class CommandCgroup:
             parent = _cgroup_parent(controller) if value else None
             if parent is None:
                 continue
+            _sweep(parent)
             path = parent / tag
             v1_file, v2_file = _CGROUP_FILES[controller]
             try:
