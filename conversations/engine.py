@@ -186,8 +186,29 @@ class _TurnRunner:
         # (a decision arriving while this runner works is re-checked by turn_suspend).
         self.pending: dict[str, str] = dict(claim.state.get("pending", {}))
         self.decisions: dict[str, dict] = dict(claim.state.get("decisions", {}))
+        # Tool parameters as the model wrote them, secrets included: in memory only. The transcript
+        # and events hold the masked form; a turn resumed elsewhere unseals Turn.state["sealed"].
+        self.plain_params: dict[str, dict] = {}
+        self.sealed: dict[str, Any] = dict(claim.state.get("sealed", {}))
 
     # -- helpers ---------------------------------------------------------------------------
+    def mask(self, value: Any) -> Any:
+        """What may be stored or shown: every secret value of the app replaced by the mask."""
+        from tooling.services import mask_secrets
+
+        secrets = getattr(getattr(self, "app", None), "secret_values", ())
+        return mask_secrets(value, secrets) if secrets else value
+
+    def _params_for(self, call: dict) -> dict:
+        """The parameters a call runs with: the plaintext the model wrote, from memory or unsealed."""
+        if call["id"] in self.plain_params:
+            return self.plain_params[call["id"]]
+        if call["id"] in self.sealed:
+            from tooling.services import unseal_secrets
+
+            return unseal_secrets(self.sealed[call["id"]], self.app.secret_values)
+        return call["params"]
+
     def active_seconds(self) -> float:
         return self.active_before + (time.monotonic() - self.started)
 
@@ -219,7 +240,7 @@ class _TurnRunner:
             except _Stop as stop:
                 payload, self.more = await db(services.turn_finish_and_peek)(
                     turn_pk=self.claim.turn_pk,
-                    content=stop.content,
+                    content=self.mask(stop.content),
                     truncated=stop.truncated,
                     cancelled=stop.cancelled,
                     record_message=stop.record,
@@ -296,9 +317,32 @@ class _TurnRunner:
                 self._check()
                 raise _Stop(reply.text or "", model_calls=1)
             calls = [{"id": c.id or f"call_{uuid.uuid4().hex[:12]}", "name": c.name, "params": c.params or {}} for c in reply.tool_calls]
+            shown, sealed = self._shown_calls(calls)
             self._remember(
-                await db(services.turn_record_reply)(turn_pk=self.claim.turn_pk, text=reply.text or "", tool_calls=calls)
+                await db(services.turn_record_reply)(
+                    turn_pk=self.claim.turn_pk, text=self.mask(reply.text or ""), tool_calls=shown, sealed=sealed
+                )
             )
+
+    def _shown_calls(self, calls: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+        """The calls as stored and emitted (secrets masked), and the sealed parameters of those
+        that held a secret; the plaintext stays in ``plain_params`` for this process only."""
+        secrets = self.app.secret_values
+        if not secrets:
+            return calls, {}
+        from tooling.services import mask_secrets, seal_secrets
+
+        shown: list[dict] = []
+        sealed: dict[str, Any] = {}
+        self.plain_params = {}
+        for call in calls:
+            masked = mask_secrets(call["params"], secrets)
+            if masked != call["params"]:
+                self.plain_params[call["id"]] = call["params"]
+                sealed[call["id"]] = seal_secrets(call["params"], secrets)
+            shown.append({**call, "params": masked})
+        self.sealed = sealed
+        return shown, sealed
 
     def _remember(self, message: Message) -> None:
         self.transcript.append(message)
@@ -338,7 +382,7 @@ class _TurnRunner:
         text = "".join(buffer)
         buffer.clear()
         self._last_flush = time.monotonic()
-        await self.emit("token", {"correlation_id": self.claim.correlation_id, "text": text})
+        await self.emit("token", {"correlation_id": self.claim.correlation_id, "text": self.mask(text)})
 
     # -- context ---------------------------------------------------------------------------
     async def _brain_messages(self, transcript: list[Message]) -> list[dict]:
@@ -372,6 +416,8 @@ class _TurnRunner:
     # -- tools -----------------------------------------------------------------------------
     async def _run_calls(self, calls: list[dict]) -> bool:
         """Run the unanswered calls of the last reply; True when the turn was suspended."""
+        # The transcript holds masked parameters; what runs is what the model wrote.
+        calls = [{**call, "params": self._params_for(call)} for call in calls]
         pending = self.pending
         decisions = self.decisions
         waiting = False
@@ -423,13 +469,13 @@ class _TurnRunner:
                 turn_pk=self.claim.turn_pk,
                 call_id=call["id"],
                 name=call["name"],
-                params=call["params"],
+                params=self.mask(call["params"]),
                 request_id=outcome["request_id"],
             )
             return
         self._remember(
             await db(services.turn_record_result)(
-                turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=outcome["result"]
+                turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=self.mask(outcome["result"])
             )
         )
 
@@ -564,15 +610,20 @@ def _prepare(app_id: str, agent_id: str, session_pk: int, extra: int) -> tuple[A
 
 
 def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Message | None]:
+    from tooling.services import mask_secrets
+
     outcome = _invoke_sync(**kwargs)
     call = kwargs["call"]
+    secrets = kwargs["app"].secret_values
     if outcome["status"] == "pending_approval":
         services.turn_record_pending(
-            turn_pk=turn_pk, call_id=call["id"], name=call["name"], params=call["params"],
+            turn_pk=turn_pk, call_id=call["id"], name=call["name"], params=mask_secrets(call["params"], secrets),
             request_id=outcome["request_id"],
         )
         return outcome, None
-    message = services.turn_record_result(turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=outcome["result"])
+    message = services.turn_record_result(
+        turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=mask_secrets(outcome["result"], secrets)
+    )
     return outcome, message
 
 

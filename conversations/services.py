@@ -383,9 +383,14 @@ def _locked_turn(turn_pk: int) -> Turn:
     return turn
 
 
-def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None) -> Message:
+def turn_record_reply(
+    *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None
+) -> Message:
     """The model's reply that asks for tools: the assistant message plus one tool_call event per call.
 
+    ``tool_calls`` and ``text`` arrive masked (no secret value in the transcript or the events);
+    ``sealed`` maps a call id to its parameters in sealed form (``tooling.services.seal_secrets``)
+    for the calls whose parameters held a secret: a resumed turn unseals them to run the call.
     Returns the message so the engine can extend its in-memory transcript instead of re-reading it.
     """
     with transaction.atomic():
@@ -406,6 +411,10 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
         if row is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
+        if sealed:
+            turn = Turn.objects.select_for_update(no_key=True).only("state").get(pk=turn_pk)
+            # Only the latest reply's calls can still be unanswered: older entries are dropped.
+            Turn.objects.filter(pk=turn_pk).update(state={**(turn.state or {}), "sealed": sealed})
         session = Session(pk=session_pk)
         message = fastsql.insert(Message(
             session=session,

@@ -10,7 +10,6 @@ the database stays the one source of truth (a reconnecting client replays from i
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -24,9 +23,11 @@ from conversations.events import SessionGone, follow, sse_frame
 from conversations.ratelimit import RateLimitState, rate_limit_hit
 from digitorn_site.api.auth import Principal, authenticate_request
 from digitorn_site.api.envelope import error_response
+from digitorn_site.api.jsonbody import loads_body
 from digitorn_site.errors import ConflictError, DigitornError, MethodNotAllowedError, ValidationError
 
 log = logging.getLogger("digitorn.sse")
+MAX_EVENT_ID = 2**63 - 1
 db = engine.db
 
 
@@ -54,10 +55,7 @@ async def _auth(request: HttpRequest, *, scope: str, allow_query_token: bool = F
 def _body(request: HttpRequest) -> dict:
     if not request.body:
         return {}
-    try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"Malformed request body: expected JSON ({exc}).")
+    data = loads_body(request.body)
     if not isinstance(data, dict):
         raise ValidationError(f"The request body must be a JSON object, got {type(data).__name__}.")
     return data
@@ -229,9 +227,11 @@ def _cursor(request: HttpRequest) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise ValidationError(f"Last-Event-ID / since: expected an event id (an integer ≥ 0), got {raw!r}.")
-    if value < 0:
-        raise ValidationError(f"Last-Event-ID / since: expected an integer ≥ 0, got {value}.")
+        raise ValidationError(f"Last-Event-ID / since: expected an event id (an integer ≥ 0), got {raw[:40]!r}.")
+    # Above the 64-bit range the database cannot compare it: the stream's first read failed after
+    # the response had started and the request hung. Event ids are 64-bit signed integers.
+    if value < 0 or value > MAX_EVENT_ID:
+        raise ValidationError(f"Last-Event-ID / since: expected an integer between 0 and {MAX_EVENT_ID}, got {raw[:40]!r}.")
     return value
 
 

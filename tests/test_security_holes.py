@@ -1,0 +1,186 @@
+"""Attacks of issue #10 replayed against the real views and services (real DB, real engine).
+
+Each test performs the attack as a client would and checks the daemon refuses it or leaks nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.test import AsyncClient, Client, override_settings
+
+from apps_registry import services as registry
+from tests.test_engine import manifest
+
+ADMIN_KEY = "dg_test_admin_key_for_security"
+HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
+
+
+@pytest.fixture
+def admin_key():
+    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
+        yield ADMIN_KEY
+
+
+@pytest.fixture
+def app(tmp_path: Path) -> str:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "README.md").write_text("# Demo project\n")
+    registry.app_deploy(text=manifest("demo", ws, [{"steps": [{"say": "echo: {message}"}]}]), force=True)
+    return "demo"
+
+
+def _async(method: str, url: str, *, body=None, headers=None, raw: str | None = None):
+    async def go():
+        client = AsyncClient()
+        kwargs = {"headers": {**HEADERS, **(headers or {})}}
+        if method == "GET":
+            return await client.get(url, **kwargs)
+        data = raw if raw is not None else json.dumps(body)
+        return await client.post(url, data=data, content_type="application/json", **kwargs)
+
+    return async_to_sync(go)()
+
+
+def assert_envelope(response, status: int, code: str) -> dict:
+    assert response.status_code == status, response.content
+    body = response.json()
+    assert body["success"] is False and body["data"] is None and body["error_code"] == code and body["error"]
+    return body
+
+
+# --- item 8: hostile request bodies and cursors -------------------------------------------------
+
+
+def _nested(depth: int) -> str:
+    return "[" * depth + "]" * depth
+
+
+@pytest.mark.parametrize("depth", [5_000, 100])
+def test_deeply_nested_json_answers_400_everywhere(app, depth):
+    nested = _nested(depth)
+    # DRF views (tool execution, deploy, quota...), the async message views, the task wait view.
+    body = '{"params": {"x": ' + nested + "}}"
+    assert_envelope(
+        Client(HTTP_AUTHORIZATION=HEADERS["Authorization"]).post(
+            "/api/apps/demo/tools/filesystem.read/execute", data=body, content_type="application/json"
+        ),
+        400,
+        "VALIDATION_ERROR",
+    )
+    assert_envelope(
+        _async("POST", "/api/apps/demo/chat", raw='{"session_id": "s", "message": "x", "extra": ' + nested + "}"),
+        400,
+        "VALIDATION_ERROR",
+    )
+    assert_envelope(
+        _async("POST", "/api/apps/demo/sessions/s/messages", raw=nested), 400, "VALIDATION_ERROR"
+    )
+    assert_envelope(
+        Client(HTTP_AUTHORIZATION=HEADERS["Authorization"]).post(
+            "/api/apps/demo/background-tasks/nope/wait", data='{"timeout": ' + nested + "}",
+            content_type="application/json",
+        ),
+        400,
+        "VALIDATION_ERROR",
+    )
+
+
+def test_shallow_json_still_accepted(app):
+    response = _async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "hi", "x": [[[[1]]]]})
+    assert response.status_code in (200, 400), response.content  # unknown field may be refused, never 500
+    ok = _async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "hi"})
+    assert ok.status_code == 200 and ok.json()["data"]["content"] == "echo: hi"
+
+
+@pytest.mark.parametrize("cursor", [str(2**63), str(2**64 + 5), "9" * 40, "-1", "1e3"])
+def test_event_cursor_out_of_range_answers_400(app, cursor):
+    assert _async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "hi"}).status_code == 200
+    assert_envelope(
+        _async("GET", "/api/apps/demo/sessions/s/events", headers={"Last-Event-ID": cursor}), 400, "VALIDATION_ERROR"
+    )
+    assert_envelope(_async("GET", f"/api/apps/demo/sessions/s/events?since={cursor}"), 400, "VALIDATION_ERROR")
+
+
+# --- item 2: a secret flowing through tool *parameters* -------------------------------------------
+
+SECRET = "ParamCanary" + "7f3a9c1e5b2d4a6c8e0f"
+
+
+def _dump() -> str:
+    from io import StringIO
+
+    from django.core.management import call_command
+
+    out = StringIO()
+    call_command("dumpdata", stdout=out)
+    return out.getvalue()
+
+
+def _secret_app(ws: Path, rules: list, capabilities: dict | None = None) -> None:
+    from apps_registry.services import secret_set
+
+    registry.app_deploy(text=manifest("sec", ws, rules, capabilities=capabilities), force=True)
+    secret_set(app_id="sec", key="API_TOKEN", value=SECRET)
+
+
+def test_secret_in_tool_params_is_masked_everywhere_but_the_call(tmp_path, caplog):
+    from approvals.services import approval_decide
+    from conversations.engine import advance_session
+    from conversations.models import Event, Message, Turn
+    from conversations.services import message_enqueue
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    rules = [{"steps": [
+        {"call": "filesystem.write", "params": {"path": "auto.txt", "content": "Bearer {{secret.API_TOKEN}}"}},
+        {"call": "shell.run", "params": {"command": "echo approved-{{secret.API_TOKEN}} > gated.txt"}},
+        {"say": "done with {{secret.API_TOKEN}}"},
+    ]}]
+    _secret_app(ws, rules, {"default_policy": "auto", "approve": [{"module": "shell", "reason": "runs commands"}]})
+    caplog.set_level("DEBUG")
+    enq = message_enqueue(app_id="sec", session_id="s1", principal="alice", message="go")
+    async_to_sync(advance_session)(session_pk=enq.session_pk)
+
+    # The calls really got the plaintext ...
+    assert (ws / "auto.txt").read_text() == f"Bearer {SECRET}"
+    turn = Turn.objects.get(correlation_id=enq.correlation_id)
+    assert turn.status == Turn.Status.WAITING_APPROVAL
+    # ... while every stored or emitted form carries the mask.
+    calls = [e.data for e in Event.objects.filter(session_id=enq.session_pk, type="tool_call").order_by("seq")]
+    assert calls[0]["params"]["content"] == "Bearer ***", calls
+    request = Event.objects.get(session_id=enq.session_pk, type="approval_request").data
+    assert request["params"]["command"] == "echo approved-*** > gated.txt"
+    assert SECRET not in _dump()
+
+    approval_decide(app_id="sec", request_id=request["request_id"], approved=True, message="", principal="alice")
+    async_to_sync(advance_session)(session_pk=enq.session_pk)
+    assert (ws / "gated.txt").read_text().strip() == f"approved-{SECRET}"
+    done = Event.objects.filter(session_id=enq.session_pk, type="done").get().data
+    assert done["content"] == "done with ***"
+    history = Client(HTTP_AUTHORIZATION=HEADERS["Authorization"]).get("/api/apps/sec/sessions/s1/history")
+    assert history.status_code == 200 and "Bearer ***" in history.content.decode()
+    assert Message.objects.filter(session_id=enq.session_pk, role="assistant").filter(tool_calls__isnull=False).count() == 2
+    assert SECRET not in _dump()
+    assert SECRET not in caplog.text
+
+
+def test_sealed_params_cannot_be_forged_by_the_model(tmp_path):
+    """A model writing the marker form itself gets the marker text, never the secret."""
+    from tooling.services import _seal_tag, seal_secrets, unseal_secrets
+
+    sealed = seal_secrets({"h": f"Bearer {SECRET}"}, (SECRET,))
+    assert SECRET not in json.dumps(sealed)
+    assert unseal_secrets(sealed, (SECRET,)) == {"h": f"Bearer {SECRET}"}
+    # A guessed marker (wrong tag) stays as written.
+    forged = {"h": "{{sealed-secret:" + "0" * 32 + "}}"}
+    assert unseal_secrets(forged, (SECRET,)) == forged
+    # A rotated secret leaves the marker in place rather than running with another value.
+    assert unseal_secrets(sealed, ("other-value",)) == sealed
+    assert len(_seal_tag(SECRET)) == 32
