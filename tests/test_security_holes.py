@@ -184,3 +184,26 @@ def test_sealed_params_cannot_be_forged_by_the_model(tmp_path):
     # A rotated secret leaves the marker in place rather than running with another value.
     assert unseal_secrets(sealed, ("other-value",)) == sealed
     assert len(_seal_tag(SECRET)) == 32
+
+
+# --- item 5: direct tool execution spends the app's rate-limit window ----------------------------
+
+
+def test_tool_execute_is_rate_limited_like_chat(app):
+    registry.app_rate_limit_set(app_id="demo", rpm=3)
+    web = Client(HTTP_AUTHORIZATION=HEADERS["Authorization"])
+    url = "/api/apps/demo/tools/filesystem.read/execute"
+    for expected_remaining in ("2", "1"):
+        response = web.post(url, data={"params": {"path": "README.md"}}, content_type="application/json")
+        assert response.status_code == 200, response.content
+        assert response["X-RateLimit-Limit"] == "3" and response["X-RateLimit-Remaining"] == expected_remaining
+    # Chat and execute share one window: the chat takes the last slot, the next execute is refused.
+    chat = _async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "hi"})
+    assert chat.status_code == 200 and chat["X-RateLimit-Remaining"] == "0"
+    refused = web.post(url, data={"params": {"path": "README.md"}}, content_type="application/json")
+    body = assert_envelope(refused, 429, "RATE_LIMIT_EXCEEDED")
+    assert "quota" in body["error"]
+    assert refused["X-RateLimit-Limit"] == "3" and refused["X-RateLimit-Remaining"] == "0"
+    assert 1 <= int(refused["Retry-After"]) <= 60
+    assert_envelope(_async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "x"}), 429,
+                    "RATE_LIMIT_EXCEEDED")
