@@ -54,22 +54,32 @@ def _not_found(app_id: str, session_id: str) -> NotFoundError:
     )
 
 
+def _session_lookup(app_id: str, session_id: str, principal: str) -> Session | None:
+    session = fastsql.first(
+        Session, "app_id = %s AND principal = %s AND session_id = %s", [app_id, principal, session_id]
+    )
+    if session is None and principal == ADMIN_PRINCIPAL:
+        # The admin reaches anyone's session by its id when it has none of that id itself (the most
+        # recently active one should several principals use the id).
+        session = fastsql.first(Session, "app_id = %s AND session_id = %s", [app_id, session_id],
+                                order_by="last_active DESC")
+    return session
+
+
 def session_resolve(*, app_id: str, session_id: str, principal: str, create: bool = False) -> Session:
     """The caller's session, created on first use when ``create``; purges it when idle too long.
 
-    Another principal's session answers 404 (its existence is not revealed); the admin sees all.
+    Session ids are scoped to their owner: the same id used by another principal is another session,
+    so no principal can block (squat) or see someone else's. The admin also reaches others' sessions.
     """
     idle = idle_seconds_for(app_id)
     now = timezone.now()
-    session = fastsql.first(Session, "app_id = %s AND session_id = %s", [app_id, session_id])
-    if session is not None:
-        if session.principal != principal and principal != ADMIN_PRINCIPAL:
-            raise _not_found(app_id, session_id)
-        if _is_expired(session, idle, now):
-            # Committed before any 404 below: an expired session is purged either way.
-            with transaction.atomic():
-                Session.objects.filter(pk=session.pk, last_active__lt=now - timedelta(seconds=idle)).delete()
-            session = None
+    session = _session_lookup(app_id, session_id, principal)
+    if session is not None and _is_expired(session, idle, now):
+        # Committed before any 404 below: an expired session is purged either way.
+        with transaction.atomic():
+            Session.objects.filter(pk=session.pk, last_active__lt=now - timedelta(seconds=idle)).delete()
+        session = None
     if session is None and not create:
         raise _not_found(app_id, session_id)
     if session is None:
@@ -81,9 +91,7 @@ def session_resolve(*, app_id: str, session_id: str, principal: str, create: boo
             except IntegrityError:
                 # Another worker created it between our read and write (PostgreSQL only; SQLite's
                 # IMMEDIATE transactions serialise the two).
-                session = Session.objects.get(app_id=app_id, session_id=session_id)
-                if session.principal != principal and principal != ADMIN_PRINCIPAL:
-                    raise _not_found(app_id, session_id)
+                session = Session.objects.get(app_id=app_id, principal=principal, session_id=session_id)
     return session
 
 
@@ -102,7 +110,7 @@ def session_delete(*, app_id: str, session_id: str, principal: str) -> None:
     session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
     with transaction.atomic():
         Session.objects.filter(pk=session.pk).delete()
-    _approvals_cancel(app_id=app_id, session_id=session_id)
+    _approvals_cancel(app_id=app_id, session_id=session_id, principal=session.principal)
 
 
 def sessions_purge_app(*, app_id: str) -> int:
@@ -114,12 +122,13 @@ def sessions_purge_app(*, app_id: str) -> int:
     return count
 
 
-def _approvals_cancel(*, app_id: str, session_id: str | None) -> None:
+def _approvals_cancel(*, app_id: str, session_id: str | None, principal: str | None = None) -> None:
     try:
         from approvals.services import approvals_cancel
     except ImportError:  # the approvals part is not installed yet
         return
-    approvals_cancel(app_id=app_id, session_id=session_id)
+    # The owner's requests only: another principal's session of the same id is another session.
+    approvals_cancel(app_id=app_id, session_id=session_id, principal=principal)
 
 
 # --- the queue --------------------------------------------------------------------------------
@@ -215,7 +224,7 @@ def session_cancel(*, app_id: str, session_id: str, principal: str) -> dict:
         finished_now = head.status != Turn.Status.RUNNING or head.lease_expired()
         if finished_now:
             turn_finish_and_peek(turn_pk=head.pk, content="Cancelled by the user.", cancelled=True)
-    _approvals_cancel(app_id=app_id, session_id=session_id)
+    _approvals_cancel(app_id=app_id, session_id=session_id, principal=session.principal)
     return {
         "cancelled": True,
         "correlation_id": head.correlation_id,
@@ -659,16 +668,22 @@ def approval_resolution_apply(
     if not session_id:
         return None
     status = "approved" if approved else "denied"
+    owner = None
     try:
         from approvals.selectors import approval_get
 
         request = approval_get(request_id=request_id)
         if request is not None:
             status = request.status
+            owner = request.principal
     except ImportError:
         pass
     with transaction.atomic():
-        session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+        # The request's owner's session of that id (ids are per owner).
+        sessions = Session.objects.filter(app_id=app_id, session_id=session_id)
+        if owner:
+            sessions = sessions.filter(principal=owner)
+        session = sessions.first()
         if session is None:
             return None
         _lock_session(session.pk)
@@ -720,8 +735,14 @@ def notification_record(*, task_id: str, app_id: str, session_id: str | None, st
     """A finished background task of a session: a Notification row and a `notification` event."""
     if not session_id:
         return None
+    from tooling.models import BackgroundTask
+
+    owner = BackgroundTask.objects.filter(task_id=task_id).values_list("principal", flat=True).first()
     with transaction.atomic():
-        session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+        # The launcher's session of that id (ids are per owner); an admin's task falls back to anyone's.
+        session = _session_lookup(app_id, session_id, owner) if owner else None
+        if session is None and owner in (None, ADMIN_PRINCIPAL):
+            session = Session.objects.filter(app_id=app_id, session_id=session_id).order_by("-last_active").first()
         if session is None:
             return None
         if Notification.objects.filter(session=session, task_id=task_id).exists():

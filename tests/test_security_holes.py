@@ -207,3 +207,125 @@ def test_tool_execute_is_rate_limited_like_chat(app):
     assert 1 <= int(refused["Retry-After"]) <= 60
     assert_envelope(_async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "x"}), 429,
                     "RATE_LIMIT_EXCEEDED")
+
+
+# --- item 6: session squatting ------------------------------------------------------------------
+
+
+def _key(owner: str, scopes: list[str]) -> str:
+    from apps_registry.services import api_key_create
+
+    return api_key_create(name=f"{owner}-{'-'.join(scopes)}", owner=owner, scopes=scopes)[1]
+
+
+async def _read_until(stream, done, timeout: float = 15.0) -> list[str]:
+    """SSE frames from an open streaming response until ``done(frame)`` (or the stream ends)."""
+    import asyncio
+
+    frames: list[str] = []
+    buffer = ""
+    iterator = aiter(stream)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        try:
+            chunk = await asyncio.wait_for(anext(iterator), timeout=max(deadline - loop.time(), 0.01))
+        except StopAsyncIteration:
+            return frames
+        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        while "\n\n" in buffer:
+            frame, buffer = buffer.split("\n\n", 1)
+            frames.append(frame)
+            if done(frame):
+                return frames
+
+
+def test_watching_a_session_id_neither_creates_nor_squats_it(app):
+    from conversations.models import Session
+
+    mallory_read, mallory_run = _key("mallory", ["apps:read"]), _key("mallory", ["apps:read", "apps:run"])
+    alice = _key("alice", ["apps:read", "apps:run"])
+
+    async def go():
+        watch = await AsyncClient().get(f"/api/apps/demo/sessions/target/events?token={mallory_read}")
+        assert watch.status_code == 200 and watch["Content-Type"] == "text/event-stream"
+        first = await _read_until(watch.streaming_content, lambda f: "event: connected" in f)
+        assert "connected" in first[-1]
+        await watch.streaming_content.aclose()
+
+    async_to_sync(go)()
+    assert not Session.objects.filter(session_id="target").exists()  # watching created nothing
+
+    # The owner's chat on that id works, and the squatter can neither see it nor block it later.
+    chat = _async("POST", "/api/apps/demo/chat", body={"session_id": "target", "message": "mine"},
+                  headers={"Authorization": f"Bearer {alice}"})
+    assert chat.status_code == 200, chat.content
+    as_mallory = {"HTTP_AUTHORIZATION": f"Bearer {mallory_read}"}
+    assert_envelope(Client(**as_mallory).get("/api/apps/demo/sessions/target/history"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope(Client(**as_mallory).get("/api/apps/demo/sessions/target"), 404, "RESOURCE_NOT_FOUND")
+    # Mallory using the same id gets a session of her own (ids are per owner), not Alice's.
+    hers = _async("POST", "/api/apps/demo/chat", body={"session_id": "target", "message": "theirs"},
+                  headers={"Authorization": f"Bearer {mallory_run}"})
+    assert hers.status_code == 200, hers.content
+    again = _async("POST", "/api/apps/demo/chat", body={"session_id": "target", "message": "still mine"},
+                   headers={"Authorization": f"Bearer {alice}"})
+    assert again.status_code == 200, again.content
+    alice_history = Client(HTTP_AUTHORIZATION=f"Bearer {alice}").get("/api/apps/demo/sessions/target/history")
+    contents = [m["content"] for m in alice_history.json()["data"]["messages"]]
+    assert contents == ["mine", "echo: mine", "still mine", "echo: still mine"]
+    mallory_history = Client(**as_mallory).get("/api/apps/demo/sessions/target/history").json()["data"]
+    assert [m["content"] for m in mallory_history["messages"]] == ["theirs", "echo: theirs"]
+    # Deleting her session leaves Alice's untouched.
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {mallory_run}").delete("/api/apps/demo/sessions/target").status_code == 200
+    assert Client(HTTP_AUTHORIZATION=f"Bearer {alice}").get("/api/apps/demo/sessions/target").status_code == 200
+
+
+def test_a_stream_opened_before_the_session_exists_gets_its_first_turn(app):
+    alice = _key("alice", ["apps:read", "apps:run"])
+    auth = {"Authorization": f"Bearer {alice}"}
+
+    async def go():
+        client = AsyncClient()
+        watch = await client.get("/api/apps/demo/sessions/fresh/events", headers=auth)
+        frames = await _read_until(watch.streaming_content, lambda f: "event: connected" in f)
+        posted = await client.post("/api/apps/demo/sessions/fresh/messages", data=json.dumps({"message": "hi"}),
+                                   content_type="application/json", headers=auth)
+        assert posted.status_code == 202, posted.content
+        frames += await _read_until(watch.streaming_content, lambda f: "event: done" in f)
+        await watch.streaming_content.aclose()
+        return frames
+
+    frames = async_to_sync(go)()
+    assert any("event: done" in f and "echo: hi" in f for f in frames), frames
+
+
+# --- item 8: a revoked key's open stream is cut --------------------------------------------------
+
+
+@pytest.mark.parametrize("where", ["events", "chat_stream"])
+def test_revoking_a_key_cuts_its_open_streams(app, where, settings, tmp_path):
+    from apps_registry.services import api_key_revoke
+    from conversations.engine import db
+
+    settings.DIGITORN_SSE_AUTH_RECHECK_SECONDS = 0.3
+    # The turn waits for an approval nobody gives: its stream stays open until something cuts it.
+    registry.app_deploy(text=manifest("slow", tmp_path, [
+        {"steps": [{"call": "shell.run", "params": {"command": "true"}}, {"say": "late"}]},
+    ], capabilities={"default_policy": "auto", "approve": [{"module": "shell", "reason": "runs commands"}]}), force=True)
+    raw = _key("alice", ["apps:read", "apps:run"])
+
+    async def go():
+        client = AsyncClient()
+        if where == "events":
+            stream = await client.get(f"/api/apps/demo/sessions/s/events?token={raw}")
+        else:
+            stream = await client.post("/api/apps/slow/chat/stream", data=json.dumps({"session_id": "s", "message": "x"}),
+                                       content_type="application/json", headers={"Authorization": f"Bearer {raw}"})
+        assert stream.status_code == 200
+        frames = await _read_until(stream.streaming_content, lambda f: "event: connected" in f)
+        await db(api_key_revoke)(prefix=raw)
+        frames += await _read_until(stream.streaming_content, lambda f: False, timeout=10.0)
+        return frames
+
+    frames = async_to_sync(go)()
+    assert "unauthorized" in frames[-1] and "event: error" in frames[-1], frames
