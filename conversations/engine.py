@@ -190,6 +190,9 @@ class _TurnRunner:
         # and events hold the masked form; a turn resumed elsewhere unseals Turn.state["sealed"].
         self.plain_params: dict[str, dict] = {}
         self.sealed: dict[str, Any] = dict(claim.state.get("sealed", {}))
+        # Calls with side effects marked as started (committed) before they ran. One still without a
+        # result when a turn is resumed was cut by a crash: it is answered "interrupted", not re-run.
+        self.started_calls: set[str] = set(claim.state.get("started_calls", {}))
 
     # -- helpers ---------------------------------------------------------------------------
     def mask(self, value: Any) -> Any:
@@ -426,6 +429,7 @@ class _TurnRunner:
         async def flush_batch() -> None:
             if not batch:
                 return
+            await self._mark_started(batch)
             outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
             for call, outcome in zip(batch, outcomes, strict=True):
                 await self._record(call, outcome)
@@ -433,6 +437,10 @@ class _TurnRunner:
 
         for call in calls:
             self._check()
+            if call["id"] in self.started_calls and not self._read_only(call):
+                await flush_batch()
+                await self._record(call, _interrupted(call["name"]))
+                continue
             request_id = pending.get(call["id"])
             if request_id is not None:
                 decision = decisions.get(request_id)
@@ -441,6 +449,7 @@ class _TurnRunner:
                     continue
                 await flush_batch()
                 if decision.get("approved"):
+                    await self._mark_started([call])
                     await self._invoke_and_record(call, request_id)
                 else:
                     why = decision.get("message") or decision.get("status") or "denied"
@@ -452,6 +461,7 @@ class _TurnRunner:
                 batch.append(call)
                 continue
             await flush_batch()
+            await self._mark_started([call])
             await self._invoke_and_record(call, None)
         await flush_batch()
         if waiting or any(rid not in decisions for rid in pending.values()):
@@ -462,8 +472,19 @@ class _TurnRunner:
             return suspended
         return False
 
+    def _read_only(self, call: dict) -> bool:
+        return _is_read_only(self.app, call["name"], call.get("params"))
+
+    async def _mark_started(self, calls: list[dict]) -> None:
+        """Commit the "started" mark of the calls that have side effects, before they run."""
+        ids = [c["id"] for c in calls if not self._read_only(c)]
+        if ids:
+            await db(services.turn_calls_started)(turn_pk=self.claim.turn_pk, call_ids=ids)
+            self.started_calls.update(ids)
+
     async def _record(self, call: dict, outcome: dict) -> None:
         if outcome["status"] == "pending_approval":
+            self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
             await db(services.turn_record_pending)(
                 turn_pk=self.claim.turn_pk,
@@ -485,6 +506,7 @@ class _TurnRunner:
             turn_pk=self.claim.turn_pk, **self._invoke_kwargs(call, approval_request_id)
         )
         if message is None:
+            self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
         else:
             self._remember(message)
@@ -506,6 +528,38 @@ class _TurnRunner:
 
 
 # --- sync helpers (run in worker threads) ----------------------------------------------------
+
+
+_READ_ONLY_META = {"search_tools", "get_tool", "list_categories", "browse_category", "background_status"}
+
+
+def _is_read_only(app, name: str, params: Any) -> bool:
+    """Whether a call may safely run twice: its tool declares only the ``read_only`` side effect.
+
+    Unknown tools count as having side effects; ``execute_tool`` is judged by the tool it runs."""
+    from tooling.index import cached_index
+
+    if name in _READ_ONLY_META:
+        return True
+    if name == "execute_tool":
+        name = str((params or {}).get("name") or "") if isinstance(params, dict) else ""
+    try:
+        spec = cached_index(app).resolve(name)
+    except Exception:  # noqa: BLE001 - unknown or ambiguous: assume it changes something
+        return False
+    return set(spec.side_effects) <= {"read_only"}
+
+
+def _interrupted(name: str) -> dict:
+    return {
+        "status": "error",
+        "result": {
+            "success": False,
+            "data": None,
+            "error": f"interrupted: the daemon stopped while '{name}' was running. It was not run again "
+            "because it has side effects; it may or may not have taken effect, so check before retrying.",
+        },
+    }
 
 
 def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict[str, str]]:

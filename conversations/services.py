@@ -468,11 +468,30 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -
     return message
 
 
+def turn_calls_started(*, turn_pk: int, call_ids: list[str]) -> None:
+    """Record, committed before they run, that these calls (tools with side effects) are starting.
+
+    A worker killed mid-call leaves the mark without a result: the turn's recovery then answers the
+    call "interrupted" instead of running it a second time (see ``engine._TurnRunner._run_calls``).
+    """
+    if not call_ids:
+        return
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        state = dict(turn.state or {})
+        state["started_calls"] = {**state.get("started_calls", {}), **{cid: timezone.now().timestamp() for cid in call_ids}}
+        turn.state = state
+        turn.save(update_fields=["state"])
+
+
 def turn_record_pending(*, turn_pk: int, call_id: str, name: str, params: dict, request_id: str) -> None:
     """A call that needs a human: remember which request answers it and tell the streams."""
     with transaction.atomic():
         turn = _locked_turn(turn_pk)
         state = dict(turn.state or {})
+        # It only created an approval request: it did not run, and runs once decided.
+        if call_id in state.get("started_calls", {}):
+            state["started_calls"] = {k: v for k, v in state["started_calls"].items() if k != call_id}
         state.setdefault("pending", {})[call_id] = request_id
         turn.state = state
         turn.save(update_fields=["state"])

@@ -329,3 +329,77 @@ def test_revoking_a_key_cuts_its_open_streams(app, where, settings, tmp_path):
 
     frames = async_to_sync(go)()
     assert "unauthorized" in frames[-1] and "event: error" in frames[-1], frames
+
+
+# --- item 7: a crash does not re-run a tool with side effects ------------------------------------
+
+
+def _crash_mid_call(app_id: str, call: dict):
+    """A worker claimed the turn, recorded the model's call, marked it started, and died."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations import services
+    from conversations.models import Turn
+
+    enq = services.message_enqueue(app_id=app_id, session_id="c1", principal="alice", message="go")
+    claim = services.turn_claim(session_pk=enq.session_pk, worker="doomed")
+    services.turn_record_reply(turn_pk=claim.turn_pk, text="", tool_calls=[call])
+    services.turn_calls_started(turn_pk=claim.turn_pk, call_ids=[call["id"]])
+    Turn.objects.filter(pk=claim.turn_pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    return enq
+
+
+def test_recovery_answers_an_interrupted_side_effect_call_instead_of_rerunning_it(tmp_path):
+    from conversations.engine import advance_session
+    from conversations.models import Event, Message
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    registry.app_deploy(text=manifest("crash", ws, [{"steps": [
+        {"call": "shell.run", "params": {"command": "echo ran >> runs.txt"}}, {"say": "after: {result}"},
+    ]}]), force=True)
+    call = {"id": "call_x", "name": "shell.run", "params": {"command": "echo ran >> runs.txt"}}
+    enq = _crash_mid_call("crash", call)
+    async_to_sync(advance_session)(session_pk=enq.session_pk)
+
+    assert not (ws / "runs.txt").exists()  # not run a second time (nor a first: the "crash" was before)
+    result = Event.objects.get(session_id=enq.session_pk, type="result").data
+    assert result["id"] == "call_x" and result["success"] is False and result["error"].startswith("interrupted")
+    tool = Message.objects.get(session_id=enq.session_pk, role="tool")
+    assert "interrupted" in tool.content
+    assert Event.objects.filter(session_id=enq.session_pk, type="done").count() == 1
+
+
+def test_recovery_retries_a_read_only_call(tmp_path):
+    from conversations.engine import advance_session
+    from conversations.models import Event
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    (ws / "README.md").write_text("# Demo project\n")
+    registry.app_deploy(text=manifest("crash", ws, [{"steps": [{"say": "unused"}]}]), force=True)
+    enq = _crash_mid_call("crash", {"id": "call_r", "name": "filesystem.read", "params": {"path": "README.md"}})
+    async_to_sync(advance_session)(session_pk=enq.session_pk)
+    result = Event.objects.get(session_id=enq.session_pk, type="result").data
+    assert result["success"] is True and "Demo project" in json.dumps(result["data"])
+
+
+def test_a_started_mark_is_written_before_a_side_effect_tool_runs(tmp_path):
+    """A call with side effects leaves its committed "started" mark in the turn's state."""
+    from conversations.engine import advance_session
+    from conversations.models import Turn
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    registry.app_deploy(text=manifest("crash", ws, [{"steps": [
+        {"call": "filesystem.write", "params": {"path": "a.txt", "content": "x"}}, {"say": "ok"},
+    ]}]), force=True)
+    from conversations.services import message_enqueue
+
+    enq = message_enqueue(app_id="crash", session_id="c2", principal="alice", message="go")
+    async_to_sync(advance_session)(session_pk=enq.session_pk)
+    turn = Turn.objects.get(correlation_id=enq.correlation_id)
+    assert turn.status == Turn.Status.DONE and list(turn.state.get("started_calls", {})) == ["call_0_0"]
+    assert (ws / "a.txt").read_text() == "x"
