@@ -403,3 +403,28 @@ def test_a_started_mark_is_written_before_a_side_effect_tool_runs(tmp_path):
     turn = Turn.objects.get(correlation_id=enq.correlation_id)
     assert turn.status == Turn.Status.DONE and list(turn.state.get("started_calls", {})) == ["call_0_0"]
     assert (ws / "a.txt").read_text() == "x"
+
+
+# --- item 8: keys passed as ?token= never reach a log line ---------------------------------------
+
+
+def test_log_records_and_access_lines_are_redacted():
+    import io
+    import logging
+
+    from digitorn_site.cli.asgi_worker import RedactingAccessLog
+    from digitorn_site.logredact import RedactFilter, redact
+
+    key = "dg_abcd1234_SECRETSECRET"
+    assert redact(f"GET /api/apps/a/sessions/s/events?token={key}&since=3") == (
+        "GET /api/apps/a/sessions/s/events?token=[redacted]&since=3"
+    )
+    assert redact(f"/x?since=1&TOKEN={key}") == "/x?since=1&TOKEN=[redacted]"
+    record = logging.LogRecord("django.request", logging.WARNING, __file__, 1, "Unauthorized: %s", (f"/p?token={key}",), None)
+    assert RedactFilter().filter(record) and key not in record.getMessage()
+    stream = io.StringIO()
+    RedactingAccessLog(stream)("http", "complete", {
+        "client": "127.0.0.1:1", "method": "GET", "path": f"/api/apps/a/sessions/s/events?token={key}",
+        "status": 401, "size": 10,
+    })
+    assert key not in stream.getvalue() and "token=[redacted]" in stream.getvalue()

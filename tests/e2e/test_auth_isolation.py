@@ -334,3 +334,34 @@ def test_owner_can_approve_and_the_turn_finishes(deployed, keys, alices):
                           headers=alice, until="done", timeout=30)
     assert events[-1]["data"]["content"] == "written"
     assert "approval_resolved" in [e["event"] for e in events]
+
+
+# --- keys never reach the log ------------------------------------------------------------------
+
+
+def test_query_tokens_never_reach_the_log_and_logs_are_private(deployed, keys):
+    """?token= on 4xx answers (wrong token, non-SSE endpoint, unknown path, bad cursor) and on a
+    stream: daemon.log never holds the key, and the log files are readable by the owner only."""
+    import stat
+
+    leaked = keys["alice"]
+    for method, path, params in (
+        ("GET", f"/api/apps/{APP}/sessions/s-1/events", {"token": leaked, "since": "-5"}),
+        ("GET", f"/api/apps/{APP}/sessions/s-1/events", {"token": leaked + "x"}),
+        ("GET", f"/api/apps/{APP}/sessions", {"token": leaked}),
+        ("GET", "/api/apps/nope/missing/path", {"token": leaked}),
+        ("POST", f"/api/apps/{APP}/chat", {"token": leaked}),
+    ):
+        response = httpx.request(method, f"{deployed.url}{path}", params=params, timeout=10)
+        assert 400 <= response.status_code < 500, (path, response.status_code)
+    with httpx.stream("GET", f"{deployed.url}/api/apps/{APP}/sessions/log-1/events", params={"token": leaked},
+                      timeout=10) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())
+    time.sleep(1.0)  # let the workers flush their log lines
+    logs = sorted((deployed.data_dir / "logs").iterdir())
+    assert logs, "no log files"
+    for path in logs:
+        assert leaked not in path.read_text(errors="replace"), f"{path.name} holds a key passed as ?token="
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path.name} is readable by others"
+    assert stat.S_IMODE((deployed.data_dir / "logs").stat().st_mode) & 0o077 == 0
