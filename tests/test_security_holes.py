@@ -428,3 +428,26 @@ def test_log_records_and_access_lines_are_redacted():
         "status": 401, "size": 10,
     })
     assert key not in stream.getvalue() and "token=[redacted]" in stream.getvalue()
+
+
+def test_background_task_params_hold_no_secret_at_rest(tmp_path):
+    """A task launched with a secret in its parameters (e.g. by an agent's background_run): the row
+    and its payload carry no plaintext, the worker's call does."""
+    from apps_registry.selectors import app_runtime
+    from tooling import background
+    from tooling.models import BackgroundTask
+
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    _secret_app(ws, [{"steps": [{"say": "uses {{secret.API_TOKEN}}"}]}])  # a reference makes it the app's secret
+    app = app_runtime(app_id="sec")
+    task = background.background_task_launch(
+        app=app, tool="filesystem.write", params={"path": "t.txt", "content": f"key={SECRET}"}, principal="alice",
+        session_id=None,
+    )
+    row = BackgroundTask.objects.get(task_id=task.task_id)
+    assert SECRET not in json.dumps(row.params)
+    assert background.background_task_payload(row)["params"] == {"path": "t.txt", "content": "key=***"}
+    assert background.background_task_run(task_id=task.task_id, worker="test:1") == "completed"
+    assert (ws / "t.txt").read_text() == f"key={SECRET}"
+    assert SECRET not in _dump()
