@@ -216,7 +216,8 @@ class _TurnRunner:
         return self.active_before + (time.monotonic() - self.started)
 
     async def emit(self, type: str, data: dict) -> None:
-        await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=data)
+        # error, hook and token events may quote model output or tool input: masked like the rest.
+        await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=self.mask(data))
 
     async def _heartbeat(self) -> None:
         interval = max(min(settings.DIGITORN_LEASE_SECONDS / 3, 1.0), 0.2)
@@ -374,18 +375,26 @@ class _TurnRunner:
             self._buffer.append(text)
             # Batching keeps a fast model from writing one event row per token.
             if time.monotonic() - self._last_flush >= TOKEN_FLUSH_SECONDS:
-                await self._flush_tokens()
+                await self._flush_tokens(final=False)
 
         return on_token
 
-    async def _flush_tokens(self) -> None:
+    async def _flush_tokens(self, final: bool = True) -> None:
         buffer = getattr(self, "_buffer", None)
         if not buffer:
             return
         text = "".join(buffer)
         buffer.clear()
+        if not final:
+            # A secret the model streams may straddle two flushes: what could be its beginning
+            # waits for the next one, so each event holds whole secrets (which emit masks).
+            text, held = _split_before_secret_prefix(text, getattr(self.app, "secret_values", ()))
+            if held:
+                buffer.append(held)
+            if not text:
+                return
         self._last_flush = time.monotonic()
-        await self.emit("token", {"correlation_id": self.claim.correlation_id, "text": self.mask(text)})
+        await self.emit("token", {"correlation_id": self.claim.correlation_id, "text": text})
 
     # -- context ---------------------------------------------------------------------------
     async def _brain_messages(self, transcript: list[Message]) -> list[dict]:
@@ -528,6 +537,17 @@ class _TurnRunner:
 
 
 # --- sync helpers (run in worker threads) ----------------------------------------------------
+
+
+def _split_before_secret_prefix(text: str, secrets: tuple[str, ...]) -> tuple[str, str]:
+    """``text`` cut before its longest tail that begins some secret: (safe to emit, to hold back)."""
+    cut = len(text)
+    for secret in secrets:
+        for size in range(min(len(secret) - 1, len(text)), 0, -1):
+            if text.endswith(secret[:size]):
+                cut = min(cut, len(text) - size)
+                break
+    return text[:cut], text[cut:]
 
 
 _READ_ONLY_META = {"search_tools", "get_tool", "list_categories", "browse_category", "background_status"}

@@ -451,3 +451,17 @@ def test_background_task_params_hold_no_secret_at_rest(tmp_path):
     assert background.background_task_run(task_id=task.task_id, worker="test:1") == "completed"
     assert (ws / "t.txt").read_text() == f"key={SECRET}"
     assert SECRET not in _dump()
+
+
+def test_streamed_tokens_never_split_a_secret_across_events():
+    from conversations.engine import _split_before_secret_prefix
+    from tooling.services import mask_secrets
+
+    chunks = ["the key is Param", "Canary7f3a9c1e5b", "2d4a6c8e0f, done"]
+    emitted, held = [], ""
+    for chunk in chunks:
+        safe, held = _split_before_secret_prefix(held + chunk, (SECRET,))
+        emitted.append(mask_secrets(safe, (SECRET,)))
+    emitted.append(mask_secrets(held, (SECRET,)))
+    assert "".join(emitted) == "the key is ***, done"
+    assert all("Param" not in e and "Canary" not in e for e in emitted), emitted
