@@ -47,7 +47,8 @@ def approval_request_create(
     origin: str,
     origin_ref: str,
 ) -> ApprovalRequest:
-    """``params`` is what people see (secrets masked); ``call_params`` is what runs once approved."""
+    """``params`` is what people see (secrets masked); ``call_params`` is what runs once approved,
+    stored sealed (``tooling.services.seal_secrets``: no secret value at rest)."""
     now = timezone.now()
     return ApprovalRequest.objects.create(
         request_id=_new_request_id(),
