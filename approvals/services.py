@@ -47,7 +47,8 @@ def approval_request_create(
     origin: str,
     origin_ref: str,
 ) -> ApprovalRequest:
-    """``params`` is what people see (secrets masked); ``call_params`` is what runs once approved."""
+    """``params`` is what people see (secrets masked); ``call_params`` is what runs once approved,
+    stored sealed (``tooling.services.seal_secrets``: no secret value at rest)."""
     now = timezone.now()
     return ApprovalRequest.objects.create(
         request_id=_new_request_id(),
@@ -143,11 +144,15 @@ def _decide(*, app_id: str, request_id: str, approved: bool, message: str, princ
 
 
 @transaction.atomic
-def approvals_cancel(*, app_id: str, session_id: str | None = None) -> int:
-    """Cancel an app's (or one session's) pending requests, e.g. on undeploy or session deletion."""
+def approvals_cancel(*, app_id: str, session_id: str | None = None, principal: str | None = None) -> int:
+    """Cancel an app's (or one session's) pending requests, e.g. on undeploy or session deletion.
+
+    Session ids are per owner: ``principal`` keeps another principal's session of the same id intact."""
     rows = ApprovalRequest.objects.filter(app_id=app_id, status=Status.PENDING)
     if session_id is not None:
         rows = rows.filter(session_id=session_id)
+    if principal is not None:
+        rows = rows.filter(principal=principal)
     return rows.update(
         status=Status.CANCELLED,
         decided_at=timezone.now(),

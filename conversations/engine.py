@@ -186,13 +186,38 @@ class _TurnRunner:
         # (a decision arriving while this runner works is re-checked by turn_suspend).
         self.pending: dict[str, str] = dict(claim.state.get("pending", {}))
         self.decisions: dict[str, dict] = dict(claim.state.get("decisions", {}))
+        # Tool parameters as the model wrote them, secrets included: in memory only. The transcript
+        # and events hold the masked form; a turn resumed elsewhere unseals Turn.state["sealed"].
+        self.plain_params: dict[str, dict] = {}
+        self.sealed: dict[str, Any] = dict(claim.state.get("sealed", {}))
+        # Calls with side effects marked as started (committed) before they ran. One still without a
+        # result when a turn is resumed was cut by a crash: it is answered "interrupted", not re-run.
+        self.started_calls: set[str] = set(claim.state.get("started_calls", {}))
 
     # -- helpers ---------------------------------------------------------------------------
+    def mask(self, value: Any) -> Any:
+        """What may be stored or shown: every secret value of the app replaced by the mask."""
+        from tooling.services import mask_secrets
+
+        secrets = getattr(getattr(self, "app", None), "secret_values", ())
+        return mask_secrets(value, secrets) if secrets else value
+
+    def _params_for(self, call: dict) -> dict:
+        """The parameters a call runs with: the plaintext the model wrote, from memory or unsealed."""
+        if call["id"] in self.plain_params:
+            return self.plain_params[call["id"]]
+        if call["id"] in self.sealed:
+            from tooling.services import unseal_secrets
+
+            return unseal_secrets(self.sealed[call["id"]], self.app.secret_values)
+        return call["params"]
+
     def active_seconds(self) -> float:
         return self.active_before + (time.monotonic() - self.started)
 
     async def emit(self, type: str, data: dict) -> None:
-        await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=data)
+        # error, hook and token events may quote model output or tool input: masked like the rest.
+        await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=self.mask(data))
 
     async def _heartbeat(self) -> None:
         interval = max(min(settings.DIGITORN_LEASE_SECONDS / 3, 1.0), 0.2)
@@ -219,7 +244,7 @@ class _TurnRunner:
             except _Stop as stop:
                 payload, self.more = await db(services.turn_finish_and_peek)(
                     turn_pk=self.claim.turn_pk,
-                    content=stop.content,
+                    content=self.mask(stop.content),
                     truncated=stop.truncated,
                     cancelled=stop.cancelled,
                     record_message=stop.record,
@@ -296,9 +321,32 @@ class _TurnRunner:
                 self._check()
                 raise _Stop(reply.text or "", model_calls=1)
             calls = [{"id": c.id or f"call_{uuid.uuid4().hex[:12]}", "name": c.name, "params": c.params or {}} for c in reply.tool_calls]
+            shown, sealed = self._shown_calls(calls)
             self._remember(
-                await db(services.turn_record_reply)(turn_pk=self.claim.turn_pk, text=reply.text or "", tool_calls=calls)
+                await db(services.turn_record_reply)(
+                    turn_pk=self.claim.turn_pk, text=self.mask(reply.text or ""), tool_calls=shown, sealed=sealed
+                )
             )
+
+    def _shown_calls(self, calls: list[dict]) -> tuple[list[dict], dict[str, Any]]:
+        """The calls as stored and emitted (secrets masked), and the sealed parameters of those
+        that held a secret; the plaintext stays in ``plain_params`` for this process only."""
+        secrets = self.app.secret_values
+        if not secrets:
+            return calls, {}
+        from tooling.services import mask_secrets, seal_secrets
+
+        shown: list[dict] = []
+        sealed: dict[str, Any] = {}
+        self.plain_params = {}
+        for call in calls:
+            masked = mask_secrets(call["params"], secrets)
+            if masked != call["params"]:
+                self.plain_params[call["id"]] = call["params"]
+                sealed[call["id"]] = seal_secrets(call["params"], secrets)
+            shown.append({**call, "params": masked})
+        self.sealed = sealed
+        return shown, sealed
 
     def _remember(self, message: Message) -> None:
         self.transcript.append(message)
@@ -327,16 +375,24 @@ class _TurnRunner:
             self._buffer.append(text)
             # Batching keeps a fast model from writing one event row per token.
             if time.monotonic() - self._last_flush >= TOKEN_FLUSH_SECONDS:
-                await self._flush_tokens()
+                await self._flush_tokens(final=False)
 
         return on_token
 
-    async def _flush_tokens(self) -> None:
+    async def _flush_tokens(self, final: bool = True) -> None:
         buffer = getattr(self, "_buffer", None)
         if not buffer:
             return
         text = "".join(buffer)
         buffer.clear()
+        if not final:
+            # A secret the model streams may straddle two flushes: what could be its beginning
+            # waits for the next one, so each event holds whole secrets (which emit masks).
+            text, held = _split_before_secret_prefix(text, getattr(self.app, "secret_values", ()))
+            if held:
+                buffer.append(held)
+            if not text:
+                return
         self._last_flush = time.monotonic()
         await self.emit("token", {"correlation_id": self.claim.correlation_id, "text": text})
 
@@ -372,6 +428,8 @@ class _TurnRunner:
     # -- tools -----------------------------------------------------------------------------
     async def _run_calls(self, calls: list[dict]) -> bool:
         """Run the unanswered calls of the last reply; True when the turn was suspended."""
+        # The transcript holds masked parameters; what runs is what the model wrote.
+        calls = [{**call, "params": self._params_for(call)} for call in calls]
         pending = self.pending
         decisions = self.decisions
         waiting = False
@@ -380,6 +438,7 @@ class _TurnRunner:
         async def flush_batch() -> None:
             if not batch:
                 return
+            await self._mark_started(batch)
             outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
             for call, outcome in zip(batch, outcomes, strict=True):
                 await self._record(call, outcome)
@@ -387,6 +446,10 @@ class _TurnRunner:
 
         for call in calls:
             self._check()
+            if call["id"] in self.started_calls and not self._read_only(call):
+                await flush_batch()
+                await self._record(call, _interrupted(call["name"]))
+                continue
             request_id = pending.get(call["id"])
             if request_id is not None:
                 decision = decisions.get(request_id)
@@ -395,6 +458,7 @@ class _TurnRunner:
                     continue
                 await flush_batch()
                 if decision.get("approved"):
+                    await self._mark_started([call])
                     await self._invoke_and_record(call, request_id)
                 else:
                     why = decision.get("message") or decision.get("status") or "denied"
@@ -406,6 +470,7 @@ class _TurnRunner:
                 batch.append(call)
                 continue
             await flush_batch()
+            await self._mark_started([call])
             await self._invoke_and_record(call, None)
         await flush_batch()
         if waiting or any(rid not in decisions for rid in pending.values()):
@@ -416,20 +481,31 @@ class _TurnRunner:
             return suspended
         return False
 
+    def _read_only(self, call: dict) -> bool:
+        return _is_read_only(self.app, call["name"], call.get("params"))
+
+    async def _mark_started(self, calls: list[dict]) -> None:
+        """Commit the "started" mark of the calls that have side effects, before they run."""
+        ids = [c["id"] for c in calls if not self._read_only(c)]
+        if ids:
+            await db(services.turn_calls_started)(turn_pk=self.claim.turn_pk, call_ids=ids)
+            self.started_calls.update(ids)
+
     async def _record(self, call: dict, outcome: dict) -> None:
         if outcome["status"] == "pending_approval":
+            self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
             await db(services.turn_record_pending)(
                 turn_pk=self.claim.turn_pk,
                 call_id=call["id"],
                 name=call["name"],
-                params=call["params"],
+                params=self.mask(call["params"]),
                 request_id=outcome["request_id"],
             )
             return
         self._remember(
             await db(services.turn_record_result)(
-                turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=outcome["result"]
+                turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=self.mask(outcome["result"])
             )
         )
 
@@ -439,6 +515,7 @@ class _TurnRunner:
             turn_pk=self.claim.turn_pk, **self._invoke_kwargs(call, approval_request_id)
         )
         if message is None:
+            self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
         else:
             self._remember(message)
@@ -460,6 +537,49 @@ class _TurnRunner:
 
 
 # --- sync helpers (run in worker threads) ----------------------------------------------------
+
+
+def _split_before_secret_prefix(text: str, secrets: tuple[str, ...]) -> tuple[str, str]:
+    """``text`` cut before its longest tail that begins some secret: (safe to emit, to hold back)."""
+    cut = len(text)
+    for secret in secrets:
+        for size in range(min(len(secret) - 1, len(text)), 0, -1):
+            if text.endswith(secret[:size]):
+                cut = min(cut, len(text) - size)
+                break
+    return text[:cut], text[cut:]
+
+
+_READ_ONLY_META = {"search_tools", "get_tool", "list_categories", "browse_category", "background_status"}
+
+
+def _is_read_only(app, name: str, params: Any) -> bool:
+    """Whether a call may safely run twice: its tool declares only the ``read_only`` side effect.
+
+    Unknown tools count as having side effects; ``execute_tool`` is judged by the tool it runs."""
+    from tooling.index import cached_index
+
+    if name in _READ_ONLY_META:
+        return True
+    if name == "execute_tool":
+        name = str((params or {}).get("name") or "") if isinstance(params, dict) else ""
+    try:
+        spec = cached_index(app).resolve(name)
+    except Exception:  # noqa: BLE001 - unknown or ambiguous: assume it changes something
+        return False
+    return set(spec.side_effects) <= {"read_only"}
+
+
+def _interrupted(name: str) -> dict:
+    return {
+        "status": "error",
+        "result": {
+            "success": False,
+            "data": None,
+            "error": f"interrupted: the daemon stopped while '{name}' was running. It was not run again "
+            "because it has side effects; it may or may not have taken effect, so check before retrying.",
+        },
+    }
 
 
 def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict[str, str]]:
@@ -564,15 +684,20 @@ def _prepare(app_id: str, agent_id: str, session_pk: int, extra: int) -> tuple[A
 
 
 def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Message | None]:
+    from tooling.services import mask_secrets
+
     outcome = _invoke_sync(**kwargs)
     call = kwargs["call"]
+    secrets = kwargs["app"].secret_values
     if outcome["status"] == "pending_approval":
         services.turn_record_pending(
-            turn_pk=turn_pk, call_id=call["id"], name=call["name"], params=call["params"],
+            turn_pk=turn_pk, call_id=call["id"], name=call["name"], params=mask_secrets(call["params"], secrets),
             request_id=outcome["request_id"],
         )
         return outcome, None
-    message = services.turn_record_result(turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=outcome["result"])
+    message = services.turn_record_result(
+        turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=mask_secrets(outcome["result"], secrets)
+    )
     return outcome, message
 
 

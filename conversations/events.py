@@ -290,13 +290,14 @@ class SessionGone(Exception):
 
 
 async def follow(
-    *, session_pk: int, after: int, ping_seconds: float | None = None
+    *, session_pk: int, after: int, ping_seconds: float | None = None, stop: Callable[[], bool] | None = None
 ) -> AsyncIterator[Event | None]:
     """Yield every event after ``after`` as it is committed, forever; ``None`` means "send a ping".
 
     The DB is the source of truth: each wake-up re-reads from the last seq delivered, so an event is
     never lost or duplicated whichever doorbell (or none) fired. Raises :class:`SessionGone` when the
-    session disappears. Cancelling the consumer unregisters the watch.
+    session disappears. Cancelling the consumer unregisters the watch. ``stop`` is checked at each
+    wake-up (ring the session's doorbell to make it look now): once true, the iteration ends.
     """
     loop = asyncio.get_running_loop()
     ping = settings.DIGITORN_SSE_PING_SECONDS if ping_seconds is None else ping_seconds
@@ -306,6 +307,8 @@ async def follow(
     try:
         while True:
             watch.event.clear()
+            if stop is not None and stop():
+                return
             events = await read(session_pk=session_pk, after=cursor)
             if events is None:
                 raise SessionGone()

@@ -4,7 +4,11 @@ from django.db import models
 
 
 class Session(models.Model):
-    """A conversation with one app, owned by one principal; ids are chosen by clients."""
+    """A conversation with one app, owned by one principal; ids are chosen by clients.
+
+    Ids are scoped to their owner: two principals using the same ``session_id`` get two sessions,
+    neither able to block or see the other's (the admin key reads another's as a fallback).
+    """
 
     class Status(models.TextChoices):
         IDLE = "idle"
@@ -22,7 +26,9 @@ class Session(models.Model):
 
     class Meta:
         ordering = ["-last_active"]
-        constraints = [models.UniqueConstraint(fields=["app_id", "session_id"], name="uniq_app_session")]
+        constraints = [
+            models.UniqueConstraint(fields=["app_id", "principal", "session_id"], name="uniq_app_principal_session")
+        ]
 
     def __str__(self) -> str:
         return f"{self.app_id}/{self.session_id}"

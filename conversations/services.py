@@ -54,22 +54,32 @@ def _not_found(app_id: str, session_id: str) -> NotFoundError:
     )
 
 
+def _session_lookup(app_id: str, session_id: str, principal: str) -> Session | None:
+    session = fastsql.first(
+        Session, "app_id = %s AND principal = %s AND session_id = %s", [app_id, principal, session_id]
+    )
+    if session is None and principal == ADMIN_PRINCIPAL:
+        # The admin reaches anyone's session by its id when it has none of that id itself (the most
+        # recently active one should several principals use the id).
+        session = fastsql.first(Session, "app_id = %s AND session_id = %s", [app_id, session_id],
+                                order_by="last_active DESC")
+    return session
+
+
 def session_resolve(*, app_id: str, session_id: str, principal: str, create: bool = False) -> Session:
     """The caller's session, created on first use when ``create``; purges it when idle too long.
 
-    Another principal's session answers 404 (its existence is not revealed); the admin sees all.
+    Session ids are scoped to their owner: the same id used by another principal is another session,
+    so no principal can block (squat) or see someone else's. The admin also reaches others' sessions.
     """
     idle = idle_seconds_for(app_id)
     now = timezone.now()
-    session = fastsql.first(Session, "app_id = %s AND session_id = %s", [app_id, session_id])
-    if session is not None:
-        if session.principal != principal and principal != ADMIN_PRINCIPAL:
-            raise _not_found(app_id, session_id)
-        if _is_expired(session, idle, now):
-            # Committed before any 404 below: an expired session is purged either way.
-            with transaction.atomic():
-                Session.objects.filter(pk=session.pk, last_active__lt=now - timedelta(seconds=idle)).delete()
-            session = None
+    session = _session_lookup(app_id, session_id, principal)
+    if session is not None and _is_expired(session, idle, now):
+        # Committed before any 404 below: an expired session is purged either way.
+        with transaction.atomic():
+            Session.objects.filter(pk=session.pk, last_active__lt=now - timedelta(seconds=idle)).delete()
+        session = None
     if session is None and not create:
         raise _not_found(app_id, session_id)
     if session is None:
@@ -81,9 +91,7 @@ def session_resolve(*, app_id: str, session_id: str, principal: str, create: boo
             except IntegrityError:
                 # Another worker created it between our read and write (PostgreSQL only; SQLite's
                 # IMMEDIATE transactions serialise the two).
-                session = Session.objects.get(app_id=app_id, session_id=session_id)
-                if session.principal != principal and principal != ADMIN_PRINCIPAL:
-                    raise _not_found(app_id, session_id)
+                session = Session.objects.get(app_id=app_id, principal=principal, session_id=session_id)
     return session
 
 
@@ -102,7 +110,7 @@ def session_delete(*, app_id: str, session_id: str, principal: str) -> None:
     session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
     with transaction.atomic():
         Session.objects.filter(pk=session.pk).delete()
-    _approvals_cancel(app_id=app_id, session_id=session_id)
+    _approvals_cancel(app_id=app_id, session_id=session_id, principal=session.principal)
 
 
 def sessions_purge_app(*, app_id: str) -> int:
@@ -114,12 +122,13 @@ def sessions_purge_app(*, app_id: str) -> int:
     return count
 
 
-def _approvals_cancel(*, app_id: str, session_id: str | None) -> None:
+def _approvals_cancel(*, app_id: str, session_id: str | None, principal: str | None = None) -> None:
     try:
         from approvals.services import approvals_cancel
     except ImportError:  # the approvals part is not installed yet
         return
-    approvals_cancel(app_id=app_id, session_id=session_id)
+    # The owner's requests only: another principal's session of the same id is another session.
+    approvals_cancel(app_id=app_id, session_id=session_id, principal=principal)
 
 
 # --- the queue --------------------------------------------------------------------------------
@@ -215,7 +224,7 @@ def session_cancel(*, app_id: str, session_id: str, principal: str) -> dict:
         finished_now = head.status != Turn.Status.RUNNING or head.lease_expired()
         if finished_now:
             turn_finish_and_peek(turn_pk=head.pk, content="Cancelled by the user.", cancelled=True)
-    _approvals_cancel(app_id=app_id, session_id=session_id)
+    _approvals_cancel(app_id=app_id, session_id=session_id, principal=session.principal)
     return {
         "cancelled": True,
         "correlation_id": head.correlation_id,
@@ -383,9 +392,14 @@ def _locked_turn(turn_pk: int) -> Turn:
     return turn
 
 
-def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None) -> Message:
+def turn_record_reply(
+    *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None
+) -> Message:
     """The model's reply that asks for tools: the assistant message plus one tool_call event per call.
 
+    ``tool_calls`` and ``text`` arrive masked (no secret value in the transcript or the events);
+    ``sealed`` maps a call id to its parameters in sealed form (``tooling.services.seal_secrets``)
+    for the calls whose parameters held a secret: a resumed turn unseals them to run the call.
     Returns the message so the engine can extend its in-memory transcript instead of re-reading it.
     """
     with transaction.atomic():
@@ -406,6 +420,10 @@ def turn_record_reply(*, turn_pk: int, text: str, tool_calls: list[dict], usage:
         if row is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
+        if sealed:
+            turn = Turn.objects.select_for_update(no_key=True).only("state").get(pk=turn_pk)
+            # Only the latest reply's calls can still be unanswered: older entries are dropped.
+            Turn.objects.filter(pk=turn_pk).update(state={**(turn.state or {}), "sealed": sealed})
         session = Session(pk=session_pk)
         message = fastsql.insert(Message(
             session=session,
@@ -450,11 +468,30 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -
     return message
 
 
+def turn_calls_started(*, turn_pk: int, call_ids: list[str]) -> None:
+    """Record, committed before they run, that these calls (tools with side effects) are starting.
+
+    A worker killed mid-call leaves the mark without a result: the turn's recovery then answers the
+    call "interrupted" instead of running it a second time (see ``engine._TurnRunner._run_calls``).
+    """
+    if not call_ids:
+        return
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        state = dict(turn.state or {})
+        state["started_calls"] = {**state.get("started_calls", {}), **{cid: timezone.now().timestamp() for cid in call_ids}}
+        turn.state = state
+        turn.save(update_fields=["state"])
+
+
 def turn_record_pending(*, turn_pk: int, call_id: str, name: str, params: dict, request_id: str) -> None:
     """A call that needs a human: remember which request answers it and tell the streams."""
     with transaction.atomic():
         turn = _locked_turn(turn_pk)
         state = dict(turn.state or {})
+        # It only created an approval request: it did not run, and runs once decided.
+        if call_id in state.get("started_calls", {}):
+            state["started_calls"] = {k: v for k, v in state["started_calls"].items() if k != call_id}
         state.setdefault("pending", {})[call_id] = request_id
         turn.state = state
         turn.save(update_fields=["state"])
@@ -650,16 +687,22 @@ def approval_resolution_apply(
     if not session_id:
         return None
     status = "approved" if approved else "denied"
+    owner = None
     try:
         from approvals.selectors import approval_get
 
         request = approval_get(request_id=request_id)
         if request is not None:
             status = request.status
+            owner = request.principal
     except ImportError:
         pass
     with transaction.atomic():
-        session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+        # The request's owner's session of that id (ids are per owner).
+        sessions = Session.objects.filter(app_id=app_id, session_id=session_id)
+        if owner:
+            sessions = sessions.filter(principal=owner)
+        session = sessions.first()
         if session is None:
             return None
         _lock_session(session.pk)
@@ -711,8 +754,14 @@ def notification_record(*, task_id: str, app_id: str, session_id: str | None, st
     """A finished background task of a session: a Notification row and a `notification` event."""
     if not session_id:
         return None
+    from tooling.models import BackgroundTask
+
+    owner = BackgroundTask.objects.filter(task_id=task_id).values_list("principal", flat=True).first()
     with transaction.atomic():
-        session = Session.objects.filter(app_id=app_id, session_id=session_id).first()
+        # The launcher's session of that id (ids are per owner); an admin's task falls back to anyone's.
+        session = _session_lookup(app_id, session_id, owner) if owner else None
+        if session is None and owner in (None, ADMIN_PRINCIPAL):
+            session = Session.objects.filter(app_id=app_id, session_id=session_id).order_by("-last_active").first()
         if session is None:
             return None
         if Notification.objects.filter(session=session, task_id=task_id).exists():

@@ -10,7 +10,6 @@ the database stays the one source of truth (a reconnecting client replays from i
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import uuid
 from collections.abc import AsyncIterator
@@ -24,9 +23,17 @@ from conversations.events import SessionGone, follow, sse_frame
 from conversations.ratelimit import RateLimitState, rate_limit_hit
 from digitorn_site.api.auth import Principal, authenticate_request
 from digitorn_site.api.envelope import error_response
-from digitorn_site.errors import ConflictError, DigitornError, MethodNotAllowedError, ValidationError
+from digitorn_site.api.jsonbody import loads_body
+from digitorn_site.errors import (
+    ConflictError,
+    DigitornError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ValidationError,
+)
 
 log = logging.getLogger("digitorn.sse")
+MAX_EVENT_ID = 2**63 - 1
 db = engine.db
 
 
@@ -51,13 +58,98 @@ async def _auth(request: HttpRequest, *, scope: str, allow_query_token: bool = F
     return await db(authenticate_request)(request, allow_query_token=allow_query_token, scope=scope)
 
 
+# --- streams end when their key does ---------------------------------------------------------
+#
+# A stream outlives the request that authenticated it. Every open stream registers a guard; one task
+# per event loop re-checks the keys of all of them every few seconds (one query for all, not one per
+# stream) and cuts the streams of a revoked or deleted key (or of a rotated bootstrap admin key):
+# their doorbell is rung so `follow` notices at once, and the stream ends with an `error` event.
+
+
+class _StreamGuard:
+    __slots__ = ("raw_key", "key_id", "session_pk", "revoked")
+
+    def __init__(self, raw_key: str, key_id: int | None):
+        self.raw_key = raw_key
+        self.key_id = key_id
+        self.session_pk: int | None = None
+        self.revoked = False
+
+    def __call__(self) -> bool:
+        return self.revoked
+
+
+_guards: set[_StreamGuard] = set()
+_guard_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
+
+
+def _recheck_seconds() -> float:
+    from django.conf import settings
+
+    return float(getattr(settings, "DIGITORN_SSE_AUTH_RECHECK_SECONDS", 2.0))
+
+
+def _keys_still_valid(key_ids: list[int], raw_admin_keys: list[str]) -> tuple[set[int], set[str]]:
+    """The key ids that are still live, and the admin keys that still are the bootstrap key."""
+    import hmac
+
+    from apps_registry.models import ApiKey
+    from digitorn_site.api.auth import bootstrap_admin_key
+
+    live = set(ApiKey.objects.filter(pk__in=key_ids, revoked_at__isnull=True).values_list("pk", flat=True)) if key_ids else set()
+    admin = bootstrap_admin_key()
+    admins = {raw for raw in raw_admin_keys if admin and hmac.compare_digest(raw.encode(), admin.encode())}
+    return live, admins
+
+
+async def _guard_loop() -> None:
+    from conversations.events import _ring_local
+
+    check = db(_keys_still_valid)
+    while True:
+        await asyncio.sleep(_recheck_seconds())
+        guards = [g for g in list(_guards) if not g.revoked]
+        if not guards:
+            continue
+        try:
+            live, admins = await check(
+                sorted({g.key_id for g in guards if g.key_id is not None}),
+                list({g.raw_key for g in guards if g.key_id is None}),
+            )
+        except Exception:  # noqa: BLE001 - a transient database error must not cut every stream
+            log.warning("stream key re-check failed", exc_info=True)
+            continue
+        for guard in guards:
+            valid = guard.key_id in live if guard.key_id is not None else guard.raw_key in admins
+            if not valid:
+                guard.revoked = True
+                if guard.session_pk is not None:
+                    _ring_local(guard.session_pk)
+
+
+def _guard_open(request: HttpRequest, principal: Principal) -> _StreamGuard:
+    from digitorn_site.api.auth import raw_key_from
+
+    guard = _StreamGuard(raw_key_from(request, allow_query_token=True), principal.key_id)
+    _guards.add(guard)
+    loop = asyncio.get_running_loop()
+    task = _guard_tasks.get(loop)
+    if task is None or task.done():
+        _guard_tasks[loop] = loop.create_task(_guard_loop())
+    return guard
+
+
+def _revoked_frame() -> str:
+    return sse_frame(
+        type="error",
+        data={"message": "The API key of this stream was revoked; reconnect with a valid key.", "kind": "unauthorized"},
+    )
+
+
 def _body(request: HttpRequest) -> dict:
     if not request.body:
         return {}
-    try:
-        data = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f"Malformed request body: expected JSON ({exc}).")
+    data = loads_body(request.body)
     if not isinstance(data, dict):
         raise ValidationError(f"The request body must be a JSON object, got {type(data).__name__}.")
     return data
@@ -91,12 +183,16 @@ async def _wait_done(enqueued: services.Enqueued) -> dict:
     raise ConflictError("The event stream ended before the turn finished.")  # pragma: no cover
 
 
-async def _turn_frames(enqueued: services.Enqueued, first: list[str]) -> AsyncIterator[str]:
+async def _turn_frames(
+    enqueued: services.Enqueued, first: list[str], guard: _StreamGuard | None = None
+) -> AsyncIterator[str]:
     """Frames of one turn: the opening ones, then its events until `done`; pings while idle."""
+    if guard is not None:
+        guard.session_pk = enqueued.session_pk
     try:
         for frame in first:
             yield frame
-        async for event in follow(session_pk=enqueued.session_pk, after=enqueued.after_seq):
+        async for event in follow(session_pk=enqueued.session_pk, after=enqueued.after_seq, stop=guard):
             if event is None:
                 yield ": ping\n\n"
                 continue
@@ -105,11 +201,16 @@ async def _turn_frames(enqueued: services.Enqueued, first: list[str]) -> AsyncIt
             yield sse_frame(type=event.type, data=event.data, seq=event.seq)
             if event.type == "done":
                 return
+        if guard is not None and guard.revoked:
+            yield _revoked_frame()
     except SessionGone:
         yield sse_frame(type="error", data={"message": "The session was deleted while the turn was running.", "kind": "session_gone"})
     except asyncio.CancelledError:
         # The client went away; the turn itself goes on (its result stays in the log).
         raise
+    finally:
+        if guard is not None:
+            _guards.discard(guard)
 
 
 def _start(enqueued: services.Enqueued) -> None:
@@ -122,7 +223,7 @@ def _start(enqueued: services.Enqueued) -> None:
 
 async def _accept(
     request: HttpRequest, app_id: str, serializer: type, session_id: str | None = None
-) -> tuple[services.Enqueued, RateLimitState]:
+) -> tuple[services.Enqueued, RateLimitState, Principal]:
     """What every message-taking POST does first: auth, body, app, rate limit, enqueue. The session
     comes from the path (``session_id``) or from the body (/chat, /chat/stream)."""
     _require(request, "POST")
@@ -133,13 +234,13 @@ async def _accept(
     enqueued = await db(services.message_enqueue)(
         app_id=app_id, session_id=session_id or body["session_id"], principal=principal.name, message=body["message"]
     )
-    return enqueued, limit
+    return enqueued, limit, principal
 
 
 @csrf_exempt
 async def chat(request: HttpRequest, app_id: str) -> HttpResponse:
     try:
-        enqueued, limit = await _accept(request, app_id, s.ChatSerializer)
+        enqueued, limit, _ = await _accept(request, app_id, s.ChatSerializer)
         _start(enqueued)
         payload = await _wait_done(enqueued)
     except DigitornError as err:
@@ -160,7 +261,7 @@ async def session_messages(request: HttpRequest, app_id: str, session_id: str) -
     waited seconds there while turns took milliseconds.
     """
     try:
-        enqueued, limit = await _accept(request, app_id, s.MessageSerializer, session_id=session_id)
+        enqueued, limit, _ = await _accept(request, app_id, s.MessageSerializer, session_id=session_id)
     except DigitornError as err:
         return error_response(err)
     _start(enqueued)
@@ -173,12 +274,12 @@ async def session_messages(request: HttpRequest, app_id: str, session_id: str) -
 @csrf_exempt
 async def chat_stream(request: HttpRequest, app_id: str) -> HttpResponse:
     try:
-        enqueued, limit = await _accept(request, app_id, s.ChatSerializer)
+        enqueued, limit, principal = await _accept(request, app_id, s.ChatSerializer)
     except DigitornError as err:
         return error_response(err)
     _start(enqueued)
     first = [sse_frame(type="connected", data={"session_id": enqueued.session_id, "correlation_id": enqueued.correlation_id})]
-    return _sse_response(_turn_frames(enqueued, first), limit.headers())
+    return _sse_response(_turn_frames(enqueued, first, _guard_open(request, principal)), limit.headers())
 
 
 # --- POST /{app}/run --------------------------------------------------------------------------
@@ -229,25 +330,71 @@ def _cursor(request: HttpRequest) -> int | None:
     try:
         value = int(raw)
     except ValueError:
-        raise ValidationError(f"Last-Event-ID / since: expected an event id (an integer ≥ 0), got {raw!r}.")
-    if value < 0:
-        raise ValidationError(f"Last-Event-ID / since: expected an integer ≥ 0, got {value}.")
+        raise ValidationError(f"Last-Event-ID / since: expected an event id (an integer ≥ 0), got {raw[:40]!r}.")
+    # Above the 64-bit range the database cannot compare it: the stream's first read failed after
+    # the response had started and the request hung. Event ids are 64-bit signed integers.
+    if value < 0 or value > MAX_EVENT_ID:
+        raise ValidationError(f"Last-Event-ID / since: expected an integer between 0 and {MAX_EVENT_ID}, got {raw[:40]!r}.")
     return value
 
 
-async def _session_frames(session_pk: int, session_id: str, after: int, greet: bool) -> AsyncIterator[str]:
+def _session_pk_of(app_id: str, session_id: str, principal: str) -> int | None:
+    from conversations.models import Session
+
+    return Session.objects.filter(app_id=app_id, principal=principal, session_id=session_id).values_list(
+        "pk", flat=True
+    ).first()
+
+
+async def _session_born(app_id: str, session_id: str, principal: str, guard: _StreamGuard) -> AsyncIterator[int | None]:
+    """Wait, without creating it, for the caller's session to exist: yields None (a ping is due)
+    while waiting, then its pk once. Watching a session id must not create it: a watcher would
+    otherwise own the id (or, before ids were per owner, squat another principal's)."""
+    from django.conf import settings
+
+    loop = asyncio.get_running_loop()
+    interval = max(settings.DIGITORN_SSE_POLL_SECONDS, 0.25)
+    next_ping = loop.time() + settings.DIGITORN_SSE_PING_SECONDS
+    lookup = db(_session_pk_of)
+    while not guard.revoked:
+        pk = await lookup(app_id, session_id, principal)
+        if pk is not None:
+            yield pk
+            return
+        await asyncio.sleep(interval)
+        if loop.time() >= next_ping:
+            next_ping = loop.time() + settings.DIGITORN_SSE_PING_SECONDS
+            yield None
+
+
+async def _session_frames(
+    session_pk: int | None, session_id: str, after: int, greet: bool, guard: _StreamGuard, *, app_id: str,
+    principal: str,
+) -> AsyncIterator[str]:
     try:
         if greet:
             yield sse_frame(type="connected", data={"session_id": session_id})
-        async for event in follow(session_pk=session_pk, after=after):
-            if event is None:
-                yield ": ping\n\n"
-            else:
-                yield sse_frame(type=event.type, data=event.data, seq=event.seq)
+        if session_pk is None:
+            async for pk in _session_born(app_id, session_id, principal, guard):
+                if pk is None:
+                    yield ": ping\n\n"
+                else:
+                    session_pk, after = pk, 0  # everything the new session logged is new to this stream
+        if session_pk is not None:
+            guard.session_pk = session_pk
+            async for event in follow(session_pk=session_pk, after=after, stop=guard):
+                if event is None:
+                    yield ": ping\n\n"
+                else:
+                    yield sse_frame(type=event.type, data=event.data, seq=event.seq)
+        if guard.revoked:
+            yield _revoked_frame()
     except SessionGone:
         yield sse_frame(type="error", data={"message": f"Session '{session_id}' was deleted.", "kind": "session_gone"})
     except asyncio.CancelledError:
         raise
+    finally:
+        _guards.discard(guard)
 
 
 @csrf_exempt
@@ -256,14 +403,22 @@ async def session_events(request: HttpRequest, app_id: str, session_id: str) -> 
         _require(request, "GET")
         principal = await _auth(request, scope="apps:read", allow_query_token=True)
         cursor = _cursor(request)
-        session = await db(services.session_resolve)(
-            app_id=app_id, session_id=session_id, principal=principal.name, create=True
-        )
+        await db(_app_exists)(app_id)
+        try:
+            # Watching never creates the session (issue #10): a missing one is waited for below.
+            session = await db(services.session_resolve)(app_id=app_id, session_id=session_id, principal=principal.name)
+        except NotFoundError:
+            session = None
     except DigitornError as err:
         return error_response(err)
     engine.ensure_recovery()
-    after = session.last_seq if cursor is None else cursor
-    return _sse_response(_session_frames(session.pk, session.session_id, after, greet=cursor is None))
+    after = (session.last_seq if session is not None else 0) if cursor is None else cursor
+    return _sse_response(
+        _session_frames(
+            session.pk if session is not None else None, session_id, after, cursor is None,
+            _guard_open(request, principal), app_id=app_id, principal=principal.name,
+        )
+    )
 
 
 # --- POST /{app}/notifications ----------------------------------------------------------------
@@ -288,5 +443,5 @@ async def notifications_drain(request: HttpRequest, app_id: str) -> HttpResponse
         return _envelope({"notifications": 0})
     _start(enqueued)
     first = [sse_frame(type="notification", data=summary) for summary in summaries]
-    return _sse_response(_turn_frames(enqueued, first))
+    return _sse_response(_turn_frames(enqueued, first, _guard_open(request, principal)))
 

@@ -3,6 +3,7 @@ plus the per-app index and the meta-tools built on it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import timedelta
 
@@ -16,7 +17,7 @@ from digitorn_site.errors import NotFoundError, ValidationError
 from tooling.meta import meta_tool_invoke
 from tooling.models import ToolExecution
 from tooling.selectors import meta_tools, tool_index_for, tools_for_agent
-from tooling.services import tool_invoke
+from tooling.services import tool_invoke, unseal_secrets
 
 pytestmark = pytest.mark.django_db
 
@@ -110,7 +111,9 @@ def test_approve_creates_a_request_and_runs_only_once_approved(tmp_path):
     assert not (tmp_path / "out.txt").exists()
     request = ApprovalRequest.objects.get(request_id=pending.request_id)
     assert request.params == {"command": "echo *** > out.txt"}
-    assert request.call_params == {"command": f"echo {SECRET} > out.txt"}
+    # What runs once approved is stored sealed: no plaintext at rest (issue #10, item 2).
+    assert SECRET not in json.dumps(request.call_params)
+    assert unseal_secrets(request.call_params, (SECRET,)) == {"command": f"echo {SECRET} > out.txt"}
     assert (request.tool_name, request.reason, request.risk_level) == ("shell.run", "commands change the machine", "high")
     assert (request.session_id, request.agent_id, request.origin_ref, request.principal) == ("s1", "main", "call-1", "alice")
     assert request.expires_at > timezone.now() + timedelta(seconds=290)

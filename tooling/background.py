@@ -48,7 +48,7 @@ from digitorn_site.errors import (
 )
 from tooling import registry
 from tooling.models import BackgroundTask
-from tooling.services import mask_secrets
+from tooling.services import SEAL_MARKER, mask_secrets, seal_secrets, unseal_secrets
 
 log = logging.getLogger("digitorn.tasks")
 
@@ -89,6 +89,14 @@ def _iso(value) -> str | None:
     return value.isoformat() if value is not None else None
 
 
+def _shown(params: Any) -> Any:
+    """Stored parameters as people see them: a sealed secret reads as the mask."""
+    text = json.dumps(params)
+    if "{{sealed-secret:" not in text:
+        return params
+    return json.loads(SEAL_MARKER.sub("***", text))
+
+
 def background_task_payload(task: BackgroundTask) -> dict[str, Any]:
     """DESIGN §7 task shape, plus ``approval_request_id`` (so a client can approve a waiting task)."""
     elapsed = None
@@ -98,7 +106,7 @@ def background_task_payload(task: BackgroundTask) -> dict[str, Any]:
     return {
         "task_id": task.task_id,
         "tool": task.tool,
-        "params": task.params,
+        "params": _shown(task.params),
         "session_id": task.session_id,
         "status": task.status,
         "result": task.result,
@@ -251,7 +259,8 @@ def background_task_launch(
         principal=principal,
         session_id=session_id or None,
         tool=gate.tool,
-        params=params,
+        # Sealed: no secret value at rest; the worker unseals it in memory (issue #10, item 2).
+        params=seal_secrets(params, app.secret_values),
         status=Status.QUEUED,
         lease_expires_at=now + timedelta(seconds=requeue_seconds()),
     )
@@ -262,7 +271,7 @@ def background_task_launch(
             app=app,
             tool_name=gate.tool,
             params=mask_secrets(params, app.secret_values),
-            call_params=params,
+            call_params=seal_secrets(params, app.secret_values),
             risk_level=gate.risk_level,
             reason=gate.reason,
             principal=principal,
@@ -546,7 +555,7 @@ def background_task_run(*, task_id: str, worker: str) -> str:
             outcome = tool_invoke(
                 app=app,
                 tool_name=task.tool,
-                params=task.params,
+                params=unseal_secrets(task.params, app.secret_values),
                 caller=f"task:{task_id}",
                 principal=task.principal,
                 session_id=task.session_id,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,6 +63,64 @@ def mask_secrets(value: Any, secrets: tuple[str, ...] | list[str]) -> Any:
                 if secret in item:
                     item = item.replace(secret, MASK)
             return item
+        if isinstance(item, dict):
+            return {walk(k) if isinstance(k, str) else k: walk(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [walk(v) for v in item]
+        return item
+
+    return walk(value)
+
+
+# Parameters that must survive a suspension (an approval, a crash) are stored *sealed*: each secret
+# value becomes a marker naming it by an HMAC under the daemon's SECRET_KEY, so no row holds the
+# plaintext, and :func:`unseal_secrets` puts the app's current values back in memory right before the
+# call runs. A model cannot forge a marker (it would need SECRET_KEY) to make a call carry a secret
+# it never wrote, and the sealed form is never shown (people and models see the masked one).
+SEAL_MARKER = re.compile(r"\{\{sealed-secret:([0-9a-f]{32})\}\}")
+
+
+def _seal_tag(secret: str) -> str:
+    from django.utils.crypto import salted_hmac
+
+    return salted_hmac("digitorn.sealed-secret", secret, algorithm="sha256").hexdigest()[:32]
+
+
+def seal_secrets(value: Any, secrets: tuple[str, ...] | list[str]) -> Any:
+    """``value`` with every secret replaced by its sealed marker (see :func:`unseal_secrets`)."""
+    ordered = sorted((s for s in secrets if s), key=len, reverse=True)
+    if not ordered:
+        return value
+    markers = {secret: "{{sealed-secret:" + _seal_tag(secret) + "}}" for secret in ordered}
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            for secret in ordered:
+                if secret in item:
+                    item = item.replace(secret, markers[secret])
+            return item
+        if isinstance(item, dict):
+            return {walk(k) if isinstance(k, str) else k: walk(v) for k, v in item.items()}
+        if isinstance(item, list | tuple):
+            return [walk(v) for v in item]
+        return item
+
+    return walk(value)
+
+
+def unseal_secrets(value: Any, secrets: tuple[str, ...] | list[str]) -> Any:
+    """The inverse of :func:`seal_secrets` for the app's current secret values (in memory only).
+
+    A marker whose secret is no longer set (rotated, deleted) stays as it is."""
+    by_tag = {_seal_tag(secret): secret for secret in secrets if secret}
+    if not by_tag:
+        return value
+
+    def walk(item: Any) -> Any:
+        if isinstance(item, str):
+            if "{{sealed-secret:" not in item:
+                return item
+            return SEAL_MARKER.sub(lambda m: by_tag.get(m.group(1), m.group(0)), item)
         if isinstance(item, dict):
             return {walk(k) if isinstance(k, str) else k: walk(v) for k, v in item.items()}
         if isinstance(item, list | tuple):
@@ -286,7 +345,8 @@ def tool_invoke(
                     risk_level=spec.risk_level,
                 )
                 return _finish(outcome, **finish)
-            params = request.call_params
+            # Stored sealed (no plaintext at rest): the app's secret values go back in memory only.
+            params = unseal_secrets(request.call_params, app.secret_values)
         else:
             from approvals.services import approval_request_create
 
@@ -294,7 +354,7 @@ def tool_invoke(
                 app=app,
                 tool_name=spec.name,
                 params=mask_secrets(params, app.secret_values),
-                call_params=params,
+                call_params=seal_secrets(params, app.secret_values),
                 risk_level=spec.risk_level,
                 reason=decision.reason,
                 principal=principal,

@@ -9,10 +9,12 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.views import APIView
 
 from digitorn_site.api.auth import Principal
 from digitorn_site.api.envelope import error_response, ok_response
+from digitorn_site.api.jsonbody import DepthLimitedJSONParser
 from digitorn_site.errors import DigitornError, MethodNotAllowedError, NotFoundError, ValidationError
 
 
@@ -20,6 +22,8 @@ class ApiView(APIView):
     """Thin base: API-key auth, scope permission, JSON only, the envelope via the exception handler."""
 
     required_scope: str | dict[str, str] | None = None
+    # JSON nested thousands deep must answer 400, not escape DRF's parser as a RecursionError (500).
+    parser_classes = [DepthLimitedJSONParser, MultiPartParser, FormParser]
 
     def parse(self, serializer_class: type[serializers.Serializer], data=None) -> dict:
         """Validate the body (or ``data``) with a serializer; errors leave as 400 naming the field."""

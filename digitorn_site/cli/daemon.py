@@ -232,7 +232,12 @@ def cmd_start(args) -> int:
             os.close(lock_fd)
 
     log_path = config.log_file()
-    with open(log_path, "ab", buffering=0) as log_fh:
+    # Owner-only: the log holds request lines and tracebacks. os.open's mode applies to a new file
+    # only, so an existing one (and the folder, made by an older version) is tightened too.
+    os.chmod(log_path.parent, 0o700)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "ab", buffering=0) as log_fh:
         proc = subprocess.Popen(
             [config.python(), "-m", "digitorn_site.cli.supervisor", *supervisor_args],
             env=config.child_env(),

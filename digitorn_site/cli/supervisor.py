@@ -116,7 +116,8 @@ class Supervisor:
                     role="asgi",
                     name=f"asgi-{index + 1}",
                     argv=[
-                        py, "-m", "daphne",
+                        # Daphne, with ?token= redacted from its access log (see asgi_worker).
+                        py, "-m", "digitorn_site.cli.asgi_worker",
                         "--fd", str(fd),
                         # SSE streams are long-lived: no HTTP timeout; let apps finish on stop.
                         "--application-close-timeout", "5",

@@ -4,7 +4,9 @@
   with 401 in the envelope; only /api/health is public.
 - ``?token=`` authenticates the SSE stream GET .../sessions/{sid}/events and nothing else.
 - One principal cannot read, stream, message, cancel or approve another principal's session,
-  approvals or background tasks: 404, the same answer as for an id that does not exist.
+  approvals or background tasks: 404, the same answer as for an id that does not exist. Session ids
+  are scoped to their owner: the same id used by another principal is that principal's own session,
+  and watching an id (GET .../events) never creates a session, so it cannot squat one.
 - A Host header outside ALLOWED_HOSTS (DNS rebinding) gets a 400 JSON envelope, not an HTML page.
 
 The second and third principals are API keys made with `digitorn apikey create`, as an operator would.
@@ -197,7 +199,12 @@ def test_query_token_opens_the_sse_stream(deployed, keys):
         first = next(iter(parse_sse_lines(response.iter_lines()))).as_dict()
     assert first["event"] == "connected"
     assert first["data"] == {"session_id": "tok-1"}
-    # The session it opened belongs to the token's principal.
+    # Watching created nothing; the first message does, and the session belongs to its sender.
+    ghost = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=_as(keys["alice"]), timeout=10)
+    _assert_envelope(ghost, 404, "RESOURCE_NOT_FOUND")
+    sent = deployed.client.post(f"/api/apps/{APP}/sessions/tok-1/messages", json={"message": "list"},
+                                headers=_as(keys["alice"]))
+    assert sent.status_code == 202, sent.text
     mine = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=_as(keys["alice"]), timeout=10)
     assert mine.status_code == 200, mine.text
     theirs = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=_as(keys["bob"]), timeout=10)
@@ -271,26 +278,37 @@ def test_another_principal_cannot_read_or_touch_a_session(deployed, keys, alices
     _same_as_missing(deployed, bob, "GET", f"{base}/history", sid)
     _same_as_missing(deployed, bob, "POST", f"{base}/cancel", sid)
     _same_as_missing(deployed, bob, "DELETE", base, sid)
-    # Writing into it (which would otherwise create the session) is refused too.
-    for method, path, body in (
-        ("POST", f"{base}/messages", {"message": "hijack"}),
-        ("POST", f"/api/apps/{APP}/chat", {"session_id": sid, "message": "hijack"}),
-        ("POST", f"/api/apps/{APP}/chat/stream", {"session_id": sid, "message": "hijack"}),
-        ("POST", f"/api/apps/{APP}/notifications", {"session_id": sid}),
-    ):
-        _assert_envelope(deployed.client.request(method, path, headers=bob, json=body), 404, "RESOURCE_NOT_FOUND")
-    # Streaming it, with a header or with ?token=.
-    _assert_envelope(deployed.client.get(f"{base}/events", headers=bob), 404, "RESOURCE_NOT_FOUND")
-    _assert_envelope(
-        httpx.get(f"{deployed.url}{base}/events", params={"token": keys["bob"]}, timeout=10), 404, "RESOURCE_NOT_FOUND"
-    )
-    # Bob's listings do not show it; Alice's session is intact, with its one exchange.
-    listed = deployed.client.get(f"/api/apps/{APP}/sessions", headers=bob).json()["data"]["sessions"]
-    assert sid not in {s["session_id"] for s in listed}
+    _assert_envelope(deployed.client.post(f"/api/apps/{APP}/notifications", headers=bob, json={"session_id": sid}),
+                     404, "RESOURCE_NOT_FOUND")
+    # Writing with that id reaches a session of Bob's own (ids are per owner), never Alice's.
+    mine: set[str] = set()
+    queued = deployed.client.post(f"{base}/messages", headers=bob, json={"message": "hijack"})
+    assert queued.status_code == 202, queued.text
+    mine.add(queued.json()["data"]["correlation_id"])
+    chat = deployed.client.post(f"/api/apps/{APP}/chat", headers=bob, json={"session_id": sid, "message": "hijack"})
+    assert chat.status_code == 200, chat.text
+    mine.add(chat.json()["data"]["correlation_id"])
+    # Streaming that id, with a header or with ?token=, shows only Bob's own turns.
+    for params, headers in (({"since": 0}, bob), ({"since": 0, "token": keys["bob"]}, {})):
+        seen: list[dict] = []
+        with httpx.stream("GET", f"{deployed.url}{base}/events", params=params, headers=headers, timeout=15) as response:
+            assert response.status_code == 200
+            from digitorn_site.cli.sse import parse_sse_lines
+
+            for event in parse_sse_lines(response.iter_lines()):
+                seen.append(event.as_dict())
+                if len([e for e in seen if e["event"] == "done"]) == 2:
+                    break
+        assert {e["data"]["correlation_id"] for e in seen if e["event"] == "done"} == mine, seen
+    # Bob's history of that id is his; Alice's session is intact, with its one exchange.
+    bobs = deployed.client.get(f"{base}/history", headers=bob).json()["data"]["messages"]
+    assert "list" not in [m["content"] for m in bobs] and "hijack" in [m["content"] for m in bobs]
     history = deployed.client.get(f"{base}/history", headers=_as(keys["alice"]))
     assert history.status_code == 200
     contents = [m["content"] for m in history.json()["data"]["messages"]]
     assert "hijack" not in contents and "list" in contents
+    assert deployed.client.delete(base, headers=bob).status_code == 200  # deletes Bob's, not Alice's
+    assert deployed.client.get(f"{base}/history", headers=_as(keys["alice"])).status_code == 200
     # The admin sees every principal's sessions.
     assert deployed.client.get(base).status_code == 200
 
@@ -334,3 +352,56 @@ def test_owner_can_approve_and_the_turn_finishes(deployed, keys, alices):
                           headers=alice, until="done", timeout=30)
     assert events[-1]["data"]["content"] == "written"
     assert "approval_resolved" in [e["event"] for e in events]
+
+
+# --- keys never reach the log ------------------------------------------------------------------
+
+
+def test_query_tokens_never_reach_the_log_and_logs_are_private(deployed, keys):
+    """?token= on 4xx answers (wrong token, non-SSE endpoint, unknown path, bad cursor) and on a
+    stream: daemon.log never holds the key, and the log files are readable by the owner only."""
+    import stat
+
+    leaked = keys["alice"]
+    for method, path, params in (
+        ("GET", f"/api/apps/{APP}/sessions/s-1/events", {"token": leaked, "since": "-5"}),
+        ("GET", f"/api/apps/{APP}/sessions/s-1/events", {"token": leaked + "x"}),
+        ("GET", f"/api/apps/{APP}/sessions", {"token": leaked}),
+        ("GET", "/api/apps/nope/missing/path", {"token": leaked}),
+        ("POST", f"/api/apps/{APP}/chat", {"token": leaked}),
+    ):
+        response = httpx.request(method, f"{deployed.url}{path}", params=params, timeout=10)
+        assert 400 <= response.status_code < 500, (path, response.status_code)
+    with httpx.stream("GET", f"{deployed.url}/api/apps/{APP}/sessions/log-1/events", params={"token": leaked},
+                      timeout=10) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())
+    time.sleep(1.0)  # let the workers flush their log lines
+    logs = sorted((deployed.data_dir / "logs").iterdir())
+    assert logs, "no log files"
+    for path in logs:
+        assert leaked not in path.read_text(errors="replace"), f"{path.name} holds a key passed as ?token="
+        assert stat.S_IMODE(path.stat().st_mode) & 0o077 == 0, f"{path.name} is readable by others"
+    assert stat.S_IMODE((deployed.data_dir / "logs").stat().st_mode) & 0o077 == 0
+
+
+def test_watching_a_session_id_does_not_squat_it(deployed, keys):
+    """An apps:read key watching an id first neither creates the session nor blocks its owner."""
+    made = deployed.cli("apikey", "create", "--name", "watcher", "--scopes", "apps:read", "--json")
+    assert made.returncode == 0, made.stdout + made.stderr
+    watcher = json.loads(made.stdout)["key"]
+    from digitorn_site.cli.sse import parse_sse_lines
+
+    with httpx.stream("GET", f"{deployed.url}/api/apps/{APP}/sessions/squat-1/events", params={"token": watcher},
+                      timeout=15) as response:
+        assert response.status_code == 200
+        assert next(iter(parse_sse_lines(response.iter_lines()))).as_dict()["event"] == "connected"
+        # While the squatter still watches, the owner's chat on that id works.
+        chat = deployed.client.post(f"/api/apps/{APP}/chat", json={"session_id": "squat-1", "message": "list"},
+                                    headers=_as(keys["alice"]))
+        assert chat.status_code == 200 and chat.json()["data"]["content"] == "listed", chat.text
+    _assert_envelope(deployed.client.get(f"/api/apps/{APP}/sessions/squat-1/history", headers=_as(watcher)),
+                     404, "RESOURCE_NOT_FOUND")
+    again = deployed.client.post(f"/api/apps/{APP}/sessions/squat-1/messages", json={"message": "list"},
+                                 headers=_as(keys["alice"]))
+    assert again.status_code == 202, again.text

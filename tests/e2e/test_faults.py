@@ -116,6 +116,43 @@ def test_asgi_workers_killed_mid_turn_with_a_queued_message(daemon_factory, app_
     assert [int(e["id"]) for e in replay if e["id"]] == [e["id"] for e in stream.events]
 
 
+def test_a_killed_worker_does_not_run_a_side_effect_tool_twice(daemon_factory, app_yaml):
+    """SIGKILL of every ASGI worker while a shell step runs: the recovered turn answers that call
+    "interrupted" (the model reads it) instead of running the command a second time."""
+    d = daemon_factory(workers=2, env={"DIGITORN_LEASE_SECONDS": "3"})
+    workspace = app_yaml.workspace
+    app = {
+        "schema_version": 2,
+        "app": {"app_id": "once", "name": "Once"},
+        "agents": [{"id": "assistant", "brain": {"provider": "scripted", "config": {"rules": [{"steps": [
+            {"call": "shell.run", "params": {"command": "echo started >> runs.txt; sleep 2"}},
+            {"say": "after: {result}"},
+        ]}]}}}],
+        "tools": {"modules": {"shell": {"workspace": str(workspace)}}},
+    }
+    d.deploy(app_yaml(app))
+    stream = ReconnectingStream(d.url, d.key, "/api/apps/once/sessions/k1/events")
+    stream.start()
+    try:
+        assert stream.opened.wait(30), "the event stream never opened"
+        response = d.client.post("/api/apps/once/sessions/k1/messages", json={"message": "go"})
+        assert response.status_code == 202, response.text
+        poll(lambda: (workspace / "runs.txt").exists(), 30, "the shell step to start")
+        killed = set(d.child_pids("asgi"))
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        poll(lambda: len(stream.dones()) == 1, 90,
+             f"the turn to finish after recovery (events so far: {[e['event'] for e in stream.events]})")
+        time.sleep(1.0)  # a re-run would have appended by now
+    finally:
+        stream.stop.set()
+    assert (workspace / "runs.txt").read_text().count("started") == 1
+    results = [e["data"] for e in stream.events if e["event"] == "result"]
+    assert len(results) == 1 and results[0]["success"] is False, results
+    assert results[0]["error"].startswith("interrupted"), results
+    assert "interrupted" in stream.dones()[0]["content"]
+
+
 @pytest.mark.scaleout
 def test_database_restart_during_a_stream(daemon_factory, app_yaml):
     restart = os.environ.get("DIGITORN_TEST_DB_RESTART", "")

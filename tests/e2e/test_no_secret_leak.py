@@ -16,8 +16,10 @@ import re
 import secrets
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +53,15 @@ RULES = [
     {
         "when": "read",
         "steps": [{"call": "filesystem.read", "params": {"path": "leak.txt"}}, {"say": "file says {result}"}],
+    },
+    {
+        # The secret flows through tool *parameters*: the model's call carries it in a header.
+        "when": "api",
+        "steps": [
+            {"call": "http.get", "params": {"url": "{api}/whoami", "headers": {"Authorization": "Bearer {{secret.LEAK_TOKEN}}"}}},
+            {"call": "shell.run", "params": {"command": "echo param-{{secret.LEAK_TOKEN}} > param.txt"}},
+            {"say": "api said {result}"},
+        ],
     },
     {"when": "", "steps": [{"say": "nothing to do for: {message}"}]},
 ]
@@ -103,8 +114,37 @@ class Recorder:
         return events
 
 
-def _manifest(workspace: Path) -> str:
-    rules = json.dumps(RULES)  # JSON is YAML flow syntax
+class _Api(BaseHTTPRequestHandler):
+    """A stand-in web API: records the Authorization header it was sent, answers without it."""
+
+    seen: list[str] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+        type(self).seen.append(self.headers.get("Authorization", ""))
+        body = b'{"user": "leak-check"}'
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def api_server():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
+    _Api.seen = []
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def _manifest(workspace: Path, api: str) -> str:
+    rules = json.dumps(RULES).replace("{api}", api)  # JSON is YAML flow syntax
     return (
         "schema_version: 2\n"
         f"app: {{app_id: {APP}, name: Leak Check}}\n"
@@ -115,9 +155,10 @@ def _manifest(workspace: Path) -> str:
         "  modules:\n"
         f"    filesystem: {{workspace: '{workspace}'}}\n"
         "    shell: {env: {LEAK_TOKEN: '{{secret.LEAK_TOKEN}}'}}\n"
+        "    http: {allowed_hosts: ['127.0.0.1']}\n"
         "  capabilities:\n"
         "    default_policy: approve\n"
-        "    grant: [{module: filesystem, actions: [read, ls, find]}]\n"
+        "    grant: [{module: filesystem, actions: [read, ls, find]}, {module: http, actions: [get]}]\n"
         "    approve: [{module: shell, reason: runs commands}, {module: filesystem, actions: [write]}]\n"
     )
 
@@ -143,12 +184,12 @@ def _admin_session(daemon, rec: Recorder) -> httpx.Client:
     return web
 
 
-def test_secret_plaintext_never_leaves(daemon, app_yaml):
+def test_secret_plaintext_never_leaves(daemon, app_yaml, api_server):
     secret = "LeakCanary" + secrets.token_hex(12)
     rec = Recorder()
     client = daemon.client
     workspace = app_yaml.workspace
-    daemon.deploy(app_yaml(_manifest(workspace), f"{APP}.yaml"), force=True)
+    daemon.deploy(app_yaml(_manifest(workspace, api_server), f"{APP}.yaml"), force=True)
 
     # --- the secret goes in through the API and the CLI (stdin, never argv) -------------------
     rec.response("missing secret detail", client.get(f"/api/apps/{APP}"))
@@ -211,6 +252,28 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml):
     assert [e for e in streamed if e["event"] == "approval_request"], streamed
     assert (workspace / "copy.txt").exists()
 
+    # --- the secret in tool parameters: an HTTP header (auto) and a gated shell command ---------
+    def approve_param_call(event: dict) -> None:
+        if event["event"] == "approval_request":
+            assert event["data"]["params"]["command"] == f"echo param-{MASK} > param.txt", event
+            rec.response(
+                "approve s4",
+                client.post(f"/api/apps/{APP}/approve", json={"request_id": event["data"]["request_id"], "approved": True}),
+            )
+
+    accepted = rec.response(
+        "message s4", client.post(f"/api/apps/{APP}/sessions/s4/messages", json={"message": "call the api"}), status=202
+    )
+    param_events = rec.sse(
+        client, "events s4", "GET", f"/api/apps/{APP}/sessions/s4/events", params={"since": 0},
+        until=lambda e: e["event"] == "done", on_event=approve_param_call,
+    )
+    calls = [e["data"] for e in param_events if e["event"] == "tool_call"]
+    assert calls[0]["params"]["headers"]["Authorization"] == f"Bearer {MASK}", calls
+    assert _Api.seen == [f"Bearer {secret}"]  # the call itself carried the plaintext
+    assert (workspace / "param.txt").read_text().strip() == f"param-{secret}"
+    assert accepted["correlation_id"]
+
     # --- direct tool execution, auto and behind an approval -----------------------------------
     direct = rec.response(
         "execute read", client.post(f"/api/apps/{APP}/tools/filesystem.read/execute", json={"params": {"path": "leak.txt"}})
@@ -262,7 +325,7 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml):
         ("approvals", f"/api/apps/{APP}/approvals"),
     ]:
         rec.response(label, client.get(path))
-    for sid in ("s1", "s2", "s3"):
+    for sid in ("s1", "s2", "s3", "s4"):
         rec.response(f"session {sid}", client.get(f"/api/apps/{APP}/sessions/{sid}"))
         history = rec.response(f"history {sid}", client.get(f"/api/apps/{APP}/sessions/{sid}/history"))
         assert history["messages"], sid

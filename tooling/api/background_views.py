@@ -129,10 +129,9 @@ async def _run(request: HttpRequest, scope: str, handler: Handler) -> JsonRespon
 def _json_body(request: HttpRequest) -> dict:
     if not request.body.strip():
         return {}
-    try:
-        body = json.loads(request.body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ValidationError(f'Malformed request body: {exc}. Send JSON such as {{"timeout": 30}}.')
+    from digitorn_site.api.jsonbody import loads_body
+
+    body = loads_body(request.body)  # 400 on malformed or too deeply nested JSON
     if not isinstance(body, dict):
         raise ValidationError('Send a JSON object such as {"timeout": 30}.')
     return body

@@ -51,8 +51,13 @@ class ToolExecuteView(ApiView):
     request_serializer = ExecuteSerializer
 
     def post(self, request, app_id: str, tool_name: str):
+        from conversations.ratelimit import rate_limit_hit
+
         args = parse(ExecuteSerializer, request.data)
         app = app_runtime(app_id=app_id)
+        # The same per-app sliding window as chat: a direct call spends the app's budget too
+        # (429 with Retry-After and X-RateLimit-* when the window is full).
+        limit = rate_limit_hit(app_id=app_id)
         outcome = tool_invoke(
             app=app,
             tool_name=tool_name,
@@ -73,8 +78,9 @@ class ToolExecuteView(ApiView):
                     f"GET /api/apps/{app_id}/approvals/{outcome.request_id}.",
                 },
                 status=202,
+                headers=limit.headers(),
             )
-        return ok(outcome.as_result())
+        return ok(outcome.as_result(), headers=limit.headers())
 
 
 class ToolIndexView(ApiView):
