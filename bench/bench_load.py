@@ -127,7 +127,7 @@ async def read_stream(client: httpx.AsyncClient, run: SessionRun, connected: asy
                     elif event:
                         if seq is not None:
                             run.seqs.append(seq)
-                        if event == "done":
+                        if event == "result":  # the turn's last event
                             cid = json.loads("\n".join(data))["correlation_id"]
                             run.done_counts[cid] += 1
                             run.done_at.setdefault(cid, time.perf_counter())

@@ -75,7 +75,7 @@ def main() -> None:
                 for line in response.iter_lines():
                     if line.startswith("event: "):
                         event = line[7:]
-                    elif line.startswith("data: ") and event == "done":
+                    elif line.startswith("data: ") and event == "result":
                         done_at.put((json.loads(line[6:])["correlation_id"], time.perf_counter()))
 
         threading.Thread(target=lambda: _quiet(reader), daemon=True).start()
