@@ -247,7 +247,8 @@ class _TurnRunner:
             self.claim.app_id, self.claim.agent_id, self.claim.session_pk, RECAP_MAX_ITEMS
         )
         if self.agent is None:
-            raise _Stop(f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest.")
+            why = f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest."
+            raise _Stop(why, error=why)
         self.brain = brain_for(self.agent)
         self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
         self.window = max(int(self.app.runtime.context_window_messages or 0), 4)
