@@ -199,10 +199,29 @@ def test_the_contract_check_itself_rejects_drift():
     assert _problems({"error": "x", "code": "c", "category": "c", "retry": 1, "detail": ""}, CONTRACT["error"])
 
 
+def session_stream(session_pk: int, session_id: str, count: int) -> list[tuple[str, dict]]:
+    """The first ``count`` frames of the persistent stream's generator, pings skipped."""
+    from conversations.sse import _session_frames
+
+    async def go() -> list[str]:
+        out: list[str] = []
+        async for frame in _session_frames(session_pk, session_id, 0, greet=True):
+            if not frame.startswith(":"):
+                out.append(frame)
+            if len(out) == count:
+                break
+        return out
+
+    return frames("".join(async_to_sync(go)()))
+
+
 def test_connected(app):
     response, text = stream_post("/api/apps/conf/chat/stream", {"session_id": "w1", "message": "echo hi"})
     kind, data = frames(text)[0]
     assert kind == "connected" and conforms("connected", data)["session_id"] == "w1"
+    session = services.session_resolve(app_id="conf", session_id="w1", principal="admin")
+    kind, data = session_stream(session.pk, "w1", 1)[0]
+    assert kind == "connected" and conforms("connected", data) == {"session_id": "w1"}
 
 
 def test_message_queued(app):
@@ -275,6 +294,13 @@ def test_error_from_the_scripted_brain(app):
     assert error["code"] in ERROR_CODES and error["code"] == "provider_error" and "no_rule" in error["detail"]
     result = conforms("result", logged(enq.session_pk, "result")[0])
     assert result["error"] == error["error"]
+
+
+def test_error_when_the_session_is_deleted_under_a_stream(app):
+    enq = send("conf", "echo hi", session_id="gone")
+    services.session_delete(app_id="conf", session_id="gone", principal="alice")
+    (_, _), (kind, data) = session_stream(enq.session_pk, "gone", 2)
+    assert kind == "error" and conforms("error", data)["code"] == "session_gone" and data["retry"] is False
 
 
 def test_error_codes_from_a_provider(ws):
