@@ -207,7 +207,7 @@ def watching_count() -> int:
 
 def _ensure_background(loop: asyncio.AbstractEventLoop) -> None:
     # The poller runs with a channel layer too: under load (bench_load, 4 workers, PostgreSQL +
-    # Redis) cross-worker doorbells were missed and `done` events reached their streams only at the
+    # Redis) cross-worker doorbells were missed and turn-ending events reached their streams only at the
     # next 15 s ping. One raw query per interval per worker for all its streams is the safety net;
     # the layer stays the fast path.
     wanted = [("poller", _poller)]
