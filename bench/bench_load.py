@@ -9,14 +9,14 @@ agent calls ``filesystem.read`` once and answers (``--workload reply``: answers 
 
 1. opens the persistent stream ``GET /sessions/{sid}/events`` and waits for ``connected``;
 2. sends its messages one after another with ``POST /sessions/{sid}/messages`` (the next one once
-   the previous turn's ``done`` arrived), all sessions together paced to ``--rate`` messages/s.
+   the previous turn's ``result`` arrived), all sessions together paced to ``--rate`` messages/s.
 
-Measured: messages/s (accepted ``done``s over the sending phase), accepted → ``done`` latency p50/p99
-(from the 202 response to the ``done`` event on the stream), HTTP errors (non-2xx, 5xx, transport
+Measured: messages/s (accepted ``result``s over the sending phase), accepted → ``result`` latency p50/p99
+(from the 202 response to the ``result`` event on the stream), HTTP errors (non-2xx, 5xx, transport
 errors), and stream integrity per session: ``seq`` strictly consecutive (no gap, no duplicate) and
-exactly one ``done`` per correlation_id. Bounded: everything stops after ``--max-seconds``; the
+exactly one ``result`` per correlation_id. Bounded: everything stops after ``--max-seconds``; the
 daemon is stopped (``digitorn stop``) on the way out. Exit status 1 if any integrity check failed,
-a message got no ``done``, or a 5xx was seen.
+a message got no ``result``, or a 5xx was seen.
 """
 
 from __future__ import annotations
@@ -81,9 +81,9 @@ class SessionRun:
             out.append(f"{self.sid}: seq not consecutive at {gaps[:5]}")
         extra = {cid: n for cid, n in self.done_counts.items() if n != 1}
         if extra:
-            out.append(f"{self.sid}: correlation ids with {extra} `done` events (expected exactly 1)")
+            out.append(f"{self.sid}: correlation ids with {extra} `result` events (expected exactly 1)")
         if self.missing_done:
-            out.append(f"{self.sid}: {self.missing_done} accepted message(s) got no `done` within 2 x --turn-timeout")
+            out.append(f"{self.sid}: {self.missing_done} accepted message(s) got no `result` within 2 x --turn-timeout")
         return out
 
 
@@ -127,7 +127,7 @@ async def read_stream(client: httpx.AsyncClient, run: SessionRun, connected: asy
                     elif event:
                         if seq is not None:
                             run.seqs.append(seq)
-                        if event == "done":
+                        if event == "result":  # the turn's last event
                             cid = json.loads("\n".join(data))["correlation_id"]
                             run.done_counts[cid] += 1
                             run.done_at.setdefault(cid, time.perf_counter())
@@ -183,7 +183,7 @@ async def drive_session(client: httpx.AsyncClient, run: SessionRun, messages: in
                 continue
             run.latencies.append(max(0.0, done - accepted) * 1000)
             run.send_to_done.append((done - run.sent_at[cid]) * 1000)
-        # Let a late duplicate `done` (if any) arrive before the stream closes.
+        # Let a late duplicate `result` (if any) arrive before the stream closes.
         await asyncio.sleep(0.5)
     finally:
         reader.cancel()
@@ -255,7 +255,7 @@ def main() -> int:
     parser.add_argument("--celery-workers", type=int, default=1)
     parser.add_argument("--rate", type=float, default=50.0, help="total messages/s offered (0: as fast as possible)")
     parser.add_argument("--max-seconds", type=float, default=100.0, help="hard stop for the sending phase")
-    parser.add_argument("--turn-timeout", type=float, default=30.0, help="give up on a message's `done` after this")
+    parser.add_argument("--turn-timeout", type=float, default=30.0, help="give up on a message's `result` after this")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra daemon environment (e.g. DIGITORN_DB_POOL=1); repeatable")
     parser.add_argument("--workload", choices=["tool", "reply"], default="tool",
@@ -310,7 +310,7 @@ def main() -> int:
         print(f"  streams attached {result['streams_attached']}/{args.sessions}; "
               f"events streamed {result['events']}; integrity problems {len(result['integrity_problems'])}; "
               f"sessions cut by --max-seconds {result['sessions_timed_out']}; "
-              f"`done` later than --turn-timeout {result['late_done']}")
+              f"`result` later than --turn-timeout {result['late_done']}")
         for problem in result["integrity_problems"][:20]:
             print(f"    {problem}")
     bad = result["integrity_problems"] or result["errors_5xx"] or result["done"] < result["sent"] \

@@ -5,7 +5,7 @@
 Starts a real daemon with one ASGI worker on the embedded default, opens N persistent streams
 (``/sessions/{sid}/events``, one session each, from one asyncio client), checks each got its
 ``connected`` frame, reads the worker's RSS from /proc, then sends one message to the last session
-and checks its stream still delivers ``done`` while the others sit idle.
+and checks its stream still delivers the turn's ``result`` while the others sit idle.
 Target on the 2-core machine (issue 4): 1,000 streams per worker under 300 MB RSS.
 """
 
@@ -47,7 +47,7 @@ async def run(url: str, key: str, n: int, worker_pid: int) -> None:
                     if line.startswith("event: connected"):
                         opened += 1
                         ready.set()
-                    if line.startswith("event: done"):
+                    if line.startswith("event: result"):
                         done.set()
                         return
 

@@ -1,4 +1,4 @@
-"""Turn overhead: message accepted → `done` delivered, for a turn with one tool call (scripted brain).
+"""Turn overhead: message accepted → the turn's `result` delivered, for a turn with one tool call (scripted brain).
 
     .venv/bin/python bench/bench_turns.py [--turns 200] [--workers 1]
 
@@ -7,9 +7,9 @@ in-process doorbell), deploys an app whose scripted agent calls ``filesystem.rea
 answers, opens the persistent stream ``/sessions/{sid}/events`` and sends messages one at a time
 with ``POST .../messages``. Per turn it records:
 
-- accepted→done: from the 202 response to the `done` event arriving on the stream (the engine:
+- accepted→done: from the 202 response to the turn's `result` event arriving on the stream (the engine:
   claim, brain, tool, result, final answer, with every event committed and pushed);
-- sent→done: from just before the POST to `done` (adds the HTTP request/auth/rate-limit path).
+- sent→done: from just before the POST to `result` (adds the HTTP request/auth/rate-limit path).
 
 Targets on the 2-core machine (issue 4): p50 ≤ 25 ms, p99 ≤ 100 ms on the embedded default.
 """
@@ -75,7 +75,7 @@ def main() -> None:
                 for line in response.iter_lines():
                     if line.startswith("event: "):
                         event = line[7:]
-                    elif line.startswith("data: ") and event == "done":
+                    elif line.startswith("data: ") and event == "result":
                         done_at.put((json.loads(line[6:])["correlation_id"], time.perf_counter()))
 
         threading.Thread(target=lambda: _quiet(reader), daemon=True).start()

@@ -25,7 +25,7 @@ from typing import Any
 from django.conf import settings
 
 from conversations import services
-from conversations.events import db, main_loop
+from conversations.events import db, error_data, main_loop
 from conversations.models import Message, Turn
 from digitorn_site import fastsql
 
@@ -144,10 +144,11 @@ async def advance_session(*, session_pk: int) -> None:
                     await db(services.turn_emit)(
                         turn_pk=claim.turn_pk,
                         type="error",
-                        data={"message": f"internal error: {exc}", "kind": "internal", "correlation_id": claim.correlation_id},
+                        data=error_data(f"internal error: {exc}", kind="internal", correlation_id=claim.correlation_id),
                     )
                     await db(services.turn_finish_and_peek)(
-                        turn_pk=claim.turn_pk, content=f"The turn failed with an internal error: {exc}", failed=True
+                        turn_pk=claim.turn_pk, content=f"The turn failed with an internal error: {exc}", failed=True,
+                        error=f"internal error: {exc}",
                     )
                 except Exception:  # noqa: BLE001
                     log.exception("could not record the failure of turn %s", claim.correlation_id)
@@ -158,8 +159,9 @@ async def advance_session(*, session_pk: int) -> None:
 
 class _Stop(Exception):
     def __init__(self, content: str, *, truncated: bool = False, cancelled: bool = False, record: bool = True,
-                 model_calls: int = 0):
+                 model_calls: int = 0, error: str | None = None):
         self.content = content
+        self.error = error  # the `result` event's error (the turn ended on a failure)
         self.model_calls = model_calls
         self.truncated = truncated
         self.cancelled = cancelled
@@ -176,6 +178,8 @@ class _TurnRunner:
         self.started = time.monotonic()
         self.active_before = float(claim.state.get("active_seconds", 0.0))
         self.turns_used = claim.turns_used
+        # Tokens spent by this turn's model calls (kept in Turn.state across an approval pause).
+        self.usage: dict[str, int] = dict(claim.state.get("usage") or {})
         # The previous turn of this session run here already compacted up to that message: its recap
         # still stands, so the next turn does not announce the same compaction again.
         self.compacted_upto = int(claim.state.get("compacted_upto", 0)) or compacted_upto
@@ -250,6 +254,8 @@ class _TurnRunner:
                     record_message=stop.record,
                     model_calls=stop.model_calls,
                     unanswered=_unanswered_calls(self.transcript, self.claim.correlation_id) if self.transcript else None,
+                    usage=self.usage,
+                    error=stop.error,
                 )
                 self.finished = payload is not None
         finally:
@@ -266,7 +272,8 @@ class _TurnRunner:
             self.claim.app_id, self.claim.agent_id, self.claim.session_pk, RECAP_MAX_ITEMS
         )
         if self.agent is None:
-            raise _Stop(f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest.")
+            why = f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest."
+            raise _Stop(why, error=why)
         self.brain = brain_for(self.agent)
         self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
         self.window = max(int(self.app.runtime.context_window_messages or 0), 4)
@@ -281,11 +288,11 @@ class _TurnRunner:
         try:
             await self._setup()
         except BrainError as exc:
-            await self.emit("error", {"message": exc.message, "kind": exc.kind, "correlation_id": self.claim.correlation_id})
-            raise _Stop(exc.message)
+            await self.emit("error", error_data(exc.message, kind=exc.kind, correlation_id=self.claim.correlation_id))
+            raise _Stop(exc.message, error=exc.message)
         except DigitornError as exc:
-            await self.emit("error", {"message": exc.message, "kind": exc.error_code.lower(), "correlation_id": self.claim.correlation_id})
-            raise _Stop(exc.message)
+            await self.emit("error", error_data(exc.message, kind=exc.error_code, correlation_id=self.claim.correlation_id))
+            raise _Stop(exc.message, error=exc.message)
 
         while True:
             self._check()
@@ -312,11 +319,12 @@ class _TurnRunner:
             except TimeoutError:
                 raise self._timeout_stop(transcript)
             except BrainError as exc:
-                await self.emit("error", {"message": exc.message, "kind": exc.kind, "correlation_id": self.claim.correlation_id})
-                raise _Stop(exc.message)
+                await self.emit("error", error_data(exc.message, kind=exc.kind, correlation_id=self.claim.correlation_id))
+                raise _Stop(exc.message, error=exc.message)
             finally:
                 await self._flush_tokens()
             self.turns_used += 1
+            self._count_usage(reply.usage)
             if not reply.tool_calls:
                 self._check()
                 raise _Stop(reply.text or "", model_calls=1)
@@ -347,6 +355,17 @@ class _TurnRunner:
             shown.append({**call, "params": masked})
         self.sealed = sealed
         return shown, sealed
+
+    def _count_usage(self, usage: dict | None) -> None:
+        """Add a reply's token counts (the brains' prompt/completion names) to the turn's."""
+        usage = usage or {}
+        spent = {
+            "input_tokens": int(usage.get("prompt_tokens") or 0),
+            "output_tokens": int(usage.get("completion_tokens") or 0),
+            "total_tokens": int(usage.get("total_tokens") or 0),
+        }
+        for key, value in spent.items():
+            self.usage[key] = int(self.usage.get(key, 0)) + value
 
     def _remember(self, message: Message) -> None:
         self.transcript.append(message)
@@ -394,7 +413,7 @@ class _TurnRunner:
             if not text:
                 return
         self._last_flush = time.monotonic()
-        await self.emit("token", {"correlation_id": self.claim.correlation_id, "text": text})
+        await self.emit("token", {"delta": text, "correlation_id": self.claim.correlation_id})
 
     # -- context ---------------------------------------------------------------------------
     async def _brain_messages(self, transcript: list[Message]) -> list[dict]:
@@ -416,10 +435,11 @@ class _TurnRunner:
                         turn_pk=self.claim.turn_pk,
                         upto=upto,
                         data={
-                            "name": "context_compaction",
-                            "compacted_messages": len(older),
-                            "kept_messages": len(body),
-                            "window": window,
+                            # The original's auto-compaction hook, as its `hook` events name it.
+                            "hook_id": "_auto_compact",
+                            "action_type": "compact_context",
+                            "phase": "turn_start",
+                            "details": {"compacted_messages": len(older), "kept_messages": len(body), "window": window},
                             "correlation_id": self.claim.correlation_id,
                         },
                     )
@@ -439,6 +459,7 @@ class _TurnRunner:
             if not batch:
                 return
             await self._mark_started(batch)
+            await db(services.turn_tool_start)(turn_pk=self.claim.turn_pk, calls=batch)
             outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
             for call, outcome in zip(batch, outcomes, strict=True):
                 await self._record(call, outcome)
@@ -476,7 +497,7 @@ class _TurnRunner:
         if waiting or any(rid not in decisions for rid in pending.values()):
             self._check()
             suspended = await db(services.turn_suspend)(
-                turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds()
+                turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds(), usage=self.usage
             )
             return suspended
         return False
@@ -505,7 +526,8 @@ class _TurnRunner:
             return
         self._remember(
             await db(services.turn_record_result)(
-                turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=self.mask(outcome["result"])
+                turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=self.mask(outcome["result"]),
+                params=self.mask(call["params"]),
             )
         )
 
@@ -686,9 +708,12 @@ def _prepare(app_id: str, agent_id: str, session_pk: int, extra: int) -> tuple[A
 def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Message | None]:
     from tooling.services import mask_secrets
 
-    outcome = _invoke_sync(**kwargs)
     call = kwargs["call"]
     secrets = kwargs["app"].secret_values
+    if kwargs["approval_request_id"] is None:
+        # A call resumed after its approval had its tool_start before the request.
+        services.turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}])
+    outcome = _invoke_sync(**kwargs)
     if outcome["status"] == "pending_approval":
         services.turn_record_pending(
             turn_pk=turn_pk, call_id=call["id"], name=call["name"], params=mask_secrets(call["params"], secrets),
@@ -696,7 +721,8 @@ def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Messa
         )
         return outcome, None
     message = services.turn_record_result(
-        turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=mask_secrets(outcome["result"], secrets)
+        turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=mask_secrets(outcome["result"], secrets),
+        params=mask_secrets(call["params"], secrets),
     )
     return outcome, message
 

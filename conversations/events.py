@@ -77,6 +77,35 @@ def event_append(*, session: Session, type: str, data: dict, correlation_id: str
     return event
 
 
+# Brain error kinds and error-envelope codes → the original Digitorn's `error` event vocabulary
+# (its `_classify_error`): clients switch on `code` and offer a retry button when `retry` is true.
+_ERROR_CODES: dict[str, tuple[str, str, bool]] = {
+    "auth": ("auth_error", "auth", False),
+    "unauthorized": ("auth_error", "auth", False),
+    "forbidden": ("permission_denied", "security", False),
+    "rate_limited": ("rate_limited", "rate_limit", True),
+    "rate_limit_exceeded": ("rate_limited", "rate_limit", True),
+    "context_overflow": ("context_overflow", "provider", False),
+    "timeout": ("network_error", "network", True),
+    "connection": ("network_error", "network", True),
+    "bad_response": ("provider_error", "provider", False),
+    "no_rule": ("provider_error", "provider", False),
+    "conflict": ("session_busy", "internal", True),
+    "session_gone": ("session_gone", "session", False),
+    "internal": ("internal_error", "internal", True),
+}
+
+
+def error_data(message: str, *, kind: str, correlation_id: str | None = None) -> dict:
+    """The `error` event's payload ``{error, code, category, retry, detail}``; ``kind`` is a brain
+    error kind, an error-envelope code (any case) or "internal"/"session_gone"."""
+    code, category, retry = _ERROR_CODES.get(kind.lower(), ("internal_error", "internal", False))
+    data = {"error": message, "code": code, "category": category, "retry": retry, "detail": f"[{kind}] {message}"[:500]}
+    if correlation_id is not None:
+        data["correlation_id"] = correlation_id
+    return data
+
+
 # --- the doorbell ----------------------------------------------------------------------------
 
 
@@ -178,7 +207,7 @@ def watching_count() -> int:
 
 def _ensure_background(loop: asyncio.AbstractEventLoop) -> None:
     # The poller runs with a channel layer too: under load (bench_load, 4 workers, PostgreSQL +
-    # Redis) cross-worker doorbells were missed and `done` events reached their streams only at the
+    # Redis) cross-worker doorbells were missed and turn-ending events reached their streams only at the
     # next 15 s ping. One raw query per interval per worker for all its streams is the safety net;
     # the layer stays the fast path.
     wanted = [("poller", _poller)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -258,10 +259,11 @@ def _lease_until() -> datetime:
 def _notification_text(summaries: list[dict]) -> str:
     lines = ["Background task notifications (these tasks finished since you last heard of them):"]
     for s in summaries:
-        body = s.get("result") if s.get("status") == "completed" else s.get("error")
+        # tool/result: summaries recorded before the event took the original's shape.
+        body = s.get("result_preview", s.get("result")) if s.get("status") == "completed" else s.get("error")
         lines.append(
-            f"- task {s.get('task_id')} ({s.get('tool')}) {s.get('status')}: "
-            f"{json.dumps(body, default=str)[:2000]}"
+            f"- task {s.get('task_id')} ({s.get('tool_name') or s.get('tool')}) {s.get('status')}: "
+            f"{(body if isinstance(body, str) else json.dumps(body, default=str))[:2000]}"
         )
     return "\n".join(lines)
 
@@ -395,7 +397,8 @@ def _locked_turn(turn_pk: int) -> Turn:
 def turn_record_reply(
     *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None
 ) -> Message:
-    """The model's reply that asks for tools: the assistant message plus one tool_call event per call.
+    """The model's reply that asks for tools: the assistant message (each call's `tool_start` is
+    emitted right before it runs, see turn_tool_start).
 
     ``tool_calls`` and ``text`` arrive masked (no secret value in the transcript or the events);
     ``sealed`` maps a call id to its parameters in sealed form (``tooling.services.seal_secrets``)
@@ -432,18 +435,51 @@ def turn_record_reply(
             tool_calls=tool_calls,
             correlation_id=correlation_id,
         ))
-        for call in tool_calls:
-            event_append(
-                session=session,
-                type="tool_call",
-                data={"id": call["id"], "name": call["name"], "params": call["params"]},
-                correlation_id=correlation_id,
-            )
     return message
 
 
-def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -> Message:
-    """One tool result: the tool message for the model and the `result` event for streams."""
+def turn_tool_start(*, turn_pk: int, calls: list[dict]) -> None:
+    """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do."""
+    with transaction.atomic():
+        row = fastsql.fetchone(f"SELECT correlation_id, session_id FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk])
+        if row is None:
+            raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
+        correlation_id, session_pk = row
+        session = Session(pk=session_pk)
+        for call in calls:
+            event_append(
+                session=session,
+                type="tool_start",
+                data={"id": call["id"], "name": call["name"], "params": call.get("params") or {}},
+                correlation_id=correlation_id,
+            )
+
+
+# A `tool_call` event previews the tool's data; the full result is the tool message (history).
+RESULT_PREVIEW_CHARS = 4000
+
+
+def _result_preview(data: Any) -> Any:
+    text = json.dumps(data, default=str)
+    if len(text) <= RESULT_PREVIEW_CHARS:
+        return data
+    return text[:RESULT_PREVIEW_CHARS] + f"… ({len(text)} chars)"
+
+
+def tool_call_data(*, call_id: str, name: str, params: dict | None, result: dict) -> dict:
+    """The `tool_call` event's payload: ``{id, name, params, success, error, result}`` (error "" on success)."""
+    return {
+        "id": call_id,
+        "name": name,
+        "params": params or {},
+        "success": bool(result.get("success")),
+        "error": result.get("error") or "",
+        "result": _result_preview(result.get("data")),
+    }
+
+
+def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict, params: dict | None = None) -> Message:
+    """One tool result: the tool message for the model and the `tool_call` event for streams."""
     content = json.dumps(result, default=str)  # outside the transaction: it holds the write lock
     with transaction.atomic():
         row = fastsql.fetchone(f"SELECT correlation_id, session_id FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk])
@@ -461,8 +497,8 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict) -
         ))
         event_append(
             session=session,
-            type="result",
-            data={"id": call_id, "name": name, **result},
+            type="tool_call",
+            data=tool_call_data(call_id=call_id, name=name, params=params, result=result),
             correlation_id=correlation_id,
         )
     return message
@@ -495,25 +531,41 @@ def turn_record_pending(*, turn_pk: int, call_id: str, name: str, params: dict, 
         state.setdefault("pending", {})[call_id] = request_id
         turn.state = state
         turn.save(update_fields=["state"])
-        data: dict[str, Any] = {"request_id": request_id, "id": call_id, "name": name, "params": params}
         try:
             from approvals.selectors import approval_get
 
             request = approval_get(request_id=request_id)
         except ImportError:
             request = None
-        if request is not None:
-            data.update(
-                name=request.tool_name,
-                params=request.params,
-                risk_level=request.risk_level,
-                reason=request.reason,
-                expires_at=request.expires_at.timestamp() if request.expires_at else None,
-            )
+        data = approval_request_data(request) if request is not None else {
+            "request_id": request_id, "session_id": turn.session.session_id, "agent_id": turn.agent_id,
+            "user_id": turn.session.principal, "app_id": turn.session.app_id, "tool_name": name,
+            "tool_params": params, "risk_level": "medium", "description": "", "created_at": time.time(),
+            "expires_at": None,
+        }
+        data["call_id"] = call_id  # additive: the tool_start this request holds back
         event_append(session=turn.session, type="approval_request", data=data, correlation_id=turn.correlation_id)
 
 
-def turn_suspend(*, turn_pk: int, worker: str, active_seconds: float) -> bool:
+def approval_request_data(request: Any) -> dict:
+    """The `approval_request` event's payload, the original's ``ApprovalRequest.to_dict()`` (times in
+    epoch seconds; ``tool_params`` are the masked params people see)."""
+    return {
+        "request_id": request.request_id,
+        "session_id": request.session_id,
+        "agent_id": request.agent_id,
+        "user_id": request.principal,
+        "app_id": request.app_id,
+        "tool_name": request.tool_name,
+        "tool_params": request.params,
+        "risk_level": request.risk_level,
+        "description": request.reason,
+        "created_at": request.created_at.timestamp(),
+        "expires_at": request.expires_at.timestamp() if request.expires_at else None,
+    }
+
+
+def turn_suspend(*, turn_pk: int, worker: str, active_seconds: float, usage: dict | None = None) -> bool:
     """Park the turn until its approvals are decided, releasing the lease (no worker is held).
 
     Returns False when every pending request was decided in the meantime: the caller goes on.
@@ -525,6 +577,8 @@ def turn_suspend(*, turn_pk: int, worker: str, active_seconds: float) -> bool:
         if all(rid in decisions for rid in state.get("pending", {}).values()) and not turn.cancel_requested:
             return False
         state["active_seconds"] = active_seconds
+        if usage is not None:
+            state["usage"] = usage  # the tokens spent so far; the `result` event adds them up
         turn.state = state
         turn.status = Turn.Status.WAITING_APPROVAL
         turn.lease_owner = ""
@@ -572,13 +626,16 @@ def turn_finish_and_peek(
     record_message: bool = True,
     model_calls: int = 0,
     unanswered: list[dict] | None = None,
+    usage: dict | None = None,
+    error: str | None = None,
 ) -> tuple[dict | None, bool]:
-    """End the turn: final assistant message, `notification_result` (notification turns) and `done`;
-    returns the `done` payload (None when the turn had already ended) and whether the session has
-    more work queued (the engine then claims it; without any, it skips that claim transaction).
+    """End the turn: final assistant message, `notification_result` (notification turns) and the
+    turn's one `result` event, the last of the turn; returns the `result` payload (None when the
+    turn had already ended) and whether the session has more work queued (the engine then claims
+    it; without any, it skips that claim transaction).
 
     Tool calls left without a result (cancel, truncation) get one saying so, because chat APIs
-    refuse a transcript whose tool calls are unanswered.
+    refuse a transcript whose tool calls are unanswered; streams get their `tool_call`.
 
     ``unanswered``: the calls of the turn's last reply still without a result, when the caller knows
     them (the engine's transcript); None makes this read them from the database.
@@ -606,25 +663,40 @@ def turn_finish_and_peek(
                 unanswered = [call for call in last_calls.tool_calls if call.get("id") not in answered]
         reason = "cancelled" if cancelled else "not run: the turn ended first"
         for call in unanswered:
+            outcome = {"success": False, "data": None, "error": reason}
             fastsql.insert(Message(
                 session=session,
                 role=Message.Role.TOOL,
-                content=json.dumps({"success": False, "data": None, "error": reason}),
+                content=json.dumps(outcome),
                 tool_call_id=call.get("id", ""),
                 name=call.get("name", ""),
                 correlation_id=turn.correlation_id,
             ))
+            event_append(
+                session=session,
+                type="tool_call",
+                data=tool_call_data(call_id=call.get("id", ""), name=call.get("name", ""), params=call.get("params"),
+                                    result=outcome),
+                correlation_id=turn.correlation_id,
+            )
         if record_message and content:
             fastsql.insert(Message(
                 session=session, role=Message.Role.ASSISTANT, content=content, correlation_id=turn.correlation_id
             ))
         turn.turns_used += model_calls
+        usage = usage or (turn.state or {}).get("usage") or {}
         payload = {
             "content": content,
             "session_id": session.session_id,
-            "correlation_id": turn.correlation_id,
+            "usage": {
+                "input_tokens": int(usage.get("input_tokens") or 0),
+                "output_tokens": int(usage.get("output_tokens") or 0),
+                "total_tokens": int(usage.get("total_tokens") or 0),
+            },
             "tool_calls_count": turn.tool_calls_count,
             "turns_used": turn.turns_used,
+            "error": error or None,
+            "correlation_id": turn.correlation_id,
             "truncated": truncated,
             "cancelled": cancelled,
         }
@@ -638,7 +710,7 @@ def turn_finish_and_peek(
         fastsql.update(turn, ["result", "status", "finished_at", "lease_owner", "lease_expires_at", "turns_used"])
         if turn.kind == Turn.Kind.NOTIFICATION:
             event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
-        event_append(session=session, type="done", data=payload, correlation_id=turn.correlation_id)
+        event_append(session=session, type="result", data=payload, correlation_id=turn.correlation_id)
         # Whether more work is queued and the session's new status, in one statement.
         sessions = fastsql.table(Session)
         turns = fastsql.table(Turn)
@@ -727,19 +799,38 @@ def approval_resolution_apply(
     return None
 
 
-def _task_summary(task_id: str, status: str) -> dict:
+# The original's notification carries a result preview of at most this many characters.
+NOTIFICATION_PREVIEW_CHARS = 2000
+
+
+def _task_summary(task_id: str, status: str, session_id: str) -> dict:
+    """The `notification` event's payload, the original's: ``{task_id, tool_name, status,
+    elapsed_seconds, session_id, result_preview | error, hint}``."""
     from tooling.models import BackgroundTask
 
     task = BackgroundTask.objects.filter(task_id=task_id).first()
-    if task is None:
-        return {"task_id": task_id, "tool": "", "status": status, "result": None, "error": None}
-    return {
-        "task_id": task.task_id,
-        "tool": task.tool,
-        "status": task.status or status,
-        "result": task.result,
-        "error": task.error or None,
+    summary: dict[str, Any] = {
+        "task_id": task_id,
+        "tool_name": task.tool if task is not None else "",
+        "status": (task.status if task is not None else "") or status,
+        "elapsed_seconds": None,
+        "session_id": session_id,
     }
+    if task is not None and task.started_at is not None:
+        end = task.finished_at or timezone.now()
+        summary["elapsed_seconds"] = round(max((end - task.started_at).total_seconds(), 0.0), 3)
+    if summary["status"] == "completed":
+        text = task.result if task is not None and isinstance(task.result, str) else json.dumps(
+            task.result if task is not None else None, default=str)
+        summary["result_preview"] = text[:NOTIFICATION_PREVIEW_CHARS]
+        summary["hint"] = (
+            f"Task {task_id} finished. The full result: background_status with task_id={task_id}"
+            f" (GET /background-tasks/{task_id})."
+        )
+    else:
+        summary["error"] = (task.error if task is not None else "") or summary["status"]
+        summary["hint"] = f"Task {task_id} did not complete ({summary['status']}); launch it again if needed."
+    return summary
 
 
 def _task_may_notify(task_id: str, session: Session) -> bool:
@@ -769,7 +860,7 @@ def notification_record(*, task_id: str, app_id: str, session_id: str | None, st
         if not _task_may_notify(task_id, session):
             log.warning("task %s names session %s of another principal; not notified", task_id, session_id)
             return None
-        summary = _task_summary(task_id, status)
+        summary = _task_summary(task_id, status, session_id)
         notification = Notification.objects.create(
             session=session, app_id=app_id, task_id=task_id, status=summary["status"], summary=summary
         )

@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from conversations import engine, services
 from conversations.api import serializers as s
-from conversations.events import SessionGone, follow, sse_frame
+from conversations.events import SessionGone, error_data, follow, sse_frame
 from conversations.ratelimit import RateLimitState, rate_limit_hit
 from digitorn_site.api.auth import Principal, authenticate_request
 from digitorn_site.api.envelope import error_response
@@ -173,10 +173,10 @@ def _app_compiled(app_id: str):
 
 
 async def _wait_done(enqueued: services.Enqueued) -> dict:
-    """The turn's `done` payload, read from the event log."""
+    """The turn's `result` payload (its last event), read from the event log."""
     try:
         async for event in follow(session_pk=enqueued.session_pk, after=enqueued.after_seq):
-            if event is not None and event.type == "done" and event.correlation_id == enqueued.correlation_id:
+            if event is not None and event.type == "result" and event.correlation_id == enqueued.correlation_id:
                 return event.data
     except SessionGone:
         raise ConflictError("The session was deleted (or its app undeployed) while the turn was running.")
@@ -186,7 +186,7 @@ async def _wait_done(enqueued: services.Enqueued) -> dict:
 async def _turn_frames(
     enqueued: services.Enqueued, first: list[str], guard: _StreamGuard | None = None
 ) -> AsyncIterator[str]:
-    """Frames of one turn: the opening ones, then its events until `done`; pings while idle."""
+    """Frames of one turn: the opening ones, then its events until its `result`; pings while idle."""
     if guard is not None:
         guard.session_pk = enqueued.session_pk
     try:
@@ -199,12 +199,12 @@ async def _turn_frames(
             if event.correlation_id != enqueued.correlation_id:
                 continue
             yield sse_frame(type=event.type, data=event.data, seq=event.seq)
-            if event.type == "done":
+            if event.type == "result":
                 return
         if guard is not None and guard.revoked:
             yield _revoked_frame()
     except SessionGone:
-        yield sse_frame(type="error", data={"message": "The session was deleted while the turn was running.", "kind": "session_gone"})
+        yield sse_frame(type="error", data=error_data("The session was deleted while the turn was running.", kind="session_gone"))
     except asyncio.CancelledError:
         # The client went away; the turn itself goes on (its result stays in the log).
         raise
@@ -390,7 +390,7 @@ async def _session_frames(
         if guard.revoked:
             yield _revoked_frame()
     except SessionGone:
-        yield sse_frame(type="error", data={"message": f"Session '{session_id}' was deleted.", "kind": "session_gone"})
+        yield sse_frame(type="error", data=error_data(f"Session '{session_id}' was deleted.", kind="session_gone"))
     except asyncio.CancelledError:
         raise
     finally:

@@ -137,7 +137,7 @@ class Daemon:
             return "(no daemon.log)"
 
     # --- HTTP helpers ---------------------------------------------------------------------
-    def sse(self, path: str, *, until: str | Callable[[dict], bool] = "done", timeout: float = 30.0,
+    def sse(self, path: str, *, until: str | Callable[[dict], bool] = "result", timeout: float = 30.0,
             params: dict | None = None, headers: dict | None = None, method: str = "GET",
             json_body: Any = None, on_open: Callable[[], Any] | None = None) -> list[dict]:
         """Read an SSE stream until an event of type ``until`` (or ``until(event)`` is true).

@@ -100,10 +100,10 @@ def rows(app, approval) -> dict:
         correlation_id="c1",
     )
     Turn.objects.create(session=session, correlation_id="c1", content="list files", status="done")
-    Event.objects.create(session=session, seq=1, type="tool_call", data={"id": "call_0_0", "name": "filesystem.ls"})
-    Event.objects.create(session=session, seq=2, type="done", data={"content": "two files"})
+    Event.objects.create(session=session, seq=1, type="tool_start", data={"id": "call_0_0", "name": "filesystem.ls"})
+    Event.objects.create(session=session, seq=2, type="result", data={"content": "two files"})
     notification = Notification.objects.create(
-        session=session, app_id=app.app_id, task_id="task-n1", status="completed", summary={"tool": "filesystem.ls"}
+        session=session, app_id=app.app_id, task_id="task-n1", status="completed", summary={"tool_name": "filesystem.ls"}
     )
     task = BackgroundTask.objects.create(
         task_id="task-admin-1", app_id=app.app_id, principal="admin", tool="filesystem.ls", params={"path": "."}

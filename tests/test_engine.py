@@ -65,13 +65,14 @@ def test_one_tool_call_then_answer(ws):
     enq = send("eng", "please read the readme")
     run(enq.session_pk)
     evs = events(enq.session_pk)
-    assert [e.type for e in evs] == ["tool_call", "result", "done"]
+    assert [e.type for e in evs] == ["tool_start", "tool_call", "result"]
     assert [e.seq for e in evs] == [1, 2, 3]
-    call, result, done = (e.data for e in evs)
-    assert call["name"] == "filesystem.read" and call["params"] == {"path": "README.md"}
-    assert result["id"] == call["id"] and result["success"] is True
-    assert "Demo project" in json.dumps(result["data"])
-    assert done["correlation_id"] == enq.correlation_id
+    start, call, done = (e.data for e in evs)
+    assert start["name"] == "filesystem.read" and start["params"] == {"path": "README.md"}
+    assert call["id"] == start["id"] and call["success"] is True and call["error"] == ""
+    assert call["params"] == {"path": "README.md"}
+    assert "Demo project" in json.dumps(call["result"])
+    assert done["correlation_id"] == enq.correlation_id and done["error"] is None
     assert done["tool_calls_count"] == 1 and done["turns_used"] == 2
     assert done["truncated"] is False and done["cancelled"] is False
     assert "Demo project" in done["content"]
@@ -89,7 +90,7 @@ def test_two_queued_messages_run_serially_in_order(ws):
     assert second.queue_depth == 2
     run(first.session_pk)
     evs = events(first.session_pk)
-    assert [e.type for e in evs] == ["message_queued", "done", "done"]
+    assert [e.type for e in evs] == ["message_queued", "result", "result"]
     assert [e.seq for e in evs] == [1, 2, 3]
     assert [e.data["content"] for e in evs[1:]] == ["echo: one", "echo: two"]
     assert [e.correlation_id for e in evs[1:]] == [first.correlation_id, second.correlation_id]
@@ -119,17 +120,19 @@ def test_approval_suspends_then_resumes_on_approve(ws):
     assert turn.status == Turn.Status.WAITING_APPROVAL
     assert turn.lease_owner == ""
     evs = events(enq.session_pk)
-    assert [e.type for e in evs] == ["tool_call", "approval_request"]
+    assert [e.type for e in evs] == ["tool_start", "approval_request"]
     request = evs[1].data
-    assert request["id"] == evs[0].data["id"] and request["reason"] == "reads files"
-    assert request["expires_at"] is not None
+    assert request["call_id"] == evs[0].data["id"] and request["description"] == "reads files"
+    assert request["tool_name"] == "filesystem.read" and request["tool_params"] == {"path": "README.md"}
+    assert request["expires_at"] > request["created_at"]
 
     from approvals.services import approval_decide
 
     approval_decide(app_id="eng", request_id=request["request_id"], approved=True, message="", principal="alice")
     run(enq.session_pk)
     types = [e.type for e in events(enq.session_pk)]
-    assert types == ["tool_call", "approval_request", "approval_resolved", "result", "done"]
+    # The approved call runs on resume without a second tool_start.
+    assert types == ["tool_start", "approval_request", "approval_resolved", "tool_call", "result"]
     done = events(enq.session_pk)[-1].data
     assert "Demo project" in done["content"]
     assert Turn.objects.get(pk=turn.pk).status == Turn.Status.DONE
@@ -148,7 +151,7 @@ def test_denied_approval_tells_the_model_why(ws):
     approval_decide(app_id="eng", request_id=request_id, approved=False, message="not today", principal="alice")
     run(enq.session_pk)
     evs = events(enq.session_pk)
-    assert [e.type for e in evs][-3:] == ["approval_resolved", "result", "done"]
+    assert [e.type for e in evs][-3:] == ["approval_resolved", "tool_call", "result"]
     assert evs[-3].data["approved"] is False
     assert evs[-2].data["success"] is False and evs[-2].data["error"] == "denied: not today"
     assert "denied: not today" in evs[-1].data["content"]
@@ -162,8 +165,11 @@ def test_cancel_while_waiting_for_approval(ws):
     run(enq.session_pk)
     result = services.session_cancel(app_id="eng", session_id="s1", principal="alice")
     assert result["status"] == "cancelled"
-    done = events(enq.session_pk)[-1]
-    assert done.type == "done" and done.data["cancelled"] is True
+    evs = events(enq.session_pk)
+    done = evs[-1]
+    assert done.type == "result" and done.data["cancelled"] is True
+    # The call held back by the approval is answered on the stream too.
+    assert evs[-2].type == "tool_call" and evs[-2].data["error"] == "cancelled" and evs[-2].data["success"] is False
     from approvals.models import ApprovalRequest
 
     assert ApprovalRequest.objects.get(request_id=events(enq.session_pk)[1].data["request_id"]).status == "cancelled"
@@ -178,7 +184,7 @@ def test_cancel_flag_stops_a_turn_at_the_next_step(ws):
     Turn.objects.filter(correlation_id=enq.correlation_id).update(cancel_requested=True)
     run(enq.session_pk)
     done = events(enq.session_pk)[-1]
-    assert done.type == "done" and done.data["cancelled"] is True and done.data["tool_calls_count"] == 0
+    assert done.type == "result" and done.data["cancelled"] is True and done.data["tool_calls_count"] == 0
 
 
 def test_max_turns_truncates_and_says_so(ws):
@@ -196,9 +202,10 @@ def test_no_matching_rule_is_an_error_event_then_done(ws):
     enq = send("eng", "something else")
     run(enq.session_pk)
     evs = events(enq.session_pk)
-    assert [e.type for e in evs] == ["error", "done"]
-    assert evs[0].data["kind"] == "no_rule" and evs[0].data["correlation_id"] == enq.correlation_id
-    assert evs[1].data["content"] == evs[0].data["message"]
+    assert [e.type for e in evs] == ["error", "result"]
+    assert evs[0].data["code"] == "provider_error" and "no_rule" in evs[0].data["detail"]
+    assert evs[0].data["correlation_id"] == enq.correlation_id and evs[0].data["retry"] is False
+    assert evs[1].data["content"] == evs[0].data["error"] == evs[1].data["error"]
 
 
 def test_invalid_params_go_back_to_the_model(ws):
@@ -206,7 +213,7 @@ def test_invalid_params_go_back_to_the_model(ws):
     enq = send("eng", "go")
     run(enq.session_pk)
     evs = events(enq.session_pk)
-    assert [e.type for e in evs] == ["tool_call", "result", "done"]
+    assert [e.type for e in evs] == ["tool_start", "tool_call", "result"]
     assert evs[1].data["success"] is False and "path" in evs[1].data["error"]
 
 
@@ -216,8 +223,9 @@ def test_context_compaction_emits_a_hook(ws):
         enq = send("eng", f"m{i}")
         run(enq.session_pk)
     hooks = [e for e in events(enq.session_pk) if e.type == "hook"]
-    assert hooks and hooks[0].data["name"] == "context_compaction"
-    assert hooks[-1].data["kept_messages"] <= 4
+    assert hooks and hooks[0].data["hook_id"] == "_auto_compact"
+    assert hooks[0].data["action_type"] == "compact_context"
+    assert hooks[-1].data["details"]["kept_messages"] <= 4
     assert events(enq.session_pk)[-1].data["content"] == "ok m3"
 
 
@@ -269,7 +277,7 @@ def test_notification_turn_ends_with_notification_result(ws):
     assert [s["task_id"] for s in summaries] == ["task-9"]
     run(enq.session_pk)
     types = [e.type for e in events(enq.session_pk)]
-    assert types[-2:] == ["notification_result", "done"]
+    assert types[-2:] == ["notification_result", "result"]
     assert services.notifications_drain(app_id="eng", session_id="s1", principal="alice") == (None, [])
 
 
@@ -327,7 +335,7 @@ def test_meta_tool_execute_needing_approval_resumes_once_approved(ws):
     enq = send("eng", "go")
     run(enq.session_pk)
     evs = events(enq.session_pk)
-    assert [e.type for e in evs] == ["tool_call", "approval_request"]
+    assert [e.type for e in evs] == ["tool_start", "approval_request"]
     assert evs[0].data["name"] == "execute_tool"
 
     from approvals.models import ApprovalRequest
@@ -336,7 +344,7 @@ def test_meta_tool_execute_needing_approval_resumes_once_approved(ws):
     approval_decide(app_id="eng", request_id=evs[1].data["request_id"], approved=True, message="", principal="alice")
     run(enq.session_pk)
     types = [e.type for e in events(enq.session_pk)]
-    assert types == ["tool_call", "approval_request", "approval_resolved", "result", "done"]
+    assert types == ["tool_start", "approval_request", "approval_resolved", "tool_call", "result"]
     assert "Demo project" in events(enq.session_pk)[-1].data["content"]
     # Resuming ran the approved call; it did not ask again.
     assert ApprovalRequest.objects.filter(app_id="eng").count() == 1

@@ -121,7 +121,7 @@ def test_ping_when_idle_and_session_gone():
 
 
 def test_sse_frame_format():
-    assert sse_frame(type="done", data={"a": 1}, seq=7) == 'id: 7\nevent: done\ndata: {"a":1}\n\n'
+    assert sse_frame(type="result", data={"a": 1}, seq=7) == 'id: 7\nevent: result\ndata: {"a":1}\n\n'
     assert sse_frame(type="connected", data={"session_id": "s"}) == 'event: connected\ndata: {"session_id":"s"}\n\n'
     # Newlines inside data stay escaped in JSON, so a frame is never split.
     assert "\n" not in sse_frame(type="t", data={"x": "a\nb"}).split("data: ", 1)[1].rstrip("\n")

@@ -105,7 +105,7 @@ def test_chat_stream_frames(app):
     assert response["Cache-Control"] == "no-cache" and response["X-Accel-Buffering"] == "no"
     frames = [f for f in text.split("\n\n") if f.strip()]
     types = [line.split(": ", 1)[1] for f in frames for line in f.splitlines() if line.startswith("event: ")]
-    assert types == ["connected", "tool_call", "result", "done"]
+    assert types == ["connected", "tool_start", "tool_call", "result"]
     ids = [int(line.split(": ")[1]) for f in frames for line in f.splitlines() if line.startswith("id: ")]
     assert ids == [1, 2, 3]
 
@@ -215,6 +215,6 @@ def test_cancel_and_notifications_endpoints(app):
     streamed, text = stream_post("/api/apps/demo/notifications", {"session_id": "n1"})
     assert streamed["Content-Type"] == "text/event-stream"
     types = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
-    assert types[0] == "notification" and types[-2:] == ["notification_result", "done"]
+    assert types[0] == "notification" and types[-2:] == ["notification_result", "result"]
     assert c.get("/api/apps/demo/notifications/active").json()["data"] == {"active": False}
     assert_error(async_post("/api/apps/demo/notifications", {}), 400, "VALIDATION_ERROR")

@@ -61,9 +61,13 @@ _DONE = {
     "properties": {
         "content": {"type": "string"},
         "session_id": {"type": "string"},
-        "correlation_id": {"type": "string"},
+        "usage": {"type": "object", "properties": {
+            "input_tokens": {"type": "integer"}, "output_tokens": {"type": "integer"},
+            "total_tokens": {"type": "integer"}}},
         "tool_calls_count": {"type": "integer"},
         "turns_used": {"type": "integer"},
+        "error": {"type": "string", "nullable": True},
+        "correlation_id": {"type": "string"},
         "truncated": {"type": "boolean"},
         "cancelled": {"type": "boolean"},
     },
@@ -82,7 +86,7 @@ _TASK = {
 # For text/event-stream the schema describes one event as a client parses it (``data`` is the JSON text).
 SSE_EVENT_TYPES = [
     "connected", "tool_start", "tool_call", "result", "error", "hook", "approval_request", "approval_resolved",
-    "notification", "notification_result", "message_queued", "token", "done",
+    "notification", "notification_result", "message_queued", "token",
 ]
 _SSE_EVENT = {
     "type": "object",
@@ -120,11 +124,11 @@ def _plain_view_paths() -> dict[str, dict[str, Any]]:
                 "turns_used": {"type": "integer"}, "truncated": {"type": "boolean"}}})},
         }},
         f"{base}/chat": {"post": {
-            "operationId": "chat_post", "description": "One conversation turn; answers the turn's `done` payload.",
+            "operationId": "chat_post", "description": "One conversation turn; answers the turn's `result` event payload.",
             "parameters": [app], "requestBody": chat_body, "responses": {"200": _json_ok(_DONE)},
         }},
         f"{base}/chat/stream": {"post": {
-            "operationId": "chat_stream_post", "description": "One conversation turn as an SSE stream ending with `done`.",
+            "operationId": "chat_stream_post", "description": "One conversation turn as an SSE stream ending with `result`.",
             "parameters": [app], "requestBody": chat_body, "responses": {"200": _SSE},
         }},
         f"{base}/sessions/{{session_id}}/messages": {"post": {

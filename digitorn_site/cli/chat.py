@@ -3,7 +3,7 @@
 A background thread keeps ``GET /sessions/{sid}/events`` open (reconnecting with ``Last-Event-ID``
 so nothing is lost or repeated) and hands events to the main thread, which reads lines from stdin
 (a terminal or a pipe), posts each to ``/sessions/{sid}/messages`` and prints the turn as it
-happens until its ``done``. An ``approval_request`` asks "approve? [y/N]" on the next input line
+happens until its ``result`` (the turn's last event). An ``approval_request`` asks "approve? [y/N]" on the next input line
 and posts the decision to ``/approve``. ``/quit`` or end of input leaves.
 """
 
@@ -168,13 +168,13 @@ class Chat:
         return None
 
     def _follow_turn(self, correlation: str) -> int | None:
-        """Print the turn's events until its ``done``; None to keep chatting, else an exit code."""
+        """Print the turn's events until its ``result``; None to keep chatting, else an exit code."""
         while True:
             kind, data = self._next_event()
             self._control(kind, data)
             data = data if isinstance(data, dict) else {"value": data}
             mine = not correlation or data.get("correlation_id") in (None, "", correlation)
-            if kind == "done" and mine:
+            if kind == "result" and mine:
                 self._print_done(data, correlation)
                 return None
             handler = getattr(self, f"_on_{kind}", None)
@@ -187,8 +187,8 @@ class Chat:
         if corr not in self.streamed:
             self.streamed[corr] = ""
             self.say("assistant> ", end="")
-        self.streamed[corr] += str(data.get("text", ""))
-        self.say(str(data.get("text", "")), end="")
+        self.streamed[corr] += str(data.get("delta", ""))
+        self.say(str(data.get("delta", "")), end="")
 
     def _end_tokens(self) -> None:
         for corr, text in list(self.streamed.items()):
@@ -196,26 +196,26 @@ class Chat:
                 self.say()
             self.streamed[corr] = "\n"
 
-    def _on_tool_call(self, data: dict) -> None:
+    def _on_tool_start(self, data: dict) -> None:
         self._end_tokens()
         self.say(f"→ {data.get('name')} {_short(data.get('params', {}), 200)}")
 
-    def _on_result(self, data: dict) -> None:
+    def _on_tool_call(self, data: dict) -> None:
         if data.get("success"):
-            self.say(f"← {data.get('name')} ok: {_short(data.get('data'))}")
+            self.say(f"← {data.get('name')} ok: {_short(data.get('result'))}")
         else:
             self.say(f"← {data.get('name')} failed: {_short(data.get('error'))}")
 
     def _on_error(self, data: dict) -> None:
         self._end_tokens()
-        kind = f" ({data['kind']})" if data.get("kind") else ""
-        self.say(f"error{kind}: {data.get('message') or data.get('error') or data}")
+        code = f" ({data['code']})" if data.get("code") else ""
+        self.say(f"error{code}: {data.get('error') or data}")
 
     def _on_hook(self, data: dict) -> None:
-        self.say(f"· hook {data.get('name', '')}")
+        self.say(f"· hook {data.get('hook_id', '')}")
 
     def _on_notification(self, data: dict) -> None:
-        self.say(f"· notification: task {data.get('task_id')} ({data.get('tool')}) {data.get('status')}")
+        self.say(f"· notification: task {data.get('task_id')} ({data.get('tool_name')}) {data.get('status')}")
 
     def _on_approval_resolved(self, data: dict) -> None:
         status = data.get("status") or ("approved" if data.get("approved") else "denied")
@@ -223,8 +223,8 @@ class Chat:
 
     def _on_approval_request(self, data: dict) -> None:
         self._end_tokens()
-        reason = f" — {data['reason']}" if data.get("reason") else ""
-        self.say(f"? approval needed: {data.get('name')} {_short(data.get('params', {}), 200)} "
+        reason = f" — {data['description']}" if data.get("description") else ""
+        self.say(f"? approval needed: {data.get('tool_name')} {_short(data.get('tool_params', {}), 200)} "
                  f"(risk {data.get('risk_level', '?')}){reason}")
         answer = self.read_line("approve? [y/N] ")
         if not self.interactive:

@@ -349,7 +349,7 @@ def test_owner_can_approve_and_the_turn_finishes(deployed, keys, alices):
     assert decided.status_code == 200, decided.text
     assert decided.json()["data"]["approved"] is True
     events = deployed.sse(f"/api/apps/{APP}/sessions/{alices['waiting']}/events", params={"since": 0},
-                          headers=alice, until="done", timeout=30)
+                          headers=alice, until="result", timeout=30)
     assert events[-1]["data"]["content"] == "written"
     assert "approval_resolved" in [e["event"] for e in events]
 

@@ -344,17 +344,17 @@ def test_secret_rotate_reencrypts_with_the_newest_key(daemon, app_yaml):
 
 
 def test_harness_sse_helper_follows_a_turn_to_done(daemon, app_yaml):
-    """The fixture's `sse()` helper other e2e tests rely on: attach, send, read until `done`."""
+    """The fixture's `sse()` helper other e2e tests rely on: attach, send, read until the turn's `result`."""
     daemon.deploy(_chat_app(app_yaml, "sse-helper"))
 
     def send():
         sent = daemon.client.post("/api/apps/sse-helper/sessions/h-1/messages", json={"message": "list it"})
         assert sent.status_code == 202, sent.text
 
-    events = daemon.sse("/api/apps/sse-helper/sessions/h-1/events", until="done", on_open=send, timeout=60)
+    events = daemon.sse("/api/apps/sse-helper/sessions/h-1/events", until="result", on_open=send, timeout=60)
     types = [e["event"] for e in events]
     assert types[0] == "connected"
-    assert types.index("tool_call") < types.index("done")
+    assert types.index("tool_start") < types.index("tool_call") < types.index("result")
     assert events[-1]["data"]["content"].startswith("listed:")
     ids = [int(e["id"]) for e in events if e["id"] is not None and e["event"] != "connected"]
     assert ids == sorted(ids) and len(ids) == len(set(ids))

@@ -38,7 +38,7 @@ def test_persistent_stream_two_messages_then_replay(daemon, app_id):
             assert response.status_code == 202, response.text
             sent.append(response.json()["data"])
 
-    second_done = lambda e: e["event"] == "done" and len(sent) == 2 and e["data"]["correlation_id"] == sent[1]["correlation_id"]  # noqa: E731
+    second_done = lambda e: e["event"] == "result" and len(sent) == 2 and e["data"]["correlation_id"] == sent[1]["correlation_id"]  # noqa: E731
     events = daemon.sse(f"/api/apps/{app_id}/sessions/p1/events", until=second_done, on_open=send_two, timeout=60)
     assert events[0]["event"] == "connected" and events[0]["data"] == {"session_id": "p1"}
     logged = events[1:]
@@ -49,10 +49,10 @@ def test_persistent_stream_two_messages_then_replay(daemon, app_id):
     assert sent[0]["position"] == 0 and sent[1]["position"] in (0, 1)
     for index, enq in enumerate(sent):
         mine = [e for e in logged if e["data"].get("correlation_id") == enq["correlation_id"] or
-                (e["event"] in ("tool_call", "result") and _owner(logged, e) == enq["correlation_id"])]
+                (e["event"] in ("tool_start", "tool_call") and _owner(logged, e) == enq["correlation_id"])]
         kinds = [e["event"] for e in mine if e["event"] != "message_queued"]
-        assert kinds == ["tool_call", "result", "done"], (index, kinds)
-    first_done = next(e for e in logged if e["event"] == "done")
+        assert kinds == ["tool_start", "tool_call", "result"], (index, kinds)
+    first_done = next(e for e in logged if e["event"] == "result")
     assert "Demo project" in first_done["data"]["content"]
     assert first_done["data"]["correlation_id"] == sent[0]["correlation_id"]
 
@@ -82,10 +82,10 @@ def test_persistent_stream_two_messages_then_replay(daemon, app_id):
 
 
 def _owner(logged: list[dict], event: dict) -> str | None:
-    """tool_call/result events carry the turn's correlation in the log; the wire payload does not,
-    so attribute them to the next `done` after them (turns are serial)."""
+    """tool_start/tool_call events carry the turn's correlation in the log; the wire payload does
+    not, so attribute them to the next `result` after them (turns are serial)."""
     after = logged[logged.index(event):]
-    done = next((e for e in after if e["event"] == "done"), None)
+    done = next((e for e in after if e["event"] == "result"), None)
     return done["data"]["correlation_id"] if done else None
 
 
@@ -169,10 +169,10 @@ def test_second_message_waits_behind_a_slow_turn(daemon, tmp_path_factory):
                 assert response.status_code == 202, response.text
                 sent.append(response.json()["data"])
 
-        second_done = lambda e: e["event"] == "done" and len(sent) == 2 and e["data"]["correlation_id"] == sent[1]["correlation_id"]  # noqa: E731
+        second_done = lambda e: e["event"] == "result" and len(sent) == 2 and e["data"]["correlation_id"] == sent[1]["correlation_id"]  # noqa: E731
         events = daemon.sse("/api/apps/slow-llm/sessions/q1/events", until=second_done, on_open=send_two, timeout=60)
     assert sent[0]["position"] == 0 and sent[1]["position"] == 1
-    dones = [e["data"] for e in events if e["event"] == "done"]
+    dones = [e["data"] for e in events if e["event"] == "result"]
     assert [(d["correlation_id"], d["content"]) for d in dones] == [
         (sent[0]["correlation_id"], "first answer"), (sent[1]["correlation_id"], "second answer")]
     # The model saw the first exchange before answering the second: turns are serial.
@@ -198,12 +198,12 @@ def test_chat_stream_with_an_openai_compatible_model(daemon, tmp_path_factory):
         events = daemon.sse("/api/apps/llm-chat/chat/stream", method="POST",
                             json_body={"session_id": "o1", "message": "what do my notes say?"}, timeout=60)
     kinds = [e["event"] for e in events]
-    assert kinds[0] == "connected" and kinds[-1] == "done"
-    assert [k for k in kinds if k in ("tool_call", "result")] == ["tool_call", "result"]
+    assert kinds[0] == "connected" and kinds[-1] == "result" and kinds.count("result") == 1
+    assert [k for k in kinds if k in ("tool_start", "tool_call")] == ["tool_start", "tool_call"]
+    start = next(e for e in events if e["event"] == "tool_start")["data"]
     call = next(e for e in events if e["event"] == "tool_call")["data"]
-    result = next(e for e in events if e["event"] == "result")["data"]
-    assert call["name"] == "filesystem.read" and call["params"] == {"path": "notes.txt"}
-    assert result["success"] is True and "remember the milk" in str(result["data"])
+    assert start["name"] == "filesystem.read" and start["params"] == {"path": "notes.txt"}
+    assert call["id"] == start["id"] and call["success"] is True and "remember the milk" in str(call["result"])
     assert "token" in kinds  # the model's text arrived streamed
     assert events[-1]["data"]["content"] == "The note says to remember the milk."
     assert llm.requests[0].json["stream"] is True

@@ -1,6 +1,6 @@
 """Faults: ASGI workers killed mid-turn with a message queued behind it, and (on the scale-out leg)
 the database server restarted during a stream. Every accepted message must end with exactly one
-`done`, and a client that reconnects with Last-Event-ID must see no gap and no duplicate."""
+`result`, and a client that reconnects with Last-Event-ID must see no gap and no duplicate."""
 
 from __future__ import annotations
 
@@ -69,7 +69,7 @@ class ReconnectingStream(threading.Thread):
                 time.sleep(0.3)
 
     def dones(self) -> list[dict]:
-        return [e["data"] for e in self.events if e["event"] == "done"]
+        return [e["data"] for e in self.events if e["event"] == "result"]
 
 
 def assert_clean_log(events: list[dict]) -> None:
@@ -92,7 +92,7 @@ def test_asgi_workers_killed_mid_turn_with_a_queued_message(daemon_factory, app_
             accepted.append(response.json()["data"]["correlation_id"])
 
         # The first turn is inside its tool call (the second waits behind it): kill every ASGI worker.
-        poll(lambda: any(e["event"] == "tool_call" for e in stream.events), 30, "the first tool call")
+        poll(lambda: any(e["event"] == "tool_start" for e in stream.events), 30, "the first tool call")
         killed = set(d.child_pids("asgi"))
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
@@ -101,7 +101,7 @@ def test_asgi_workers_killed_mid_turn_with_a_queued_message(daemon_factory, app_
         # The expired lease is recovered and both messages finish, each exactly once.
         poll(lambda: len({x["correlation_id"] for x in stream.dones()}) == 2, 90,
              f"both turns to finish (events so far: {[e['event'] for e in stream.events]})")
-        time.sleep(1.0)  # a duplicate `done` would arrive now
+        time.sleep(1.0)  # a duplicate `result` would arrive now
     finally:
         stream.stop.set()
     assert stream.connects >= 2, "the client never had to reconnect: the kill did not hit its stream"
@@ -112,7 +112,7 @@ def test_asgi_workers_killed_mid_turn_with_a_queued_message(daemon_factory, app_
 
     # The stored log agrees with what the client saw: a fresh replay from 0 is the same sequence.
     replay = d.sse("/api/apps/faulty/sessions/f1/events", params={"since": 0},
-                   until=lambda e: e["event"] == "done" and e["data"]["correlation_id"] == accepted[1])
+                   until=lambda e: e["event"] == "result" and e["data"]["correlation_id"] == accepted[1])
     assert [int(e["id"]) for e in replay if e["id"]] == [e["id"] for e in stream.events]
 
 

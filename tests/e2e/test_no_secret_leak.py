@@ -222,12 +222,12 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml, api_server):
 
     events = rec.sse(
         client, "events s1", "GET", f"/api/apps/{APP}/sessions/s1/events", params={"since": 0},
-        until=lambda e: e["event"] == "done", on_event=approve_when_asked,
+        until=lambda e: e["event"] == "result", on_event=approve_when_asked,
     )
     assert len(approvals_seen) == 1
-    shell_results = [e["data"] for e in events if e["event"] == "result" and e["data"].get("name") == "shell.run"]
+    shell_results = [e["data"] for e in events if e["event"] == "tool_call" and e["data"].get("name") == "shell.run"]
     assert shell_results and shell_results[0]["success"] is True, events
-    stdout = shell_results[0]["data"]["stdout"]
+    stdout = shell_results[0]["result"]["stdout"]
     assert stdout.strip() == f"token={MASK}", stdout  # the plaintext really was there, and was masked
     # The tool really saw the value: the file it wrote holds it (outside the data dir).
     assert (workspace / "leak.txt").read_text().strip() == f"token={secret}"
@@ -247,7 +247,7 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml, api_server):
 
     streamed = rec.sse(
         client, "chat/stream s3", "POST", f"/api/apps/{APP}/chat/stream",
-        json_body={"session_id": "s3", "message": "copy it"}, until=lambda e: e["event"] == "done", on_event=approve_copy,
+        json_body={"session_id": "s3", "message": "copy it"}, until=lambda e: e["event"] == "result", on_event=approve_copy,
     )
     assert [e for e in streamed if e["event"] == "approval_request"], streamed
     assert (workspace / "copy.txt").exists()
@@ -330,7 +330,7 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml, api_server):
         history = rec.response(f"history {sid}", client.get(f"/api/apps/{APP}/sessions/{sid}/history"))
         assert history["messages"], sid
         rec.sse(client, f"replay {sid}", "GET", f"/api/apps/{APP}/sessions/{sid}/events", params={"since": 0},
-                until=lambda e: e["event"] == "done")
+                until=lambda e: e["event"] == "result")
 
     # --- the CLI --------------------------------------------------------------------------------
     for args, stdin in [

@@ -172,4 +172,4 @@ def test_schema_documents_every_endpoint_of_the_reference(daemon):
     # SSE responses are documented per event, with the event names clients switch on.
     events = schema["paths"][f"{base}/sessions/{{session_id}}/events"]["get"]["responses"]["200"]
     event_schema = events["content"]["text/event-stream"]["schema"]
-    assert {"done", "tool_call", "result", "approval_request"} <= set(event_schema["properties"]["event"]["enum"])
+    assert {"tool_start", "tool_call", "result", "approval_request"} <= set(event_schema["properties"]["event"]["enum"])

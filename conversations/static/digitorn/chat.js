@@ -8,7 +8,7 @@
   const SESSION_STORAGE = "digitorn.session.";
   const EVENT_TYPES = [
     "connected", "message_queued", "tool_start", "tool_call", "result", "token", "error", "hook",
-    "approval_request", "approval_resolved", "notification", "notification_result", "done",
+    "approval_request", "approval_resolved", "notification", "notification_result",
   ];
 
   const $ = (id) => document.getElementById(id);
@@ -277,18 +277,18 @@
       case "message_queued":
         if (data.position > 0) addEntry("note", "Queued behind " + data.position + " message(s).");
         break;
-      case "tool_start":
-        break;
-      case "tool_call": {
+      // A tool's start and finish (entry classes tool_call / result), then the turn's `result`
+      // (the answer, entry class done).
+      case "tool_start": {
         const entry = addEntry("tool_call", "tool call: " + data.name);
         addBlock(entry, data.params || {});
         break;
       }
-      case "result": {
+      case "tool_call": {
         const ok = data.success !== false;
         const entry = addEntry("result", (ok ? "result of " : "failed: ") + (data.name || "tool"));
         if (!ok) entry.classList.add("failed");
-        addBlock(entry, ok ? data.data : data.error || data.data);
+        addBlock(entry, ok ? data.result : data.error || data.result);
         break;
       }
       case "token": {
@@ -298,14 +298,14 @@
           entry.appendChild(el("div", "body", ""));
           state.streaming.set(data.correlation_id, entry);
         }
-        entry.querySelector(".body").textContent += data.text || "";
+        entry.querySelector(".body").textContent += data.delta || "";
         break;
       }
       case "error":
-        addEntry("error", "error" + (data.kind ? " (" + data.kind + ")" : ""), data.message || pretty(data));
+        addEntry("error", "error" + (data.code ? " (" + data.code + ")" : ""), data.error || pretty(data));
         break;
       case "hook":
-        addEntry("note", "hook: " + (data.name || "runtime"));
+        addEntry("note", "hook: " + (data.hook_id || "runtime"));
         break;
       case "approval_request":
         renderApproval(data);
@@ -315,13 +315,13 @@
         break;
       case "notification": {
         const entry = addEntry("notification", "background task " + (data.task_id || "") + ": " + (data.status || ""));
-        addBlock(entry, data.error || data.result || {});
+        addBlock(entry, data.error || data.result_preview || {});
         break;
       }
       case "notification_result":
         addEntry("notification_result", "after notifications", data.content);
         break;
-      case "done": {
+      case "result": {
         const streaming = state.streaming.get(data.correlation_id);
         if (streaming) {
           streaming.remove();
@@ -339,10 +339,10 @@
   }
 
   function renderApproval(data) {
-    const entry = addEntry("approval_request", "approval needed: " + data.name + " (risk " + (data.risk_level || "?") + ")");
+    const entry = addEntry("approval_request", "approval needed: " + data.tool_name + " (risk " + (data.risk_level || "?") + ")");
     entry.dataset.requestId = data.request_id;
-    if (data.reason) entry.appendChild(el("div", "body", data.reason));
-    addBlock(entry, data.params || {});
+    if (data.description) entry.appendChild(el("div", "body", data.description));
+    addBlock(entry, data.tool_params || {});
     const actions = el("div", "actions");
     const approve = el("button", "approve", "Approve");
     const deny = el("button", "deny", "Deny");
