@@ -198,9 +198,9 @@ async def run(request: HttpRequest, app_id: str) -> HttpResponse:
             )
         limit = await db(rate_limit_hit)(app_id=app_id)
         session_id = f"run-{uuid.uuid4().hex}"
-        text = body["input"] if body["input_type"] == "text" else f"[input_type: {body['input_type']}]\n{body['input']}"
+        # input_type is metadata (the original's): the agent gets the input as it was sent.
         enqueued = await db(services.message_enqueue)(
-            app_id=app_id, session_id=session_id, principal=principal.name, message=text, field_name="input"
+            app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input"
         )
         _start(enqueued)
         try:
@@ -279,9 +279,13 @@ async def notifications_drain(request: HttpRequest, app_id: str) -> HttpResponse
             data["session_id"] = request.GET["session_id"]
         body = s.validate(s.NotificationsSerializer, data)
         await db(_app_exists)(app_id)
-        enqueued, summaries = await db(services.notifications_drain)(
-            app_id=app_id, session_id=body["session_id"], principal=principal.name
-        )
+        try:
+            enqueued, summaries = await db(services.notifications_drain)(
+                app_id=app_id, session_id=body["session_id"], principal=principal.name
+            )
+        except services.NotFoundError:
+            # The original's answer for a session it does not know: nothing to drain (CLIs poll this).
+            enqueued, summaries = None, []
     except DigitornError as err:
         return error_response(err)
     if enqueued is None:

@@ -27,6 +27,7 @@ ERROR_STATUSES = {
     "403": "The key lacks the scope, or the policy blocks the tool",
     "404": "Unknown app, session, task, tool or request",
     "413": "Request body too large",
+    "415": "Unsupported media type (an upload that is not multipart, an attachment that is not an image)",
     "429": "Rate limit exceeded",
 }
 
@@ -54,7 +55,18 @@ def _json_body(properties: dict[str, Any], required: list[str]) -> dict[str, Any
     return {"required": bool(required), "content": {"application/json": {"schema": schema}}}
 
 
-_TEXT = {"type": "string", "maxLength": 100_000}
+_TEXT = {"type": "string", "maxLength": 1024 * 1024, "description": "at most 1 MiB of UTF-8"}
+_MESSAGE_EXTRAS = {
+    "images": {
+        "type": "array", "maxItems": 10,
+        "description": "Validated (base64, image/* else 415), then ignored: the brains here are text-only.",
+        "items": {"type": "object", "required": ["data", "mime"], "properties": {
+            "data": {"type": "string"}, "mime": {"type": "string"}, "name": {"type": "string"}}},
+    },
+    "workspace": {"type": "string", "maxLength": 4096, "description": "Accepted and ignored (see README)."},
+    "queue_mode": {"type": "string", "enum": ["async", "wait", "replace_last"]},
+    "client_message_id": {"type": "string", "maxLength": 200},
+}
 _SESSION_ID = {"type": "string", "pattern": r"^[A-Za-z0-9_.:\-]{1,200}$"}
 _DONE = {
     "type": "object",
@@ -70,13 +82,23 @@ _DONE = {
 }
 _TASK = {
     "type": "object",
-    "required": ["task_id", "tool", "status"],
+    "required": ["task_id", "tool_name", "status"],
     "properties": {
         "task_id": {"type": "string"},
-        "tool": {"type": "string"},
+        "tool_name": {"type": "string"},
         "params": {"type": "object"},
         "session_id": {"type": "string", "nullable": True},
-        "status": {"type": "string", "enum": ["queued", "running", "completed", "failed", "cancelled"]},
+        "status": {"type": "string",
+                   "enum": ["queued", "waiting_approval", "running", "completed", "failed", "cancelled"]},
+        "result": {"nullable": True},
+        "error": {"type": "string", "nullable": True},
+        "hint": {"type": "string"},
+        "created_at": {"type": "number"},
+        "started_at": {"type": "number", "nullable": True},
+        "finished_at": {"type": "number", "nullable": True},
+        "elapsed_seconds": {"type": "number", "nullable": True},
+        "approval_request_id": {"type": "string", "nullable": True},
+        "cancel_requested": {"type": "boolean"},
     },
 }
 # For text/event-stream the schema describes one event as a client parses it (``data`` is the JSON text).
@@ -97,6 +119,12 @@ _SSE = {"description": "Server-Sent Events, one `id`/`event`/`data` frame each",
         "content": {"text/event-stream": {"schema": _SSE_EVENT}}}
 
 
+_QUEUED = {"type": "object", "properties": {
+    "correlation_id": {"type": "string"}, "position": {"type": "integer"}, "queue_depth": {"type": "integer"},
+    "client_message_id": {"type": "string", "nullable": True}, "queue_mode": {"type": "string"},
+    "replaced": {"type": "boolean"}, "ignored": {"type": "array", "items": {"type": "string"}}}}
+
+
 def _json_ok(data: dict[str, Any] | None, description: str = "") -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": data or {}}}}
 
@@ -108,13 +136,16 @@ def _plain_view_paths() -> dict[str, dict[str, Any]]:
     app = _path_param("app_id", APP_ID_PATTERN)
     session = _path_param("session_id", NameConverter.regex)
     task = _path_param("task_id", NameConverter.regex)
-    chat_body = _json_body({"session_id": _SESSION_ID, "message": _TEXT}, ["session_id", "message"])
+    chat_body = _json_body({"session_id": _SESSION_ID, "message": _TEXT, **_MESSAGE_EXTRAS}, ["session_id", "message"])
     base = "/api/apps/{app_id}"
     return {
         f"{base}/run": {"post": {
             "operationId": "app_run_post", "description": "One-shot execution of a one_shot app.",
             "parameters": [app],
-            "requestBody": _json_body({"input": _TEXT, "input_type": {"type": "string", "maxLength": 32}}, ["input"]),
+            "requestBody": _json_body(
+                {"input": _TEXT, "input_type": {"type": "string", "enum": ["text", "image", "file", "json", "any"]}},
+                ["input"],
+            ),
             "responses": {"200": _json_ok({"type": "object", "properties": {
                 "content": {"type": "string"}, "tool_calls_count": {"type": "integer"},
                 "turns_used": {"type": "integer"}, "truncated": {"type": "boolean"}}})},
@@ -130,10 +161,13 @@ def _plain_view_paths() -> dict[str, dict[str, Any]]:
         f"{base}/sessions/{{session_id}}/messages": {"post": {
             "operationId": "session_messages_post",
             "description": "Queue a message; its turn's events arrive on the session's stream.",
-            "parameters": [app, session], "requestBody": _json_body({"message": _TEXT}, ["message"]),
-            "responses": {"202": _json_ok({"type": "object", "properties": {
-                "correlation_id": {"type": "string"}, "position": {"type": "integer"},
-                "queue_depth": {"type": "integer"}}})},
+            "parameters": [app, session],
+            "requestBody": _json_body({"message": _TEXT, **_MESSAGE_EXTRAS}, ["message"]),
+            "responses": {
+                "202": _json_ok(_QUEUED),
+                "200": _json_ok({**_QUEUED, "properties": {**_QUEUED["properties"], "result": _DONE}},
+                                "queue_mode=wait: the turn's result"),
+            },
         }},
         f"{base}/sessions/{{session_id}}/events": {"get": {
             "operationId": "session_events_get",
@@ -154,6 +188,11 @@ def _plain_view_paths() -> dict[str, dict[str, Any]]:
                 **_SSE["content"],
                 "application/json": {"schema": {"type": "object", "properties": {"notifications": {"type": "integer"}}}},
             }}},
+        }},
+        "/api/metrics/prometheus": {"get": {
+            "operationId": "metrics_prometheus_get", "tags": ["metrics"],
+            "description": "The metrics as Prometheus gauges (text exposition format 0.0.4); needs the admin scope.",
+            "responses": {"200": {"description": "", "content": {"text/plain": {"schema": {"type": "string"}}}}},
         }},
         f"{base}/background-tasks/{{task_id}}": {
             "get": {"operationId": "background_task_get", "parameters": [app, task], "responses": {"200": _json_ok(_TASK)}},
