@@ -44,7 +44,7 @@ def _refuse_if_active(session: Session, what: str) -> None:
 def message_replace_last(*, app_id: str, session_id: str, principal: str, message: str) -> Enqueued | None:
     """Overwrite the session's newest still-queued message (the original's ``replace_last``); None when
     no message is waiting, so the caller queues this one normally."""
-    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
+    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal, create=True)
     with transaction.atomic():
         _lock(session)
         tail = (
