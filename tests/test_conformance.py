@@ -328,7 +328,14 @@ def test_tool_detail(app):
 
 
 def test_index(app):
-    check("GET /index", data_of(c().get("/api/apps/demo/index")), nonempty=("categories",))
+    from conversations.engine import META_TOOLS_THRESHOLD
+    from tooling import selectors
+
+    data = data_of(c().get("/api/apps/demo/index"))
+    check("GET /index", data, nonempty=("categories",))
+    # tool_injection_mode reports what the engine does: the same threshold on both sides.
+    assert selectors.META_TOOLS_THRESHOLD == META_TOOLS_THRESHOLD
+    assert data["tool_injection_mode"] == ("discovery" if data["total_tools"] > META_TOOLS_THRESHOLD else "direct")
 
 
 # --- background tasks, approvals, notifications -------------------------------------------------

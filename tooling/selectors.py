@@ -46,8 +46,9 @@ def tool_executions(*, app_id: str, limit: int = 100) -> list[ToolExecution]:
 _JSON_TYPE_NAMES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "array": "list",
                     "object": "dict", "null": "None"}
 
-# Above this many visible tools an agent is given the discovery meta-tools instead of every tool
-# (conversations.engine reads the same constant).
+# Above this many visible tools an agent is given the discovery meta-tools instead of every tool.
+# Must equal conversations.engine.META_TOOLS_THRESHOLD (tooling may not import conversations; a test
+# in tests/test_conformance.py holds the two together).
 META_TOOLS_THRESHOLD = 40
 
 

@@ -92,8 +92,10 @@ def _read_secret_value(app: str, key: str) -> str:
 def cmd_secret_set(args) -> int:
     value = args.value if args.value is not None else _read_secret_value(args.app, args.key)
     with _client(args) as api:
-        api.put(f"/api/apps/{path_part(args.app)}/secrets/{path_part(args.key)}", json={"value": value})
-    info(f"secret {args.key} set for {args.app}.")
+        data = api.put(f"/api/apps/{path_part(args.app)}/secrets/{path_part(args.key)}", json={"value": value})
+    # Secrets may be set before the deploy (the original's order); say which case this was.
+    later = isinstance(data, dict) and data.get("reloaded") is False
+    info(f"secret {args.key} set for {args.app}" + (" (not deployed yet: the deploy will use it)." if later else "."))
     return 0
 
 

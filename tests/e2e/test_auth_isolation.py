@@ -270,15 +270,23 @@ def test_another_principal_cannot_read_or_touch_a_session(deployed, keys, alices
     _same_as_missing(deployed, bob, "GET", base, sid)
     _same_as_missing(deployed, bob, "GET", f"{base}/history", sid)
     _same_as_missing(deployed, bob, "POST", f"{base}/cancel", sid)
+    # The original's session operations guard the same way.
+    for op in ("abort", "compact", "fork", "undo"):
+        _same_as_missing(deployed, bob, "POST", f"{base}/{op}", sid)
+    for op in ("memory", "workspace"):
+        _same_as_missing(deployed, bob, "GET", f"{base}/{op}", sid)
     _same_as_missing(deployed, bob, "DELETE", base, sid)
     # Writing into it (which would otherwise create the session) is refused too.
     for method, path, body in (
         ("POST", f"{base}/messages", {"message": "hijack"}),
         ("POST", f"/api/apps/{APP}/chat", {"session_id": sid, "message": "hijack"}),
         ("POST", f"/api/apps/{APP}/chat/stream", {"session_id": sid, "message": "hijack"}),
-        ("POST", f"/api/apps/{APP}/notifications", {"session_id": sid}),
     ):
         _assert_envelope(deployed.client.request(method, path, headers=bob, json=body), 404, "RESOURCE_NOT_FOUND")
+    # Draining another's notifications answers what an unknown session answers (the original's
+    # `{notifications: 0}`, which CLIs poll), and drains nothing.
+    drained = deployed.client.post(f"/api/apps/{APP}/notifications", headers=bob, json={"session_id": sid})
+    assert drained.status_code == 200 and drained.json()["data"] == {"notifications": 0}, drained.text
     # Streaming it, with a header or with ?token=.
     _assert_envelope(deployed.client.get(f"{base}/events", headers=bob), 404, "RESOURCE_NOT_FOUND")
     _assert_envelope(

@@ -260,6 +260,10 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml):
         ("quota", f"/api/apps/{APP}/quota"),
         ("notifications active", f"/api/apps/{APP}/notifications/active"),
         ("approvals", f"/api/apps/{APP}/approvals"),
+        ("memory s1", f"/api/apps/{APP}/sessions/s1/memory"),
+        ("workspace s1", f"/api/apps/{APP}/sessions/s1/workspace"),
+        ("metrics", "/api/metrics"),
+        ("metrics sessions", "/api/metrics/sessions"),
     ]:
         rec.response(label, client.get(path))
     for sid in ("s1", "s2", "s3"):
