@@ -8,7 +8,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from django.db.models import Count, Exists, OuterRef, Q
+from django.db.models import Count, Exists, OuterRef, Subquery
+from django.db.models.functions import Coalesce, Substr
 
 from conversations.models import Event, Message, Notification, Session, Turn
 from conversations.services import session_resolve, sessions_purge_expired
@@ -28,62 +29,58 @@ def epoch(value) -> float | None:
     return value.timestamp() if value is not None else None
 
 
-def _first_user(session: Session) -> str:
-    first = (
-        Message.objects.filter(session=session, role=Message.Role.USER).order_by("id").values_list("content", flat=True)
-    ).first()
-    return " ".join((first or "").split())[:TITLE_CHARS]
+def _first_user_sql():
+    # Cut in the database: a message may be 1 MiB and a listing shows 50 sessions.
+    return Subquery(
+        Message.objects.filter(session=OuterRef("pk"), role=Message.Role.USER)
+        .order_by("id")
+        .annotate(head=Substr("content", 1, TITLE_CHARS * 4))
+        .values("head")[:1]
+    )
 
 
-def _last_visible(session: Session) -> tuple[str, str | None]:
-    """The latest user or assistant text (tool rows and bare tool-call replies are not messages a
-    person reads)."""
-    row = (
-        Message.objects.filter(session=session, role__in=[Message.Role.USER, Message.Role.ASSISTANT])
+def _last_visible_qs():
+    return (
+        Message.objects.filter(session=OuterRef("pk"), role__in=[Message.Role.USER, Message.Role.ASSISTANT])
         .exclude(content="")
         .order_by("-id")
-        .values_list("content", "role")
-        .first()
     )
-    if row is None:
-        return "", None
-    return row[0][:PREVIEW_CHARS], row[1]
 
 
 def session_payload(session: Session) -> dict[str, Any]:
     """The original's ``ConversationSession.summary()`` plus ``is_active`` (a turn runs, waits for an
-    approval, or is queued: what clients poll) and this project's ``status``."""
-    message_count = getattr(session, "message_count", None)
-    if message_count is None:
-        message_count = session.messages.count()
-    turn_count = getattr(session, "turn_count", None)
-    if turn_count is None:
-        turn_count = session.turns.filter(status__in=FINISHED_TURNS).count()
-    is_active = getattr(session, "is_active", None)
-    if is_active is None:
-        is_active = session.turns.filter(status__in=ACTIVE_TURNS).exists()
-    preview, last_role = _last_visible(session)
+    approval, or is queued: what clients poll) and this project's ``status``. ``session`` comes from
+    ``_annotated`` (one query for a whole page of sessions)."""
+    title = " ".join((session.title_src or "").split())[:TITLE_CHARS]
     return {
         "session_id": session.session_id,
         "app_id": session.app_id,
-        "title": _first_user(session),
+        "title": title,
         "user_id": session.principal,
         "created_at": epoch(session.created_at),
         "last_active": epoch(session.last_active),
-        "turn_count": turn_count,
-        "message_count": message_count,
-        "last_message_preview": preview,
-        "last_message_role": last_role,
-        "is_active": bool(is_active),
+        "turn_count": session.turn_count,
+        "message_count": session.message_count,
+        "last_message_preview": (session.preview_src or "")[:PREVIEW_CHARS],
+        "last_message_role": session.preview_role,
+        "is_active": bool(session.is_active),
         "status": session.status,
     }
 
 
+def _count(rows):
+    return Subquery(rows.order_by().values("session").annotate(n=Count("id")).values("n")[:1])
+
+
 def _annotated(qs):
+    # Subqueries, not joins: counting messages and turns through two joins multiplies the rows.
     return qs.annotate(
-        message_count=Count("messages", distinct=True),
-        turn_count=Count("turns", filter=Q(turns__status__in=FINISHED_TURNS), distinct=True),
+        message_count=Coalesce(_count(Message.objects.filter(session=OuterRef("pk"))), 0),
+        turn_count=Coalesce(_count(Turn.objects.filter(session=OuterRef("pk"), status__in=FINISHED_TURNS)), 0),
         is_active=Exists(Turn.objects.filter(session=OuterRef("pk"), status__in=ACTIVE_TURNS)),
+        title_src=_first_user_sql(),
+        preview_src=Subquery(_last_visible_qs().annotate(head=Substr("content", 1, PREVIEW_CHARS)).values("head")[:1]),
+        preview_role=Subquery(_last_visible_qs().values("role")[:1]),
     )
 
 

@@ -227,3 +227,31 @@ def test_cancel_and_notifications_endpoints(app):
     assert types[0] == "notification" and types[-2:] == ["notification_result", "done"]
     assert c.get("/api/apps/demo/notifications/active").json()["data"] == {"active": False}
     assert_error(async_post("/api/apps/demo/notifications", {}), 400, "VALIDATION_ERROR")
+
+
+def test_session_listing_costs_the_same_queries_for_one_or_many_sessions(app):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations import selectors
+    from digitorn_site.api.auth import ADMIN_PRINCIPAL
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            page = selectors.session_list(app_id="demo", principal=ADMIN_PRINCIPAL)
+        assert all(s["title"] for s in page["sessions"])
+        return len(captured)
+
+    services.message_enqueue(app_id="demo", session_id="l0", principal=ADMIN_PRINCIPAL, message="first words")
+    services.turn_claim(session_pk=services.session_resolve(app_id="demo", session_id="l0",
+                                                            principal=ADMIN_PRINCIPAL).pk, worker="t")
+    one = queries()
+    for i in range(1, 6):
+        sid = f"l{i}"
+        services.message_enqueue(app_id="demo", session_id=sid, principal=ADMIN_PRINCIPAL, message="x " * 500)
+        services.turn_claim(session_pk=services.session_resolve(app_id="demo", session_id=sid,
+                                                                principal=ADMIN_PRINCIPAL).pk, worker="t")
+    assert queries() == one
+    titles = {s["session_id"]: s for s in selectors.session_list(app_id="demo", principal=ADMIN_PRINCIPAL)["sessions"]}
+    assert titles["l0"]["title"] == "first words" and len(titles["l1"]["title"]) == 80
+    assert titles["l1"]["last_message_preview"] == ("x " * 100)[:200] and titles["l1"]["is_active"] is True
