@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 ERROR_SCHEMA = {
@@ -208,6 +209,96 @@ def _plain_view_paths() -> dict[str, dict[str, Any]]:
     }
 
 
+def _obj(required: list[str], **properties: Any) -> dict[str, Any]:
+    return {"type": "object", "required": required, "properties": properties}
+
+
+_S, _I, _N, _B = {"type": "string"}, {"type": "integer"}, {"type": "number"}, {"type": "boolean"}
+_NS, _NN = {"type": "string", "nullable": True}, {"type": "number", "nullable": True}
+_SESSION = _obj(
+    ["session_id", "app_id", "title", "user_id", "created_at", "last_active", "turn_count", "message_count",
+     "last_message_preview", "is_active", "status"],
+    session_id=_S, app_id=_S, title=_S, user_id=_S, created_at=_N, last_active=_N, turn_count=_I,
+    message_count=_I, last_message_preview=_S, last_message_role=_NS, is_active=_B, status=_S,
+)
+_PENDING = _obj(
+    ["request_id", "session_id", "agent_id", "user_id", "app_id", "tool_name", "tool_params", "risk_level",
+     "description", "created_at", "expires_at"],
+    request_id=_S, session_id=_NS, agent_id=_S, user_id=_S, app_id=_S, tool_name=_S,
+    tool_params={"type": "object"}, risk_level=_S, description=_S, origin=_S, created_at=_N, expires_at=_N,
+)
+_CATEGORY = _obj(["id", "summary", "tool_count"], id=_S, summary=_S, tool_count=_I)
+_TOOL_SUMMARY = _obj(["name", "description", "risk_level", "tags"], name=_S, description=_S, risk_level=_S,
+                     tags={"type": "array", "items": _S})
+# ``data`` of the DRF views, by operationId: the original Digitorn's shapes (README "API shapes").
+DATA_SCHEMAS: dict[str, dict[str, Any]] = {
+    "session_list_get": _obj(["sessions", "total", "limit", "offset"], sessions={"type": "array", "items": _SESSION},
+                             total=_I, limit=_I, offset=_I),
+    "session_detail_get": {**_SESSION, "properties": {**_SESSION["properties"], "tokens": _obj(
+        ["prompt", "completion", "total"], prompt=_I, completion=_I, total=_I), "context": {"type": "object"}}},
+    "session_history_get": _obj(
+        ["session_id", "messages", "events", "events_total", "events_next_seq", "events_has_more"],
+        session_id=_S,
+        messages={"type": "array", "items": _obj(["role", "content", "created_at"], role={
+            "type": "string", "enum": ["user", "assistant"]}, content=_S, created_at=_N, tool_calls={
+            "type": "array", "items": _obj(["id", "name", "params", "result", "status"], id=_S, name=_S,
+                                           params={"type": "object"}, result={"nullable": True}, status=_S)})},
+        events={"type": "array", "items": _obj(["seq", "type", "data"], seq=_I, type=_S, data={"type": "object"},
+                                               correlation_id=_S, ts=_N)},
+        events_total=_I, events_next_seq=_I, events_has_more=_B,
+    ),
+    "approval_list_get": _obj(["pending"], pending={"type": "array", "items": _PENDING}),
+    "approve_post": _obj(["request_id", "approved", "payload_received"], request_id=_S, approved=_B,
+                         payload_received=_B, status=_S),
+    "tool_categories_get": _obj(["categories", "total_categories", "total_tools"],
+                                categories={"type": "array", "items": _CATEGORY}, total_categories=_I, total_tools=_I),
+    "tool_category_get": _obj(["category", "summary", "tools", "page", "total_pages", "total_tools"], category=_S,
+                              summary=_S, tools={"type": "array", "items": _TOOL_SUMMARY}, page=_I, total_pages=_I,
+                              total_tools=_I),
+    "tool_search_get": _obj(["query", "count", "tools"], query=_S, mode=_S, count=_I, tools={"type": "array", "items": _obj(
+        ["name", "description", "relevance", "risk_level", "tags", "params_summary", "parameters"], name=_S,
+        description=_S, relevance=_N, risk_level=_S, tags={"type": "array", "items": _S}, params_summary=_S,
+        parameters={"type": "object"})}),
+    "tool_detail_get": _obj(["name", "module", "description", "parameters", "examples", "risk_level", "policy"],
+                            name=_S, module=_S, description=_S, parameters={"type": "object"},
+                            examples={"type": "array", "items": {}}, side_effects={"type": "array", "items": _S},
+                            aliases={"type": "array", "items": _S}, tags={"type": "array", "items": _S},
+                            risk_level=_S, irreversible=_B, policy=_S),
+    "tool_index_get": _obj(["total_tools", "total_categories", "tool_injection_mode", "categories"], total_tools=_I,
+                           total_categories=_I, tool_injection_mode={"type": "string", "enum": ["direct", "discovery"]},
+                           categories={"type": "array", "items": {**_CATEGORY, "properties": {
+                               **_CATEGORY["properties"], "tools": {"type": "array", "items": _obj(
+                                   ["name", "description", "params_schema"], name=_S, description=_S,
+                                   params_schema={"type": "object"})}}}}),
+    "background_task_list_get": _obj(["tasks", "total", "running", "completed", "failed"],
+                                     tasks={"type": "array", "items": _TASK}, total=_I, running=_I, completed=_I,
+                                     failed=_I),
+    "background_task_list_post": _TASK,
+    "secret_detail_put": _obj(["app_id", "key", "status", "reloaded", "reload_error"], app_id=_S, key=_S,
+                              status={"type": "string", "enum": ["set"]}, reloaded=_B, reload_error=_NS),
+    "secret_detail_delete": _obj(["app_id", "key", "status"], app_id=_S, key=_S,
+                                 status={"type": "string", "enum": ["deleted"]}),
+    "app_detail_delete": _obj(["app_id", "undeployed", "deleted", "message"], app_id=_S, undeployed=_B, deleted=_B,
+                              message=_S),
+    "deploy_status_get": _obj(["app_id", "status", "deployed"], app_id=_S, status={
+        "type": "string", "enum": ["deployed", "not_deployed"]}, deployed=_B, version=_NS, deployed_at=_NN,
+                              error=_NS),
+    "notifications_active_get": _obj(["active"], active=_B),
+    "session_compact_post": _obj(["before", "after", "freed"], before=_I, after=_I, freed=_I),
+    "session_fork_post": _obj(["session_id", "source_session_id", "forked"], session_id=_S, source_session_id=_S,
+                              forked_from=_S, new_session_id=_S, forked=_B, message_count=_I),
+    "session_undo_post": _obj(["session_id", "undone", "removed_messages"], session_id=_S, undone=_B,
+                              correlation_id=_S, removed_messages=_I, message_count=_I),
+    "session_abort_post": _obj(["session_id", "was_active", "aborted"], session_id=_S, was_active=_B, aborted=_B),
+    "session_memory_get": _obj(["session_id", "entries", "count"], session_id=_S, count=_I, entries={
+        "type": "array", "items": _obj(["key", "value"], key=_S, value=_S, created_at=_N, updated_at=_N)}),
+    "session_workspace_get": _obj(["session_id", "files", "total"], session_id=_S, available=_B, total=_I,
+                                  truncated=_B, files={"type": "array", "items": _obj(
+                                      ["path", "type"], path=_S, type=_S, size={"type": "integer", "nullable": True},
+                                      modified_at=_N)}),
+}
+
+
 def wrap_in_envelope(result: dict[str, Any], generator, request, public) -> dict[str, Any]:
     components = result.setdefault("components", {}).setdefault("schemas", {})
     components["Error"] = ERROR_SCHEMA
@@ -224,7 +315,9 @@ def wrap_in_envelope(result: dict[str, Any], generator, request, public) -> dict
             for status, response in list(responses.items()):
                 content = response.get("content", {})
                 if status.startswith("2") and "application/json" in content:
-                    inner = content["application/json"].get("schema")
+                    # Trailing-slash twins get a numeral suffix from drf-spectacular; same shape.
+                    op_id = re.sub(r"_\d+$", "", operation.get("operationId", ""))
+                    inner = DATA_SCHEMAS.get(op_id) or content["application/json"].get("schema")
                     content["application/json"]["schema"] = _envelope(inner)
             for status, description in ERROR_STATUSES.items():
                 responses.setdefault(
