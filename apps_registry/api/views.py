@@ -61,7 +61,8 @@ class AppDetailView(ApiView):
                 "app_id": app_id,
                 "undeployed": True,
                 "deleted": True,
-                "message": f"App '{app_id}' undeployed; its sessions, background tasks and secrets were deleted.",
+                "message": f"App '{app_id}' undeployed: its sessions and secrets were deleted, its running "
+                "background tasks and pending approvals cancelled.",
             }
         )
 
