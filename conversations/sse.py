@@ -279,11 +279,13 @@ async def notifications_drain(request: HttpRequest, app_id: str) -> HttpResponse
             data["session_id"] = request.GET["session_id"]
         body = s.validate(s.NotificationsSerializer, data)
         await db(_app_exists)(app_id)
+        from digitorn_site.errors import NotFoundError
+
         try:
             enqueued, summaries = await db(services.notifications_drain)(
                 app_id=app_id, session_id=body["session_id"], principal=principal.name
             )
-        except services.NotFoundError:
+        except NotFoundError:
             # The original's answer for a session it does not know: nothing to drain (CLIs poll this).
             enqueued, summaries = None, []
     except DigitornError as err:
