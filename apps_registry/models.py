@@ -54,7 +54,9 @@ class ApiKey(models.Model):
 class AppSecret(models.Model):
     """One per-app secret, Fernet-encrypted (MultiFernet, newest key first)."""
 
-    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="secrets")
+    # No database constraint: a secret may be set before its app is deployed (the original's order:
+    # set the keys, then deploy). Undeploying still deletes the app's secrets (ORM cascade).
+    app = models.ForeignKey(App, on_delete=models.CASCADE, related_name="secrets", db_constraint=False)
     key = models.CharField(max_length=128)
     ciphertext = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)

@@ -47,6 +47,11 @@ def app_get(*, app_id: str) -> App:
         raise NotFoundError(f"App '{app_id}' is not deployed.") from None
 
 
+def app_find(*, app_id: str) -> App | None:
+    """The app, or None when it is not deployed (for answers that must not 404)."""
+    return App.objects.filter(pk=app_id).first()
+
+
 def app_list() -> list[App]:
     return list(App.objects.all())
 
@@ -87,12 +92,11 @@ def secret_values(*, app_id: str, keys: tuple[str, ...] | None = None) -> dict[s
 
 
 def secret_keys(*, app_id: str) -> list[str]:
-    app_get(app_id=app_id)
+    """Names only; answers before the app is deployed too (secrets may be set first)."""
     return list(AppSecret.objects.filter(app_id=app_id).order_by("key").values_list("key", flat=True))
 
 
 def secret_exists(*, app_id: str, key: str) -> bool:
-    app_get(app_id=app_id)
     return AppSecret.objects.filter(app_id=app_id, key=key).exists()
 
 

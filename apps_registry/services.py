@@ -176,6 +176,7 @@ def _refresh_missing_secrets(app: App) -> None:
 
 @transaction.atomic
 def secret_set(*, app_id: str, key: str, value: str) -> AppSecret:
+    """Store (or replace) a secret; the app need not be deployed yet (set the keys, then deploy)."""
     _validate_secret_key(key)
     if not isinstance(value, str):
         raise ValidationError("value: must be a string.")
@@ -184,11 +185,12 @@ def secret_set(*, app_id: str, key: str, value: str) -> AppSecret:
     if len(value.encode()) > MAX_SECRET_BYTES:
         raise PayloadTooLargeError(f"value: secrets are limited to {MAX_SECRET_BYTES} bytes.")
     app = App.objects.select_for_update().filter(pk=app_id).first()
-    if app is None:
-        raise NotFoundError(f"App '{app_id}' is not deployed.")
-    secret, _ = AppSecret.objects.update_or_create(app=app, key=key, defaults={"ciphertext": crypto.encrypt(value)})
-    # Bumps updated_at, so every worker's compiled-app cache picks up the new value.
-    _refresh_missing_secrets(app)
+    secret, _ = AppSecret.objects.update_or_create(
+        app_id=app_id, key=key, defaults={"ciphertext": crypto.encrypt(value)}
+    )
+    if app is not None:
+        # Bumps updated_at, so every worker's compiled-app cache picks up the new value.
+        _refresh_missing_secrets(app)
     return secret
 
 
@@ -196,12 +198,11 @@ def secret_set(*, app_id: str, key: str, value: str) -> AppSecret:
 def secret_delete(*, app_id: str, key: str) -> None:
     _validate_secret_key(key)
     app = App.objects.select_for_update().filter(pk=app_id).first()
-    if app is None:
-        raise NotFoundError(f"App '{app_id}' is not deployed.")
-    deleted, _ = AppSecret.objects.filter(app=app, key=key).delete()
+    deleted, _ = AppSecret.objects.filter(app_id=app_id, key=key).delete()
     if not deleted:
         raise NotFoundError(f"App '{app_id}' has no secret '{key}'.")
-    _refresh_missing_secrets(app)
+    if app is not None:
+        _refresh_missing_secrets(app)
 
 
 @transaction.atomic

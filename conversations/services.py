@@ -29,7 +29,7 @@ from digitorn_site.errors import ConflictError, NotFoundError, QueueFullError, V
 log = logging.getLogger("digitorn.conversations")
 
 ACTIVE = (Turn.Status.QUEUED, Turn.Status.RUNNING, Turn.Status.WAITING_APPROVAL)
-MAX_MESSAGE_CHARS = 100_000
+MAX_MESSAGE_BYTES = 1024 * 1024  # the original's per-message cap (1 MiB of UTF-8)
 
 
 # --- sessions ---------------------------------------------------------------------------------
@@ -151,8 +151,9 @@ class Enqueued:
 def _validate_message(message: Any, field_name: str = "message") -> str:
     if not isinstance(message, str) or not message.strip():
         raise ValidationError(f"{field_name}: a non-empty string is required.")
-    if len(message) > MAX_MESSAGE_CHARS:
-        raise ValidationError(f"{field_name}: at most {MAX_MESSAGE_CHARS} characters (got {len(message)}).")
+    size = len(message.encode("utf-8", "surrogatepass"))
+    if size > MAX_MESSAGE_BYTES:
+        raise ValidationError(f"{field_name}: at most {MAX_MESSAGE_BYTES} bytes of UTF-8 (got {size}).")
     return message
 
 

@@ -251,25 +251,6 @@ async def chat(request: HttpRequest, app_id: str) -> HttpResponse:
 # --- POST /{app}/sessions/{sid}/messages ---------------------------------------------------------
 
 
-@csrf_exempt
-async def session_messages(request: HttpRequest, app_id: str, session_id: str) -> HttpResponse:
-    """Queue a message in the session and answer 202 at once; the session's stream carries the turn.
-
-    An async view like /chat rather than a DRF one: each step runs on the executor's threads, so a
-    worker accepts messages concurrently. A sync view queues behind every other sync view on the
-    worker's one sync thread; on PostgreSQL, where each step is a round trip, bench_load's POSTs
-    waited seconds there while turns took milliseconds.
-    """
-    try:
-        enqueued, limit, _ = await _accept(request, app_id, s.MessageSerializer, session_id=session_id)
-    except DigitornError as err:
-        return error_response(err)
-    _start(enqueued)
-    return _envelope(enqueued.payload(), status=202, headers=limit.headers())
-
-
-# --- POST /{app}/chat/stream ------------------------------------------------------------------
-
 
 @csrf_exempt
 async def chat_stream(request: HttpRequest, app_id: str) -> HttpResponse:
@@ -299,9 +280,9 @@ async def run(request: HttpRequest, app_id: str) -> HttpResponse:
             )
         limit = await db(rate_limit_hit)(app_id=app_id)
         session_id = f"run-{uuid.uuid4().hex}"
-        text = body["input"] if body["input_type"] == "text" else f"[input_type: {body['input_type']}]\n{body['input']}"
+        # input_type is metadata (the original's): the agent gets the input as it was sent.
         enqueued = await db(services.message_enqueue)(
-            app_id=app_id, session_id=session_id, principal=principal.name, message=text, field_name="input"
+            app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input"
         )
         _start(enqueued)
         try:
@@ -434,9 +415,15 @@ async def notifications_drain(request: HttpRequest, app_id: str) -> HttpResponse
             data["session_id"] = request.GET["session_id"]
         body = s.validate(s.NotificationsSerializer, data)
         await db(_app_exists)(app_id)
-        enqueued, summaries = await db(services.notifications_drain)(
-            app_id=app_id, session_id=body["session_id"], principal=principal.name
-        )
+        from digitorn_site.errors import NotFoundError
+
+        try:
+            enqueued, summaries = await db(services.notifications_drain)(
+                app_id=app_id, session_id=body["session_id"], principal=principal.name
+            )
+        except NotFoundError:
+            # The original's answer for a session it does not know: nothing to drain (CLIs poll this).
+            enqueued, summaries = None, []
     except DigitornError as err:
         return error_response(err)
     if enqueued is None:

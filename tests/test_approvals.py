@@ -232,9 +232,12 @@ def test_http_list_decide_conflict_and_ownership(deployed, alice, bob):
     pending = alice.get(f"/api/apps/{deployed}/approvals").json()["data"]["pending"]
     assert [p["request_id"] for p in pending] == [request_id]
     assert set(pending[0]) >= {
-        "request_id", "session_id", "agent_id", "tool_name", "params", "risk_level", "reason", "created_at", "expires_at",
+        "request_id", "session_id", "agent_id", "user_id", "app_id", "tool_name", "tool_params", "risk_level",
+        "description", "created_at", "expires_at",
     }  # fmt: skip
-    assert (pending[0]["tool_name"], pending[0]["reason"]) == ("shell.run", "commands change the machine")
+    assert (pending[0]["tool_name"], pending[0]["description"]) == ("shell.run", "commands change the machine")
+    assert pending[0]["tool_params"] == {"command": "true"} and pending[0]["user_id"] == "alice"
+    assert isinstance(pending[0]["created_at"], float) and pending[0]["expires_at"] > pending[0]["created_at"]
     assert bob.get(f"/api/apps/{deployed}/approvals").json()["data"]["pending"] == []
     admin = Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
     assert len(admin.get(f"/api/apps/{deployed}/approvals").json()["data"]["pending"]) == 1
@@ -245,7 +248,9 @@ def test_http_list_decide_conflict_and_ownership(deployed, alice, bob):
 
     first = post(alice, f"/api/apps/{deployed}/approve", {"request_id": request_id, "approved": False, "message": "no"})
     assert first.status_code == 200
-    assert first.json()["data"] == {"request_id": request_id, "approved": False, "status": "denied"}
+    assert first.json()["data"] == {
+        "request_id": request_id, "approved": False, "payload_received": True, "status": "denied",
+    }  # fmt: skip
     second = post(alice, f"/api/apps/{deployed}/approve", {"request_id": request_id, "approved": True})
     assert second.status_code == 409 and second.json()["error_code"] == "CONFLICT"
     assert "already denied" in second.json()["error"]

@@ -94,6 +94,9 @@ def test_deploy_list_get_undeploy(client, manifest):
 
     response = client.delete("/api/apps/demo")
     assert response.status_code == 200
+    undeployed = response.json()["data"]
+    assert (undeployed["app_id"], undeployed["undeployed"], undeployed["deleted"]) == ("demo", True, True)
+    assert undeployed["message"]
     assert not App.objects.filter(pk="demo").exists()
     assert_error(client.get("/api/apps/demo"), 404, "RESOURCE_NOT_FOUND")
     assert_error(client.delete("/api/apps/demo"), 404, "RESOURCE_NOT_FOUND")
@@ -238,6 +241,7 @@ def test_secrets_endpoints(client, manifest):
     put = client.put("/api/apps/demo/secrets/API_KEY", data='{"value": "sk-live-abc123"}', content_type="application/json")
     assert put.status_code == 200, put.content
     assert "sk-live-abc123" not in put.content.decode()
+    assert put.json()["data"]["status"] == "set" and put.json()["data"]["reloaded"] is True
     assert client.get("/api/apps/demo/secrets").json()["data"] == {"app_id": "demo", "keys": ["API_KEY"]}
     assert client.get("/api/apps/demo/secrets/API_KEY").json()["data"] == {
         "app_id": "demo", "key": "API_KEY", "exists": True,
@@ -249,10 +253,28 @@ def test_secrets_endpoints(client, manifest):
                             content_type="application/json"), 400, "VALIDATION_ERROR")
     assert_error(client.put("/api/apps/demo/secrets/K", data='{"value": 5}',
                             content_type="application/json"), 400, "VALIDATION_ERROR")
-    assert_error(client.put("/api/apps/nope/secrets/K", data='{"value": "v"}',
-                            content_type="application/json"), 404, "RESOURCE_NOT_FOUND")
-    assert client.delete("/api/apps/demo/secrets/API_KEY").status_code == 200
+    deleted = client.delete("/api/apps/demo/secrets/API_KEY")
+    assert deleted.status_code == 200 and deleted.json()["data"]["status"] == "deleted"
     assert_error(client.delete("/api/apps/demo/secrets/API_KEY"), 404, "RESOURCE_NOT_FOUND")
+
+
+def test_secrets_before_deploy_are_used_by_the_deploy(client, tmp_path):
+    # The original's order: set the keys, then deploy.
+    put = client.put("/api/apps/demo/secrets/UPSTREAM_TOKEN", data='{"value": "tok-early"}',
+                     content_type="application/json")
+    assert put.status_code == 200, put.content
+    assert put.json()["data"]["status"] == "set" and put.json()["data"]["reloaded"] is False
+    assert client.get("/api/apps/demo/secrets").json()["data"] == {"app_id": "demo", "keys": ["UPSTREAM_TOKEN"]}
+    path = tmp_path / "s.yaml"
+    path.write_text(MANIFEST.replace("name: Demo App", 'name: Demo App, description: "{{secret.UPSTREAM_TOKEN}}"'))
+    os.environ.pop("UPSTREAM_TOKEN", None)
+    assert post_json(client, "/api/apps/deploy", {"yaml_path": str(path)}).status_code == 200
+    assert client.get("/api/apps/demo").json()["data"]["missing_secrets"] == []
+    from apps_registry.selectors import app_runtime
+
+    assert app_runtime(app_id="demo").description == "tok-early"
+    assert client.get("/api/apps/ghost/secrets").json()["data"] == {"app_id": "ghost", "keys": []}
+    assert_error(client.delete("/api/apps/ghost/secrets/K"), 404, "RESOURCE_NOT_FOUND")
 
 
 def test_missing_secret_listed_then_resolved(client, tmp_path):

@@ -239,10 +239,10 @@ def unique_sleep(seconds: int = 30) -> str:
 def test_launch_wait_completes_with_result(worker, admin, dev_app, workspace):
     task = launch(admin, dev_app, "shell.run", {"command": "echo hello-from-task"})
     assert set(task) >= {
-        "task_id", "tool", "params", "session_id", "status", "result", "error",
+        "task_id", "tool_name", "params", "session_id", "status", "result", "error", "hint",
         "created_at", "started_at", "finished_at", "elapsed_seconds",
     }  # fmt: skip
-    assert task["tool"] == "shell.run"
+    assert task["tool_name"] == "shell.run" and isinstance(task["created_at"], float)
     assert task["status"] in ("queued", "running", "completed")
     assert task["params"] == {"command": "echo hello-from-task"}
 

@@ -100,17 +100,24 @@ def test_search_ranks_tools_with_relevance(client, dev_app):
     assert data["query"] == "read file" and data["mode"] in ("hybrid", "keyword")
     assert data["count"] == len(data["tools"]) <= 3
     assert data["tools"][0]["name"] == "filesystem.read"
-    assert set(data["tools"][0]) == {"name", "description", "relevance", "risk_level", "tags", "parameters"}
+    assert set(data["tools"][0]) == {"name", "description", "relevance", "risk_level", "tags", "params_summary", "parameters"}
+    assert data["tools"][0]["params_summary"].startswith("path: str")
     scores = [t["relevance"] for t in data["tools"]]
     assert scores == sorted(scores, reverse=True) and 0 < scores[0] <= 1
+
+
+@pytest.mark.parametrize("params", [{}, {"query": ""}, {"query": "   "}])
+def test_search_empty_query_is_an_empty_answer(client, dev_app, params):
+    # The original's answer (clients probe with an empty search box), not a 400.
+    response = client.get(f"/api/apps/{dev_app}/tools/search", params)
+    assert response.status_code == 200, response.content
+    data = response.json()["data"]
+    assert data["tools"] == [] and data["count"] == 0 and data["query"] == params.get("query", "")
 
 
 @pytest.mark.parametrize(
     ("params", "needle"),
     [
-        ({}, "query"),
-        ({"query": ""}, "query"),
-        ({"query": "   "}, "query"),
         ({"query": "read", "max_results": 0}, "max_results"),
         ({"query": "read", "max_results": 51}, "max_results"),
         ({"query": "read", "max_results": "lots"}, "max_results"),
@@ -131,13 +138,14 @@ def test_search_never_shows_blocked_tools(client, gated_app):
 
 def test_categories_and_category_pages(client, gated_app):
     data = client.get(f"/api/apps/{gated_app}/tools/categories").json()["data"]
-    assert [c["name"] for c in data["categories"]] == ["filesystem", "shell", "memory"]
+    assert [c["id"] for c in data["categories"]] == ["filesystem", "shell", "memory"]
     fs = data["categories"][0]
-    assert fs["tool_count"] == 10 and fs["description"]  # 11 actions, delete denied
+    assert set(fs) == {"id", "summary", "tool_count"}
+    assert fs["tool_count"] == 10 and fs["summary"]  # 11 actions, delete denied
     assert data["total_categories"] == 3 and data["total_tools"] == 10 + 1 + 3
 
     page = client.get(f"/api/apps/{gated_app}/tools/categories/filesystem").json()["data"]
-    assert page["category"] == "filesystem" and page["page"] == 1 and page["total_pages"] == 1
+    assert page["category"] == "filesystem" and page["page"] == 1 and page["total_pages"] == 1 and page["summary"]
     assert page["total_tools"] == 10 and "filesystem.delete" not in [t["name"] for t in page["tools"]]
     assert set(page["tools"][0]) == {"name", "description", "risk_level", "tags"}
 
@@ -157,7 +165,7 @@ def test_tool_schema_with_policy(client, gated_app):
     assert data["name"] == "filesystem.read" and data["module"] == "filesystem"
     assert data["parameters"]["required"] == ["path"] and data["side_effects"] == ["read_only"]
     assert "cat" in data["aliases"] and data["risk_level"] == "low" and data["policy"] == "auto"
-    assert data["irreversible"] is False
+    assert data["irreversible"] is False and data["examples"] == []
     shell = client.get(f"/api/apps/{gated_app}/tools/shell__run").json()["data"]
     assert (shell["name"], shell["policy"], shell["risk_level"]) == ("shell.run", "approve", "high")
     assert "blocked" in error_of(client.get(f"/api/apps/{gated_app}/tools/filesystem.delete"), 404, "RESOURCE_NOT_FOUND")
@@ -171,7 +179,10 @@ def test_index(client, gated_app):
     assert data["total_tools"] == 14 and data["total_categories"] == 3
     tools = [t for c in data["categories"] for t in c["tools"]]
     assert len(tools) == 14 and "filesystem.delete" not in [t["name"] for t in tools]
-    assert {"name", "parameters", "side_effects", "policy"} <= set(tools[0])
+    assert {"name", "params_schema", "side_effects", "policy"} <= set(tools[0]) and "parameters" not in tools[0]
+    assert tools[0]["params_schema"]["type"] == "object"
+    assert data["tool_injection_mode"] == "direct"
+    assert set(data["categories"][0]) == {"id", "summary", "tool_count", "tools"}
     # The deploy summary's counts come from the same index.
     summary = client.get(f"/api/apps/{gated_app}").json()["data"]
     assert (summary["total_tools"], summary["total_categories"]) == (14, 3)
@@ -190,11 +201,11 @@ def test_execute_auto_runs_and_answers_the_tool_result(client, dev_app, ws):
     response = execute(client, dev_app, "filesystem.read", {"params": {"path": "README.md"}})
     assert response.status_code == 200
     body = response.json()
-    assert body["success"] is True
-    assert body["data"]["success"] is True and body["data"]["error"] is None
-    assert body["data"]["data"]["content"] == "# project\n"
+    # The tool's result is the envelope: success/error at the top, data = the tool's data.
+    assert body["success"] is True and body["error"] is None
+    assert body["data"]["content"] == "# project\n"
     find = execute(client, dev_app, "filesystem.find", {"params": {"pattern": "*.py", "path": "."}}).json()["data"]
-    assert find["data"]["files"] == ["src/main.py"]
+    assert find["files"] == ["src/main.py"]
     row = ToolExecution.objects.filter(tool="filesystem.read").get()
     assert (row.caller, row.principal, row.outcome, row.app_id) == ("api", "admin", "ok", dev_app)
 
@@ -202,12 +213,12 @@ def test_execute_auto_runs_and_answers_the_tool_result(client, dev_app, ws):
 def test_execute_tool_failure_is_200_with_success_false(client, dev_app):
     response = execute(client, dev_app, "filesystem.read", {"params": {"path": "missing.txt"}})
     assert response.status_code == 200
-    result = response.json()["data"]
-    assert result["success"] is False and "does not exist" in result["error"]
+    body = response.json()
+    assert body["success"] is False and "does not exist" in body["error"] and body["error_code"] == "TOOL_FAILED"
 
 
 def test_execute_masks_secrets(client, dev_app):
-    result = execute(client, dev_app, "shell.run", {"params": {"command": "echo token=$TOKEN"}}).json()["data"]
+    result = execute(client, dev_app, "shell.run", {"params": {"command": "echo token=$TOKEN"}}).json()
     assert result["success"] is True and result["data"]["stdout"] == "token=***\n"
     assert SECRET not in json.dumps(result)
 
@@ -228,7 +239,7 @@ def test_execute_bad_input_is_400(client, dev_app, body, needle):
 
 def test_execute_empty_body_means_no_params(client, dev_app):
     response = client.post(f"/api/apps/{dev_app}/tools/filesystem.ls/execute")
-    assert response.status_code == 200 and response.json()["data"]["success"] is True
+    assert response.status_code == 200 and response.json()["success"] is True
 
 
 def test_execute_honours_deny_grant_and_approve(client, gated_app, ws):

@@ -86,13 +86,21 @@ def test_chat_returns_the_done_payload_and_history_has_tool_calls(app):
 
     c = client()
     detail = c.get("/api/apps/demo/sessions/s1").json()["data"]
-    assert set(detail) == {"session_id", "app_id", "created_at", "last_active", "message_count", "status"}
-    assert detail["message_count"] == 4 and detail["status"] == "idle"
+    assert {"session_id", "app_id", "title", "user_id", "created_at", "last_active", "turn_count", "message_count",
+            "last_message_preview", "is_active", "status", "tokens", "context"} <= set(detail)
+    assert detail["message_count"] == 4 and detail["status"] == "idle" and detail["is_active"] is False
+    assert detail["title"] == "read the readme" and detail["turn_count"] == 1
+    assert isinstance(detail["created_at"], float) and isinstance(detail["last_active"], float)
     history = c.get("/api/apps/demo/sessions/s1/history").json()["data"]
-    assert [m["role"] for m in history["messages"]] == ["user", "assistant", "tool", "assistant"]
-    assert history["messages"][1]["tool_calls"][0]["name"] == "filesystem.read"
+    # The tool row is folded into the call of the assistant message that asked for it.
+    assert [m["role"] for m in history["messages"]] == ["user", "assistant", "assistant"]
+    call = history["messages"][1]["tool_calls"][0]
+    assert call["name"] == "filesystem.read" and call["status"] == "done"
+    assert "Demo project" in call["result"]["data"]["content"]
+    assert "done" in [e["type"] for e in history["events"]]
     listing = c.get("/api/apps/demo/sessions").json()["data"]
     assert [s["session_id"] for s in listing["sessions"]] == ["s1"]
+    assert (listing["total"], listing["limit"], listing["offset"]) == (1, 50, 0)
 
     assert c.delete("/api/apps/demo/sessions/s1").json()["data"]["deleted"] is True
     assert_error(c.get("/api/apps/demo/sessions/s1"), 404, "RESOURCE_NOT_FOUND")
@@ -168,7 +176,8 @@ def test_messages_202_and_queue_full(app, settings):
     c = client()
     first = post(c, "/api/apps/demo/sessions/q1/messages", {"message": "one"})
     assert first.status_code == 202, first.content
-    assert first.json()["data"] == {"correlation_id": first.json()["data"]["correlation_id"], "position": 0, "queue_depth": 1}
+    queued = first.json()["data"]
+    assert (queued["position"], queued["queue_depth"], queued["queue_mode"]) == (0, 1, "async")
     # Turns queued without starting (the service schedules nothing), so the counts below are exact:
     # the view counts inside the enqueue transaction, before it starts anything.
     message_enqueue(app_id="demo", session_id="q2", principal=ADMIN_PRINCIPAL, message="one")
@@ -218,3 +227,31 @@ def test_cancel_and_notifications_endpoints(app):
     assert types[0] == "notification" and types[-2:] == ["notification_result", "result"]
     assert c.get("/api/apps/demo/notifications/active").json()["data"] == {"active": False}
     assert_error(async_post("/api/apps/demo/notifications", {}), 400, "VALIDATION_ERROR")
+
+
+def test_session_listing_costs_the_same_queries_for_one_or_many_sessions(app):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from conversations import selectors
+    from digitorn_site.api.auth import ADMIN_PRINCIPAL
+
+    def queries() -> int:
+        with CaptureQueriesContext(connection) as captured:
+            page = selectors.session_list(app_id="demo", principal=ADMIN_PRINCIPAL)
+        assert all(s["title"] for s in page["sessions"])
+        return len(captured)
+
+    services.message_enqueue(app_id="demo", session_id="l0", principal=ADMIN_PRINCIPAL, message="first words")
+    services.turn_claim(session_pk=services.session_resolve(app_id="demo", session_id="l0",
+                                                            principal=ADMIN_PRINCIPAL).pk, worker="t")
+    one = queries()
+    for i in range(1, 6):
+        sid = f"l{i}"
+        services.message_enqueue(app_id="demo", session_id=sid, principal=ADMIN_PRINCIPAL, message="x " * 500)
+        services.turn_claim(session_pk=services.session_resolve(app_id="demo", session_id=sid,
+                                                                principal=ADMIN_PRINCIPAL).pk, worker="t")
+    assert queries() == one
+    titles = {s["session_id"]: s for s in selectors.session_list(app_id="demo", principal=ADMIN_PRINCIPAL)["sessions"]}
+    assert titles["l0"]["title"] == "first words" and len(titles["l1"]["title"]) == 80
+    assert titles["l1"]["last_message_preview"] == ("x " * 100)[:200] and titles["l1"]["is_active"] is True

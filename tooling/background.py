@@ -85,8 +85,18 @@ CANCEL_POLL_SECONDS = 0.5
 # --------------------------------------------------------------------------------------------
 
 
-def _iso(value) -> str | None:
-    return value.isoformat() if value is not None else None
+def _epoch(value) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+_HINTS = {
+    Status.QUEUED: "Queued; check again with GET …/background-tasks/{id} or block with POST …/{id}/wait.",
+    Status.WAITING_APPROVAL: "Waiting for a human to approve the call (POST …/approve); it runs once approved.",
+    Status.RUNNING: "Still running; check again with GET …/background-tasks/{id} or block with POST …/{id}/wait.",
+    Status.COMPLETED: "Finished; the tool's output is in `result`.",
+    Status.FAILED: "The tool failed; `error` says why.",
+    Status.CANCELLED: "Cancelled before it finished.",
+}
 
 
 def _shown(params: Any) -> Any:
@@ -98,22 +108,24 @@ def _shown(params: Any) -> Any:
 
 
 def background_task_payload(task: BackgroundTask) -> dict[str, Any]:
-    """DESIGN §7 task shape, plus ``approval_request_id`` (so a client can approve a waiting task)."""
+    """The original's task summary (DESIGN §7): ``tool_name``, epoch-second times, ``hint``; plus this
+    project's ``approval_request_id`` (so a client can approve a waiting task) and ``cancel_requested``."""
     elapsed = None
     if task.started_at is not None:
         end = task.finished_at or timezone.now()
         elapsed = round(max((end - task.started_at).total_seconds(), 0.0), 3)
     return {
         "task_id": task.task_id,
-        "tool": task.tool,
+        "tool_name": task.tool,
         "params": _shown(task.params),
         "session_id": task.session_id,
         "status": task.status,
         "result": task.result,
         "error": task.error or None,
-        "created_at": _iso(task.created_at),
-        "started_at": _iso(task.started_at),
-        "finished_at": _iso(task.finished_at),
+        "hint": _HINTS.get(task.status, ""),
+        "created_at": _epoch(task.created_at),
+        "started_at": _epoch(task.started_at),
+        "finished_at": _epoch(task.finished_at),
         "elapsed_seconds": elapsed,
         "approval_request_id": task.approval_request_id,
         "cancel_requested": task.cancel_requested,

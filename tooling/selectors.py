@@ -41,10 +41,59 @@ def tool_executions(*, app_id: str, limit: int = 100) -> list[ToolExecution]:
     return list(ToolExecution.objects.filter(app_id=app_id).order_by("-id")[:limit])
 
 
-# -- discovery payloads (DESIGN §7) -------------------------------------------------------------
+# -- discovery payloads (DESIGN §7: the original Digitorn's names) ------------------------------
+
+_JSON_TYPE_NAMES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "array": "list",
+                    "object": "dict", "null": "None"}
+
+# Above this many visible tools an agent is given the discovery meta-tools instead of every tool.
+# Must equal conversations.engine.META_TOOLS_THRESHOLD (tooling may not import conversations; a test
+# in tests/test_conformance.py holds the two together).
+META_TOOLS_THRESHOLD = 40
+
+
+def params_summary(parameters: dict[str, Any]) -> str:
+    """The original's one-line signature: ``"path: str, limit?: int"`` (optional ones marked ``?``)."""
+    props = parameters.get("properties") if isinstance(parameters, dict) else None
+    if not isinstance(props, dict):
+        return ""
+    required = set(parameters.get("required") or ())
+    parts = []
+    for name, schema in props.items():
+        kind = schema.get("type", "any") if isinstance(schema, dict) else "any"
+        if isinstance(kind, list):
+            kind = "|".join(_JSON_TYPE_NAMES.get(k, str(k)) for k in kind)
+        else:
+            kind = _JSON_TYPE_NAMES.get(kind, str(kind))
+        parts.append(f"{name}{'' if name in required else '?'}: {kind}")
+    return ", ".join(parts)
+
+
+def _examples(tool: ToolSpec) -> list[Any]:
+    """Examples a module declares on its action (``ActionSpec.examples``), else none."""
+    from tooling import registry
+
+    cls = registry.all_modules().get(tool.module)
+    spec = getattr(cls, "actions", {}).get(tool.action) if cls is not None else None
+    return list(getattr(spec, "examples", ()) or ())
+
+
+def tool_injection_mode(total_tools: int) -> str:
+    return "discovery" if total_tools > META_TOOLS_THRESHOLD else "direct"
+
+
+def _category_item(category: Any, tool_count: int | None = None) -> dict[str, Any]:
+    return {
+        "id": category.name,
+        "summary": category.description,
+        "tool_count": len(category.tools) if tool_count is None else tool_count,
+    }
 
 
 def tool_search_result(app: Any, *, query: str, max_results: int = 10) -> dict[str, Any]:
+    """Best first; an empty query is an empty answer (the original's), not an error."""
+    if not query or not query.strip():
+        return {"query": query, "mode": cached_index(app).mode, "count": 0, "tools": []}
     from digitorn_site.errors import ValidationError
 
     index = cached_index(app)
@@ -63,6 +112,7 @@ def tool_search_result(app: Any, *, query: str, max_results: int = 10) -> dict[s
                 "relevance": score,
                 "risk_level": tool.risk_level,
                 "tags": list(tool.tags),
+                "params_summary": params_summary(tool.parameters),
                 "parameters": tool.parameters,
             }
             for tool, score in hits
@@ -73,7 +123,7 @@ def tool_search_result(app: Any, *, query: str, max_results: int = 10) -> dict[s
 def tool_categories_result(app: Any) -> dict[str, Any]:
     index = cached_index(app)
     return {
-        "categories": [category.summary() for category in index.categories.values()],
+        "categories": [_category_item(category) for category in index.categories.values()],
         "total_categories": index.total_categories,
         "total_tools": index.total_tools,
     }
@@ -91,7 +141,7 @@ def tool_category_result(app: Any, *, category: str, page: int = 1) -> dict[str,
         )
     return {
         "category": found.name,
-        "description": found.description,
+        "summary": found.description,
         "tools": [tool.summary() for tool in tools],
         "page": page,
         "total_pages": total_pages,
@@ -100,4 +150,53 @@ def tool_category_result(app: Any, *, category: str, page: int = 1) -> dict[str,
 
 
 def tool_detail_result(app: Any, *, tool_name: str) -> dict[str, Any]:
-    return cached_index(app).get(tool_name).detail()
+    tool = cached_index(app).get(tool_name)
+    return {**tool.detail(), "examples": _examples(tool)}
+
+
+def tool_index_result(app: Any) -> dict[str, Any]:
+    """``GET /index``: every category with its tools, each with ``params_schema`` (the original's name)."""
+    index = cached_index(app)
+    categories = []
+    for category in index.categories.values():
+        tools = []
+        for tool in category.tools:
+            detail = tool.detail()
+            tools.append(
+                {
+                    "name": tool.name,
+                    "description": tool.description,
+                    "aliases": detail["aliases"],
+                    "tags": detail["tags"],
+                    "side_effects": detail["side_effects"],
+                    "risk_level": tool.risk_level,
+                    "params_schema": tool.parameters,
+                    "irreversible": tool.irreversible,
+                    "policy": tool.policy,
+                }
+            )
+        categories.append({**_category_item(category), "tools": tools})
+    return {
+        "total_tools": index.total_tools,
+        "total_categories": index.total_categories,
+        "tool_injection_mode": tool_injection_mode(index.total_tools),
+        "categories": categories,
+    }
+
+
+def background_task_counts(*, app_id: str, principal: str, is_admin: bool) -> dict[str, int]:
+    """The list's ``running`` / ``completed`` / ``failed`` counts over the caller's tasks of the app
+    (queued and waiting-approval tasks count as running: they have not finished)."""
+    from django.db.models import Count, Q
+
+    from tooling.models import BackgroundTask
+
+    rows = BackgroundTask.objects.filter(app_id=app_id)
+    if not is_admin:
+        rows = rows.filter(principal=principal)
+    S = BackgroundTask.Status
+    return rows.aggregate(
+        running=Count("id", filter=Q(status__in=[S.QUEUED, S.WAITING_APPROVAL, S.RUNNING])),
+        completed=Count("id", filter=Q(status=S.COMPLETED)),
+        failed=Count("id", filter=Q(status=S.FAILED)),
+    )

@@ -25,24 +25,51 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+MESSAGE_ALIASES = ("message", "response", "answer", "value", "reply", "user_response")
+
+
 class DecisionSerializer(serializers.Serializer):
-    request_id = StrictCharField(max_length=64)
+    """The original's body: ``request_id`` (or ``approval_id``), ``approved``, and the human's words under
+    any of its six names (the first non-empty one wins)."""
+
+    request_id = StrictCharField(max_length=64, required=False)
+    approval_id = StrictCharField(max_length=64, required=False, help_text="alias of request_id")
     approved = StrictBooleanField(error_messages={"required": "is required: true to approve, false to deny."})
     message = StrictCharField(max_length=4000, required=False, allow_blank=True, default="")
+    response = StrictCharField(max_length=4000, required=False, allow_blank=True, help_text="alias of message")
+    answer = StrictCharField(max_length=4000, required=False, allow_blank=True, help_text="alias of message")
+    value = StrictCharField(max_length=4000, required=False, allow_blank=True, help_text="alias of message")
+    reply = StrictCharField(max_length=4000, required=False, allow_blank=True, help_text="alias of message")
+    user_response = StrictCharField(max_length=4000, required=False, allow_blank=True, help_text="alias of message")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        request_id = attrs.get("request_id") or attrs.get("approval_id")
+        if not request_id:
+            raise serializers.ValidationError({"request_id": ["is required (or send it as approval_id)."]})
+        message = next((attrs[k] for k in MESSAGE_ALIASES if attrs.get(k)), "")
+        return {"request_id": request_id, "approved": attrs["approved"], "message": message}
+
+
+def _epoch(value) -> float | None:
+    return value.timestamp() if value is not None else None
 
 
 def pending_item(request: ApprovalRequest) -> dict[str, Any]:
+    """The original's pending entry (``tool_name``, ``tool_params``, ``description``, ``user_id``, epoch
+    ``created_at``); ``expires_at`` and ``origin`` are this project's additions."""
     return {
         "request_id": request.request_id,
         "session_id": request.session_id,
         "agent_id": request.agent_id,
+        "user_id": request.principal,
+        "app_id": request.app_id,
         "tool_name": request.tool_name,
-        "params": request.params,
+        "tool_params": request.params,
         "risk_level": request.risk_level,
-        "reason": request.reason,
+        "description": request.reason,
         "origin": request.origin,
-        "created_at": request.created_at.isoformat(),
-        "expires_at": request.expires_at.isoformat(),
+        "created_at": _epoch(request.created_at),
+        "expires_at": _epoch(request.expires_at),
     }
 
 
@@ -54,14 +81,15 @@ def request_detail(request: ApprovalRequest) -> dict[str, Any]:
         "approved": request.status == ApprovalRequest.Status.APPROVED,
         "decision_message": request.decision_message,
         "decided_by": request.decided_by,
-        "decided_at": request.decided_at.isoformat() if request.decided_at else None,
+        "decided_at": _epoch(request.decided_at),
         "result": request.result,
     }
 
 
-def decision_result(request: ApprovalRequest) -> dict[str, Any]:
+def decision_result(request: ApprovalRequest, message: str = "") -> dict[str, Any]:
     return {
         "request_id": request.request_id,
         "approved": request.status == ApprovalRequest.Status.APPROVED,
+        "payload_received": bool(message),
         "status": request.status,
     }

@@ -49,4 +49,4 @@ class ApproveView(ApiView):
             message=args["message"],
             principal=request.user.name,
         )
-        return ok(decision_result(decided))
+        return ok(decision_result(decided, args["message"]))

@@ -56,7 +56,35 @@ class AppDetailView(ApiView):
 
     def delete(self, request, app_id: str):
         services.app_undeploy(app_id=app_id)
-        return ok({"app_id": app_id, "undeployed": True})
+        return ok(
+            {
+                "app_id": app_id,
+                "undeployed": True,
+                "deleted": True,
+                "message": f"App '{app_id}' undeployed: its sessions and secrets were deleted, its running "
+                "background tasks and pending approvals cancelled.",
+            }
+        )
+
+
+class DeployStatusView(ApiView):
+    """Deploys are synchronous here (POST /deploy answers once the app is live or refused), so the
+    status is final at once: ``deployed`` or ``not_deployed``; never 404, clients poll it."""
+
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str):
+        app = selectors.app_find(app_id=app_id)
+        return ok(
+            {
+                "app_id": app_id,
+                "status": "deployed" if app is not None else "not_deployed",
+                "deployed": app is not None,
+                "version": app.version if app is not None else None,
+                "deployed_at": app.deployed_at.timestamp() if app is not None else None,
+                "error": None,
+            }
+        )
 
 
 class SecretListView(ApiView):
@@ -76,9 +104,20 @@ class SecretDetailView(ApiView):
     def put(self, request, app_id: str, key: str):
         body = self.parse(SecretValueSerializer)
         services.secret_set(app_id=app_id, key=key, value=body["value"])
-        app = selectors.app_get(app_id=app_id)
-        return ok({"app_id": app_id, "key": key, "exists": True, "missing_secrets": list(app.missing_secrets)})
+        app = selectors.app_find(app_id=app_id)
+        # A deployed app picks the new value up at once (its compiled form is re-read on the next use).
+        return ok(
+            {
+                "app_id": app_id,
+                "key": key,
+                "status": "set",
+                "reloaded": app is not None,
+                "reload_error": None,
+                "exists": True,
+                "missing_secrets": list(app.missing_secrets) if app is not None else None,
+            }
+        )
 
     def delete(self, request, app_id: str, key: str):
         services.secret_delete(app_id=app_id, key=key)
-        return ok({"app_id": app_id, "key": key, "exists": False})
+        return ok({"app_id": app_id, "key": key, "status": "deleted", "exists": False})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conversations import engine, selectors, services
+from conversations import engine, selectors, services, session_ops
 from conversations.api import serializers as s
 from conversations.ratelimit import rate_limit_usage
 from digitorn_site.api.envelope import ok
@@ -17,11 +17,12 @@ def _app_exists(app_id: str) -> None:
 
 class SessionListView(ApiView):
     required_scope = "apps:read"
+    query_serializer = s.SessionListQuerySerializer
 
     def get(self, request, app_id: str):
         _app_exists(app_id)
-        sessions = selectors.session_list(app_id=app_id, principal=self.principal.name)
-        return ok({"sessions": sessions, "total": len(sessions)})
+        query = self.parse(s.SessionListQuerySerializer, request.query_params.dict())
+        return ok(selectors.session_list(app_id=app_id, principal=self.principal.name, **query))
 
 
 class SessionDetailView(ApiView):
@@ -37,9 +38,13 @@ class SessionDetailView(ApiView):
 
 class SessionHistoryView(ApiView):
     required_scope = "apps:read"
+    query_serializer = s.HistoryQuerySerializer
 
     def get(self, request, app_id: str, session_id: str):
-        return ok(selectors.session_history(app_id=app_id, session_id=session_id, principal=self.principal.name))
+        query = self.parse(s.HistoryQuerySerializer, request.query_params.dict())
+        return ok(
+            selectors.session_history(app_id=app_id, session_id=session_id, principal=self.principal.name, **query)
+        )
 
 
 class SessionCancelView(ApiView):
@@ -52,6 +57,54 @@ class SessionCancelView(ApiView):
             session = services.session_resolve(app_id=app_id, session_id=session_id, principal=self.principal.name)
             engine.schedule_advance(session.pk)
         return ok({"session_id": session_id, **result})
+
+
+class SessionAbortView(SessionCancelView):
+    """The original's name for cancel; answers its fields (``was_active``, ``aborted``) too."""
+
+    def post(self, request, app_id: str, session_id: str):
+        response = super().post(request, app_id, session_id)
+        data = response.data["data"]
+        data["was_active"] = data["status"] != "idle"
+        data["aborted"] = data["cancelled"]
+        return response
+
+
+class SessionCompactView(ApiView):
+    required_scope = "apps:run"
+
+    def post(self, request, app_id: str, session_id: str):
+        return ok(session_ops.session_compact(app_id=app_id, session_id=session_id, principal=self.principal.name))
+
+
+class SessionForkView(ApiView):
+    required_scope = "apps:run"
+
+    def post(self, request, app_id: str, session_id: str):
+        return ok(session_ops.session_fork(app_id=app_id, session_id=session_id, principal=self.principal.name))
+
+
+class SessionUndoView(ApiView):
+    required_scope = "apps:run"
+
+    def post(self, request, app_id: str, session_id: str):
+        return ok(session_ops.session_undo(app_id=app_id, session_id=session_id, principal=self.principal.name))
+
+
+class SessionMemoryView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str, session_id: str):
+        return ok(selectors.session_memory(app_id=app_id, session_id=session_id, principal=self.principal.name))
+
+
+class SessionWorkspaceView(ApiView):
+    required_scope = "apps:read"
+
+    def get(self, request, app_id: str, session_id: str):
+        return ok(
+            session_ops.session_workspace(app_id=app_id, session_id=session_id, principal=self.principal.name)
+        )
 
 
 class QuotaView(ApiView):
@@ -76,11 +129,34 @@ class QuotaView(ApiView):
         return ok(rate_limit_usage(app_id=app_id).usage())
 
 
+class UserQuotaView(ApiView):
+    """The original's ``GET /quota/user/{user_id}``. Limits here are per app (every user of the app
+    shares its window), so the user's effective limit is the app's and no per-user override exists."""
+
+    required_scope = "apps:deploy"
+
+    def get(self, request, app_id: str, user_id: str):
+        _app_exists(app_id)
+        usage = rate_limit_usage(app_id=app_id).usage()
+        return ok(
+            {
+                "app_id": app_id,
+                "user_id": user_id,
+                "scope": "user",
+                "quota": None,
+                "effective": {"requests": {"per_minute": usage["limit"]}},
+                "usage": usage,
+                "updated_at": None,
+                "updated_by": None,
+            }
+        )
+
+
 class NotificationsActiveView(ApiView):
     required_scope = "apps:read"
 
     def get(self, request, app_id: str):
-        _app_exists(app_id)
+        # Never 404 (CLIs poll it): an unknown app simply has nothing pending.
         session_id = request.query_params.get("session_id") or None
         return ok(
             {

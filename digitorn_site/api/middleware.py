@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 from asgiref.sync import iscoroutinefunction, markcoroutinefunction
@@ -11,9 +12,13 @@ from django.http import HttpRequest, HttpResponse
 from digitorn_site.api.envelope import error_response
 from digitorn_site.errors import PayloadTooLargeError
 
+# The endpoints that take a message: a 1 MiB message (JSON-escaped) plus up to 10 images needs more
+# room than other JSON bodies; the serializers hold each part to its own cap.
+MESSAGE_PATHS = re.compile(r"^/api/apps/[^/]+/(chat|chat/stream|run|sessions/[^/]+/messages)/?$")
+
 
 class BodySizeLimitMiddleware:
-    """Refuses bodies whose declared length exceeds the limit (uploads get their own, larger one)."""
+    """Refuses bodies whose declared length exceeds the limit (uploads and messages get their own)."""
 
     sync_capable = True
     async_capable = True
@@ -32,6 +37,8 @@ class BodySizeLimitMiddleware:
         limit = settings.DIGITORN_MAX_BODY_BYTES
         if request.content_type == "multipart/form-data":
             limit = settings.DIGITORN_MAX_UPLOAD_BYTES + 64 * 1024  # room for the multipart framing
+        elif MESSAGE_PATHS.match(request.path):
+            limit = getattr(settings, "DIGITORN_MAX_MESSAGE_BODY_BYTES", limit)
         if length > limit:
             return error_response(
                 PayloadTooLargeError(f"Request body is {length} bytes; the limit is {limit} bytes.")

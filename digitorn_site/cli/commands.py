@@ -92,8 +92,10 @@ def _read_secret_value(app: str, key: str) -> str:
 def cmd_secret_set(args) -> int:
     value = args.value if args.value is not None else _read_secret_value(args.app, args.key)
     with _client(args) as api:
-        api.put(f"/api/apps/{path_part(args.app)}/secrets/{path_part(args.key)}", json={"value": value})
-    info(f"secret {args.key} set for {args.app}.")
+        data = api.put(f"/api/apps/{path_part(args.app)}/secrets/{path_part(args.key)}", json={"value": value})
+    # Secrets may be set before the deploy (the original's order); say which case this was.
+    later = isinstance(data, dict) and data.get("reloaded") is False
+    info(f"secret {args.key} set for {args.app}" + (" (not deployed yet: the deploy will use it)." if later else "."))
     return 0
 
 
@@ -152,7 +154,7 @@ def cmd_tasks(args) -> int:
     table = Table("task_id", "tool", "status", "created", "elapsed", "error")
     for task in tasks:
         elapsed = task.get("elapsed_seconds")
-        table.add_row(str(task.get("task_id")), str(task.get("tool")), str(task.get("status")),
+        table.add_row(str(task.get("task_id")), str(task.get("tool_name") or task.get("tool")), str(task.get("status")),
                       _when(task.get("created_at")), "-" if elapsed is None else f"{float(elapsed):.1f}s",
                       str(task.get("error") or "")[:80])
     console.print(table)
@@ -166,11 +168,11 @@ def cmd_approvals(args) -> int:
     if not pending:
         info(f"{args.app} has no pending approval requests.")
         return 0
-    table = Table("request_id", "tool", "risk", "session", "reason", "params", "expires")
+    table = Table("request_id", "tool", "risk", "session", "description", "params", "expires")
     for item in pending:
         table.add_row(str(item.get("request_id")), str(item.get("tool_name")), str(item.get("risk_level", "")),
-                      str(item.get("session_id") or "-"), str(item.get("reason") or ""),
-                      json.dumps(item.get("params"), ensure_ascii=False)[:80], _when(item.get("expires_at")))
+                      str(item.get("session_id") or "-"), str(item.get("description") or ""),
+                      json.dumps(item.get("tool_params"), ensure_ascii=False)[:80], _when(item.get("expires_at")))
     console.print(table)
     info(f"decide with the API (POST /api/apps/{args.app}/approve) or in `digitorn chat {args.app}`.")
     return 0

@@ -277,9 +277,16 @@ def test_another_principal_cannot_read_or_touch_a_session(deployed, keys, alices
     _same_as_missing(deployed, bob, "GET", base, sid)
     _same_as_missing(deployed, bob, "GET", f"{base}/history", sid)
     _same_as_missing(deployed, bob, "POST", f"{base}/cancel", sid)
+    # The original's session operations guard the same way.
+    for op in ("abort", "compact", "fork", "undo"):
+        _same_as_missing(deployed, bob, "POST", f"{base}/{op}", sid)
+    for op in ("memory", "workspace"):
+        _same_as_missing(deployed, bob, "GET", f"{base}/{op}", sid)
     _same_as_missing(deployed, bob, "DELETE", base, sid)
-    _assert_envelope(deployed.client.post(f"/api/apps/{APP}/notifications", headers=bob, json={"session_id": sid}),
-                     404, "RESOURCE_NOT_FOUND")
+    # Draining another's notifications answers what an unknown session answers (the original's
+    # `{notifications: 0}`, which CLIs poll), and drains nothing.
+    drained = deployed.client.post(f"/api/apps/{APP}/notifications", headers=bob, json={"session_id": sid})
+    assert drained.status_code == 200 and drained.json()["data"] == {"notifications": 0}, drained.text
     # Writing with that id reaches a session of Bob's own (ids are per owner), never Alice's.
     mine: set[str] = set()
     queued = deployed.client.post(f"{base}/messages", headers=bob, json={"message": "hijack"})
@@ -297,9 +304,9 @@ def test_another_principal_cannot_read_or_touch_a_session(deployed, keys, alices
 
             for event in parse_sse_lines(response.iter_lines()):
                 seen.append(event.as_dict())
-                if len([e for e in seen if e["event"] == "done"]) == 2:
+                if len([e for e in seen if e["event"] == "result"]) == 2:
                     break
-        assert {e["data"]["correlation_id"] for e in seen if e["event"] == "done"} == mine, seen
+        assert {e["data"]["correlation_id"] for e in seen if e["event"] == "result"} == mine, seen
     # Bob's history of that id is his; Alice's session is intact, with its one exchange.
     bobs = deployed.client.get(f"{base}/history", headers=bob).json()["data"]["messages"]
     assert "list" not in [m["content"] for m in bobs] and "hijack" in [m["content"] for m in bobs]

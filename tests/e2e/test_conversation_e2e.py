@@ -78,7 +78,9 @@ def test_persistent_stream_two_messages_then_replay(daemon, app_id):
         assert first_frame[0] == f"id: {expected[0]['id']}"
 
     history = daemon.client.get(f"/api/apps/{app_id}/sessions/p1/history").json()["data"]["messages"]
-    assert [m["role"] for m in history] == ["user", "assistant", "tool", "assistant"] * 2
+    # Tool rows are folded into the calls of the assistant message that made them.
+    assert [m["role"] for m in history] == ["user", "assistant", "assistant"] * 2
+    assert all(call["status"] == "done" for m in history for call in m.get("tool_calls", []))
 
 
 def _owner(logged: list[dict], event: dict) -> str | None:

@@ -278,7 +278,8 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml, api_server):
     direct = rec.response(
         "execute read", client.post(f"/api/apps/{APP}/tools/filesystem.read/execute", json={"params": {"path": "leak.txt"}})
     )
-    assert direct["success"] is True and MASK in json.dumps(direct["data"])
+    # The tool's result is the envelope (the original's flattening): `direct` is the tool's data.
+    assert MASK in json.dumps(direct)
     pending = rec.response(
         "execute shell",
         client.post(f"/api/apps/{APP}/tools/shell.run/execute", json={"params": {"command": "echo direct-$LEAK_TOKEN"}}),
@@ -323,6 +324,10 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml, api_server):
         ("quota", f"/api/apps/{APP}/quota"),
         ("notifications active", f"/api/apps/{APP}/notifications/active"),
         ("approvals", f"/api/apps/{APP}/approvals"),
+        ("memory s1", f"/api/apps/{APP}/sessions/s1/memory"),
+        ("workspace s1", f"/api/apps/{APP}/sessions/s1/workspace"),
+        ("metrics", "/api/metrics"),
+        ("metrics sessions", "/api/metrics/sessions"),
     ]:
         rec.response(label, client.get(path))
     for sid in ("s1", "s2", "s3", "s4"):

@@ -88,7 +88,10 @@ class BackgroundTaskListView(ApiView):
             limit=query.validated_data["limit"],
             is_admin=_is_admin(request.user),
         )
-        return ok({"tasks": [background.background_task_payload(t) for t in tasks], "total": total})
+        from tooling.selectors import background_task_counts
+
+        counts = background_task_counts(app_id=app_id, principal=request.user.name, is_admin=_is_admin(request.user))
+        return ok({"tasks": [background.background_task_payload(t) for t in tasks], "total": total, **counts})
 
     def post(self, request, app_id: str):
         if not isinstance(request.data, dict):

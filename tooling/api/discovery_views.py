@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from rest_framework.response import Response
+
 from apps_registry.selectors import app_compiled, app_runtime
 from digitorn_site.api.envelope import ok
 from digitorn_site.api.views import ApiView
@@ -80,11 +82,16 @@ class ToolExecuteView(ApiView):
                 status=202,
                 headers=limit.headers(),
             )
-        return ok(outcome.as_result(), headers=limit.headers())
+        # The original flattens the tool's ActionResult into the envelope: a tool that failed is
+        # `success: false` at the top with HTTP 200 (the request itself was fine), `data` its data.
+        body = {"success": outcome.success, "data": outcome.data, "error": outcome.error}
+        if not outcome.success:
+            body["error_code"] = "TOOL_FAILED"
+        return Response(body, status=200, headers=limit.headers())
 
 
 class ToolIndexView(ApiView):
     required_scope = "apps:read"
 
     def get(self, request, app_id: str):
-        return ok(selectors.tool_index_for(app_compiled(app_id=app_id)).to_dict())
+        return ok(selectors.tool_index_result(app_compiled(app_id=app_id)))

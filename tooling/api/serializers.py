@@ -25,13 +25,8 @@ class ObjectField(serializers.Field):
 
 
 class SearchQuerySerializer(serializers.Serializer):
-    query = serializers.CharField(
-        max_length=1000,
-        error_messages={
-            "required": "is required: say what the tool should do, e.g. ?query=read+file.",
-            "blank": "must not be empty: say what the tool should do, e.g. ?query=read+file.",
-        },
-    )
+    # Empty or missing → an empty answer, like the original (clients probe with an empty box).
+    query = serializers.CharField(max_length=1000, required=False, allow_blank=True, default="", trim_whitespace=False)
     max_results = serializers.IntegerField(min_value=1, max_value=50, default=10)
 
 

@@ -208,13 +208,15 @@
       if (message.role === "user") addEntry("user", "you", message.content);
       else if (message.role === "assistant") {
         if (message.content) addEntry("assistant", "assistant", message.content);
+        // The history folds each tool result into its call (tool_calls[{id, name, params, result, status}]).
         for (const call of message.tool_calls || []) {
           const entry = addEntry("tool_call", "tool call: " + call.name);
           addBlock(entry, call.params || {});
+          if (call.status === "done") {
+            const result = addEntry("result", "result of " + call.name);
+            addBlock(result, call.result);
+          }
         }
-      } else if (message.role === "tool") {
-        const entry = addEntry("result", "result" + (message.name ? " of " + message.name : ""));
-        addBlock(entry, message.content);
       }
     }
   }
@@ -339,10 +341,13 @@
   }
 
   function renderApproval(data) {
-    const entry = addEntry("approval_request", "approval needed: " + data.tool_name + " (risk " + (data.risk_level || "?") + ")");
+    // The original's names (tool_name, tool_params, description) first, this daemon's earlier ones after.
+    const tool = data.tool_name || data.name;
+    const about = data.description || data.reason;
+    const entry = addEntry("approval_request", "approval needed: " + tool + " (risk " + (data.risk_level || "?") + ")");
     entry.dataset.requestId = data.request_id;
-    if (data.description) entry.appendChild(el("div", "body", data.description));
-    addBlock(entry, data.tool_params || {});
+    if (about) entry.appendChild(el("div", "body", about));
+    addBlock(entry, data.tool_params || data.params || {});
     const actions = el("div", "actions");
     const approve = el("button", "approve", "Approve");
     const deny = el("button", "deny", "Deny");
