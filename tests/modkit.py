@@ -8,8 +8,8 @@ from apps_registry.manifest.compiled import AgentSpec, CompiledApp, Runtime
 from tooling.services import tool_invoke
 
 
-def make_app(workspace: Path, app_id: str = "modtest", **modules: dict) -> CompiledApp:
-    config: dict = {"filesystem": {"workspace": str(workspace)}}
+def make_app(root: Path, app_id: str = "modtest", **modules: dict) -> CompiledApp:
+    config: dict = {"filesystem": {"workspace": str(root)}}
     config.update(modules)
     return CompiledApp(
         app_id=app_id,
