@@ -58,7 +58,9 @@ def test_stdio_server_tools_become_the_virtual_module(stdio_app):
     index = build_index(stdio_app)
     names = {t.name for t in index.tools}
     assert {"mcp_notes.add", "mcp_notes.note_write", "mcp_notes.note_delete", "mcp_notes.whoami"} <= names
-    assert "mcp.call_tool" in names
+    # mcp's own actions are callable by name but hidden from the tool list, categories and search.
+    assert not [n for n in names if n.startswith("mcp.")] and "mcp" not in index.categories
+    assert index.get("mcp.call_tool").name == "mcp.call_tool"
     risk = {t.name: t.risk_level for t in index.tools}
     assert risk["mcp_notes.add"] == "low"
     assert risk["mcp_notes.note_write"] == "medium"

@@ -180,6 +180,10 @@ def build_index(app: Any) -> ToolIndex:
     docs: list[ToolDoc] = []
     aliases: dict[str, list[ToolSpec]] = {}
     entries = [(m, modules[m].description, modules[m].actions) for m in app.modules if m in modules]
+    # A hidden module (mcp: its servers' tools are what agents want) is callable by name but stays
+    # out of tools, categories and search, as in the original.
+    hidden_ids = {m for m in app.modules if getattr(modules.get(m), "hidden", False)}
+    hidden: list[ToolSpec] = []
     # (the compiler refuses unknown modules; an old stored app must not break discovery)
     # Virtual modules (each MCP server's tools as mcp_<server>) follow the declared ones.
     virtual = registry.virtual_modules(app.app_id, app.modules)
@@ -208,6 +212,9 @@ def build_index(app: Any) -> ToolIndex:
             if decision.policy == "block":
                 blocked[tool.name] = tool
                 continue
+            if module_id in hidden_ids:
+                hidden.append(tool)
+                continue
             shown.append(tool)
             docs.append(
                 ToolDoc(
@@ -229,7 +236,7 @@ def build_index(app: Any) -> ToolIndex:
         blocked=blocked,
         categories=categories,
         _search=ToolSearchIndex.build(docs),
-        _by_name={tool.name: tool for tool in visible},
+        _by_name={tool.name: tool for tool in visible + hidden},
         _aliases=aliases,
         complete=set(registry.virtual_module_ids(app.modules)) <= set(virtual),
     )

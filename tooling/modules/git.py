@@ -273,7 +273,7 @@ class GitModule(Module):
         return {"repository": relative(self.root, top), "commits": commits, "count": len(commits)}
 
     @action(
-        description="Show one commit (message and patch) or a file's content at a revision ('HEAD:src/app.py').",
+        description="Details of one commit (author, message, patch), or a file as stored at a revision like HEAD:app.py.",
         parameters={
             "properties": {
                 "path": {"type": "string", "default": "."},

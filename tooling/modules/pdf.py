@@ -130,7 +130,7 @@ class PdfModule(Module):
             },
             "required": ["path"],
         },
-        aliases=("read_pdf", "pdf_to_text", "extract", "text", "lire_pdf", "extraire_texte", "document"),
+        aliases=("read_pdf", "pdf_to_text", "lire_pdf", "extraire_texte_pdf"),
         tags=("pdf", "document", "text", "read"),
     )
     def extract_text(self, path: str, pages: str | None = None, max_chars: int | None = None) -> dict[str, Any]:
@@ -190,7 +190,7 @@ class PdfModule(Module):
         }
 
     @action(
-        description="Find the pages of a PDF whose text contains a word or phrase (case-insensitive), with snippets.",
+        description="Find the pages of a PDF document containing a word or phrase (case-insensitive), with snippets.",
         parameters={
             "properties": {
                 "path": _PATH,
@@ -199,7 +199,7 @@ class PdfModule(Module):
             },
             "required": ["path", "query"],
         },
-        aliases=("find_in_pdf", "grep_pdf", "chercher_pdf", "rechercher"),
+        aliases=("find_in_pdf", "grep_pdf", "chercher_pdf"),
         tags=("pdf", "document", "search"),
     )
     def search(self, path: str, query: str, max_results: int = 50) -> dict[str, Any]:

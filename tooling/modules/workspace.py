@@ -127,11 +127,11 @@ class WorkspaceModule(Module):
         }
 
     @action(
-        description="Create or overwrite a workspace file with the full content; parent folders are created.",
+        description="Workspace write: create or replace a workspace file with its full content.",
         parameters={"properties": {"path": _PATH, "content": {"type": "string"}}, "required": ["path", "content"]},
         risk_level="medium",
         side_effects=("filesystem_write",),
-        aliases=("WsWrite", "create", "save", "ecrire", "creer", "sauvegarder"),
+        aliases=("WsWrite", "workspace_write"),
         tags=("workspace", "files", "write"),
     )
     def write(self, path: str, content: str) -> dict[str, Any]:
@@ -147,9 +147,9 @@ class WorkspaceModule(Module):
         return self._describe(resolved, content)
 
     @action(
-        description="Read a workspace file; the content comes with line numbers for follow-up edits.",
+        description="Workspace read: a workspace file with numbered lines, for follow-up workspace edits.",
         parameters={"properties": {"path": _PATH}, "required": ["path"]},
-        aliases=("WsRead", "open", "view", "cat", "lire", "voir", "ouvrir"),
+        aliases=("WsRead", "workspace_read"),
         tags=("workspace", "files", "read"),
     )
     def read(self, path: str) -> dict[str, Any]:
@@ -159,14 +159,14 @@ class WorkspaceModule(Module):
         return {**self._describe(resolved, content), "content": numbered}
 
     @action(
-        description="Replace one exact, unique occurrence of old_string by new_string in a workspace file.",
+        description="Workspace edit: replace the unique exact old_string by new_string in a workspace file.",
         parameters={
             "properties": {"path": _PATH, "old_string": {"type": "string", "minLength": 1}, "new_string": {"type": "string"}},
             "required": ["path", "old_string", "new_string"],
         },
         risk_level="medium",
         side_effects=("filesystem_write",),
-        aliases=("WsEdit", "replace", "modify", "modifier", "remplacer", "corriger"),
+        aliases=("WsEdit", "workspace_edit"),
         tags=("workspace", "files", "edit"),
     )
     def edit(self, path: str, old_string: str, new_string: str) -> dict[str, Any]:
@@ -186,7 +186,7 @@ class WorkspaceModule(Module):
     @action(
         description="List workspace files whose path matches a glob pattern ('*', '**', '?', '[...]').",
         parameters={"properties": {"pattern": {"type": "string", "minLength": 1}}, "required": ["pattern"]},
-        aliases=("WsGlob", "find", "list", "ls", "lister", "trouver"),
+        aliases=("WsGlob", "workspace_glob"),
         tags=("workspace", "files", "search"),
     )
     def glob(self, pattern: str) -> dict[str, Any]:
@@ -210,7 +210,7 @@ class WorkspaceModule(Module):
             },
             "required": ["pattern"],
         },
-        aliases=("WsGrep", "search", "chercher", "rechercher"),
+        aliases=("WsGrep", "workspace_grep"),
         tags=("workspace", "files", "search"),
     )
     def grep(self, pattern: str, path: str = "") -> dict[str, Any]:
@@ -244,7 +244,7 @@ class WorkspaceModule(Module):
         risk_level="high",
         side_effects=("filesystem_delete",),
         irreversible=True,
-        aliases=("WsDelete", "remove", "rm", "supprimer", "effacer"),
+        aliases=("WsDelete", "workspace_delete"),
         tags=("workspace", "files", "delete"),
     )
     def delete(self, path: str) -> dict[str, Any]:

@@ -161,6 +161,9 @@ class McpModule(Module):
     id = "mcp"
     description = "Tools, resources and prompts of the Model Context Protocol servers the app declares."
     virtual_prefix: ClassVar[str] = "mcp_"
+    # Its own actions (list_servers, call_tool, ...) are callable by name but not listed or searched:
+    # the servers' tools, as mcp_<server>.*, are what an agent looks for (the original hides it too).
+    hidden: ClassVar[bool] = True
     config_schema = {
         "type": "object",
         "properties": {
