@@ -151,3 +151,34 @@ def test_grants_on_mcp_cover_the_virtual_modules(stdio_app):
     assert resolve_policy(denied, None, "mcp_notes", "add", "low") != "block"
     assert registry.virtual_module_ids(stdio_app.modules) == {"mcp_notes": "mcp"}
     assert registry.get_module("mcp_notes").server_id == "notes"
+
+
+MANIFEST = f"""
+schema_version: 2
+app: {{app_id: mcpapp, name: mcpapp}}
+agents:
+  - id: assistant
+    modules: [mcp_notes]
+    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{call: mcp_notes.add, params: {{a: 1, b: 2}}}}]}}]}}}}
+tools:
+  modules:
+    mcp:
+      servers:
+        notes: {{command: python, args: ["{SERVER}", stdio]}}
+  capabilities:
+    default_policy: block
+    grant: [{{module: mcp_notes, actions: [add]}}]
+    deny: [{{module: mcp_notes, actions: [crash]}}]
+"""
+
+
+def test_manifest_may_name_declared_servers_virtual_modules():
+    from apps_registry.manifest.compiler import compile_manifest
+    from digitorn_site.errors import ManifestError
+
+    app = compile_manifest(MANIFEST).app
+    assert app.agents[0].modules == ("mcp_notes",)
+    assert app.capabilities.grant[0].module == "mcp_notes"
+    with pytest.raises(ManifestError) as refused:
+        compile_manifest(MANIFEST.replace("modules: [mcp_notes]", "modules: [mcp_other]"))
+    assert "mcp_other" in str(refused.value.errors)

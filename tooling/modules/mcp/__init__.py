@@ -76,8 +76,14 @@ def _pool():
 
 
 def _servers(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    servers = config.get("servers") or {}
-    return {str(k): dict(v or {}) for k, v in servers.items() if isinstance(k, str) and re.match(SERVER_ID, k)}
+    servers = config.get("servers") if isinstance(config, dict) else None
+    if not isinstance(servers, dict):
+        return {}
+    return {
+        k: dict(v or {})
+        for k, v in servers.items()
+        if isinstance(k, str) and re.match(SERVER_ID, k) and isinstance(v or {}, dict)
+    }
 
 
 def _server_config(config: dict[str, Any], server_id: str) -> dict[str, Any]:
