@@ -184,9 +184,9 @@ class GitModule(Module):
 
     # -- actions -----------------------------------------------------------------------------
     @action(
-        description="Show the working tree status of a git repository: branch, staged, modified, untracked files.",
+        description="Working tree status of a git repository: current branch, staged, changed and untracked paths.",
         parameters={"properties": {"path": {"type": "string", "default": "."}}},
-        aliases=("git_status", "changes", "modified", "statut", "etat", "modifications"),
+        aliases=("git_status", "statut", "etat_depot"),
         tags=("git", "vcs", "version-control"),
     )
     def status(self, path: str = ".") -> dict[str, Any]:
@@ -273,14 +273,14 @@ class GitModule(Module):
         return {"repository": relative(self.root, top), "commits": commits, "count": len(commits)}
 
     @action(
-        description="Details of one commit (author, message, patch), or a file as stored at a revision like HEAD:app.py.",
+        description="Details of one commit (author, message, patch), or a path as stored at a revision like HEAD:app.py.",
         parameters={
             "properties": {
                 "path": {"type": "string", "default": "."},
                 "revision": {"type": "string", "default": "HEAD"},
             }
         },
-        aliases=("git_show", "commit_details", "cat_file", "afficher"),
+        aliases=("git_show", "commit_details", "afficher_commit"),
         tags=("git", "vcs", "history"),
     )
     def show(self, path: str = ".", revision: str = "HEAD") -> dict[str, Any]:
