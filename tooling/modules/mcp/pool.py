@@ -292,6 +292,28 @@ class Pool:
 
         return self.run(go, _timeout(config) * 2)
 
+    def tools_many(self, app_id: str, servers: dict[str, dict[str, Any]]) -> dict[str, list[Any] | Exception]:
+        """Every server's tools, connecting concurrently: an index build waits for the slowest
+        server, not for the sum of their timeouts."""
+        if not servers:
+            return {}
+
+        async def one(server_id: str, config: dict[str, Any]) -> list[Any]:
+            conn = self._conn(app_id, server_id, config)
+            async with conn.lock:
+                await self._open(conn)
+            return list(conn.tools or [])
+
+        async def go() -> dict[str, list[Any] | Exception]:
+            ids = list(servers)
+            results = await asyncio.gather(*(one(i, servers[i]) for i in ids), return_exceptions=True)
+            return {
+                i: r if not isinstance(r, BaseException) or isinstance(r, Exception) else McpUnavailable(str(r))
+                for i, r in zip(ids, results, strict=True)
+            }
+
+        return self.run(go, max(_timeout(c) for c in servers.values()) * 2)
+
     def request(self, app_id: str, server_id: str, config: dict[str, Any], op) -> Any:
         async def go() -> Any:
             return await self._request(self._conn(app_id, server_id, config), op)
