@@ -117,6 +117,14 @@ def _client_for(conn: _Conn) -> Any:
     return Client(streamable_http_client(url, http_client=http), read_timeout_seconds=timeout)
 
 
+def _import_sdk() -> None:
+    """Import the SDK in the caller's thread: the first import takes seconds, which must neither
+    count against a server's connect timeout nor block the loop other connections run on."""
+    import mcp.client.sse  # noqa: F401
+    import mcp.client.stdio  # noqa: F401
+    import mcp.client.streamable_http  # noqa: F401
+
+
 def _stderr_tail(conn: _Conn) -> str:
     if conn.stderr is None:
         return ""
@@ -170,10 +178,11 @@ class Pool:
             return self._loop
 
     def run(self, coro_factory, timeout: float) -> Any:
+        _import_sdk()
         loop = self._ensure_loop()
         future = asyncio.run_coroutine_threadsafe(coro_factory(), loop)
         try:
-            return future.result(timeout + 5)
+            return future.result(timeout + 15)  # room for the closes that follow a timeout
         except concurrent.futures.TimeoutError:
             future.cancel()
             raise McpUnavailable(f"no answer within {timeout:g} s")
@@ -233,6 +242,8 @@ class Pool:
             result = await asyncio.wait_for(client.list_tools(), timeout)
         except BaseException as exc:
             await self._close(conn)
+            if ready.done() and not ready.cancelled():
+                ready.exception()  # retrieved: no "exception was never retrieved" noise at exit
             reason = f"did not answer within {timeout:g} s" if isinstance(exc, TimeoutError) else _describe(exc)
             conn.error = f"cannot connect to MCP server '{conn.server_id}': {reason}.{_stderr_tail(conn)}"
             conn.failed_at = time.monotonic()
