@@ -131,7 +131,7 @@ class WorkspaceModule(Module):
         parameters={"properties": {"path": _PATH, "content": {"type": "string"}}, "required": ["path", "content"]},
         risk_level="medium",
         side_effects=("filesystem_write",),
-        aliases=("WsWrite", "workspace_write"),
+        aliases=("WsWrite",),
         tags=("workspace", "files", "write"),
     )
     def write(self, path: str, content: str) -> dict[str, Any]:
@@ -149,7 +149,7 @@ class WorkspaceModule(Module):
     @action(
         description="Workspace read: a workspace file with numbered lines, for follow-up workspace edits.",
         parameters={"properties": {"path": _PATH}, "required": ["path"]},
-        aliases=("WsRead", "workspace_read"),
+        aliases=("WsRead",),
         tags=("workspace", "files", "read"),
     )
     def read(self, path: str) -> dict[str, Any]:
@@ -166,7 +166,7 @@ class WorkspaceModule(Module):
         },
         risk_level="medium",
         side_effects=("filesystem_write",),
-        aliases=("WsEdit", "workspace_edit"),
+        aliases=("WsEdit",),
         tags=("workspace", "files", "edit"),
     )
     def edit(self, path: str, old_string: str, new_string: str) -> dict[str, Any]:
@@ -186,7 +186,7 @@ class WorkspaceModule(Module):
     @action(
         description="List workspace files whose path matches a glob pattern ('*', '**', '?', '[...]').",
         parameters={"properties": {"pattern": {"type": "string", "minLength": 1}}, "required": ["pattern"]},
-        aliases=("WsGlob", "workspace_glob"),
+        aliases=("WsGlob",),
         tags=("workspace", "files", "search"),
     )
     def glob(self, pattern: str) -> dict[str, Any]:
@@ -210,7 +210,7 @@ class WorkspaceModule(Module):
             },
             "required": ["pattern"],
         },
-        aliases=("WsGrep", "workspace_grep"),
+        aliases=("WsGrep",),
         tags=("workspace", "files", "search"),
     )
     def grep(self, pattern: str, path: str = "") -> dict[str, Any]:
@@ -244,7 +244,7 @@ class WorkspaceModule(Module):
         risk_level="high",
         side_effects=("filesystem_delete",),
         irreversible=True,
-        aliases=("WsDelete", "workspace_delete"),
+        aliases=("WsDelete",),
         tags=("workspace", "files", "delete"),
     )
     def delete(self, path: str) -> dict[str, Any]:
