@@ -35,8 +35,20 @@ class PolicyDecision:
     rule: str  # which step decided: agent_modules, dev_mode, deny, approve, grant, allow_list, max_risk, default
 
 
+# Virtual modules answer to their parent's name too: rules and agent module lists naming ``mcp``
+# cover every ``mcp_<server>`` (each MCP server's tools), as in the original.
+VIRTUAL_PARENTS = {"mcp_": "mcp"}
+
+
+def _names(module: str) -> tuple[str, ...]:
+    for prefix, parent in VIRTUAL_PARENTS.items():
+        if module.startswith(prefix) and len(module) > len(prefix):
+            return (module, parent)
+    return (module,)
+
+
 def _matches(rule: Any, module: str, action: str) -> bool:
-    if rule.module not in (module, "*"):
+    if rule.module != "*" and rule.module not in _names(module):
         return False
     return rule.actions is None or action in rule.actions or "*" in rule.actions
 
@@ -49,7 +61,7 @@ def resolve_policy_detail(
         agent = next((a for a in app.agents if a.id == agent_id), None)
         if agent is None:
             return PolicyDecision("block", f"the app declares no agent '{agent_id}'", "agent_modules")
-        if agent.modules is not None and module not in agent.modules:
+        if agent.modules is not None and not any(name in agent.modules for name in _names(module)):
             return PolicyDecision(
                 "block", f"agent '{agent_id}' may only use modules {list(agent.modules)}", "agent_modules"
             )

@@ -91,6 +91,9 @@ class ToolIndex:
     _search: ToolSearchIndex = field(repr=False)
     _by_name: dict[str, ToolSpec] = field(default_factory=dict, repr=False)
     _aliases: dict[str, list[ToolSpec]] = field(default_factory=dict, repr=False)
+    # False when a virtual module (an MCP server) could not be listed: such an index is not cached,
+    # so the server's tools appear once it answers.
+    complete: bool = True
 
     @property
     def total_tools(self) -> int:
@@ -176,12 +179,18 @@ def build_index(app: Any) -> ToolIndex:
     categories: dict[str, Category] = {}
     docs: list[ToolDoc] = []
     aliases: dict[str, list[ToolSpec]] = {}
-    for module_id in app.modules:
-        cls = modules.get(module_id)
-        if cls is None:
-            continue  # the compiler refuses unknown modules; an old stored app must not break discovery
+    entries = [(m, modules[m].description, modules[m].actions) for m in app.modules if m in modules]
+    # A hidden module (mcp: its servers' tools are what agents want) is callable by name but stays
+    # out of tools, categories and search, as in the original.
+    hidden_ids = {m for m in app.modules if getattr(modules.get(m), "hidden", False)}
+    hidden: list[ToolSpec] = []
+    # (the compiler refuses unknown modules; an old stored app must not break discovery)
+    # Virtual modules (each MCP server's tools as mcp_<server>) follow the declared ones.
+    virtual = registry.virtual_modules(app.app_id, app.modules)
+    entries += [(m, description, actions) for m, (description, actions) in virtual.items()]
+    for module_id, module_description, module_actions in entries:
         shown: list[ToolSpec] = []
-        for spec in cls.actions.values():
+        for spec in module_actions.values():
             decision = resolve_policy_detail(app, None, module_id, spec.name, spec.risk_level)
             tool = ToolSpec(
                 name=f"{module_id}.{spec.name}",
@@ -203,6 +212,9 @@ def build_index(app: Any) -> ToolIndex:
             if decision.policy == "block":
                 blocked[tool.name] = tool
                 continue
+            if module_id in hidden_ids:
+                hidden.append(tool)
+                continue
             shown.append(tool)
             docs.append(
                 ToolDoc(
@@ -212,11 +224,11 @@ def build_index(app: Any) -> ToolIndex:
                     description=spec.description,
                     aliases=spec.aliases,
                     tags=spec.tags,
-                    category_description=cls.description,
+                    category_description=module_description,
                 )
             )
         if shown:
-            categories[module_id] = Category(name=module_id, description=cls.description, tools=tuple(shown))
+            categories[module_id] = Category(name=module_id, description=module_description, tools=tuple(shown))
         visible.extend(shown)
     return ToolIndex(
         app_id=app.app_id,
@@ -224,8 +236,9 @@ def build_index(app: Any) -> ToolIndex:
         blocked=blocked,
         categories=categories,
         _search=ToolSearchIndex.build(docs),
-        _by_name={tool.name: tool for tool in visible},
+        _by_name={tool.name: tool for tool in visible + hidden},
         _aliases=aliases,
+        complete=set(registry.virtual_module_ids(app.modules)) <= set(virtual),
     )
 
 
@@ -259,6 +272,8 @@ def cached_index(app: Any) -> ToolIndex:
             _cache.move_to_end(key)
             return index
     index = build_index(app)
+    if not index.complete:
+        return index
     with _lock:
         _cache[key] = index
         while len(_cache) > _CACHE_SIZE:

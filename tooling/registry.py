@@ -51,11 +51,43 @@ def canonical_module_id(module_id: str) -> str:
     return MODULE_ALIASES.get(module_id, module_id)
 
 
+def virtual_parent(module_id: str) -> type[Module] | None:
+    """The module that provides ``module_id`` as a virtual module (``mcp_notes`` → mcp), if any."""
+    for cls in all_modules().values():
+        prefix = getattr(cls, "virtual_prefix", "")
+        if prefix and module_id.startswith(prefix) and len(module_id) > len(prefix):
+            return cls
+    return None
+
+
+def virtual_module_ids(app_modules: dict[str, Any]) -> dict[str, str]:
+    """Virtual module id → parent module id for an app's module configs; no I/O (for the compiler)."""
+    out: dict[str, str] = {}
+    for module_id, config in (app_modules or {}).items():
+        hook = getattr(all_modules().get(module_id), "virtual_module_ids", None)
+        if hook is not None and isinstance(config or {}, dict):
+            out.update({vid: module_id for vid in hook(config or {})})
+    return out
+
+
+def virtual_modules(app_id: str, app_modules: dict[str, Any]) -> dict[str, tuple[str, dict[str, ActionSpec]]]:
+    """Virtual module id → (description, actions) for an app: MCP servers' tools. May connect."""
+    out: dict[str, tuple[str, dict[str, ActionSpec]]] = {}
+    for module_id, config in (app_modules or {}).items():
+        hook = getattr(all_modules().get(module_id), "virtual_modules", None)
+        if hook is not None:
+            out.update(hook(app_id, dict(config or {})))
+    return out
+
+
 def get_module(module_id: str) -> type[Module]:
     modules = all_modules()
     try:
         return modules[module_id]
     except KeyError:
+        parent = virtual_parent(module_id)
+        if parent is not None:
+            return parent.virtual_class(module_id)  # type: ignore[attr-defined]
         raise NotFoundError(f"Unknown tool module '{module_id}'; known modules: {', '.join(modules)}.")
 
 

@@ -24,6 +24,7 @@ import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from digitorn_site.errors import ManifestError
 
@@ -71,7 +72,7 @@ def compile_manifest(
         problems=problems,
         templates=interpolated.templates,
         secret_refs=interpolated.secret_refs,
-        catalog=registry.known_actions(),
+        catalog=_catalog(registry, interpolated.tree),
         config_schema=registry.module_config_schema,
         meta_tools=registry.META_TOOL_NAMES,
     )
@@ -90,6 +91,18 @@ def compile_manifest(
         missing_secrets=missing,
         warnings=warnings,
     )
+
+
+def _catalog(registry: Any, tree: Any) -> dict[str, list[str] | None]:
+    """Known actions per module, plus this manifest's virtual modules (``mcp_<server>``) with
+    ``None``: any action name is accepted for them, their tools are listed only at run time."""
+    catalog: dict[str, list[str] | None] = dict(registry.known_actions())
+    tools = tree.get("tools") if isinstance(tree, dict) else None
+    modules = tools.get("modules") if isinstance(tools, dict) else None
+    if isinstance(modules, dict):
+        for virtual in registry.virtual_module_ids(modules):
+            catalog.setdefault(virtual, None)
+    return catalog
 
 
 def _unique(items: list[tuple[Path, str]]) -> list[tuple[Path, str]]:

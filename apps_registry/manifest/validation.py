@@ -85,14 +85,16 @@ class Checker:
         self,
         problems: Problems,
         templates: Mapping[Path, str],
-        catalog: Mapping[str, Sequence[str]],
+        catalog: Mapping[str, Sequence[str] | None],
         config_schema: Callable[[str], dict],
         meta_tools: Sequence[str] = (),
     ):
         self.meta_tools = frozenset(meta_tools)
         self.problems = problems
         self.templates = templates
-        self.catalog = {module: list(actions) for module, actions in catalog.items()}
+        self.catalog = {
+            module: None if actions is None else list(actions) for module, actions in catalog.items()
+        }
         self.config_schema = config_schema
 
     # -- primitives ------------------------------------------------------------------------
@@ -325,7 +327,10 @@ class Checker:
     def declared_modules(self, top: dict[str, Any]) -> list[str]:
         tools = top.get("tools")
         modules = tools.get("modules") if isinstance(tools, dict) else None
-        return [m for m in modules if isinstance(m, str)] if isinstance(modules, dict) else []
+        declared = [m for m in modules if isinstance(m, str)] if isinstance(modules, dict) else []
+        # Virtual modules (mcp_<server>, one per MCP server the mcp config declares) come in the
+        # catalog with actions None (known only once the server answers): declared with their parent.
+        return declared + [m for m, actions in self.catalog.items() if actions is None and m not in declared]
 
     def agents(self, top: dict[str, Any], declared: list[str]) -> tuple[AgentSpec, ...]:
         path: Path = ("agents",)
@@ -771,7 +776,7 @@ class Checker:
             if not isinstance(action, str):
                 self._type_error(where, action, "an action name (a string)")
                 valid = False
-            elif action not in known:
+            elif known is not None and action not in known:
                 self.error(
                     where, f"unknown action {action!r} of module {module!r}; {did_you_mean(action, known)}"
                 )
@@ -855,7 +860,7 @@ def build_app(
     problems: Problems,
     templates: Mapping[Path, str],
     secret_refs: Sequence[str],
-    catalog: Mapping[str, Sequence[str]],
+    catalog: Mapping[str, Sequence[str] | None],
     config_schema: Callable[[str], dict],
     meta_tools: Sequence[str] = (),
 ) -> CompiledApp | None:

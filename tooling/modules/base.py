@@ -23,6 +23,7 @@ SIDE_EFFECTS = (
     "filesystem_delete",
     "process_exec",
     "network_request",
+    "external_api_call",
     "database_write",
     "state_mutation",
 )

@@ -1,0 +1,253 @@
+"""workspace: six file primitives (write, read, edit, glob, grep, delete) over the app's workspace.
+
+The original Digitorn keeps a session-scoped virtual workspace that a preview client renders; here
+the workspace is the app's workspace folder on disk (the same one filesystem, shell and git see), so
+what the agent writes through ``workspace.*`` is what the other modules read. Names and parameters
+follow the original (``path``, ``content``, ``old_string``/``new_string``, ``pattern``); results add
+``language`` and ``lines`` as the original does.
+
+Config: ``workspace`` (default: the filesystem module's workspace, else the app's own folder; see
+:mod:`tooling.modules._workspace`), ``max_file_bytes`` (default 1 MiB), ``max_results`` (glob and
+grep, default 1000).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from tooling.modules._workspace import is_protected, relative, resolve_in, workspace_root
+from tooling.modules.base import Module, ToolError, action
+
+DEFAULT_MAX_FILE_BYTES = 1024 * 1024
+DEFAULT_MAX_RESULTS = 1000
+_PATH = {"type": "string", "minLength": 1, "description": "Forward-slash path relative to the workspace root."}
+_LANGUAGES = {
+    ".py": "python", ".js": "javascript", ".jsx": "javascript", ".ts": "typescript", ".tsx": "typescript",
+    ".json": "json", ".yaml": "yaml", ".yml": "yaml", ".md": "markdown", ".html": "html", ".css": "css",
+    ".sh": "shell", ".sql": "sql", ".go": "go", ".rs": "rust", ".java": "java", ".c": "c", ".h": "c",
+    ".cpp": "cpp", ".rb": "ruby", ".php": "php", ".toml": "toml", ".xml": "xml", ".tex": "latex",
+    ".txt": "text", ".csv": "csv",
+}
+
+
+def _language(path: Path) -> str:
+    return _LANGUAGES.get(path.suffix.lower(), "text")
+
+
+def _glob_regex(pattern: str) -> re.Pattern[str]:
+    """``**`` spans folders, ``*``/``?`` stay inside one name, ``[...]`` is a class."""
+    out, i = [], 0
+    while i < len(pattern):
+        if pattern.startswith("**/", i):
+            out.append("(?:.*/)?")
+            i += 3
+            continue
+        if pattern.startswith("**", i):
+            out.append(".*")
+            i += 2
+            continue
+        ch = pattern[i]
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[" and (end := pattern.find("]", i + 1)) != -1:
+            body = pattern[i + 1 : end].replace("\\", "\\\\")
+            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
+            i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return re.compile("".join(out) + r"\Z")
+
+
+class WorkspaceModule(Module):
+    id = "workspace"
+    description = "The app's working files: write, read, edit, find and delete files of the workspace."
+    config_schema = {
+        "type": "object",
+        "properties": {
+            "workspace": {"type": "string"},
+            "max_file_bytes": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_FILE_BYTES},
+            "max_results": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_RESULTS},
+            "instructions": {"type": "string", "description": "Layout conventions for the agent (free text)."},
+        },
+        "additionalProperties": False,
+    }
+
+    @property
+    def root(self) -> Path:
+        if not hasattr(self, "_root"):
+            configured = self.config.get("workspace") or (self.context.app_modules.get("filesystem") or {}).get(
+                "workspace"
+            )
+            self._root = workspace_root(self.context.app_id, configured)
+        return self._root
+
+    @property
+    def max_bytes(self) -> int:
+        return int(self.config.get("max_file_bytes") or DEFAULT_MAX_FILE_BYTES)
+
+    def _file(self, path: str) -> Path:
+        resolved = resolve_in(self.root, path)
+        if not resolved.is_file():
+            raise ToolError(f"params.path: File not found: {path}")
+        return resolved
+
+    def _read_text(self, resolved: Path, path: str) -> str:
+        size = resolved.stat().st_size
+        if size > self.max_bytes:
+            raise ToolError(f"params.path: '{path}' is {size} bytes; the limit is {self.max_bytes} (max_file_bytes).")
+        data = resolved.read_bytes()
+        if b"\x00" in data[:8192]:
+            raise ToolError(f"params.path: '{path}' is a binary file.")
+        return data.decode("utf-8", errors="replace")
+
+    def _files(self, base: Path):
+        for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
+            here = Path(dirpath)
+            dirnames[:] = sorted(
+                d for d in dirnames if d != ".git" and not is_protected(Path(os.path.realpath(here / d)), self.root)
+            )
+            for name in sorted(filenames):
+                path = here / name
+                real = Path(os.path.realpath(path))
+                if real.is_file() and real.is_relative_to(self.root) and not is_protected(real, self.root):
+                    yield path
+
+    def _describe(self, resolved: Path, content: str) -> dict[str, Any]:
+        return {
+            "path": relative(self.root, resolved),
+            "language": _language(resolved),
+            "size": len(content.encode("utf-8")),
+            "lines": content.count("\n") + (1 if content and not content.endswith("\n") else 0),
+        }
+
+    @action(
+        description="Workspace write: create or replace a workspace file with its full content.",
+        parameters={"properties": {"path": _PATH, "content": {"type": "string"}}, "required": ["path", "content"]},
+        risk_level="medium",
+        side_effects=("filesystem_write",),
+        aliases=("WsWrite",),
+        tags=("workspace", "files", "write"),
+    )
+    def write(self, path: str, content: str) -> dict[str, Any]:
+        if len(content.encode("utf-8")) > self.max_bytes:
+            raise ToolError(f"params.content: larger than {self.max_bytes} bytes (max_file_bytes).")
+        resolved = resolve_in(self.root, path)
+        if resolved.is_dir():
+            raise ToolError(f"params.path: '{path}' is a folder.")
+        resolved.parent.mkdir(parents=True, exist_ok=True)
+        # Re-check after mkdir: a parent created through a link must still be inside.
+        resolved = resolve_in(self.root, path)
+        resolved.write_text(content, encoding="utf-8")
+        return self._describe(resolved, content)
+
+    @action(
+        description="Workspace read: a workspace file with numbered lines, for follow-up workspace edits.",
+        parameters={"properties": {"path": _PATH}, "required": ["path"]},
+        aliases=("WsRead",),
+        tags=("workspace", "files", "read"),
+    )
+    def read(self, path: str) -> dict[str, Any]:
+        resolved = self._file(path)
+        content = self._read_text(resolved, path)
+        numbered = "\n".join(f"{n}\t{line}" for n, line in enumerate(content.splitlines(), start=1))
+        return {**self._describe(resolved, content), "content": numbered}
+
+    @action(
+        description="Workspace edit: replace the unique exact old_string by new_string in a workspace file.",
+        parameters={
+            "properties": {"path": _PATH, "old_string": {"type": "string", "minLength": 1}, "new_string": {"type": "string"}},
+            "required": ["path", "old_string", "new_string"],
+        },
+        risk_level="medium",
+        side_effects=("filesystem_write",),
+        aliases=("WsEdit",),
+        tags=("workspace", "files", "edit"),
+    )
+    def edit(self, path: str, old_string: str, new_string: str) -> dict[str, Any]:
+        resolved = self._file(path)
+        content = self._read_text(resolved, path)
+        count = content.count(old_string)
+        if count == 0:
+            raise ToolError(f"params.old_string: old_string not found in {path}")
+        if count > 1:
+            raise ToolError(f"params.old_string: old_string appears {count} times in {path} - make it more specific")
+        updated = content.replace(old_string, new_string, 1)
+        if len(updated.encode("utf-8")) > self.max_bytes:
+            raise ToolError(f"params.new_string: the edited file would exceed {self.max_bytes} bytes.")
+        resolved.write_text(updated, encoding="utf-8")
+        return self._describe(resolved, updated)
+
+    @action(
+        description="List workspace files whose path matches a glob pattern ('*', '**', '?', '[...]').",
+        parameters={"properties": {"pattern": {"type": "string", "minLength": 1}}, "required": ["pattern"]},
+        aliases=("WsGlob",),
+        tags=("workspace", "files", "search"),
+    )
+    def glob(self, pattern: str) -> dict[str, Any]:
+        regex = _glob_regex(pattern.lstrip("/").removeprefix("./"))
+        limit = int(self.config.get("max_results") or DEFAULT_MAX_RESULTS)
+        matches = []
+        for path in self._files(self.root):
+            rel = relative(self.root, path)
+            if regex.match(rel):
+                matches.append(rel)
+                if len(matches) >= limit:
+                    break
+        return {"matches": matches, "count": len(matches), "truncated": len(matches) >= limit}
+
+    @action(
+        description="Search workspace file contents for a regex; returns path, line number and text of each match.",
+        parameters={
+            "properties": {
+                "pattern": {"type": "string", "minLength": 1},
+                "path": {"type": "string", "default": "", "description": "Only files under this prefix."},
+            },
+            "required": ["pattern"],
+        },
+        aliases=("WsGrep",),
+        tags=("workspace", "files", "search"),
+    )
+    def grep(self, pattern: str, path: str = "") -> dict[str, Any]:
+        try:
+            regex = re.compile(pattern)
+        except re.error as exc:
+            raise ToolError(f"params.pattern: not a valid regular expression ({exc}).")
+        base = resolve_in(self.root, path or ".")
+        limit = int(self.config.get("max_results") or DEFAULT_MAX_RESULTS)
+        matches: list[dict[str, Any]] = []
+        files = [base] if base.is_file() else (self._files(base) if base.is_dir() else [])
+        for file in files:
+            try:
+                if file.stat().st_size > self.max_bytes:
+                    continue
+                data = file.read_bytes()
+            except OSError:
+                continue
+            if b"\x00" in data[:8192]:
+                continue
+            for number, line in enumerate(data.decode("utf-8", errors="replace").splitlines(), start=1):
+                if regex.search(line):
+                    matches.append({"path": relative(self.root, file), "line": number, "text": line[:500]})
+                    if len(matches) >= limit:
+                        return {"matches": matches, "count": len(matches), "truncated": True}
+        return {"matches": matches, "count": len(matches), "truncated": False}
+
+    @action(
+        description="Delete one file from the workspace.",
+        parameters={"properties": {"path": _PATH}, "required": ["path"]},
+        risk_level="high",
+        side_effects=("filesystem_delete",),
+        irreversible=True,
+        aliases=("WsDelete",),
+        tags=("workspace", "files", "delete"),
+    )
+    def delete(self, path: str) -> dict[str, Any]:
+        candidate = self._file(path)
+        candidate.unlink()
+        return {"path": relative(self.root, candidate), "deleted": True}
