@@ -201,11 +201,12 @@ def test_the_contract_check_itself_rejects_drift():
 
 def session_stream(session_pk: int, session_id: str, count: int) -> list[tuple[str, dict]]:
     """The first ``count`` frames of the persistent stream's generator, pings skipped."""
-    from conversations.sse import _session_frames
+    from conversations.sse import _session_frames, _StreamGuard
 
     async def go() -> list[str]:
         out: list[str] = []
-        async for frame in _session_frames(session_pk, session_id, 0, greet=True):
+        guard = _StreamGuard("", None)
+        async for frame in _session_frames(session_pk, session_id, 0, True, guard, app_id="conf", principal="admin"):
             if not frame.startswith(":"):
                 out.append(frame)
             if len(out) == count:
