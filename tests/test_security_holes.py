@@ -156,13 +156,13 @@ def test_secret_in_tool_params_is_masked_everywhere_but_the_call(tmp_path, caplo
     calls = [e.data for e in Event.objects.filter(session_id=enq.session_pk, type="tool_call").order_by("seq")]
     assert calls[0]["params"]["content"] == "Bearer ***", calls
     request = Event.objects.get(session_id=enq.session_pk, type="approval_request").data
-    assert request["params"]["command"] == "echo approved-*** > gated.txt"
+    assert request["tool_params"]["command"] == "echo approved-*** > gated.txt"
     assert SECRET not in _dump()
 
     approval_decide(app_id="sec", request_id=request["request_id"], approved=True, message="", principal="alice")
     async_to_sync(advance_session)(session_pk=enq.session_pk)
     assert (ws / "gated.txt").read_text().strip() == f"approved-{SECRET}"
-    done = Event.objects.filter(session_id=enq.session_pk, type="done").get().data
+    done = Event.objects.filter(session_id=enq.session_pk, type="result").get().data
     assert done["content"] == "done with ***"
     history = Client(HTTP_AUTHORIZATION=HEADERS["Authorization"]).get("/api/apps/sec/sessions/s1/history")
     assert history.status_code == 200 and "Bearer ***" in history.content.decode()
@@ -291,12 +291,12 @@ def test_a_stream_opened_before_the_session_exists_gets_its_first_turn(app):
         posted = await client.post("/api/apps/demo/sessions/fresh/messages", data=json.dumps({"message": "hi"}),
                                    content_type="application/json", headers=auth)
         assert posted.status_code == 202, posted.content
-        frames += await _read_until(watch.streaming_content, lambda f: "event: done" in f)
+        frames += await _read_until(watch.streaming_content, lambda f: "event: result" in f)
         await watch.streaming_content.aclose()
         return frames
 
     frames = async_to_sync(go)()
-    assert any("event: done" in f and "echo: hi" in f for f in frames), frames
+    assert any("event: result" in f and "echo: hi" in f for f in frames), frames
 
 
 # --- item 8: a revoked key's open stream is cut --------------------------------------------------
@@ -365,11 +365,11 @@ def test_recovery_answers_an_interrupted_side_effect_call_instead_of_rerunning_i
     async_to_sync(advance_session)(session_pk=enq.session_pk)
 
     assert not (ws / "runs.txt").exists()  # not run a second time (nor a first: the "crash" was before)
-    result = Event.objects.get(session_id=enq.session_pk, type="result").data
+    result = Event.objects.get(session_id=enq.session_pk, type="tool_call").data
     assert result["id"] == "call_x" and result["success"] is False and result["error"].startswith("interrupted")
     tool = Message.objects.get(session_id=enq.session_pk, role="tool")
     assert "interrupted" in tool.content
-    assert Event.objects.filter(session_id=enq.session_pk, type="done").count() == 1
+    assert Event.objects.filter(session_id=enq.session_pk, type="result").count() == 1
 
 
 def test_recovery_retries_a_read_only_call(tmp_path):
@@ -382,8 +382,8 @@ def test_recovery_retries_a_read_only_call(tmp_path):
     registry.app_deploy(text=manifest("crash", ws, [{"steps": [{"say": "unused"}]}]), force=True)
     enq = _crash_mid_call("crash", {"id": "call_r", "name": "filesystem.read", "params": {"path": "README.md"}})
     async_to_sync(advance_session)(session_pk=enq.session_pk)
-    result = Event.objects.get(session_id=enq.session_pk, type="result").data
-    assert result["success"] is True and "Demo project" in json.dumps(result["data"])
+    result = Event.objects.get(session_id=enq.session_pk, type="tool_call").data
+    assert result["success"] is True and "Demo project" in json.dumps(result["result"])
 
 
 def test_a_started_mark_is_written_before_a_side_effect_tool_runs(tmp_path):

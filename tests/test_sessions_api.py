@@ -76,7 +76,7 @@ def assert_error(response, status: int, code: str) -> dict:
     return body
 
 
-def test_chat_returns_the_done_payload_and_history_has_tool_calls(app):
+def test_chat_returns_the_result_payload_and_history_has_tool_calls(app):
     response = async_post("/api/apps/demo/chat", {"session_id": "s1", "message": "read the readme"})
     assert response.status_code == 200, response.content
     data = response.json()["data"]
@@ -97,7 +97,7 @@ def test_chat_returns_the_done_payload_and_history_has_tool_calls(app):
     call = history["messages"][1]["tool_calls"][0]
     assert call["name"] == "filesystem.read" and call["status"] == "done"
     assert "Demo project" in call["result"]["data"]["content"]
-    assert "done" in [e["type"] for e in history["events"]]
+    assert "result" in [e["type"] for e in history["events"]]
     listing = c.get("/api/apps/demo/sessions").json()["data"]
     assert [s["session_id"] for s in listing["sessions"]] == ["s1"]
     assert (listing["total"], listing["limit"], listing["offset"]) == (1, 50, 0)
