@@ -404,10 +404,17 @@ def test_anthropic_errors_map_to_kinds(llm):
 
 
 def test_brain_for_unknown_provider_names_the_field():
+    # gemini is one of the original's OpenAI-compatible providers now; a made-up name is not.
     with pytest.raises(BrainError) as info:
-        brain_for(agent("gemini"))
+        brain_for(agent("gemeni-x"))
     assert "agents.main.brain.provider" in info.value.message
     assert "openai" in info.value.message
+
+
+def test_brain_for_unservable_provider_says_why():
+    with pytest.raises(BrainError) as info:
+        brain_for(agent("github_copilot"))
+    assert "cannot be served by this daemon" in info.value.message
 
 
 def test_openai_without_model_is_reported(llm):
