@@ -469,9 +469,18 @@ def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict
 
     visible = tools_for_agent(app, agent_id)
     risk = {t["name"]: t.get("risk_level", "medium") for t in visible}
-    # Discovery meta-tools are offered only when the tools do not fit, but a call to one is always
-    # understood (a scripted rule may use execute_tool directly); it goes through the same gate.
-    shown = [dict(t) for t in meta_tools()] if len(visible) > META_TOOLS_THRESHOLD else visible
+    # runtime.tool_injection (the original's §3.4): direct / compact_direct give every visible tool;
+    # discovery gives the meta-tools plus runtime.direct_modules and memory (always one call away).
+    # Unset: discovery only when the tools do not fit. A call to a meta-tool is always understood
+    # (a scripted rule may use execute_tool directly); it goes through the same gate.
+    mode = getattr(app.runtime, "tool_injection", None)
+    if mode is None:
+        mode = "discovery" if len(visible) > META_TOOLS_THRESHOLD else "direct"
+    if mode == "discovery":
+        always = {*getattr(app.runtime, "direct_modules", ()), "memory"}
+        shown = [dict(t) for t in meta_tools()] + [t for t in visible if t["name"].partition(".")[0] in always]
+    else:
+        shown = visible
     tools = [{k: t[k] for k in ("name", "description", "parameters") if k in t} for t in shown]
     tools.extend(background_meta_tools())
     return tools, set(DISCOVERY_META_TOOL_NAMES), set(BACKGROUND_META_TOOL_NAMES), risk

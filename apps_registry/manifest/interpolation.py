@@ -258,3 +258,13 @@ def describe_template(path: Path, templates: Mapping[Path, str], value: Any) -> 
     if "{{env." in template:
         return f" (from {template!r})"  # never echo an environment value
     return f" ({template!r} resolved to {value!r})"
+
+
+_ENV_NAME = re.compile(r"\{\{\s*env\s*\.\s*([A-Za-z_][A-Za-z0-9_]*)")
+
+
+def env_names(text: str | bytes) -> list[str]:
+    """Every VAR a manifest text names as ``{{env.VAR}}`` (a cheap scan, before compiling)."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return _ENV_NAME.findall(text)
