@@ -42,6 +42,8 @@ RECAP_MAX_ITEMS = 40
 # cut keeps this share of the window. A cut that moves at every step would write a `hook` event per
 # step and change the recap (the prompt's prefix, which providers cache) at every model call.
 RECOMPACT_KEEP = 0.75
+# runtime.context.max_tokens 0 means "the model's window"; without a model table, assume this much.
+DEFAULT_CONTEXT_TOKENS = 128_000
 
 # Sessions this process is advancing, and those poked again while it was (re-check on exit).
 _running: set[int] = set()
@@ -345,14 +347,31 @@ class _TurnRunner:
         system = []
         if self.agent.system_prompt:
             system.append({"role": "system", "content": self.agent.system_prompt})
+        if "memory" in self.app.modules:
+            # The original renders working memory (goal, tasks, facts) into the prompt every turn.
+            memory = await db(working_memory_text)(self.app.app_id, self.claim.session_id)
+            if memory:
+                system.append({"role": "system", "content": memory})
+        # runtime.context / brain.context (the original's ContextConfig): compact to keep_recent when
+        # the estimated tokens pass compression_trigger of the budget; 'truncate' drops the older
+        # messages, 'summarize' keeps a recap of them. The message window stays a hard cap.
+        context = self.agent.brain.context or getattr(self.app.runtime, "context", None) or {}
         window = self.window
+        strategy = "summarize"
+        if context:
+            strategy = context.get("strategy", "summarize")
+            budget = int(context.get("max_tokens") or 0) or DEFAULT_CONTEXT_TOKENS
+            budget = max(budget - int(context.get("output_reserved") or 0), 256)
+            tokens = sum(len(m.content or "") for m in transcript) // 4
+            if tokens > budget * float(context.get("compression_trigger", 0.75)):
+                window = min(window, max(int(context.get("keep_recent", 10)), 2))
         body = transcript
         if len(transcript) > window:
             cut = _stable_cut(transcript, window, self.compacted_upto)
             if cut > 0:
                 older, body = transcript[:cut], transcript[cut:]
-                recap = _recap(older)
-                system.append({"role": "system", "content": recap})
+                if strategy != "truncate":
+                    system.append({"role": "system", "content": _recap(older)})
                 upto = older[-1].pk
                 if upto != self.compacted_upto:
                     self.compacted_upto = upto
@@ -460,6 +479,12 @@ class _TurnRunner:
 
 
 # --- sync helpers (run in worker threads) ----------------------------------------------------
+
+
+def working_memory_text(app_id: str, session_id: str) -> str:
+    from tooling.modules.memory import working_memory
+
+    return working_memory(app_id=app_id, session_id=session_id)
 
 
 def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict[str, str]]:
