@@ -155,12 +155,14 @@ class _Context:
                     return self.environ[name]
                 if default is not None:
                     return default
-                self.problems.error(
+                # Unset now: the marker stays and is read when the app runs (the Go port's way); a
+                # value that must be a number or a boolean is then reported by the type checks.
+                self.problems.warn(
                     path,
-                    f"environment variable {name} is not set (referenced as {written}); set it, or give a "
-                    f"default: {{{{env.{name} ?? 'value'}}}}",
+                    f"environment variable {name} is not set (referenced as {written}); it is read when the "
+                    f"app runs (empty if still unset), or give a default: {{{{env.{name} ?? 'value'}}}}",
                 )
-                return written
+                return f"{{{{env.{name}}}}}"
             if namespace == "secret":
                 parsed = _SECRET.match(body.strip())
                 if not parsed:

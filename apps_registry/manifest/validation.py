@@ -14,6 +14,7 @@ know is an error with a did-you-mean.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -108,6 +109,35 @@ UI_KEYS = (
 UI_HONOURED = ("greeting", "quick_prompts", "theme", "features")
 DEV_KEYS = ("skills", "variables", "include", "allow_user_skills")
 DEV_HONOURED = ("variables",)
+# Action names the original's modules have had (its generations differ); one this build lacks is a
+# warning, never a did-you-mean error.
+ORIGINAL_ACTIONS = {
+    "filesystem": (
+        "read", "write", "edit", "ls", "glob", "grep", "mkdir", "rm", "delete", "mv", "cp", "stat", "exists",
+        "read_file", "write_file", "append_file", "copy_file", "move_file", "delete_file", "create_directory",
+        "list_directory", "search_files", "get_file_info", "create_archive", "extract_archive",
+        "compute_checksum", "watch_path",
+    ),
+    "shell": (
+        "exec", "bash", "sh", "run", "background_run", "which", "kill", "ps", "env", "script", "task_status",
+        "task_output", "task_wait", "task_list", "task_kill",
+    ),
+    "memory": (
+        "remember", "recall", "forget", "set_goal", "get_goal", "clear_goal", "add_todo", "update_todo",
+        "list_todos", "task_create", "task_update", "task_list", "task_get", "add_fact", "list_facts",
+        "search", "summarize", "clear", "get", "set", "list",
+    ),
+    "database": (
+        "connect", "disconnect", "query", "execute_query", "fetch_results", "execute", "batch_execute",
+        "transaction", "schema", "describe", "describe_table", "get_table_schema", "list_tables", "introspect",
+        "sample", "set_policy", "sql", "relations", "browse", "search_data", "bulk_insert",
+    ),
+    "http": (
+        "get", "post", "put", "patch", "delete", "head", "options", "request", "download", "json_api",
+        "fetch_page",
+    ),
+}
+SETTING_TYPO_CUTOFF = 0.85
 SCRIPT_RULE_KEYS = ("when", "steps")
 STEP_KINDS = ("call", "calls", "say")
 # Column widths of the apps table (apps_registry.models.App).
@@ -725,7 +755,7 @@ class Checker:
                     out.append(action)
                 continue
             hint = did_you_mean(action, known)
-            if hint.startswith("did you mean"):
+            if hint.startswith("did you mean") and action not in ORIGINAL_ACTIONS.get(module, ()):
                 self.error(where, f"unknown action {action!r} of module {module!r}; {hint}")
             else:
                 self.warn(where, f"module {module!r} of this build has no action {action!r}; {hint}")
@@ -1086,9 +1116,9 @@ class Checker:
             for key in list(config):
                 if key in known:
                     continue
-                hint = did_you_mean(key, known)
-                if hint.startswith("did you mean"):
-                    self.error((*path, "config", key), f"unknown setting; {hint}")
+                close = difflib.get_close_matches(key, known, n=1, cutoff=SETTING_TYPO_CUTOFF)
+                if close:  # a near spelling of a real setting is a typo; anything else, the original's
+                    self.error((*path, "config", key), f"unknown setting; did you mean '{close[0]}'?")
                 else:
                     self.warn((*path, "config", key), NOT_ACTED)
                 config.pop(key)
@@ -1255,10 +1285,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
 def _coerce_by_schema(value: Any, schema: Any, path: Path, templates: Mapping[Path, str]) -> Any:
-    """Read interpolated strings as the number/boolean the module's JSON schema asks for."""
+    """Read interpolated strings as the number/boolean the module's JSON schema asks for, and the Go
+    port's durations ("30s", "5m", "500ms") as seconds where a number is wanted."""
     if not isinstance(schema, dict):
         return value
+    wanted_type = schema.get("type")
+    if isinstance(value, str) and wanted_type in ("number", "integer") and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+        return int(seconds) if wanted_type == "integer" and seconds.is_integer() else seconds
     if isinstance(value, str) and path in templates and not SECRET_MARKER.search(value):
         wanted = schema.get("type")
         wanted = [wanted] if isinstance(wanted, str) else list(wanted or [])
