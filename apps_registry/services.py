@@ -36,10 +36,24 @@ MAX_SECRET_BYTES = 64 * 1024
 
 
 def _anchor_workspaces(compiled: CompiledApp, base_dir: Path) -> CompiledApp:
-    """Relative ``workspace`` settings are relative to the manifest's folder, as users expect."""
+    """Relative ``workspace`` settings are relative to the manifest's folder, as users expect.
+
+    ``runtime.workdir`` (the original's ``execution.workspace``) is the working directory of the
+    modules that have a workspace setting and do not set one themselves.
+    """
+    from tooling import registry
+
     modules = {}
+    workdir = compiled.runtime.workdir if compiled.runtime.workdir_mode != "none" else ""
     for module_id, config in compiled.modules.items():
         config = dict(config or {})
+        if workdir and not config.get("workspace") and "{{" not in workdir:
+            try:
+                has_workspace = "workspace" in (registry.module_config_schema(module_id).get("properties") or {})
+            except Exception:  # noqa: BLE001 - an unknown module keeps its config as written
+                has_workspace = False
+            if has_workspace:
+                config["workspace"] = workdir
         workspace = config.get("workspace")
         if isinstance(workspace, str) and workspace and not os.path.isabs(os.path.expanduser(workspace)):
             config["workspace"] = str((base_dir / workspace).resolve())

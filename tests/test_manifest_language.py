@@ -505,3 +505,23 @@ def test_validate_command_reports_errors_with_line_and_column(tmp_path):
     failed = subprocess.run([*cli, str(good), str(bad)], capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
     assert failed.returncode == 1
     assert f"{bad}:4:13: error: agents[0].brain.provider: unknown provider 'deepsek'" in failed.stdout
+
+
+def test_the_readme_walkthrough_manifest_compiles_in_the_originals_form():
+    readme = (ROOT / "README.md").read_text()
+    text = readme.split("cat > /tmp/hello.yaml <<'YAML'\n", 1)[1].split("\nYAML\n", 1)[0]
+    app = compiles(text).app
+    assert "execution:" in text and app.ui["greeting"] == "Ask me for the files."
+    assert app.agents[0].modules == ("filesystem",) and app.capabilities.grant[0].actions == ("read", "ls")
+
+
+@pytest.mark.django_db
+def test_runtime_workdir_is_the_workspace_of_modules_without_one(client, tmp_path):
+    path = tmp_path / "wd.yaml"
+    path.write_text(f"app: {{app_id: wd}}\nexecution: {{workspace: ./work}}\nmodules: {{filesystem: {{}}, memory: {{}}}}\n"
+                    f"agents: [{{id: a, brain: {SCRIPTED}}}]\n")
+    response = client.post("/api/apps/deploy", {"yaml_path": str(path)}, content_type="application/json")
+    assert response.status_code == 200, response.content
+    compiled = App.objects.get(pk="wd").compiled
+    assert compiled["modules"]["filesystem"]["workspace"] == str((tmp_path / "work").resolve())
+    assert "workspace" not in compiled["modules"]["memory"]
