@@ -194,8 +194,6 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ),
     ("rate_limit_rpm zero", variant(("runtime.rate_limit_rpm", 0)), "runtime.rate_limit_rpm", ">= 1"),
     ("max_turns fractional", variant(("runtime.max_turns", 2.5)), "runtime.max_turns", "whole number"),
-    ("agents missing", variant(("agents", DELETE)), "agents", "at least one agent"),
-    ("agents empty", variant(("agents", [])), "agents", "at least one agent"),
     ("agents a mapping", variant(("agents", {"id": "x"})), "agents", "must be a list of agents, got mapping"),
     ("agent id missing", variant(("agents.0.id", DELETE)), "agents[0].id", "required"),
     ("agent id invalid", variant(("agents.0.id", "bad id!")), "agents[0].id", "not a valid agent id"),
@@ -949,3 +947,11 @@ def test_importing_the_compiler_does_not_load_the_orm():
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_an_app_without_agents_deploys_with_a_warning():
+    # The original accepts it (only app: is required); running it answers that it declares no agents.
+    for agents in (DELETE, []):
+        result = compile_manifest(variant(("agents", agents), ("tools.capabilities.grant", [])), environ={})
+        assert result.app.agents == ()
+        assert any(w.startswith("agents: no agents") for w in result.warnings)

@@ -563,14 +563,15 @@ class Checker:
         raw = top.get("agents", MISSING)
         example = "agents: [{id: assistant, brain: {provider: openai, model: gpt-4o-mini}}]"
         if raw is MISSING or raw is None:
-            self.error(path, f"required: at least one agent, e.g. {example}")
+            # The original accepts an app without agents (a pipeline, a tools-only app).
+            self.warn(path, f"no agents: the app cannot answer messages until one is declared, e.g. {example}")
             return ()
         if not isinstance(raw, list):
             hint = "; write each agent as a list item ('- id: assistant')" if isinstance(raw, dict) else ""
             self.error(path, f"must be a list of agents, got {describe_type(raw)}{hint}")
             return ()
         if not raw:
-            self.error(path, f"must declare at least one agent, e.g. {example}")
+            self.warn(path, f"no agents: the app cannot answer messages until one is declared, e.g. {example}")
             return ()
         specs = []
         first_seen: dict[str, int] = {}
