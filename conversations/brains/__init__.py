@@ -60,6 +60,15 @@ def brain_for(agent: AgentSpec) -> Brain:
 
 
 def _single(spec, agent_id: str, where: str) -> Brain:
+    brain = _protocol_brain(spec, agent_id, where)
+    if spec.native_tool_use is False and spec.protocol != "scripted":
+        from .texttools import TextToolsBrain
+
+        return TextToolsBrain(brain)
+    return brain
+
+
+def _protocol_brain(spec, agent_id: str, where: str) -> Brain:
     config = dict(spec.config or {})
     provider = (spec.provider or "").strip().lower()
     protocol = spec.protocol or (_PROVIDER_TABLE[provider].protocol if provider in _PROVIDER_TABLE else "")
