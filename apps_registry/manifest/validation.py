@@ -1238,8 +1238,9 @@ class Checker:
             hint = did_you_mean(module, self.catalog)
             if hint.startswith("did you mean"):
                 self.error(module_path, f"unknown module {module!r}; {hint}")
-            else:
-                self.warn(module_path, f"module {module!r} is not available in this build, so this rule has no effect")
+            else:  # the app means to use it (the original loads granted modules): name what is lacking
+                self.unavailable.add(module)
+                self.error(module_path, self._not_available(module))
             return None
         if module not in declared and module != "*":
             self.problems.warn(
