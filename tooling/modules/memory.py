@@ -114,7 +114,7 @@ class MemoryModule(Module):
             },
         },
         side_effects=("state_mutation",),
-        aliases=("store", "save_note", "note", "memorize", "fact", "retenir", "memoriser", "souvenir"),
+        aliases=("store", "save_note", "note", "memorize", "fact", "add_fact", "retenir", "memoriser", "souvenir"),
         tags=("memory", "notes", "session"),
     )
     def remember(self, content: str | None = None, key: str | None = None, value: str | None = None) -> dict[str, Any]:
@@ -152,7 +152,7 @@ class MemoryModule(Module):
             "required": ["subject"],
         },
         side_effects=("state_mutation",),
-        aliases=("todo", "add_task", "tache"),
+        aliases=("todo", "add_todo", "add_task", "create_task", "tache"),
         tags=("memory", "tasks", "planning"),
     )
     def task_create(self, subject: str, description: str = "") -> dict[str, Any]:
@@ -177,7 +177,7 @@ class MemoryModule(Module):
             "required": ["taskId", "status"],
         },
         side_effects=("state_mutation",),
-        aliases=("update_task", "complete_task", "todo_update"),
+        aliases=("update_task", "update_todo", "complete_task", "todo_update"),
         tags=("memory", "tasks", "planning"),
     )
     def task_update(self, taskId: str, status: str) -> dict[str, Any]:  # noqa: N803 - the original's name
