@@ -355,7 +355,7 @@ BROKEN: list[tuple[str, str, str, str]] = [
     (
         "module setting typo",
         variant(("tools.modules.filesystem.workspce", "./x")),
-        "tools.modules.filesystem.config.workspce",
+        "tools.modules.filesystem.workspce",
         "did you mean 'workspace'?",
     ),
     (
@@ -614,7 +614,7 @@ tools: {modules: {filesystem: null, shell: {}}}
         ),
         (
             "app_id: x\nmodules: {shell: {timout: 1}}\nagent: {brain: openai/gpt-4o}\n",
-            "modules.shell.config.timout",
+            "modules.shell.timout",
             "did you mean 'timeout'?",
         ),
         ("app_id: x\nagent: {brain: openai/gpt-4o}\nagents: []\n", "agent", "not both"),

@@ -75,6 +75,7 @@ DEPENDENCIES_TO_NESTED: dict[str, tuple[str, str]] = {
 FLAT_APP_KEYS = ("app_id", "name", "version", "description")
 LEGACY_KEYS = (*TOP_LEVEL_TO_NESTED, *FLAT_APP_KEYS, "mode", "execution", "agent", "dependencies")
 DEFAULT_LEGACY_AGENT_ID = "main"
+MODULE_BLOCK_KEYS = ("config", "setup", "constraints", "middleware", "credential")
 EXTENSION_PREFIX = "x-"
 
 
@@ -203,6 +204,25 @@ def fold(data: dict[str, Any], problems: Problems) -> tuple[dict[str, Any] | Non
                 f.move(out, app.pop(key), ("app", key), "ui", key)
         if "mode" in app:  # this project's earlier app.mode; the original's place is runtime.mode
             f.move(out, app.pop("mode"), ("app", "mode"), "runtime", "mode")
+
+    # 4b. flat settings directly under a module fold into its config (config wins), as the original
+    # does for old flat module blocks; errors still name the key where it was written.
+    tools = out.get("tools")
+    modules = tools.get("modules") if isinstance(tools, dict) else None
+    if isinstance(modules, dict):
+        folded_modules = {}
+        for module_id, block in modules.items():
+            if isinstance(block, dict) and any(k not in MODULE_BLOCK_KEYS for k in block):
+                flat = {k: v for k, v in block.items() if k not in MODULE_BLOCK_KEYS}
+                config = block.get("config")
+                if config is None or isinstance(config, dict):
+                    block = {k: v for k, v in block.items() if k in MODULE_BLOCK_KEYS}
+                    block["config"] = {**flat, **(config or {})}
+                    where = paths.to_original(("tools", "modules", module_id))
+                    for key in flat:
+                        paths.add(("tools", "modules", module_id, "config", key), (*where, key))
+            folded_modules[module_id] = block
+        out["tools"] = {**tools, "modules": folded_modules}
 
     # 5. agents.
     if "agent" in data and "agents" in data:

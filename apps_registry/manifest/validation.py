@@ -1109,7 +1109,7 @@ class Checker:
 
     def _module_config(self, module: str, config: dict[str, Any], path: Path) -> dict[str, Any]:
         schema = self.config_schema(module) or {}
-        config = _coerce_by_schema(config, schema, path, self.templates)
+        config = _coerce_by_schema(config, schema, (*path, "config"), self.templates)
         known = list((schema.get("properties") or {}).keys())
         if schema.get("additionalProperties") is False:
             # A setting the original's module has and this build's does not: accepted with a warning
@@ -1126,7 +1126,7 @@ class Checker:
         validator_cls = jsonschema.validators.validator_for(schema)
         validator = validator_cls(schema)
         for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
-            where = (*path, *err.absolute_path)
+            where = (*path, "config", *err.absolute_path)
             if err.validator != "type" and isinstance(err.instance, str) and SECRET_MARKER.search(err.instance):
                 continue  # the value is only known at run time
             if err.validator == "required" and isinstance(err.validator_value, list):
