@@ -32,7 +32,6 @@ from digitorn_site import fastsql
 log = logging.getLogger("digitorn.engine")
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-META_TOOLS_THRESHOLD = 40
 TOKEN_FLUSH_SECONDS = 0.25
 RECAP_ITEM_CHARS = 300
 # Older messages summarised in a recap at most; anything before them is only counted. Bounds both
@@ -489,6 +488,7 @@ def working_memory_text(app_id: str, session_id: str) -> str:
 
 def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict[str, str]]:
     from tooling.background import background_meta_tools
+    from tooling.index import injection_mode
     from tooling.registry import BACKGROUND_META_TOOL_NAMES, DISCOVERY_META_TOOL_NAMES
     from tooling.selectors import meta_tools, tools_for_agent
 
@@ -498,10 +498,7 @@ def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict
     # discovery gives the meta-tools plus runtime.direct_modules and memory (always one call away).
     # Unset: discovery only when the tools do not fit. A call to a meta-tool is always understood
     # (a scripted rule may use execute_tool directly); it goes through the same gate.
-    mode = getattr(app.runtime, "tool_injection", None)
-    if mode is None:
-        mode = "discovery" if len(visible) > META_TOOLS_THRESHOLD else "direct"
-    if mode == "discovery":
+    if injection_mode(app, len(visible)) == "discovery":
         always = {*getattr(app.runtime, "direct_modules", ()), "memory"}
         shown = [dict(t) for t in meta_tools()] + [t for t in visible if t["name"].partition(".")[0] in always]
     else:

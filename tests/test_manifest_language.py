@@ -527,3 +527,14 @@ def test_runtime_workdir_is_the_workspace_of_modules_without_one(client, tmp_pat
     compiled = App.objects.get(pk="wd").compiled
     assert compiled["modules"]["filesystem"]["workspace"] == str((tmp_path / "work").resolve())
     assert "workspace" not in compiled["modules"]["memory"]
+
+
+@pytest.mark.django_db
+def test_index_reports_the_tool_injection_mode(client, tmp_path):
+    for app_id, runtime in (("inj-auto", "{}"), ("inj-disc", "{tool_injection: discovery, direct_modules: [shell]}")):
+        path = tmp_path / f"{app_id}.yaml"
+        path.write_text(f"app: {{app_id: {app_id}}}\nexecution: {runtime}\nmodules: {{shell: {{}}}}\n"
+                        f"agents: [{{id: a, brain: {SCRIPTED}}}]\n")
+        assert client.post("/api/apps/deploy", {"yaml_path": str(path)}, content_type="application/json").status_code == 200
+    assert client.get("/api/apps/inj-auto/index").json()["data"]["tool_injection_mode"] == "direct"
+    assert client.get("/api/apps/inj-disc/index").json()["data"]["tool_injection_mode"] == "discovery"
