@@ -498,7 +498,11 @@ def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict
     # discovery gives the meta-tools plus runtime.direct_modules and memory (always one call away).
     # Unset: discovery only when the tools do not fit. A call to a meta-tool is always understood
     # (a scripted rule may use execute_tool directly); it goes through the same gate.
-    if injection_mode(app, len(visible)) == "discovery":
+    mode = injection_mode(app, len(visible))
+    if mode == "compact_direct":
+        # Every tool, with its description cut to the first sentence (the original's compact form).
+        visible = [{**t, "description": (t.get("description") or "").split(". ")[0][:160]} for t in visible]
+    if mode == "discovery":
         always = {*getattr(app.runtime, "direct_modules", ()), "memory"}
         shown = [dict(t) for t in meta_tools()] + [t for t in visible if t["name"].partition(".")[0] in always]
     else:

@@ -538,3 +538,18 @@ def test_index_reports_the_tool_injection_mode(client, tmp_path):
         assert client.post("/api/apps/deploy", {"yaml_path": str(path)}, content_type="application/json").status_code == 200
     assert client.get("/api/apps/inj-auto/index").json()["data"]["tool_injection_mode"] == "direct"
     assert client.get("/api/apps/inj-disc/index").json()["data"]["tool_injection_mode"] == "discovery"
+
+
+@pytest.mark.django_db
+def test_path_deploy_applies_and_stores_secrets(client, tmp_path):
+    path = tmp_path / "sec.yaml"
+    path.write_text("app: {app_id: sec}\nagents: [{id: a, brain: {provider: openai, model: m, "
+                    "config: {api_key: '{{secret.OPENAI_KEY}}'}}}]\n")
+    response = client.post("/api/apps/deploy", {"yaml_path": str(path), "secrets": {"OPENAI_KEY": "sk-path-1"}},
+                           content_type="application/json")
+    assert response.status_code == 200 and "sk-path-1" not in response.content.decode()
+    assert crypto.decrypt(AppSecret.objects.get(app_id="sec", key="OPENAI_KEY").ciphertext) == "sk-path-1"
+    assert App.objects.get(pk="sec").missing_secrets == []
+    bad = client.post("/api/apps/deploy", {"yaml_path": str(path), "secrets": {"bad key": "x"}, "force": True},
+                      content_type="application/json")
+    assert bad.status_code == 400 and bad.json()["error_code"] == "VALIDATION_ERROR"
