@@ -168,7 +168,41 @@ EQUIVALENT = [
      "app: {app_id: e}\ntools: {modules: {shell: {}}, capabilities: {grant: [\"shell.run\"]}}\n"),
     ("app: {app_id: e, theme: {accent: red}}\n", "app: {app_id: e}\nui: {theme: {accent: red}}\n"),
     ("app_id: e\nname: E\n", "app: {app_id: e, name: E}\n"),
+    ("app: {app_id: e}\nchannels: {log: {type: log}}\n", "app: {app_id: e}\ntools: {channels: {log: {type: log}}}\n"),
+    ("app: {app_id: e}\nbehavior: {profile: coding}\n", "app: {app_id: e}\nsecurity: {behavior: {profile: coding}}\n"),
+    ("app: {app_id: e}\nskills: [{command: /x}]\n", "app: {app_id: e}\ndev: {skills: [{command: /x}]}\n"),
+    ("app: {app_id: e}\ninclude: {agents: [a.yaml]}\n", "app: {app_id: e}\ndev: {include: {agents: [a.yaml]}}\n"),
+    ("app: {app_id: e}\nmiddleware: [{audit: {}}]\n", "app: {app_id: e}\nruntime: {middleware: [{audit: {}}]}\n"),
+    ("app: {app_id: e}\npipeline: [{app: other}]\n", "app: {app_id: e}\nruntime: {pipeline: [{app: other}]}\n"),
+    ("app: {app_id: e}\nwidgets: {version: 1}\n", "app: {app_id: e}\nui: {widgets: {version: 1}}\n"),
+    ("app: {app_id: e}\nworkspace: {render_mode: code}\n", "app: {app_id: e}\nui: {workspace: {render_mode: code}}\n"),
+    ("app: {app_id: e}\nfeatures: {voice: false}\n", "app: {app_id: e}\nui: {features: {voice: false}}\n"),
+    ("app: {app_id: e}\nslash_commands: [{command: /h}]\n", "app: {app_id: e}\nui: {slash_commands: [{command: /h}]}\n"),
+    ("app: {app_id: e}\ndependencies: {variables: {x: '1'}, payload: {required: true}}\n",
+     "app: {app_id: e}\ndev: {variables: {x: '1'}}\nruntime: {payload_schema: {required: true}}\n"),
+    ("app: {app_id: e}\nruntime: {flow: {nodes: []}, sandbox: {level: strict}}\n",
+     "app: {app_id: e}\nflow: {nodes: []}\nsecurity: {sandbox: {level: strict}}\n"),
+    ("app: {app_id: e}\nexecution: {credentials_schema: {required: false}}\n",
+     "app: {app_id: e}\nsecurity: {credentials_schema: {required: false}}\n"),
 ]
+
+
+AGENT_FORMS = [
+    # (agent written with the original's grouped or older keys, the same agent in the flat canonical form)
+    ("{id: a, coordination: {delegate_to: [b], pool: {max_workers: 2}}, instructions: {specialty: s}, "
+     "prompt: Hi, brain: " + SCRIPTED + "}",
+     "{id: a, delegate_to: [b], pool: {max_workers: 2}, specialty: s, system_prompt: Hi, brain: " + SCRIPTED + "}"),
+    ("{id: a, provider: openai, model: gpt-4o-mini}", "{id: a, brain: {provider: openai, model: gpt-4o-mini}}"),
+    ("{id: a, brain: openai/gpt-4o-mini}", "{id: a, brain: {provider: openai, model: gpt-4o-mini}}"),
+    ("{id: a, modules: {shell: [run]}, brain: " + SCRIPTED + "}", "{id: a, modules: [{shell: [run]}], brain: " + SCRIPTED + "}"),
+]
+
+
+@pytest.mark.parametrize(("alternative", "canonical"), AGENT_FORMS)
+def test_agent_forms_are_equivalent(alternative: str, canonical: str):
+    head = "app: {app_id: e}\ntools: {modules: {shell: {}}}\n"
+    other = f"  - {{id: b, brain: {SCRIPTED}}}\n"
+    same(compiles(f"{head}agents:\n  - {alternative}\n{other}"), compiles(f"{head}agents:\n  - {canonical}\n{other}"))
 
 
 @pytest.mark.parametrize(("alternative", "canonical"), EQUIVALENT)
