@@ -128,9 +128,17 @@ def app_runtime(*, app_id: str) -> CompiledApp:
 
 
 def _needs_conventional_key(compiled: CompiledApp) -> bool:
-    return compiled.environment_allowed and any(
-        not (a.brain.config or {}).get("api_key") for a in compiled.agents
-    )
+    """Cheap test first: most apps (scripted brains, explicit keys) skip the rewrite on the hot path."""
+    if not compiled.environment_allowed:
+        return False
+    for agent in compiled.agents:
+        brain = agent.brain
+        while brain is not None:
+            spec = provider_named(brain.provider or "")
+            if spec is not None and spec.env_key and not (brain.config or {}).get("api_key"):
+                return True
+            brain = brain.fallback_spec()
+    return False
 
 
 def _conventional_keys(compiled: CompiledApp, env: dict[str, str]) -> CompiledApp:
