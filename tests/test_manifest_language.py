@@ -364,9 +364,12 @@ def test_compile_time_namespaces_and_runtime_placeholders():
     assert prompt.endswith("{{session.id}} {{input}}") and sys.platform in prompt
 
 
-def test_missing_bundle_file_and_the_daemons_credentials_are_errors(monkeypatch):
+def test_missing_bundle_file_warns_and_the_daemons_credentials_are_errors(monkeypatch):
     base = "app: {app_id: i}\nagents: [{id: a, system_prompt: '%s', brain: " + SCRIPTED + "}]\n"
-    assert "no file prompts/x.md" in errors_of(base % "{{prompt.x}}", files={}.get)[0]["message"]
+    missing = compiles(base % "{{prompt.x}}", files={}.get)
+    assert missing.app.agents[0].system_prompt == "{{prompt.x}}"
+    assert any("no file prompts/x.md" in w for w in missing.warnings)
+    assert any("upload them in the 'assets'" in w for w in compiles(base % "{{asset.y}}").warnings)
     for name in ("DIGITORN_API_KEY", "DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "DIGITORN_ENCRYPTION_KEYS"):
         message = errors_of(base % ("{{env." + name + "}}"), environ={name: "x"})[0]["message"]
         assert "daemon's own credentials" in message and "'x'" not in message

@@ -7,12 +7,14 @@ Compile time:
   so that types are checked on the value (``timeout: "{{env.T ?? '30'}}"`` compiles to 30.0), and
   recorded in ``env_refs``. A text value keeps its ``{{env.VAR}}`` marker in the stored app
   (``env_marked``): like a secret, the value is resolved in memory when the app runs and masked in
-  outputs. An unset variable without a default is an error naming the path and the variable.
+  outputs. A variable unset at compile time without a default stays a marker (a warning), read
+  when the app runs; where a number or boolean is needed, the type check reports it.
 * ``{{secret.KEY}}``: never substituted; the marker is kept and ``KEY`` recorded in ``secret_refs``.
 * ``{{sys.timestamp|date|time|datetime|platform|hostname|cwd|os|python}}``, ``{{app.id|app_id|name|
   version}}``, ``dev.variables`` (``{{name}}`` or ``{{var.name}}``), and bundle files
   ``{{prompt.X}}`` (``prompts/X.md``), ``{{skill.X}}`` (``skills/X.md``), ``{{behavior.X}}``
-  (``behaviors/X.md``) and ``{{asset.X}}`` (``assets/X`` or ``X``) from the files beside the manifest.
+  (``behaviors/X.md``) and ``{{asset.X}}`` (``assets/X`` or ``X``) from the files beside the manifest
+  (a missing file is a warning and the reference stays as text, so an uploaded manifest deploys).
 * Run-time placeholders (``{{event.*}}``, ``{{session.*}}``, ``{{input}}``, ``{{steps[0].output}}``,
   ``{{tool.*}}``, ``{{message.*}}``, ``{{field.*}}``, ...) are left untouched for run time.
 
@@ -224,7 +226,11 @@ class _Context:
             error(f"{written}: a bundle file name is a relative name without '..'")
             return None
         if self.files is None:
-            error(f"{written}: no files beside this manifest (upload them in the 'assets' form field)")
+            # An uploaded manifest without its files still deploys: the reference stays as text.
+            if report:
+                self.problems.warn(
+                    path, f"{written}: no files beside this manifest, kept as text (upload them in the 'assets' form field)"
+                )
             return None
         tried = []
         for folder in BUNDLE_DIRS[namespace]:
@@ -234,7 +240,8 @@ class _Context:
                 content = self.files(rel)
                 if content is not None:
                     return content
-        error(f"{written}: no file {' or '.join(tried[:3])} beside the manifest")
+        if report:
+            self.problems.warn(path, f"{written}: no file {' or '.join(tried[:3])} beside the manifest, kept as text")
         return None
 
 
