@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import hashlib
-import os
+from dataclasses import replace
 from datetime import timedelta
 
 from django.conf import settings
 from django.utils import timezone
 
+from apps_registry.manifest import environment
 from apps_registry.manifest.compiled import CompiledApp
+from apps_registry.manifest.providers import conventional_key_allowed, provider_named
 from apps_registry.models import ApiKey, App, AppSecret
 from digitorn_site import crypto, fastsql
-from digitorn_site.errors import MissingSecretError, NotFoundError
+from digitorn_site.errors import MissingSecretError, NotFoundError, ValidationError
 
 # Parsing the stored JSON on every request is wasteful; the cache is keyed by the row's
 # updated_at so a redeploy, a quota change or a secret change is seen at once by every worker.
@@ -78,11 +80,15 @@ def compiled_of(app: App) -> CompiledApp:
     return compiled
 
 
-def secret_values(*, app_id: str, keys: tuple[str, ...] | None = None) -> dict[str, str]:
-    """Decrypted secrets of an app (store first, then environment variables of the same name)."""
+def secret_values(
+    *, app_id: str, keys: tuple[str, ...] | None = None, environment_allowed: bool = False
+) -> dict[str, str]:
+    """Decrypted secrets of an app (store first, then -- only for an app deployed by an admin key --
+    a readable environment variable of the same name: never the daemon's own credentials)."""
     values: dict[str, str] = {}
-    if keys:
-        values.update({k: os.environ[k] for k in keys if k in os.environ})
+    if keys and environment_allowed:
+        readable = environment.readable()
+        values.update({k: readable[k] for k in keys if k in readable})
     rows = AppSecret.objects.filter(app_id=app_id)
     if keys is not None:
         rows = rows.filter(key__in=keys)
@@ -103,9 +109,17 @@ def secret_exists(*, app_id: str, key: str) -> bool:
 def app_runtime(*, app_id: str) -> CompiledApp:
     """The compiled app with secrets resolved in memory: use it to run agents and tools."""
     compiled = app_compiled(app_id=app_id)
-    if not compiled.secret_refs:
+    if compiled.mode in ("background", "pipeline"):
+        raise ValidationError(
+            f"App '{app_id}' runs in '{compiled.mode}' mode, which this daemon does not run yet; "
+            "deploy it with runtime.mode: conversation or one_shot."
+        )
+    env = environment.readable() if compiled.environment_allowed else {}
+    if not compiled.secret_refs and not compiled.env_refs and not _needs_conventional_key(compiled):
         return compiled
-    values = secret_values(app_id=app_id, keys=compiled.secret_refs)
+    values = secret_values(
+        app_id=app_id, keys=compiled.secret_refs, environment_allowed=compiled.environment_allowed
+    ) if compiled.secret_refs else {}
     missing = compiled.missing_secrets(values)
     if missing:
         key = missing[0]
@@ -114,7 +128,49 @@ def app_runtime(*, app_id: str) -> CompiledApp:
             f"`digitorn secret set {app_id} {key}` or PUT /api/apps/{app_id}/secrets/{key}.",
             details={"missing_secrets": missing},
         )
-    return compiled.with_secrets(values)
+    return _conventional_keys(compiled.with_secrets(values, env), env)
+
+
+def _needs_conventional_key(compiled: CompiledApp) -> bool:
+    """Cheap test first: most apps (scripted brains, explicit keys) skip the rewrite on the hot path."""
+    if not compiled.environment_allowed:
+        return False
+    for agent in compiled.agents:
+        brain = agent.brain
+        while brain is not None:
+            spec = provider_named(brain.provider or "")
+            if spec is not None and spec.env_key and not (brain.config or {}).get("api_key"):
+                return True
+            brain = brain.fallback_spec()
+    return False
+
+
+def _conventional_keys(compiled: CompiledApp, env: dict[str, str]) -> CompiledApp:
+    """A brain with no api_key takes its provider's conventional variable (OPENAI_API_KEY, ...) only
+    under ``providers.conventional_key_allowed``: app deployed by an admin key, and the provider's own
+    default base URL (a deployer's base_url must not receive the daemon's key)."""
+    if not compiled.environment_allowed:
+        return compiled
+    extra: list[str] = []
+
+    def fill(brain: dict) -> dict:
+        config = dict(brain.get("config") or {})
+        spec = provider_named(brain.get("provider") or "")
+        if not config.get("api_key") and spec is not None and conventional_key_allowed(
+            environment_allowed=True, provider=spec.name, base_url=str(config.get("base_url") or "")
+        ) and env.get(spec.env_key):
+            config["api_key"] = env[spec.env_key]
+            extra.append(env[spec.env_key])
+        out = {**brain, "config": config}
+        if brain.get("fallback"):
+            out["fallback"] = fill(brain["fallback"])
+        return out
+
+    data = compiled.to_dict()
+    data["agents"] = [{**a, "brain": fill(a["brain"])} for a in data["agents"]]
+    if not extra:
+        return compiled
+    return replace(CompiledApp.from_dict(data), secret_values=tuple([*compiled.secret_values, *extra]))
 
 
 def app_rate_limit(*, app_id: str) -> int:
@@ -138,6 +194,9 @@ def app_summary(app: App) -> dict:
         "total_tools": app.total_tools,
         "total_categories": app.total_categories,
         "deployed_at": app.deployed_at.timestamp(),
+        "workspace_mode": compiled.runtime.workdir_mode,
+        "greeting": compiled.ui.get("greeting") or "",
+        "warnings": list(compiled.warnings),
     }
 
 
@@ -147,6 +206,16 @@ def app_detail(app: App) -> dict:
     return {
         **app_summary(app),
         "description": app.description,
+        **{k: v for k, v in compiled.app_meta.items()},
+        "quick_prompts": compiled.app_meta.get("quick_prompts") or compiled.ui.get("quick_prompts") or [],
+        "theme": compiled.ui.get("theme") or {},
+        "features": compiled.ui.get("features") or {},
+        "agents_detail": [
+            {"id": a.id, "name": a.name, "role": a.role, "specialty": a.specialty, "provider": a.brain.provider,
+             "model": a.brain.model}
+            for a in compiled.agents
+        ],
+        "entry_agent": compiled.agent().id if compiled.agents else "",
         "yaml_hash": app.yaml_hash,
         "source_path": app.source_path,
         "missing_secrets": list(app.missing_secrets),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets as pysecrets
@@ -13,12 +14,19 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from apps_registry.manifest import environment
 from apps_registry.manifest.compiled import CompiledApp
 from apps_registry.models import ApiKey, App, AppSecret
 from apps_registry.selectors import app_get, hash_key
 from digitorn_site import crypto, signals
 from digitorn_site.api.auth import SCOPES
-from digitorn_site.errors import ConflictError, NotFoundError, PayloadTooLargeError, ValidationError
+from digitorn_site.errors import (
+    ConflictError,
+    ForbiddenError,
+    NotFoundError,
+    PayloadTooLargeError,
+    ValidationError,
+)
 
 SECRET_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_SECRET_BYTES = 64 * 1024
@@ -28,10 +36,24 @@ MAX_SECRET_BYTES = 64 * 1024
 
 
 def _anchor_workspaces(compiled: CompiledApp, base_dir: Path) -> CompiledApp:
-    """Relative ``workspace`` settings are relative to the manifest's folder, as users expect."""
+    """Relative ``workspace`` settings are relative to the manifest's folder, as users expect.
+
+    ``runtime.workdir`` (the original's ``execution.workspace``) is the working directory of the
+    modules that have a workspace setting and do not set one themselves.
+    """
+    from tooling import registry
+
     modules = {}
+    workdir = compiled.runtime.workdir if compiled.runtime.workdir_mode != "none" else ""
     for module_id, config in compiled.modules.items():
         config = dict(config or {})
+        if workdir and not config.get("workspace") and "{{" not in workdir:
+            try:
+                has_workspace = "workspace" in (registry.module_config_schema(module_id).get("properties") or {})
+            except Exception:  # noqa: BLE001 - an unknown module keeps its config as written
+                has_workspace = False
+            if has_workspace:
+                config["workspace"] = workdir
         workspace = config.get("workspace")
         if isinstance(workspace, str) and workspace and not os.path.isabs(os.path.expanduser(workspace)):
             config["workspace"] = str((base_dir / workspace).resolve())
@@ -41,18 +63,124 @@ def _anchor_workspaces(compiled: CompiledApp, base_dir: Path) -> CompiledApp:
     return replace(compiled, modules=modules)
 
 
-def _available_secret_keys(app_id: str, refs: tuple[str, ...]) -> set[str]:
+def _available_secret_keys(app_id: str, refs: tuple[str, ...], environment_allowed: bool) -> set[str]:
     stored = set(AppSecret.objects.filter(app_id=app_id).values_list("key", flat=True))
-    return stored | {k for k in refs if k in os.environ}
+    if not environment_allowed:
+        return stored
+    readable = environment.readable()
+    return stored | {k for k in refs if k in readable}
+
+
+MAX_ASSETS_BYTES = 5 * 1024 * 1024
+MAX_BUNDLE_FILE_BYTES = 1024 * 1024
+
+
+def _check_relpath(rel: object, where: str) -> str:
+    if not isinstance(rel, str) or not rel or "\x00" in rel:
+        raise ValidationError(f"{where}: a file name must be a non-empty string.")
+    parts = rel.replace("\\", "/").split("/")
+    if rel.startswith(("/", "\\")) or ".." in parts or (len(rel) > 1 and rel[1] == ":"):
+        raise ValidationError(f"{where}: '{rel}' must be a relative path without '..'.")
+    return "/".join(p for p in parts if p not in ("", "."))
+
+
+def assets_parse(raw: object) -> dict[str, str]:
+    """The upload's ``assets`` field: JSON ``{relpath: content}``, at most 5 MiB, no '..'/absolute."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, bytes):
+        raw = raw.decode("utf-8", "replace")
+    if isinstance(raw, str):
+        if len(raw.encode()) > MAX_ASSETS_BYTES + 65536:
+            raise PayloadTooLargeError(f"assets: the limit is {MAX_ASSETS_BYTES} bytes.")
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise ValidationError(f"assets: must be a JSON object {{relpath: content}} ({exc}).") from None
+    if not isinstance(raw, dict):
+        raise ValidationError("assets: must be a JSON object {relpath: content}.")
+    out: dict[str, str] = {}
+    total = 0
+    for rel, content in raw.items():
+        key = _check_relpath(rel, "assets")
+        if not isinstance(content, str):
+            raise ValidationError(f"assets: the content of '{rel}' must be a string.")
+        total += len(content.encode())
+        if total > MAX_ASSETS_BYTES:
+            raise PayloadTooLargeError(f"assets: the files add up to more than {MAX_ASSETS_BYTES} bytes.")
+        out[key] = content
+    return out
+
+
+def secrets_parse(raw: object) -> dict[str, str]:
+    """Deploy ``secrets``: a mapping {KEY: value} (a JSON string in the upload form)."""
+    if raw is None or raw == "":
+        return {}
+    if isinstance(raw, str):
+        try:
+            raw = json.loads(raw)
+        except ValueError as exc:
+            raise ValidationError(f"secrets: must be a JSON object {{KEY: value}} ({exc}).") from None
+    if not isinstance(raw, dict):
+        raise ValidationError("secrets: must be an object {KEY: value}.")
+    for key, value in raw.items():
+        _validate_secret_key(key)
+        if not isinstance(value, str) or not value:
+            raise ValidationError(f"secrets.{key}: must be a non-empty string.")
+        if len(value.encode()) > MAX_SECRET_BYTES:
+            raise PayloadTooLargeError(f"secrets.{key}: secrets are limited to {MAX_SECRET_BYTES} bytes.")
+    return dict(raw)
+
+
+def _folder_files(folder: Path):
+    """Reader of the files beside a manifest deployed by path ({{prompt.X}}, {{asset.X}})."""
+    root = folder.resolve()
+
+    def read(rel: str) -> str | None:
+        try:
+            rel = _check_relpath(rel, "file")
+        except ValidationError:
+            return None
+        path = (root / rel).resolve()
+        if root not in path.parents or not path.is_file() or settings.DATA_DIR in path.parents:
+            return None
+        if path.stat().st_size > MAX_BUNDLE_FILE_BYTES:
+            return None
+        try:
+            return path.read_text("utf-8")
+        except (OSError, UnicodeDecodeError):
+            return None
+
+    return read
 
 
 @transaction.atomic
-def app_deploy(*, text: str | bytes, source_path: str = "", force: bool = False) -> App:
+def app_deploy(
+    *,
+    text: str | bytes,
+    source_path: str = "",
+    force: bool = False,
+    secrets: dict[str, str] | None = None,
+    assets: dict[str, str] | None = None,
+    admin: bool = True,
+) -> App:
+    """Compile and store an app. ``admin``: the deployer holds the ``admin`` scope; only then may the
+    manifest read the daemon's environment ({{env.X}}, the {{secret.X}} fallback, providers'
+    conventional key variables). ``secrets`` are applied to the compile and stored encrypted."""
     from apps_registry.manifest.compiler import compile_manifest
     from tooling.selectors import tool_index_for
 
-    result = compile_manifest(text)
-    compiled = result.app
+    secrets = dict(secrets or {})
+    if assets is not None:
+        files = assets.get
+    elif source_path:
+        files = _folder_files(Path(source_path).parent)
+    else:
+        files = None
+    result = compile_manifest(
+        text, secrets=secrets, environ=environment.readable() if admin else {}, files=files
+    ) if admin else _compile_without_environment(compile_manifest, text, secrets, files)
+    compiled = replace(result.app, environment_allowed=admin)
     # Uploaded manifests have no folder of their own: their relative workspaces live in the data dir.
     base_dir = Path(source_path).parent if source_path else settings.DATA_DIR / "workspaces" / compiled.app_id
     compiled = _anchor_workspaces(compiled, base_dir)
@@ -65,7 +193,7 @@ def app_deploy(*, text: str | bytes, source_path: str = "", force: bool = False)
         )
 
     index = tool_index_for(compiled)
-    available = _available_secret_keys(compiled.app_id, compiled.secret_refs)
+    available = _available_secret_keys(compiled.app_id, compiled.secret_refs, admin) | set(secrets)
     now = timezone.now()
     fields = {
         "name": compiled.name,
@@ -83,6 +211,8 @@ def app_deploy(*, text: str | bytes, source_path: str = "", force: bool = False)
     }
     # A forced redeploy updates the row in place: secrets (FK) and sessions (by app_id) survive.
     app, _ = App.objects.update_or_create(app_id=compiled.app_id, defaults=fields)
+    for key, value in secrets.items():
+        AppSecret.objects.update_or_create(app=app, key=key, defaults={"ciphertext": crypto.encrypt(value)})
     transaction.on_commit(lambda: signals.app_deployed.send(sender=App, app_id=app.app_id))
     return app
 
@@ -126,9 +256,32 @@ def _read_manifest_file(yaml_path: str) -> tuple[bytes, str]:
     return data, str(resolved)
 
 
-def app_deploy_path(*, yaml_path: str, force: bool = False) -> App:
+def _compile_without_environment(compile_manifest, text, secrets, files):
+    """A deployer without the admin scope may not read the daemon's environment: a manifest that
+    names {{env.X}} is refused (403) before anything is stored."""
+    from apps_registry.manifest import interpolation
+
+    result = compile_manifest(text, secrets=secrets, environ={}, files=files) if _no_env(text, interpolation) else None
+    if result is None:
+        names = sorted(set(interpolation.env_names(text)))
+        raise ForbiddenError(
+            "Only an API key with the 'admin' scope may deploy a manifest that reads the daemon's environment "
+            f"({', '.join('{{env.' + n + '}}' for n in names)}); store the values as app secrets "
+            "({{secret.X}}) instead.",
+            details={"env": names},
+        )
+    return result
+
+
+def _no_env(text, interpolation) -> bool:
+    return not interpolation.env_names(text)
+
+
+def app_deploy_path(
+    *, yaml_path: str, force: bool = False, secrets: dict[str, str] | None = None, admin: bool = True
+) -> App:
     data, resolved = _read_manifest_file(yaml_path)
-    return app_deploy(text=data, source_path=resolved, force=force)
+    return app_deploy(text=data, source_path=resolved, force=force, secrets=secrets, admin=admin)
 
 
 def app_undeploy(*, app_id: str) -> None:
@@ -139,9 +292,11 @@ def app_undeploy(*, app_id: str) -> None:
 
 
 def app_recompile(*, app_id: str) -> App:
-    """Redeploy from the stored YAML (after a secret changes, or from the admin)."""
+    """Redeploy from the stored YAML (after a secret changes, or from the admin), keeping the
+    environment permission the app was deployed with."""
     app = app_get(app_id=app_id)
-    return app_deploy(text=app.raw_yaml, source_path=app.source_path, force=True)
+    admin = CompiledApp.from_dict(app.compiled).environment_allowed
+    return app_deploy(text=app.raw_yaml, source_path=app.source_path, force=True, admin=admin)
 
 
 @transaction.atomic
@@ -169,7 +324,7 @@ def _validate_secret_key(key: str) -> None:
 
 def _refresh_missing_secrets(app: App) -> None:
     compiled = CompiledApp.from_dict(app.compiled)
-    available = _available_secret_keys(app.app_id, compiled.secret_refs)
+    available = _available_secret_keys(app.app_id, compiled.secret_refs, compiled.environment_allowed)
     app.missing_secrets = [k for k in compiled.secret_refs if k not in available]
     app.save(update_fields=["missing_secrets", "updated_at"])
 

@@ -32,7 +32,6 @@ from digitorn_site import fastsql
 log = logging.getLogger("digitorn.engine")
 
 WORKER_ID = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-META_TOOLS_THRESHOLD = 40
 TOKEN_FLUSH_SECONDS = 0.25
 RECAP_ITEM_CHARS = 300
 # Older messages summarised in a recap at most; anything before them is only counted. Bounds both
@@ -42,6 +41,8 @@ RECAP_MAX_ITEMS = 40
 # cut keeps this share of the window. A cut that moves at every step would write a `hook` event per
 # step and change the recap (the prompt's prefix, which providers cache) at every model call.
 RECOMPACT_KEEP = 0.75
+# runtime.context.max_tokens 0 means "the model's window"; without a model table, assume this much.
+DEFAULT_CONTEXT_TOKENS = 128_000
 
 # Sessions this process is advancing, and those poked again while it was (re-check on exit).
 _running: set[int] = set()
@@ -420,14 +421,31 @@ class _TurnRunner:
         system = []
         if self.agent.system_prompt:
             system.append({"role": "system", "content": self.agent.system_prompt})
+        if "memory" in self.app.modules:
+            # The original renders working memory (goal, tasks, facts) into the prompt every turn.
+            memory = await db(working_memory_text)(self.app.app_id, self.claim.session_id)
+            if memory:
+                system.append({"role": "system", "content": memory})
+        # runtime.context / brain.context (the original's ContextConfig): compact to keep_recent when
+        # the estimated tokens pass compression_trigger of the budget; 'truncate' drops the older
+        # messages, 'summarize' keeps a recap of them. The message window stays a hard cap.
+        context = self.agent.brain.context or getattr(self.app.runtime, "context", None) or {}
         window = self.window
+        strategy = "summarize"
+        if context:
+            strategy = context.get("strategy", "summarize")
+            budget = int(context.get("max_tokens") or 0) or DEFAULT_CONTEXT_TOKENS
+            budget = max(budget - int(context.get("output_reserved") or 0), 256)
+            tokens = sum(len(m.content or "") for m in transcript) // 4
+            if tokens > budget * float(context.get("compression_trigger", 0.75)):
+                window = min(window, max(int(context.get("keep_recent", 10)), 2))
         body = transcript
         if len(transcript) > window:
             cut = _stable_cut(transcript, window, self.compacted_upto)
             if cut > 0:
                 older, body = transcript[:cut], transcript[cut:]
-                recap = _recap(older)
-                system.append({"role": "system", "content": recap})
+                if strategy != "truncate":
+                    system.append({"role": "system", "content": _recap(older)})
                 upto = older[-1].pk
                 if upto != self.compacted_upto:
                     self.compacted_upto = upto
@@ -604,16 +622,33 @@ def _interrupted(name: str) -> dict:
     }
 
 
+def working_memory_text(app_id: str, session_id: str) -> str:
+    from tooling.modules.memory import working_memory
+
+    return working_memory(app_id=app_id, session_id=session_id)
+
+
 def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict[str, str]]:
     from tooling.background import background_meta_tools
+    from tooling.index import injection_mode
     from tooling.registry import BACKGROUND_META_TOOL_NAMES, DISCOVERY_META_TOOL_NAMES
     from tooling.selectors import meta_tools, tools_for_agent
 
     visible = tools_for_agent(app, agent_id)
     risk = {t["name"]: t.get("risk_level", "medium") for t in visible}
-    # Discovery meta-tools are offered only when the tools do not fit, but a call to one is always
-    # understood (a scripted rule may use execute_tool directly); it goes through the same gate.
-    shown = [dict(t) for t in meta_tools()] if len(visible) > META_TOOLS_THRESHOLD else visible
+    # runtime.tool_injection (the original's §3.4): direct / compact_direct give every visible tool;
+    # discovery gives the meta-tools plus runtime.direct_modules and memory (always one call away).
+    # Unset: discovery only when the tools do not fit. A call to a meta-tool is always understood
+    # (a scripted rule may use execute_tool directly); it goes through the same gate.
+    mode = injection_mode(app, len(visible))
+    if mode == "compact_direct":
+        # Every tool, with its description cut to the first sentence (the original's compact form).
+        visible = [{**t, "description": (t.get("description") or "").split(". ")[0][:160]} for t in visible]
+    if mode == "discovery":
+        always = {*getattr(app.runtime, "direct_modules", ()), "memory"}
+        shown = [dict(t) for t in meta_tools()] + [t for t in visible if t["name"].partition(".")[0] in always]
+    else:
+        shown = visible
     tools = [{k: t[k] for k in ("name", "description", "parameters") if k in t} for t in shown]
     tools.extend(background_meta_tools())
     return tools, set(DISCOVERY_META_TOOL_NAMES), set(BACKGROUND_META_TOOL_NAMES), risk

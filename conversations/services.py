@@ -42,6 +42,18 @@ def idle_seconds_for(app_id: str) -> int:
     return compiled.runtime.session_idle_seconds or settings.DIGITORN_SESSION_IDLE_SECONDS
 
 
+def _check_runnable(app_id: str) -> None:
+    """background and pipeline apps compile but do not run here yet: a clear 400, not a stuck turn."""
+    from apps_registry.selectors import app_compiled
+
+    mode = app_compiled(app_id=app_id).mode
+    if mode in ("background", "pipeline"):
+        raise ValidationError(
+            f"App '{app_id}' runs in '{mode}' mode, which this daemon does not run yet; "
+            "deploy it with runtime.mode: conversation or one_shot."
+        )
+
+
 def _is_expired(session: Session, idle_seconds: int, now: datetime) -> bool:
     if session.last_active >= now - timedelta(seconds=idle_seconds):
         return False
@@ -169,6 +181,7 @@ def message_enqueue(
     """Queue a turn in the session (FIFO, serial); 429 QUEUE_FULL beyond DIGITORN_QUEUE_DEPTH waiting."""
     if kind == Turn.Kind.MESSAGE:
         message = _validate_message(message, field_name)
+        _check_runnable(app_id)
     session = session_resolve(app_id=app_id, session_id=session_id, principal=principal, create=True)
     with transaction.atomic():
         # One statement locks the row (PostgreSQL; SQLite holds the write lock already), marks the

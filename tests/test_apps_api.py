@@ -71,6 +71,7 @@ def test_deploy_list_get_undeploy(client, manifest):
     summary = body["data"]
     assert set(summary) == {
         "app_id", "name", "version", "mode", "agents", "modules", "total_tools", "total_categories", "deployed_at",
+        "workspace_mode", "greeting", "warnings",
     }
     assert summary["app_id"] == "demo"
     assert summary["name"] == "Demo App"

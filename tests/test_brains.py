@@ -404,10 +404,17 @@ def test_anthropic_errors_map_to_kinds(llm):
 
 
 def test_brain_for_unknown_provider_names_the_field():
+    # gemini is one of the original's OpenAI-compatible providers now; a made-up name is not.
     with pytest.raises(BrainError) as info:
-        brain_for(agent("gemini"))
+        brain_for(agent("gemeni-x"))
     assert "agents.main.brain.provider" in info.value.message
     assert "openai" in info.value.message
+
+
+def test_brain_for_unservable_provider_says_why():
+    with pytest.raises(BrainError) as info:
+        brain_for(agent("github_copilot"))
+    assert "cannot be served by this daemon" in info.value.message
 
 
 def test_openai_without_model_is_reported(llm):
@@ -584,3 +591,35 @@ def test_scripted_malformed_rules_are_reported_with_paths():
     err = brain_error(scripted([{"steps": [{"calls": []}]}]), [{"role": "user", "content": "x"}])
     assert err.kind == "bad_response"
     assert "agents.main.brain.config.rules[0].steps[0].calls" in err.message
+
+
+# -- the original's brain options -----------------------------------------------------------------
+
+
+def test_native_tool_use_false_describes_tools_in_the_prompt_and_reads_calls_from_text(llm):
+    from dataclasses import replace
+
+    llm.enqueue_text('Reading it. <tool_call>{"name": "filesystem.read", "arguments": {"path": "a.txt"}}</tool_call>')
+    spec = agent("ollama", base_url=llm.base_url, api_key="sk-test").brain
+    brain = brain_for(AgentSpec(id="main", brain=replace(spec, protocol="openai", native_tool_use=False)))
+    history = [
+        {"role": "user", "content": "read a.txt"},
+        {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "name": "shell.run", "params": {}}]},
+        {"role": "tool", "content": "ok", "tool_call_id": "c1", "name": "shell.run"},
+    ]
+    reply = asyncio.run(brain.complete(messages=history, tools=TOOLS))
+    assert reply.text == "Reading it."
+    assert [(c.name, c.params) for c in reply.tool_calls] == [("filesystem.read", {"path": "a.txt"})]
+    sent = llm.requests[0].json
+    assert "tools" not in sent  # nothing native
+    assert "<tool_call>" in sent["messages"][0]["content"] and "filesystem.read" in sent["messages"][0]["content"]
+    assert all(m["role"] != "tool" for m in sent["messages"])
+    assert any("[result of shell.run]" in (m.get("content") or "") for m in sent["messages"])
+
+
+def test_deepseek_and_other_original_providers_speak_openai_with_their_base_url(llm):
+    llm.enqueue_text("hello from deepseek")
+    spec = BrainSpec(provider="deepseek", protocol="openai", model="deepseek-chat", top_p=0.7,
+                     config={"base_url": llm.base_url, "api_key": "sk-x"})
+    reply = asyncio.run(brain_for(AgentSpec(id="main", brain=spec)).complete(messages=HELLO, tools=[]))
+    assert reply.text == "hello from deepseek" and llm.requests[0].json["top_p"] == 0.7

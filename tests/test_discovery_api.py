@@ -142,7 +142,7 @@ def test_categories_and_category_pages(client, gated_app):
     fs = data["categories"][0]
     assert set(fs) == {"id", "summary", "tool_count"}
     assert fs["tool_count"] == 10 and fs["summary"]  # 11 actions, delete denied
-    assert data["total_categories"] == 3 and data["total_tools"] == 10 + 1 + 3
+    assert data["total_categories"] == 3 and data["total_tools"] == 10 + 1 + 6  # memory: 6 actions
 
     page = client.get(f"/api/apps/{gated_app}/tools/categories/filesystem").json()["data"]
     assert page["category"] == "filesystem" and page["page"] == 1 and page["total_pages"] == 1 and page["summary"]
@@ -176,16 +176,16 @@ def test_tool_schema_with_policy(client, gated_app):
 
 def test_index(client, gated_app):
     data = client.get(f"/api/apps/{gated_app}/index").json()["data"]
-    assert data["total_tools"] == 14 and data["total_categories"] == 3
+    assert data["total_tools"] == 17 and data["total_categories"] == 3
     tools = [t for c in data["categories"] for t in c["tools"]]
-    assert len(tools) == 14 and "filesystem.delete" not in [t["name"] for t in tools]
+    assert len(tools) == 17 and "filesystem.delete" not in [t["name"] for t in tools]
     assert {"name", "params_schema", "side_effects", "policy"} <= set(tools[0]) and "parameters" not in tools[0]
     assert tools[0]["params_schema"]["type"] == "object"
     assert data["tool_injection_mode"] == "direct"
     assert set(data["categories"][0]) == {"id", "summary", "tool_count", "tools"}
     # The deploy summary's counts come from the same index.
     summary = client.get(f"/api/apps/{gated_app}").json()["data"]
-    assert (summary["total_tools"], summary["total_categories"]) == (14, 3)
+    assert (summary["total_tools"], summary["total_categories"]) == (17, 3)
 
 
 def test_unknown_app_is_404_everywhere(client):

@@ -348,3 +348,43 @@ def test_meta_tool_execute_needing_approval_resumes_once_approved(ws):
     assert "Demo project" in events(enq.session_pk)[-1].data["content"]
     # Resuming ran the approved call; it did not ask again.
     assert ApprovalRequest.objects.filter(app_id="eng").count() == 1
+
+
+def test_an_original_style_app_runs_its_entry_agent_with_its_modules_and_working_memory(ws):
+    """Written as for the original: execution:, top-level modules/capabilities, entry_agent, a
+    deepseek brain (through the OpenAI-compatible adapter), per-agent modules, memory tools."""
+    from tests.llm_server import LLMServer
+
+    with LLMServer() as llm:
+        text = f"""
+app: {{app_id: orig, name: Original}}
+execution: {{mode: conversation, entry_agent: planner, max_turns: 5}}
+agents:
+  - id: helper
+    brain: {{provider: scripted, config: {{rules: [{{steps: [{{say: wrong agent}}]}}]}}}}
+  - id: planner
+    role: coordinator
+    brain: {{provider: deepseek, model: deepseek-chat, config: {{base_url: "{llm.base_url}", api_key: sk-test}}}}
+    modules: [memory]
+modules:
+  filesystem: {{workspace: "{ws}"}}
+  memory: {{}}
+capabilities:
+  default_policy: approve
+  grant: [{{module: filesystem, tools: [read]}}]
+"""
+        deploy(text)
+        llm.enqueue_tool_calls(("memory.set_goal", {"goal": "Ship it"}))
+        llm.enqueue_text("Goal set.")
+        llm.enqueue_text("Still on it.")
+        first = send("orig", "plan the release")
+        run(first.session_pk)
+        done = [e.data for e in events(first.session_pk) if e.type == "done"][-1]
+        assert done["content"] == "Goal set." and done["tool_calls_count"] == 1
+        sent_tools = [t["function"]["name"] for t in llm.requests[0].json.get("tools", [])]
+        assert any(name.startswith("memory") for name in sent_tools)
+        assert not any(name.startswith("filesystem") for name in sent_tools)  # planner lists only memory
+        second = send("orig", "and now?")
+        run(second.session_pk)
+        system = [m["content"] for m in llm.requests[-1].json["messages"] if m["role"] == "system"]
+        assert any("Goal: Ship it" in s for s in system)  # working memory, rendered every turn

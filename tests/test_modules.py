@@ -71,7 +71,7 @@ def test_registry_lists_builtin_modules_with_actions_and_schemas():
     assert actions["shell"] == ["run"]
     assert set(actions["database"]) == {"query", "execute", "list_tables", "describe"}
     assert set(actions["http"]) == {"get", "post", "request"}
-    assert set(actions["memory"]) == {"remember", "recall", "forget"}
+    assert set(actions["memory"]) == {"remember", "recall", "forget", "set_goal", "task_create", "task_update"}
     assert "workspace" in registry.module_config_schema("filesystem")["properties"]
     for cls in registry.all_modules().values():
         for spec in cls.actions.values():

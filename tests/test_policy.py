@@ -63,7 +63,10 @@ TABLE = [
     (caps(max_risk="low", default="auto"), None, "filesystem.write", "medium", "block"),
     (caps(max_risk="low", grant=["filesystem.write"]), None, "filesystem.write", "medium", "auto"),
     (caps(max_risk="low", approve=["shell"]), None, "shell.run", "high", "approve"),
-    (caps(max_risk="low", default="approve"), None, "memory.recall", "low", "approve"),
+    # memory is auto-allowed as in the original (working memory), unless denied or under approve.
+    (caps(max_risk="low", default="approve"), None, "memory.recall", "low", "auto"),
+    (caps(max_risk="low", default="approve"), None, "shell.run", "low", "approve"),
+    (caps(deny=["memory"], default="auto"), None, "memory.remember", "low", "block"),
     # 24-27: default_policy for everything no rule names (default approve)
     (Capabilities(), None, "http.get", "low", "approve"),
     (caps(default="auto"), None, "http.get", "low", "auto"),

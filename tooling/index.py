@@ -23,6 +23,17 @@ from tooling import registry
 from tooling.search import ToolDoc, ToolSearchIndex
 
 _CACHE_SIZE = 128
+# Auto tool injection (runtime.tool_injection unset): every tool as a native function while they
+# fit, the discovery meta-tools beyond this many.
+DIRECT_TOOLS_LIMIT = 40
+
+
+def injection_mode(app: Any, tool_count: int) -> str:
+    """runtime.tool_injection, or the automatic choice for ``tool_count`` visible tools."""
+    forced = getattr(getattr(app, "runtime", None), "tool_injection", None)
+    if forced:
+        return forced
+    return "discovery" if tool_count > DIRECT_TOOLS_LIMIT else "direct"
 
 
 @dataclass(frozen=True)
@@ -89,6 +100,7 @@ class ToolIndex:
     blocked: dict[str, ToolSpec]
     categories: dict[str, Category]
     _search: ToolSearchIndex = field(repr=False)
+    tool_injection_mode: str = "direct"
     _by_name: dict[str, ToolSpec] = field(default_factory=dict, repr=False)
     _aliases: dict[str, list[ToolSpec]] = field(default_factory=dict, repr=False)
     # False when a virtual module (an MCP server) could not be listed: such an index is not cached,
@@ -165,6 +177,7 @@ class ToolIndex:
         return {
             "total_tools": self.total_tools,
             "total_categories": self.total_categories,
+            "tool_injection_mode": self.tool_injection_mode,
             "categories": [
                 {**category.summary(), "tools": [tool.detail() for tool in category.tools]}
                 for category in self.categories.values()
@@ -236,6 +249,7 @@ def build_index(app: Any) -> ToolIndex:
         blocked=blocked,
         categories=categories,
         _search=ToolSearchIndex.build(docs),
+        tool_injection_mode=injection_mode(app, len(visible)),
         _by_name={tool.name: tool for tool in visible + hidden},
         _aliases=aliases,
         complete=set(registry.virtual_module_ids(app.modules)) <= set(virtual),

@@ -22,7 +22,12 @@ class DeployView(ApiView):
 
     def post(self, request):
         body = self.parse(DeploySerializer)
-        app = services.app_deploy_path(yaml_path=body["yaml_path"], force=body["force"])
+        app = services.app_deploy_path(
+            yaml_path=body["yaml_path"],
+            force=body["force"],
+            secrets=services.secrets_parse(body.get("secrets")),
+            admin="admin" in self.principal.scopes,
+        )
         return ok(selectors.app_summary(app))
 
 
@@ -43,9 +48,35 @@ class DeployUploadView(ApiView):
         limit = settings.DIGITORN_MAX_UPLOAD_BYTES
         if upload.size > limit:
             raise PayloadTooLargeError(f"file: the upload is {upload.size} bytes; the limit is {limit} bytes.")
-        body = self.parse(UploadSerializer, {"file": upload, "force": request.data.get("force", False)})
-        app = services.app_deploy(text=body["file"].read(), force=body["force"])
+        body = self.parse(
+            UploadSerializer,
+            {
+                "file": upload,
+                "force": request.data.get("force", False),
+                "secrets": _form_text(request, "secrets"),
+                "assets": _form_text(request, "assets"),
+            },
+        )
+        app = services.app_deploy(
+            text=body["file"].read(),
+            force=body["force"],
+            secrets=services.secrets_parse(body["secrets"]),
+            assets=services.assets_parse(body["assets"]) if body["assets"] else None,
+            admin="admin" in self.principal.scopes,
+        )
         return ok(selectors.app_summary(app))
+
+
+def _form_text(request, name: str) -> str:
+    """A text form field, or an uploaded file part of that name (``-F assets=@assets.json``)."""
+    part = request.FILES.get(name)
+    if part is not None:
+        limit = services.MAX_ASSETS_BYTES + 65536
+        if part.size > limit:
+            raise PayloadTooLargeError(f"{name}: the part is {part.size} bytes; the limit is {limit} bytes.")
+        return part.read().decode("utf-8", "replace")
+    value = request.data.get(name, "")
+    return value if isinstance(value, str) else ""
 
 
 class AppDetailView(ApiView):

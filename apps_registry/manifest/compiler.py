@@ -1,9 +1,9 @@
 """The manifest compiler: YAML text -> :class:`CompiledApp`, or one :class:`ManifestError` listing
 every problem found.
 
-Pipeline: parse (``loader``) -> alias pass, legacy flat form to schema_version 2 (``legacy``) ->
-interpolation of ``{{env.X}}`` / ``{{secret.X}}`` (``interpolation``) -> validation and build
-(``validation``). Interpolation runs before the type checks so that ``timeout: "{{env.T ?? '30'}}"``
+Pipeline: parse (``loader``) -> alias pass, the original's legacy forms folded into the canonical
+blocks (``legacy``) -> interpolation of ``{{env.X}}`` / ``{{secret.X}}`` / ``{{sys.*}}`` / bundle
+files (``interpolation``) -> validation and build (``validation``). Interpolation runs before the type checks so that ``timeout: "{{env.T ?? '30'}}"``
 is checked as the number it resolves to; its errors carry paths like every other error.
 
 Secrets: ``{{secret.KEY}}`` markers are kept in the compiled app in every case (they are never
@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from digitorn_site.errors import ManifestError
 
+from . import environment
 from .compiled import CompiledApp
-from .interpolation import interpolate
+from .interpolation import interpolate, restore_env_markers
 from .legacy import fold
 from .loader import load
 from .problems import Path, PathMap, Problems, format_path
@@ -53,20 +54,34 @@ def compile_manifest(
     *,
     secrets: dict[str, str] | None = None,
     environ: Mapping[str, str] | None = None,
+    files: Callable[[str], str | None] | None = None,
 ) -> CompileResult:
     """Compile a manifest; raises ``ManifestError`` whose ``errors`` are ``{"path", "message"}`` items
-    (plus ``line``/``column`` where the file position is known), in the order they were found."""
+    (plus ``line``/``column`` where the file position is known), in the order they were found.
+
+    ``environ``: the variables ``{{env.X}}`` may read (default: the process environment minus what
+    ``environment.refusal`` refuses: the daemon's own credentials, names outside
+    ``DIGITORN_MANIFEST_ENV``). ``files``: relative path -> text of the files beside the manifest
+    (``{{prompt.X}}``, ``{{asset.X}}``, ...), or None.
+    """
     from tooling import registry
 
     loaded = load(text)
-    environ = os.environ if environ is None else environ
+    process_env = os.environ
+    environ = environment.readable(process_env) if environ is None else environ
     secrets = secrets or {}
     problems = Problems()
 
     canonical, paths = fold(loaded.data, problems)
     if canonical is None:
         raise ManifestError(_render(problems.errors, paths, loaded.locations))
-    interpolated = interpolate(canonical, environ=environ, problems=problems)
+    interpolated = interpolate(
+        canonical,
+        environ=environ,
+        problems=problems,
+        env_refusal=lambda name: environment.refusal(name, process_env),
+        files=files,
+    )
     app = build_app(
         interpolated.tree,
         problems=problems,
@@ -75,6 +90,7 @@ def compile_manifest(
         catalog=_catalog(registry, interpolated.tree),
         config_schema=registry.module_config_schema,
         meta_tools=registry.META_TOOL_NAMES,
+        env_refs=interpolated.env_refs,
     )
     if problems or app is None:
         raise ManifestError(_render(problems.errors, paths, loaded.locations))
@@ -84,6 +100,11 @@ def compile_manifest(
         f"{shown}: {message}" if (shown := format_path(paths.to_original(path))) else message
         for path, message in _unique(problems.warnings)
     )
+    # The stored form keeps {{env.X}} markers in text values: environment values are resolved in
+    # memory when the app runs, like secrets (and masked in outputs).
+    stored = restore_env_markers(app.to_dict(), interpolated.env_marked)
+    stored["warnings"] = list(warnings)
+    app = CompiledApp.from_dict(stored)
     return CompileResult(
         app=app,
         raw_yaml=loaded.text,

@@ -1,114 +1,141 @@
-"""The alias pass: fold the legacy flat form (schema_version 1) into the canonical form (2).
+"""The alias pass: fold the legacy forms into the canonical blocks, as the original Digitorn does.
 
-Both forms must compile to the same CompiledApp, so every legacy spelling is rewritten here, before
-validation, and a :class:`PathMap` remembers where each moved value came from so that errors still
-name the path the author wrote (``execution.max_turns``, not ``runtime.max_turns``).
+The original (``core/app/schema_aliases.py``) reshapes a manifest before validating it; this pass
+does the same, so that every manifest written for it compiles here unchanged:
 
-Legacy spellings accepted:
+* ``execution:`` -> ``runtime:`` (``workspace`` -> ``workdir``, ``workspace_mode`` -> ``workdir_mode``,
+  ``greeting`` -> ``ui.greeting``, ``sandbox`` / ``credentials_schema`` -> ``security``);
+* ``runtime.flow`` -> top-level ``flow``; ``runtime.greeting|sandbox|credentials_schema`` and
+  ``runtime.workspace|workspace_mode`` are lifted the same way when written in ``runtime:``;
+* top-level ``modules`` / ``capabilities`` / ``channels`` -> ``tools.*``; ``behavior`` ->
+  ``security.behavior``; ``widgets`` / ``workspace`` / ``preview`` / ``theme`` / ``features`` /
+  ``slash_commands`` -> ``ui.*``; ``skills`` / ``variables`` / ``include`` -> ``dev.*``;
+  ``middleware`` / ``pipeline`` -> ``runtime.*``; ``dependencies:`` is split the same way;
+* ``app.features`` / ``app.theme`` -> ``ui.*``; per agent ``coordination:`` / ``instructions:``
+  -> ``delegate_to`` / ``pool`` / ``skills`` / ``capabilities`` / ``specialty``.
 
-* top-level ``app_id``, ``name``, ``version``, ``description``, ``mode`` -> ``app.*``;
-* ``execution: {mode, max_turns, timeout, approval_timeout, ...}`` -> ``app.mode`` + ``runtime.*``;
-* top-level ``modules:`` (a mapping, or a list of module ids) -> ``tools.modules``;
-* top-level ``capabilities:`` -> ``tools.capabilities``;
-* ``agent:`` (one mapping; ``id`` defaults to ``main``) -> ``agents: [...]``;
-* in an agent, ``provider:``/``model:`` beside the other keys, or ``brain: "openai/gpt-4o-mini"``
-  -> ``brain: {provider, model}``.
+The legacy forms may sit beside the nested blocks (``app:`` with ``execution:``, most of the
+original's examples): when both set the same key, **the nested form wins** and the dropped legacy
+value is reported as a warning. This project's own earlier forms keep compiling too: top-level
+``app_id`` / ``name`` / ``version`` / ``description`` / ``mode`` (folded into ``app`` / ``runtime``),
+``app.mode`` (-> ``runtime.mode``), ``agent:`` (one agent, id ``main``), a module list
+(``modules: [filesystem]``), and in an agent ``provider:`` / ``model:`` beside the other keys or
+``brain: "openai/gpt-4o-mini"``.
+
+A :class:`PathMap` remembers where each moved value came from so errors name the path the author
+wrote (``execution.max_turns``, not ``runtime.max_turns``).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from .problems import Path, PathMap, Problems, describe_type, did_you_mean
+from .problems import Path, PathMap, Problems, describe_type
 
-CANONICAL_KEYS = ("schema_version", "app", "runtime", "agents", "tools", "security", "ui", "dev")
-CANONICAL_ONLY = ("app", "runtime", "tools")
-# legacy key -> where it lives in the canonical form
-LEGACY_ONLY = {
-    "app_id": "app.app_id",
-    "name": "app.name",
-    "version": "app.version",
-    "description": "app.description",
-    "mode": "app.mode",
-    "execution": "runtime (and app.mode)",
-    "modules": "tools.modules",
-    "capabilities": "tools.capabilities",
-    "agent": "agents (a list)",
+CANONICAL_KEYS = (
+    "schema_version", "app", "runtime", "agents", "tools", "security", "ui", "dev", "flow", "templates",
+)
+# Top-level keys of the Go port accepted as-is (reported as not acted on).
+EXTRA_TOP_KEYS = ("requirements", "context", "documents")
+TOP_LEVEL_TO_NESTED: dict[str, tuple[str, str]] = {
+    "modules": ("tools", "modules"),
+    "capabilities": ("tools", "capabilities"),
+    "channels": ("tools", "channels"),
+    "behavior": ("security", "behavior"),
+    "widgets": ("ui", "widgets"),
+    "workspace": ("ui", "workspace"),
+    "preview": ("ui", "preview"),
+    "theme": ("ui", "theme"),
+    "features": ("ui", "features"),
+    "slash_commands": ("ui", "slash_commands"),
+    "greeting": ("ui", "greeting"),
+    "skills": ("dev", "skills"),
+    "variables": ("dev", "variables"),
+    "include": ("dev", "include"),
+    "middleware": ("runtime", "middleware"),
+    "pipeline": ("runtime", "pipeline"),
 }
-LEGACY_KEYS = ("schema_version", *LEGACY_ONLY, "agents", "security", "ui", "dev")
+EXECUTION_SUBFIELDS: dict[str, tuple[str, str]] = {
+    "sandbox": ("security", "sandbox"),
+    "credentials_schema": ("security", "credentials_schema"),
+    "greeting": ("ui", "greeting"),
+    "workspace": ("runtime", "workdir"),
+    "workspace_mode": ("runtime", "workdir_mode"),
+    "flow": ("flow", ""),
+}
+DEPENDENCIES_TO_NESTED: dict[str, tuple[str, str]] = {
+    "variables": ("dev", "variables"),
+    "channels": ("tools", "channels"),
+    "credentials": ("security", "credentials_schema"),
+    "credentials_schema": ("security", "credentials_schema"),
+    "payload": ("runtime", "payload_schema"),
+    "payload_schema": ("runtime", "payload_schema"),
+}
+# This project's earlier flat identity keys.
+FLAT_APP_KEYS = ("app_id", "name", "version", "description")
+LEGACY_KEYS = (*TOP_LEVEL_TO_NESTED, *FLAT_APP_KEYS, "mode", "execution", "agent", "dependencies")
 DEFAULT_LEGACY_AGENT_ID = "main"
+MODULE_BLOCK_KEYS = ("config", "setup", "constraints", "middleware", "credential")
 EXTENSION_PREFIX = "x-"
 
 
+class _Folder:
+    def __init__(self, problems: Problems, paths: PathMap):
+        self.problems = problems
+        self.paths = paths
+
+    def block(self, out: dict[str, Any], name: str) -> dict[str, Any] | None:
+        """The nested block ``name`` of ``out`` (created when absent); None when it is not a mapping."""
+        current = out.get(name)
+        if current is None:
+            current = {}
+            out[name] = current
+        return current if isinstance(current, dict) else None
+
+    def move(self, out: dict[str, Any], value: Any, origin: Path, block: str, key: str) -> None:
+        """Put ``value`` at ``block.key`` (or top-level ``block`` when key is ""); nested wins."""
+        shown = ".".join(str(p) for p in origin)
+        if not key:
+            if block in out:
+                self.problems.warn(origin, f"ignored: `{block}` is already set with the canonical form")
+                return
+            out[block] = value
+            self.paths.add((block,), origin)
+            return
+        target = self.block(out, block)
+        if target is None:
+            return  # the block itself is not a mapping: validation reports it
+        if key in target:
+            self.problems.warn(
+                origin, f"ignored: `{block}.{key}` is also set and the nested form wins (legacy `{shown}`)"
+            )
+            return
+        target[key] = value
+        self.paths.add((block, key), origin)
+
+
 def fold(data: dict[str, Any], problems: Problems) -> tuple[dict[str, Any] | None, PathMap]:
-    """The canonical tree (without ``schema_version``) and the path map; None when the form is unclear.
+    """The canonical tree (without ``schema_version``) and the path map; None when unusable.
 
     Top-level keys starting with ``x-`` are extension fields, as in docker-compose: a place to hold
     YAML anchors (``x-brain: &brain {...}``) that the blocks reuse. They are dropped here.
     """
     paths = PathMap()
+    f = _Folder(problems, paths)
     data = {k: v for k, v in data.items() if not k.startswith(EXTENSION_PREFIX)}
     version = data.get("schema_version")
+    if isinstance(version, str) and version.strip() in ("1", "2"):
+        version = int(version.strip())
     if "schema_version" in data and (isinstance(version, bool) or version not in (1, 2)):
         problems.error(
             ("schema_version",),
             f"must be 1 (the legacy flat form) or 2 (app/runtime/agents/tools blocks), got {version!r}",
         )
-        version = None
-    legacy = [k for k in data if k in LEGACY_ONLY]
-    canonical = [k for k in data if k in CANONICAL_ONLY]
+    out: dict[str, Any] = {k: v for k, v in data.items() if k not in LEGACY_KEYS and k != "schema_version"}
 
-    if version == 2 or (version is None and canonical and not legacy):
-        for key in legacy:
-            problems.error(
-                (key,),
-                f"'{key}' belongs to the legacy flat form but this manifest uses the schema_version 2 form; "
-                f"move it to {LEGACY_ONLY[key]}",
-            )
-        if legacy:
-            return None, paths
-        if version is None:
-            problems.warn(
-                (),
-                "no schema_version: read as schema_version 2 because the file uses the "
-                + "/".join(canonical)
-                + " blocks; add 'schema_version: 2'",
-            )
-        return {k: v for k, v in data.items() if k != "schema_version"}, paths
-
-    if canonical:
-        why = (
-            "this manifest declares schema_version: 1"
-            if version == 1
-            else f"the file mixes the legacy flat form ({', '.join(legacy)}) with the schema_version 2 form"
-        )
-        for key in canonical:
-            problems.error(
-                (key,),
-                f"'{key}' belongs to the schema_version 2 form but {why}; use one form "
-                "(schema_version: 2 with app/runtime/agents/tools blocks is the current one)",
-            )
-        return None, paths
-
-    return _fold_legacy(data, problems, paths), paths
-
-
-def _fold_legacy(data: dict[str, Any], problems: Problems, paths: PathMap) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key in data:
-        if key not in LEGACY_KEYS:
-            problems.error((key,), f"unknown key; {did_you_mean(key, LEGACY_KEYS)}")
-
-    app: dict[str, Any] = {}
-    paths.add(("app",), ())
-    for key in ("app_id", "name", "version", "description", "mode"):
-        if key in data:
-            app[key] = data[key]
-    out["app"] = app
-
+    # 1. execution: -> runtime / security / ui (nested wins).
     if "execution" in data:
         execution = data["execution"]
-        paths.add(("runtime",), ("execution",))
         if execution is None:
             execution = {}
         if not isinstance(execution, dict):
@@ -117,29 +144,87 @@ def _fold_legacy(data: dict[str, Any], problems: Problems, paths: PathMap) -> di
                 f"must be a mapping (mode, max_turns, timeout, ...), got {describe_type(execution)}",
             )
         else:
-            runtime = {}
             for key, value in execution.items():
-                if key == "mode":
-                    if "mode" in data:
-                        problems.error(
-                            ("execution", "mode"), "mode is also set at the top level; keep only one"
-                        )
-                        continue
-                    app["mode"] = value
-                    paths.add(("app", "mode"), ("execution", "mode"))
+                block, target = EXECUTION_SUBFIELDS.get(key, ("runtime", key))
+                f.move(out, value, ("execution", key), block, target)
+            if "runtime" in out and isinstance(out["runtime"], dict) and not data.get("runtime"):
+                paths.add(("runtime",), ("execution",))
+
+    # 1b. fields written under runtime: that belong elsewhere.
+    runtime = out.get("runtime")
+    if isinstance(runtime, dict):
+        runtime = dict(runtime)
+        out["runtime"] = runtime
+        for key in ("flow", "sandbox", "credentials_schema", "greeting"):
+            if key in runtime and ("runtime", key) not in paths._prefixes:
+                block, target = EXECUTION_SUBFIELDS[key]
+                f.move(out, runtime.pop(key), ("runtime", key), block, target)
+        for old, new in (("workspace", "workdir"), ("workspace_mode", "workdir_mode")):
+            if old in runtime:
+                value = runtime.pop(old)
+                if new in runtime:
+                    problems.warn(("runtime", old), f"ignored: `runtime.{new}` is also set")
                 else:
-                    runtime[key] = value
-            out["runtime"] = runtime
+                    runtime[new] = value
+                    paths.add(("runtime", new), ("runtime", old))
 
-    tools: dict[str, Any] = {}
-    if "modules" in data:
-        tools["modules"] = _fold_modules(data["modules"], problems, paths)
-    if "capabilities" in data:
-        tools["capabilities"] = data["capabilities"]
-        paths.add(("tools", "capabilities"), ("capabilities",))
-    if tools:
-        out["tools"] = tools
+    # 2. top-level legacy fields -> nested blocks.
+    for key, (block, target) in TOP_LEVEL_TO_NESTED.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if key == "modules":
+            value = _fold_modules(value, problems, paths)
+        f.move(out, value, (key,), block, target)
 
+    # 3. dependencies: split.
+    deps = data.get("dependencies")
+    if isinstance(deps, dict):
+        for key, value in deps.items():
+            dest = DEPENDENCIES_TO_NESTED.get(key)
+            if dest is None:
+                problems.error(("dependencies", key), "unknown key; expected one of: " + ", ".join(DEPENDENCIES_TO_NESTED))
+                continue
+            f.move(out, value, ("dependencies", key), *dest)
+    elif "dependencies" in data and deps is not None:
+        problems.error(("dependencies",), f"must be a mapping, got {describe_type(deps)}")
+
+    # 4. this project's flat identity keys -> app (nested wins); app.features/theme -> ui.
+    for key in FLAT_APP_KEYS:
+        if key in data:
+            f.move(out, data[key], (key,), "app", key)
+    if "mode" in data:
+        f.move(out, data["mode"], ("mode",), "runtime", "mode")
+    app = out.get("app")
+    if isinstance(app, dict):
+        app = dict(app)
+        out["app"] = app
+        for key in ("features", "theme"):
+            if key in app:
+                f.move(out, app.pop(key), ("app", key), "ui", key)
+        if "mode" in app:  # this project's earlier app.mode; the original's place is runtime.mode
+            f.move(out, app.pop("mode"), ("app", "mode"), "runtime", "mode")
+
+    # 4b. flat settings directly under a module fold into its config (config wins), as the original
+    # does for old flat module blocks; errors still name the key where it was written.
+    tools = out.get("tools")
+    modules = tools.get("modules") if isinstance(tools, dict) else None
+    if isinstance(modules, dict):
+        folded_modules = {}
+        for module_id, block in modules.items():
+            if isinstance(block, dict) and any(k not in MODULE_BLOCK_KEYS for k in block):
+                flat = {k: v for k, v in block.items() if k not in MODULE_BLOCK_KEYS}
+                config = block.get("config")
+                if config is None or isinstance(config, dict):
+                    block = {k: v for k, v in block.items() if k in MODULE_BLOCK_KEYS}
+                    block["config"] = {**flat, **(config or {})}
+                    where = paths.to_original(("tools", "modules", module_id))
+                    for key in flat:
+                        paths.add(("tools", "modules", module_id, "config", key), (*where, key))
+            folded_modules[module_id] = block
+        out["tools"] = {**tools, "modules": folded_modules}
+
+    # 5. agents.
     if "agent" in data and "agents" in data:
         problems.error(("agent",), "use either 'agent' (one agent) or 'agents' (a list of agents), not both")
     elif "agent" in data:
@@ -151,19 +236,15 @@ def _fold_legacy(data: dict[str, Any], problems: Problems, paths: PathMap) -> di
             out["agents"] = [_fold_agent(agent, ("agents", 0), ("agent",), problems, paths)]
         else:
             problems.error(("agent",), f"must be a mapping describing one agent, got {describe_type(agent)}")
-    elif "agents" in data:
-        agents = data["agents"]
-        if isinstance(agents, list):
-            agents = [
-                _fold_agent(a, ("agents", i), ("agents", i), problems, paths) if isinstance(a, dict) else a
-                for i, a in enumerate(agents)
-            ]
-        out["agents"] = agents
-
-    for key in ("security", "ui", "dev"):
-        if key in data:
-            out[key] = data[key]
-    return out
+    agents = out.get("agents")
+    if isinstance(agents, list) and "agent" not in data:
+        out["agents"] = [
+            _fold_agent(a, ("agents", i), ("agents", i), problems, paths) if isinstance(a, dict) else a
+            for i, a in enumerate(agents)
+        ]
+    if problems:
+        return None, paths
+    return out, paths
 
 
 def _fold_modules(modules: Any, problems: Problems, paths: PathMap) -> Any:
@@ -171,23 +252,33 @@ def _fold_modules(modules: Any, problems: Problems, paths: PathMap) -> Any:
         folded: dict[str, Any] = {}
         for index, item in enumerate(modules):
             if not isinstance(item, str):
-                problems.error(
-                    ("modules", index), f"must be a module id (a string), got {describe_type(item)}"
-                )
+                problems.error(("modules", index), f"must be a module id (a string), got {describe_type(item)}")
             elif item in folded:
                 problems.error(("modules", index), f"module '{item}' is listed twice")
             else:
                 folded[item] = None
                 paths.add(("tools", "modules", item), ("modules", index))
         return folded
-    paths.add(("tools", "modules"), ("modules",))
     return modules
 
 
-def _fold_agent(
-    agent: dict[str, Any], canonical: Path, original: Path, problems: Problems, paths: PathMap
-) -> dict:
+def _fold_agent(agent: dict[str, Any], canonical: Path, original: Path, problems: Problems, paths: PathMap) -> dict:
     agent = dict(agent)
+    coord = agent.pop("coordination", None)
+    if isinstance(coord, dict):
+        for key in ("delegate_to", "pool"):
+            if key in coord and key not in agent:
+                agent[key] = coord[key]
+                paths.add((*canonical, key), (*original, "coordination", key))
+    instr = agent.pop("instructions", None)
+    if isinstance(instr, dict):
+        for key, target in (("file", "skills"), ("capabilities", "capabilities"), ("specialty", "specialty")):
+            if key in instr and target not in agent:
+                agent[target] = instr[key]
+                paths.add((*canonical, target), (*original, "instructions", key))
+    if "prompt" in agent and "system_prompt" not in agent:
+        agent["system_prompt"] = agent.pop("prompt")
+        paths.add((*canonical, "system_prompt"), (*original, "prompt"))
     brain = agent.get("brain")
     if isinstance(brain, str):
         provider, _, model = brain.partition("/")

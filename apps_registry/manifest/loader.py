@@ -35,6 +35,7 @@ MAX_NODES = 100_000
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
 _STR = "tag:yaml.org,2002:str"
+_BOOL = "tag:yaml.org,2002:bool"
 _Base = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
@@ -230,6 +231,10 @@ def _walk_nodes(
             if key_node.tag == _MERGE:
                 merged.extend(value_node.value if isinstance(value_node, yn.SequenceNode) else [value_node])
                 continue
+            if isinstance(key_node, yn.ScalarNode) and key_node.tag == _BOOL and not key_node.style:
+                # YAML 1.1 reads a plain key `on:` (or yes/no/off) as a boolean; a manifest's keys are
+                # names, and hooks are written `on: turn_end`, so read the key as the text written.
+                key_node.tag = _STR
             if not (isinstance(key_node, yn.ScalarNode) and key_node.tag == _STR):
                 continue  # non-string keys are reported on the constructed data
             name = key_node.value

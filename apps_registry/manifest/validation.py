@@ -5,10 +5,16 @@ every problem it can find. Values arrive already interpolated; a string that cam
 ``{{env.X}}`` template may be read as a number or boolean where one is expected (see
 ``interpolation``), any other string may not: ``timeout: "30"`` is an error that says to drop the
 quotes, because silently accepting it hides a typo in a value that was meant to be text.
+
+The language is the original Digitorn's (its ``core/app/schema.py``): every key it accepts is
+accepted here. A key this daemon honours is checked and compiled; a key it accepts but does not act
+on yet is listed in the warnings (``NOT_ACTED``), never dropped silently; a key the original does not
+know is an error with a did-you-mean.
 """
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -26,33 +32,112 @@ from .compiled import (
     Runtime,
 )
 from .interpolation import describe_template
-from .legacy import CANONICAL_KEYS
+from .legacy import CANONICAL_KEYS, EXTRA_TOP_KEYS, LEGACY_KEYS
 from .problems import Path, Problems, describe_type, did_you_mean
+from .providers import BACKENDS, PROVIDERS, UNSUPPORTED_BACKENDS, UNSUPPORTED_PROVIDERS, provider_named
 
 APP_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
 AGENT_ID = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_-]{0,63}$")
 RESERVED_APP_IDS = frozenset({"deploy"})  # /api/apps/deploy is a route, not an app
-MODES = ("conversation", "one_shot")
-PROVIDERS = ("openai", "anthropic", "scripted")
-MODEL_EXAMPLES = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+MODES = ("conversation", "one_shot", "background", "pipeline")
+MODEL_REQUIRED = "e.g. model: gpt-4o-mini"
 POLICIES = ("auto", "approve", "block")
 RISK_LEVELS = ("low", "medium", "high")
+NOT_ACTED = "accepted, not yet acted on by this daemon"
+# Modules the original loads by itself (discovery meta-tools, its LLM gateway): declaring them is
+# accepted; this daemon provides the discovery meta-tools to every agent already.
+SYSTEM_MODULES = ("context_builder", "llm_provider", "index")
 
-APP_KEYS = ("app_id", "name", "version", "description", "mode")
-RUNTIME_KEYS = (
-    "max_turns",
-    "timeout",
-    "approval_timeout",
-    "max_tool_result_chars",
-    "context_window_messages",
-    "session_idle_seconds",
+APP_DISPLAY_KEYS = (
+    "short_name", "author", "tags", "icon", "color", "category", "quick_prompts", "attachments",
+    "attachments_mode", "features", "theme",
+)
+APP_KEYS = ("app_id", "name", "version", "description", "schema_version", *APP_DISPLAY_KEYS)
+RUNTIME_HONOURED = (
+    "mode", "entry_agent", "max_turns", "timeout", "tool_injection", "direct_modules", "context",
+    "workdir", "workdir_mode",
+    # this project's own settings
+    "approval_timeout", "max_tool_result_chars", "context_window_messages", "session_idle_seconds",
     "rate_limit_rpm",
 )
-AGENT_KEYS = ("id", "name", "system_prompt", "modules", "max_turns", "brain")
-BRAIN_KEYS = ("provider", "model", "temperature", "max_tokens", "timeout", "config")
-TOOLS_KEYS = ("modules", "capabilities")
-CAPABILITY_KEYS = ("default_policy", "max_risk_level", "grant", "approve", "deny")
-RULE_KEYS = ("module", "actions", "reason")
+RUNTIME_NOT_ACTED = (
+    "modes", "input", "output", "triggers", "session_mode", "max_sessions_per_user",
+    "max_concurrent_activations", "payload_schema", "project_memory", "hooks", "watchers", "scheduler",
+    "default_channel", "middleware", "pipeline", "max_stop_retries", "workbench", "workbench_max_chars",
+    "workbench_reflection", "workbench_error_memory", "mid_turn_messages", "default_mode",
+)
+RUNTIME_KEYS = (*RUNTIME_HONOURED, *RUNTIME_NOT_ACTED)
+INJECTION_MODES = ("direct", "compact_direct", "discovery")
+WORKDIR_MODES = ("none", "required", "fixed", "auto")
+CONTEXT_KEYS = (
+    "max_tokens", "output_reserved", "strategy", "keep_recent", "compression_trigger", "summary_max_tokens",
+    "auto_compact", "summary_brain",
+)
+CONTEXT_STRATEGIES = ("truncate", "summarize")
+HOOK_KEYS = ("id", "on", "event", "condition", "action", "cooldown", "max_fires", "priority", "enabled", "timeout", "tags")
+HOOK_EVENTS = (
+    "turn_start", "turn_end", "tool_start", "tool_end", "pre_tool_use", "post_tool_use", "user_prompt",
+    "session_start", "session_end", "pre_compact", "error", "approval_request", "agent_spawn",
+    "agent_complete", "activation",
+)
+AGENT_HONOURED = ("id", "name", "system_prompt", "brain", "modules", "max_turns", "role", "specialty", "delegate_to")
+AGENT_NOT_ACTED = (
+    "plan_first", "skills", "capabilities", "pool", "hooks", "context", "max_tool_iterations",
+)
+AGENT_KEYS = (*AGENT_HONOURED, *AGENT_NOT_ACTED)
+BRAIN_HONOURED = (
+    "provider", "model", "backend", "temperature", "max_tokens", "top_p", "timeout", "native_tool_use",
+    "config", "fallback", "context", "credential",
+)
+BRAIN_NOT_ACTED = (
+    "provider_id", "kind", "models", "vision", "image_generation", "image_detail", "max_images_per_turn",
+)
+BRAIN_KEYS = (*BRAIN_HONOURED, *BRAIN_NOT_ACTED)
+TOOLS_KEYS = ("modules", "capabilities", "channels")
+MODULE_BLOCK_KEYS = ("config", "setup", "constraints", "middleware", "credential")
+CAPABILITY_KEYS = (
+    "default_policy", "max_risk_level", "grant", "approve", "deny", "approval_timeout", "hidden_modules",
+    "hidden_actions", "max_data_classification", "rate_limits",
+)
+RULE_KEYS = ("module", "actions", "tools", "reason")
+SECURITY_KEYS = ("behavior", "sandbox", "credentials_schema")
+UI_KEYS = (
+    "theme", "features", "widgets", "workspace", "slash_commands", "quick_prompts", "greeting", "layout",
+    "density", "thinking", "tool_calls", "composer", "visual", "slots", "activity", "tool_renderers",
+    "message_actions", "preview",
+)
+UI_HONOURED = ("greeting", "quick_prompts", "theme", "features")
+DEV_KEYS = ("skills", "variables", "include", "allow_user_skills")
+DEV_HONOURED = ("variables",)
+# Action names the original's modules have had (its generations differ); one this build lacks is a
+# warning, never a did-you-mean error.
+ORIGINAL_ACTIONS = {
+    "filesystem": (
+        "read", "write", "edit", "ls", "glob", "grep", "mkdir", "rm", "delete", "mv", "cp", "stat", "exists",
+        "read_file", "write_file", "append_file", "copy_file", "move_file", "delete_file", "create_directory",
+        "list_directory", "search_files", "get_file_info", "create_archive", "extract_archive",
+        "compute_checksum", "watch_path",
+    ),
+    "shell": (
+        "exec", "bash", "sh", "run", "background_run", "which", "kill", "ps", "env", "script", "task_status",
+        "task_output", "task_wait", "task_list", "task_kill",
+    ),
+    "memory": (
+        "remember", "recall", "forget", "set_goal", "get_goal", "clear_goal", "add_todo", "update_todo",
+        "list_todos", "task_create", "task_update", "task_list", "task_get", "add_fact", "list_facts",
+        "search", "summarize", "clear", "get", "set", "list",
+    ),
+    "database": (
+        "connect", "disconnect", "query", "execute_query", "fetch_results", "execute", "batch_execute",
+        "transaction", "schema", "describe", "describe_table", "get_table_schema", "list_tables", "introspect",
+        "sample", "set_policy", "sql", "relations", "browse", "search_data", "bulk_insert",
+    ),
+    "http": (
+        "get", "post", "put", "patch", "delete", "head", "options", "request", "download", "json_api",
+        "fetch_page",
+    ),
+}
+SETTING_TYPO_CUTOFF = 0.85
 SCRIPT_RULE_KEYS = ("when", "steps")
 STEP_KINDS = ("call", "calls", "say")
 # Column widths of the apps table (apps_registry.models.App).
@@ -70,7 +155,6 @@ _BOOL_WORDS = {
     "off": False,
     "0": False,
 }
-
 
 def _get(mapping: Mapping[str, Any] | None, key: str) -> Any:
     """The value, or MISSING when absent or null: null means "use the default" for optional keys."""
@@ -96,6 +180,8 @@ class Checker:
             module: None if actions is None else list(actions) for module, actions in catalog.items()
         }
         self.config_schema = config_schema
+        self.unavailable: set[str] = set()  # declared modules this build does not have (reported once)
+        self.secret_refs: list[str] = []
 
     # -- primitives ------------------------------------------------------------------------
     def error(self, path: Path, message: str) -> None:
@@ -104,7 +190,9 @@ class Checker:
     def _type_error(self, path: Path, value: Any, expected: str) -> None:
         got = describe_type(value)
         message = f"must be {expected}, got {got}"
-        if isinstance(value, str):
+        if isinstance(value, str) and "{{env." in self.templates.get(path, ""):
+            message += describe_template(path, self.templates, value)  # never the environment's value
+        elif isinstance(value, str):
             message += f" {value!r}"
             if SECRET_MARKER.search(value):
                 message += "; {{secret.KEY}} references are only allowed in text values (they are resolved at run time)"
@@ -238,6 +326,32 @@ class Checker:
             return default
         return value
 
+
+    def warn(self, path: Path, message: str) -> None:
+        self.problems.warn(path, message)
+
+    def not_acted(self, block: Mapping[str, Any] | None, path: Path, keys: Sequence[str]) -> None:
+        """One warning per accepted key that is set (not null/empty) but not acted on here."""
+        if not isinstance(block, dict):
+            return
+        for key in keys:
+            value = block.get(key)
+            if value is None or value == [] or value == {} or value == "":
+                continue
+            self.warn((*path, key), NOT_ACTED)
+
+    def free_block(self, value: Any, path: Path, allowed: Sequence[str], honoured: Sequence[str] = ()) -> dict[str, Any]:
+        # Display and security blocks: a key the original does not know is ignored with a warning
+        # (this project's earlier manifests kept free-form settings here).
+        block = self.mapping(value, path, None)
+        if block is None:
+            return {}
+        for key in block:
+            if key not in allowed:
+                self.warn((*path, key), f"unknown key, ignored; {did_you_mean(key, allowed)}")
+        self.not_acted(block, path, [k for k in allowed if k not in honoured])
+        return dict(block)
+
     # -- blocks ----------------------------------------------------------------------------
     def app(self, top: dict[str, Any]) -> dict[str, Any]:
         path: Path = ("app",)
@@ -251,7 +365,7 @@ class Checker:
         out: dict[str, Any] = {}
         app_id = self.string(_get(block, "app_id"), (*path, "app_id"), default=None)
         if app_id is not None:
-            if not APP_ID.match(app_id):
+            if not APP_ID.match(app_id) or ".." in app_id or app_id.endswith("."):
                 self.error(
                     (*path, "app_id"),
                     f"{app_id!r} is not a valid app id: use 1-128 letters, digits, '_', '.' or '-', "
@@ -268,9 +382,41 @@ class Checker:
         out["name"] = name if name else out.get("app_id", "")
         out["version"] = self._version(_get(block, "version"), (*path, "version"))
         out["description"] = self.string(_get(block, "description"), (*path, "description"), default="")
-        out["mode"] = self.choice(
-            _get(block, "mode"), (*path, "mode"), MODES, default="conversation", what="mode"
-        )
+        meta: dict[str, Any] = {"category": "general"}
+        for key in ("short_name", "author", "icon", "color", "category"):
+            value = self.string(_get(block, key), (*path, key), default=None)
+            if value is not None:
+                meta[key] = value
+        if isinstance(meta.get("short_name"), str) and len(meta["short_name"]) > 32:
+            self.error((*path, "short_name"), f"must be at most 32 characters, got {len(meta['short_name'])}")
+        tags = _get(block, "tags")
+        if tags is not MISSING:
+            if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+                self._type_error((*path, "tags"), tags, "a list of strings")
+            else:
+                meta["tags"] = list(tags)
+        prompts = _get(block, "quick_prompts")
+        if prompts is not MISSING:
+            meta["quick_prompts"] = self._quick_prompts(prompts, (*path, "quick_prompts"))
+        for key in ("attachments", "attachments_mode"):
+            if _get(block, key) is not MISSING:
+                meta[key] = block[key]
+        out["meta"] = meta
+        return out
+
+    def _quick_prompts(self, raw: Any, path: Path) -> list:
+        if not isinstance(raw, list):
+            self._type_error(path, raw, "a list of {label, message, icon}")
+            return []
+        out = []
+        for index, item in enumerate(raw):
+            if isinstance(item, str):
+                out.append({"label": item, "message": item})
+                continue
+            block = self.mapping(item, (*path, index), ("label", "message", "icon", "prompt", "description"),
+                                 what="a mapping {label, message, icon}")
+            if block is not None:
+                out.append(dict(block))
         return out
 
     def _version(self, value: Any, path: Path) -> str:
@@ -286,7 +432,7 @@ class Checker:
             self.error(path, f"must be at most {MAX_VERSION_CHARS} characters, got {len(text)}")
         return text
 
-    def runtime(self, top: dict[str, Any]) -> Runtime:
+    def runtime(self, top: dict[str, Any]) -> tuple[str, Runtime]:
         path: Path = ("runtime",)
         block = self.mapping(top.get("runtime"), path, RUNTIME_KEYS) or {}
         d = Runtime()
@@ -294,35 +440,120 @@ class Checker:
         def p(key: str) -> Path:
             return (*path, key)
 
-        return Runtime(
+        mode = self.choice(_get(block, "mode"), p("mode"), MODES, default="conversation", what="mode")
+        if mode in ("background", "pipeline"):
+            self.warn(p("mode"), f"mode {mode!r} compiles, but this daemon does not run {mode} apps yet")
+        self.not_acted(block, path, [k for k in RUNTIME_NOT_ACTED if k != "hooks"])
+        if _get(block, "hooks") is not MISSING:
+            self._hooks(block["hooks"], p("hooks"))
+        tool_injection = self.choice(
+            _get(block, "tool_injection"), p("tool_injection"), INJECTION_MODES, default=None, what="tool injection mode"
+        )
+        direct = self._string_list(_get(block, "direct_modules"), p("direct_modules"))
+        runtime = Runtime(
             max_turns=self.integer(_get(block, "max_turns"), p("max_turns"), default=d.max_turns, minimum=1),
             timeout=self.number(_get(block, "timeout"), p("timeout"), default=d.timeout, above=0),
             approval_timeout=self.integer(
-                _get(block, "approval_timeout"),
-                p("approval_timeout"),
-                default=d.approval_timeout,
-                minimum=30,
-                maximum=3600,
+                _get(block, "approval_timeout"), p("approval_timeout"), default=d.approval_timeout,
+                minimum=30, maximum=3600,
             ),
             max_tool_result_chars=self.integer(
-                _get(block, "max_tool_result_chars"),
-                p("max_tool_result_chars"),
-                default=d.max_tool_result_chars,
-                minimum=1,
+                _get(block, "max_tool_result_chars"), p("max_tool_result_chars"),
+                default=d.max_tool_result_chars, minimum=1,
             ),
             context_window_messages=self.integer(
-                _get(block, "context_window_messages"),
-                p("context_window_messages"),
-                default=d.context_window_messages,
-                minimum=1,
+                _get(block, "context_window_messages"), p("context_window_messages"),
+                default=d.context_window_messages, minimum=1,
             ),
             session_idle_seconds=self.integer(
                 _get(block, "session_idle_seconds"), p("session_idle_seconds"), default=None, minimum=1
             ),
-            rate_limit_rpm=self.integer(
-                _get(block, "rate_limit_rpm"), p("rate_limit_rpm"), default=None, minimum=1
+            rate_limit_rpm=self.integer(_get(block, "rate_limit_rpm"), p("rate_limit_rpm"), default=None, minimum=1),
+            entry_agent=self.string(_get(block, "entry_agent"), p("entry_agent"), default=""),
+            tool_injection=tool_injection,
+            direct_modules=tuple(direct),
+            context=self.context(_get(block, "context"), p("context")),
+            workdir=self.string(_get(block, "workdir"), p("workdir"), default=""),
+            workdir_mode=self.choice(
+                _get(block, "workdir_mode"), p("workdir_mode"), WORKDIR_MODES, default="auto", what="workdir mode"
             ),
         )
+        return mode, runtime
+
+    def _string_list(self, raw: Any, path: Path) -> list[str]:
+        if raw is MISSING:
+            return []
+        if not isinstance(raw, list):
+            self._type_error(path, raw, "a list of names")
+            return []
+        out = []
+        for index, item in enumerate(raw):
+            if not isinstance(item, str):
+                self._type_error((*path, index), item, "a name (a string)")
+            elif item not in out:
+                out.append(item)
+        return out
+
+    def context(self, raw: Any, path: Path) -> dict[str, Any]:
+        """runtime.context / brain.context (the original's ContextConfig, its defaults)."""
+        if raw is MISSING:
+            return {}
+        block = self.mapping(raw, path, CONTEXT_KEYS)
+        if block is None:
+            return {}
+
+        def p(key: str) -> Path:
+            return (*path, key)
+
+        out: dict[str, Any] = {
+            "max_tokens": self.integer(_get(block, "max_tokens"), p("max_tokens"), default=0, minimum=0, maximum=2_000_000),
+            "output_reserved": self.integer(_get(block, "output_reserved"), p("output_reserved"), default=4096, minimum=0),
+            "strategy": self.choice(_get(block, "strategy"), p("strategy"), CONTEXT_STRATEGIES, default="summarize",
+                                    what="strategy"),
+            "keep_recent": self.integer(_get(block, "keep_recent"), p("keep_recent"), default=10, minimum=0),
+            "compression_trigger": self.number(
+                _get(block, "compression_trigger"), p("compression_trigger"), default=0.75, minimum=0, maximum=1
+            ),
+            "summary_max_tokens": self.integer(
+                _get(block, "summary_max_tokens"), p("summary_max_tokens"), default=1024, minimum=1
+            ),
+            "auto_compact": self.boolean(_get(block, "auto_compact"), p("auto_compact"), default=True),
+        }
+        if _get(block, "summary_brain") is not MISSING:
+            self.warn(p("summary_brain"), NOT_ACTED)
+        return out
+
+    def boolean(self, value: Any, path: Path, *, default: Any = MISSING) -> Any:
+        if value is MISSING:
+            return default
+        if isinstance(value, str) and path in self.templates and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        if not isinstance(value, bool):
+            self._type_error(path, value, "a boolean (true or false)")
+            return default
+        return value
+
+    def _hooks(self, raw: Any, path: Path) -> None:
+        if not isinstance(raw, list):
+            self._type_error(path, raw, "a list of hooks")
+            return
+        for index, item in enumerate(raw):
+            where = (*path, index)
+            block = self.mapping(item, where, HOOK_KEYS, required={"id": "e.g. id: compact"}, what="a hook mapping")
+            if block is None:
+                continue
+            on = block.get("on", block.get("event"))
+            if on is not None:
+                if not isinstance(on, str):
+                    self._type_error((*where, "on"), on, "an event name")
+                elif on not in HOOK_EVENTS:
+                    self.error((*where, "on"), f"unknown hook event {on!r}; {did_you_mean(on, HOOK_EVENTS)}")
+            for key in ("condition", "action"):
+                value = block.get(key)
+                if value is not None and not isinstance(value, dict):
+                    self._type_error((*where, key), value, "a mapping with a 'type'")
+        if raw:
+            self.warn(path, NOT_ACTED)
 
     def declared_modules(self, top: dict[str, Any]) -> list[str]:
         tools = top.get("tools")
@@ -337,14 +568,15 @@ class Checker:
         raw = top.get("agents", MISSING)
         example = "agents: [{id: assistant, brain: {provider: openai, model: gpt-4o-mini}}]"
         if raw is MISSING or raw is None:
-            self.error(path, f"required: at least one agent, e.g. {example}")
+            # The original accepts an app without agents (a pipeline, a tools-only app).
+            self.warn(path, f"no agents: the app cannot answer messages until one is declared, e.g. {example}")
             return ()
         if not isinstance(raw, list):
             hint = "; write each agent as a list item ('- id: assistant')" if isinstance(raw, dict) else ""
             self.error(path, f"must be a list of agents, got {describe_type(raw)}{hint}")
             return ()
         if not raw:
-            self.error(path, f"must declare at least one agent, e.g. {example}")
+            self.warn(path, f"no agents: the app cannot answer messages until one is declared, e.g. {example}")
             return ()
         specs = []
         first_seen: dict[str, int] = {}
@@ -362,7 +594,52 @@ class Checker:
                 first_seen[agent_id] = index
             if spec is not None:
                 specs.append(spec)
+        self._delegation(specs, raw, path)
         return tuple(specs)
+
+    def _delegation(self, specs: list[AgentSpec], raw: list, path: Path) -> None:
+        """delegate_to names declared agents and has no cycle (checked even before delegation runs)."""
+        ids = [s.id for s in specs]
+        index_of = {
+            item["id"]: i for i, item in enumerate(raw) if isinstance(item, dict) and isinstance(item.get("id"), str)
+        }
+        graph = {s.id: list(s.delegate_to) for s in specs}
+        for spec in specs:
+            for pos, target in enumerate(spec.delegate_to):
+                if target not in ids:
+                    self.error(
+                        (*path, index_of.get(spec.id, 0), "delegate_to", pos),
+                        f"unknown agent {target!r}; {did_you_mean(target, ids)}",
+                    )
+                elif target == spec.id:
+                    self.error((*path, index_of.get(spec.id, 0), "delegate_to", pos), "an agent cannot delegate to itself")
+        state: dict[str, int] = {}
+        reported: set[str] = set()
+
+        def visit(node: str, trail: list[str]) -> None:
+            state[node] = 1
+            for target in graph.get(node, ()):
+                if target == node or target not in graph:
+                    continue
+                if state.get(target) == 1:
+                    cycle = trail[trail.index(target):] + [target] if target in trail else [node, target]
+                    if node not in reported:
+                        reported.add(node)
+                        self.error(
+                            (*path, index_of.get(node, 0), "delegate_to"),
+                            "delegation cycle: " + " -> ".join(cycle),
+                        )
+                elif state.get(target) is None:
+                    visit(target, [*trail, target])
+            state[node] = 2
+
+        for spec in specs:
+            if spec.id not in state:
+                visit(spec.id, [spec.id])
+        if any(s.delegate_to for s in specs):
+            first = next(s for s in specs if s.delegate_to)
+            self.warn((*path, index_of.get(first.id, 0), "delegate_to"),
+                      "checked, but delegation between agents is " + NOT_ACTED)
 
     def agent(self, raw: Any, path: Path, declared: list[str]) -> AgentSpec | None:
         block = self.mapping(
@@ -385,10 +662,14 @@ class Checker:
                 "starting with a letter or digit",
             )
             agent_id = None
+        self.not_acted(block, path, AGENT_NOT_ACTED)
         name = self.string(_get(block, "name"), (*path, "name"), default="")
         system_prompt = self.string(_get(block, "system_prompt"), (*path, "system_prompt"), default="")
+        role = self.string(_get(block, "role"), (*path, "role"), default="worker")
+        specialty = self.string(_get(block, "specialty"), (*path, "specialty"), default="")
+        delegate_to = self._string_list(_get(block, "delegate_to"), (*path, "delegate_to"))
         errors_before = len(self.problems.errors)
-        modules = self._agent_modules(_get(block, "modules"), (*path, "modules"), declared)
+        modules, module_actions = self._agent_modules(_get(block, "modules"), (*path, "modules"), declared)
         # A bad entry is already reported; checking the script against the rest would only echo it.
         restriction = modules if len(self.problems.errors) == errors_before else None
         max_turns = self.integer(_get(block, "max_turns"), (*path, "max_turns"), default=None, minimum=1)
@@ -404,25 +685,90 @@ class Checker:
             brain=brain,
             modules=modules,
             max_turns=max_turns,
+            role=role,
+            specialty=specialty,
+            delegate_to=tuple(delegate_to),
+            module_actions=module_actions,
         )
 
-    def _agent_modules(self, raw: Any, path: Path, declared: list[str]) -> tuple[str, ...] | None:
+    def _agent_modules(
+        self, raw: Any, path: Path, declared: list[str]
+    ) -> tuple[tuple[str, ...] | None, dict[str, tuple[str, ...]]]:
+        """``[filesystem, {shell: [bash]}]`` (or a mapping ``{filesystem: [], shell: [bash]}``)."""
         if raw is MISSING:
-            return None
+            return None, {}
+        if isinstance(raw, dict):
+            raw = [{k: v} if v else k for k, v in raw.items()]
         if not isinstance(raw, list):
             self._type_error(path, raw, "a list of module ids (declared under tools.modules)")
-            return None
+            return None, {}
+        if not raw:
+            return None, {}  # the original: an empty list means every module of the app
         out: list[str] = []
+        actions: dict[str, tuple[str, ...]] = {}
         for index, item in enumerate(raw):
+            where = (*path, index)
+            granted: list[str] | None = None
+            if isinstance(item, dict):
+                if len(item) != 1:
+                    self.error(where, f"a granular entry has exactly one module key, got {sorted(item)}; "
+                                      "write one list item per module")
+                    continue
+                item, granted = next(iter(item.items()))
+                if granted is None:
+                    granted = []
+                if not isinstance(granted, list) or not all(isinstance(a, str) for a in granted):
+                    self._type_error((*where, item), granted, "a list of action names, e.g. [bash]")
+                    continue
             if not isinstance(item, str):
-                self._type_error((*path, index), item, "a module id (a string)")
-            elif item in out:
-                self.error((*path, index), f"module {item!r} is listed twice")
-            elif item not in declared:
-                self.error((*path, index), self._undeclared(item, declared))
+                self._type_error(where, item, "a module id (a string) or {module: [actions]}")
+                continue
+            if item in SYSTEM_MODULES:
+                continue
+            if item in out:
+                self.error(where, f"module {item!r} is listed twice")
+                continue
+            if item in self.unavailable:
+                continue  # reported once, under tools.modules
+            if item not in declared:
+                if item in self.catalog:
+                    self.error(where, f"module {item!r} is not declared under tools.modules; declare it there first")
+                elif item not in self.unavailable:
+                    self.error(where, self._not_available(item))
+                continue
+            out.append(item)
+            if granted:
+                checked = self._actions_of(item, granted, (*where, item))
+                if checked:
+                    actions[item] = tuple(checked)
+        return tuple(out), actions
+
+    def _not_available(self, module: str) -> str:
+        known = sorted(self.catalog)
+        close = did_you_mean(module, known)
+        hint = f"; {close}" if close.startswith("did you mean") else ""
+        return f"module {module!r} is not available in this build (available: {', '.join(known)}){hint}"
+
+    def _actions_of(self, module: str, actions: list[str], path: Path, *, scalar: bool = False) -> list[str]:
+        """The action names of ``module`` in ``actions``. A name close to a real action is a typo (error);
+        one the original's module has but this build's does not is kept with a warning."""
+        known = self.catalog.get(module, [])
+        if known is None:  # a virtual module (an MCP server's tools): its actions are known at run time
+            return list(dict.fromkeys(actions))
+        out: list[str] = []
+        for index, action in enumerate(actions):
+            where = path if scalar else (*path, index)
+            if action in known or action == "*":
+                if action not in out:
+                    out.append(action)
+                continue
+            hint = did_you_mean(action, known)
+            if hint.startswith("did you mean") and action not in ORIGINAL_ACTIONS.get(module, ()):
+                self.error(where, f"unknown action {action!r} of module {module!r}; {hint}")
             else:
-                out.append(item)
-        return tuple(out)
+                self.warn(where, f"module {module!r} of this build has no action {action!r}; {hint}")
+                out.append(action)
+        return out
 
     def _undeclared(self, module: str, declared: list[str]) -> str:
         if module in self.catalog:
@@ -430,49 +776,112 @@ class Checker:
         return f"unknown module {module!r}; {did_you_mean(module, declared or self.catalog)}"
 
     def brain(
-        self, raw: Any, path: Path, declared: list[str], agent_modules: tuple[str, ...] | None
+        self, raw: Any, path: Path, declared: list[str], agent_modules: tuple[str, ...] | None, *, depth: int = 0
     ) -> BrainSpec | None:
-        block = self.mapping(raw, path, BRAIN_KEYS, required={"provider": "one of " + ", ".join(PROVIDERS)})
+        block = self.mapping(raw, path, BRAIN_KEYS)
         if block is None:
             return None
-        provider = self.choice(
-            _get(block, "provider"), (*path, "provider"), PROVIDERS, default=None, what="provider"
-        )
+        self.not_acted(block, path, BRAIN_NOT_ACTED)
+        provider = _get(block, "provider")
+        backend = self.string(_get(block, "backend"), (*path, "backend"), default=None)
+        protocol = None
+        if backend is not None:
+            if backend in UNSUPPORTED_BACKENDS:
+                self.error((*path, "backend"),
+                           f"backend {backend!r} cannot be served by this daemon: {UNSUPPORTED_BACKENDS[backend]}")
+            elif backend not in BACKENDS:
+                self.error((*path, "backend"), f"unknown backend {backend!r}; {did_you_mean(backend, BACKENDS)}")
+            else:
+                protocol = BACKENDS[backend]
+        if provider is MISSING:
+            if _get(block, "provider_id") is not MISSING:
+                self.error((*path, "provider_id"),
+                           "named providers (tools.modules.llm_provider) are not available in this build; "
+                           "write provider, model and config in the brain")
+                return None
+            if protocol is None:
+                self.error((*path, "provider"), "required: one of " + ", ".join(sorted(PROVIDERS)))
+                return None
+            provider = "anthropic" if protocol == "anthropic" else "openai"
+        if not isinstance(provider, str):
+            self._type_error((*path, "provider"), provider, "a provider name such as openai")
+            return None
+        spec = provider_named(provider)
+        if spec is None:
+            lowered = provider.strip().lower()
+            if lowered in UNSUPPORTED_PROVIDERS:
+                self.error((*path, "provider"),
+                           f"provider {provider!r} cannot be served by this daemon: {UNSUPPORTED_PROVIDERS[lowered]}")
+            elif protocol is not None:
+                spec = None  # an unnamed OpenAI-compatible / Anthropic endpoint chosen by backend
+            else:
+                self.error((*path, "provider"),
+                           f"unknown provider {provider!r}; {did_you_mean(lowered, PROVIDERS)} "
+                           "(or set backend: openai_compat with config.base_url)")
+                return None
+        if protocol is None:
+            protocol = spec.protocol if spec else "openai"
         model = self.string(_get(block, "model"), (*path, "model"), default="")
-        if provider in MODEL_EXAMPLES and not model and _get(block, "model") is MISSING:
-            self.error(
-                (*path, "model"),
-                f"required for provider {provider!r}, e.g. model: {MODEL_EXAMPLES[provider]}",
-            )
-        elif provider in MODEL_EXAMPLES and isinstance(model, str) and not model.strip():
-            self.error(
-                (*path, "model"),
-                f"must not be empty for provider {provider!r}, e.g. {MODEL_EXAMPLES[provider]}",
-            )
-        d = BrainSpec(provider="scripted")
+        if protocol != "scripted" and isinstance(model, str) and not model.strip():
+            self.error((*path, "model"), f"required for provider {provider!r}, {MODEL_REQUIRED}")
         temperature = self.number(
-            _get(block, "temperature"), (*path, "temperature"), default=d.temperature, minimum=0, maximum=2
+            _get(block, "temperature"), (*path, "temperature"), default=BrainSpec(provider="x").temperature,
+            minimum=0, maximum=2,
         )
+        top_p = self.number(_get(block, "top_p"), (*path, "top_p"), default=None, minimum=0, maximum=1)
         max_tokens = self.integer(_get(block, "max_tokens"), (*path, "max_tokens"), default=None, minimum=1)
-        timeout = self.number(_get(block, "timeout"), (*path, "timeout"), default=d.timeout, above=0)
-        config = self.mapping(
-            block.get("config"), (*path, "config"), None, what="a mapping of provider settings"
-        )
+        timeout = self.number(_get(block, "timeout"), (*path, "timeout"), default=60.0, above=0)
+        native = self.boolean(_get(block, "native_tool_use"), (*path, "native_tool_use"), default=None)
+        context = self.context(_get(block, "context"), (*path, "context")) or None
+        config = self.mapping(block.get("config"), (*path, "config"), None, what="a mapping of provider settings")
+        credential = _get(block, "credential")
+        if credential is not MISSING:
+            if not isinstance(credential, str | dict):
+                self._type_error((*path, "credential"), credential, "a credential name or {ref, scope}")
+            else:
+                ref = credential if isinstance(credential, str) else credential.get("ref")
+                if not isinstance(ref, str) or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", ref):
+                    self.error((*path, "credential"), "must name a secret of the app: letters, digits, '_'")
+                elif config is not None and "api_key" not in config:
+                    # A vault credential is this daemon's per-app secret of that name.
+                    config = {**config, "api_key": f"{{{{secret.{ref}}}}}"}
+                    if ref not in self.secret_refs:
+                        self.secret_refs.append(ref)
+        fallback = None
+        if _get(block, "fallback") is not MISSING:
+            if depth >= 3:
+                self.error((*path, "fallback"), "fallback brains nest at most 3 deep")
+            else:
+                spec_fb = self.brain(block["fallback"], (*path, "fallback"), declared, agent_modules, depth=depth + 1)
+                if spec_fb is not None:
+                    from dataclasses import asdict
+
+                    fallback = asdict(spec_fb)
         if config is not None:
             config = dict(config)
-            if provider == "scripted":
+            if protocol == "scripted":
                 config = self._scripted_config(config, (*path, "config"), declared, agent_modules)
-            elif provider in MODEL_EXAMPLES:
+            else:
                 self._remote_config(config, (*path, "config"))
-        if provider is None or config is None:
+                if spec is not None and not config.get("base_url"):
+                    config["base_url"] = spec.base_url
+                if spec is None and not config.get("base_url"):
+                    self.error((*path, "config", "base_url"),
+                               f"required: provider {provider!r} is not one this daemon knows, so give its URL")
+        if config is None:
             return None
         return BrainSpec(
             provider=provider,
-            model=model,
+            model=model if isinstance(model, str) else "",
             temperature=temperature,
             max_tokens=max_tokens,
             timeout=timeout,
             config=config,
+            protocol=protocol,
+            top_p=top_p,
+            native_tool_use=native,
+            context=context,
+            fallback=fallback,
         )
 
     def _remote_config(self, config: dict[str, Any], path: Path) -> None:
@@ -485,7 +894,6 @@ class Checker:
         api_key = config.get("api_key")
         if api_key is not None and not isinstance(api_key, str):
             self._type_error((*path, "api_key"), api_key, "a string (usually {{secret.KEY}})")
-
     # -- scripted brain ----------------------------------------------------------------------
     def _scripted_config(
         self, config: dict[str, Any], path: Path, declared: list[str], agent_modules: tuple[str, ...] | None
@@ -631,89 +1039,137 @@ class Checker:
     # -- tools -------------------------------------------------------------------------------
     def tools(
         self, top: dict[str, Any], declared: list[str]
-    ) -> tuple[dict[str, dict[str, Any]], Capabilities | None]:
+    ) -> tuple[dict[str, dict[str, Any]], Capabilities | None, dict[str, dict[str, Any]], int | None]:
         path: Path = ("tools",)
         block = self.mapping(top.get("tools"), path, TOOLS_KEYS)
         if block is None:
-            return {}, None
-        modules = self._modules(block.get("modules"), (*path, "modules"))
-        capabilities = None
+            return {}, None, {}, None
+        modules, constraints = self._modules(block.get("modules"), (*path, "modules"))
+        if block.get("channels"):
+            self.mapping(block["channels"], (*path, "channels"), None, what="a mapping of channel name -> settings")
+            self.warn((*path, "channels"), NOT_ACTED)
+        capabilities, approval_timeout = None, None
         if block.get("capabilities") is not None:
-            capabilities = self._capabilities(block["capabilities"], (*path, "capabilities"), declared)
-        return modules, capabilities
+            capabilities, approval_timeout = self._capabilities(
+                block["capabilities"], (*path, "capabilities"), declared
+            )
+        return modules, capabilities, constraints, approval_timeout
 
-    def _modules(self, raw: Any, path: Path) -> dict[str, dict[str, Any]]:
+    def _modules(self, raw: Any, path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
         block = self.mapping(raw, path, None, what="a mapping of module id -> settings")
         if block is None:
-            return {}
+            return {}, {}
         out: dict[str, dict[str, Any]] = {}
-        for module, config in block.items():
+        constraints: dict[str, dict[str, Any]] = {}
+        for module, settings in block.items():
             module_path = (*path, module)
-            if module not in self.catalog:
-                self.error(module_path, f"unknown module {module!r}; {did_you_mean(module, self.catalog)}")
+            if module in SYSTEM_MODULES:
+                if settings:
+                    self.warn(module_path, f"{NOT_ACTED} (the discovery meta-tools are always provided)")
                 continue
+            if module not in self.catalog:
+                self.unavailable.add(module)
+                self.error(module_path, self._not_available(module))
+                continue
+            if settings is None:
+                settings = {}
+            if not isinstance(settings, dict):
+                self._type_error(module_path, settings, "a mapping of settings (or empty for the defaults)")
+                continue
+            # Keys directly under the module other than the block's own fold into config, as the
+            # original does for old flat module settings (this project's README form).
+            config = settings.get("config")
             if config is None:
                 config = {}
             if not isinstance(config, dict):
-                self._type_error(module_path, config, "a mapping of settings (or empty for the defaults)")
-                continue
+                self._type_error((*module_path, "config"), config, "a mapping of settings")
+                config = {}
+            flat = {k: v for k, v in settings.items() if k not in MODULE_BLOCK_KEYS}
+            config = {**flat, **config}
+            for key in ("setup", "middleware", "credential"):
+                if settings.get(key):
+                    self.warn((*module_path, key), NOT_ACTED)
+            limits = self._constraints(module, settings.get("constraints"), (*module_path, "constraints"), config)
+            if limits:
+                constraints[module] = limits
             out[module] = self._module_config(module, config, module_path)
+        return out, constraints
+
+    def _constraints(self, module: str, raw: Any, path: Path, config: dict[str, Any]) -> dict[str, Any]:
+        block = self.mapping(raw, path, None, what="a mapping of constraints")
+        if not block:
+            return {}
+        out: dict[str, Any] = {}
+        for key in ("allowed_actions", "blocked_actions"):
+            if key in block and block[key] is not None:
+                names = self._string_list(block[key], (*path, key))
+                out[key] = self._actions_of(module, names, (*path, key))
+        schema = (self.config_schema(module) or {}).get("properties") or {}
+        for key, value in block.items():
+            if key in ("allowed_actions", "blocked_actions"):
+                continue
+            if key in schema:  # e.g. shell allowed_commands / blocked_commands: enforced by the module
+                config.setdefault(key, value)
+            else:
+                self.warn((*path, key), NOT_ACTED)
         return out
 
     def _module_config(self, module: str, config: dict[str, Any], path: Path) -> dict[str, Any]:
         schema = self.config_schema(module) or {}
-        config = _coerce_by_schema(config, schema, path, self.templates)
+        config = _coerce_by_schema(config, schema, (*path, "config"), self.templates)
+        known = list((schema.get("properties") or {}).keys())
+        if schema.get("additionalProperties") is False:
+            # A setting the original's module has and this build's does not: accepted with a warning
+            # (the module runs with its own defaults); a close spelling of a real one is a typo.
+            for key in list(config):
+                if key in known:
+                    continue
+                close = difflib.get_close_matches(key, known, n=1, cutoff=SETTING_TYPO_CUTOFF)
+                if close:  # a near spelling of a real setting is a typo; anything else, the original's
+                    self.error((*path, "config", key), f"unknown setting; did you mean '{close[0]}'?")
+                else:
+                    self.warn((*path, "config", key), NOT_ACTED)
+                config.pop(key)
         validator_cls = jsonschema.validators.validator_for(schema)
         validator = validator_cls(schema)
         for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
-            where = (*path, *err.absolute_path)
-            if (
-                err.validator != "type"
-                and isinstance(err.instance, str)
-                and SECRET_MARKER.search(err.instance)
-            ):
+            where = (*path, "config", *err.absolute_path)
+            if err.validator != "type" and isinstance(err.instance, str) and SECRET_MARKER.search(err.instance):
                 continue  # the value is only known at run time
-            if err.validator == "additionalProperties" and isinstance(err.instance, dict):
-                known = list((err.schema.get("properties") or {}).keys())
-                patterns = list((err.schema.get("patternProperties") or {}).keys())
-                for key in err.instance:
-                    if key not in known and not any(re.search(p, key) for p in patterns):
-                        self.error((*where, key), f"unknown setting; {did_you_mean(key, known)}")
-            elif err.validator == "required" and isinstance(err.validator_value, list):
-                missing = [
-                    k for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance
-                ]
+            if err.validator == "required" and isinstance(err.validator_value, list):
+                missing = [k for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance]
                 for key in missing:
                     self.error((*where, key), "required")
             elif err.validator == "type":
                 expected = err.validator_value
                 expected = " or ".join(expected) if isinstance(expected, list) else str(expected)
                 self._type_error(where, err.instance, f"of type {expected}")
+            elif err.validator == "additionalProperties":
+                self.warn(where, f"{NOT_ACTED}: {err.message}")
             else:
                 self.error(where, err.message)
         return config
 
-    def _capabilities(self, raw: Any, path: Path, declared: list[str]) -> Capabilities | None:
+    def _capabilities(
+        self, raw: Any, path: Path, declared: list[str]
+    ) -> tuple[Capabilities | None, int | None]:
         block = self.mapping(raw, path, CAPABILITY_KEYS)
         if block is None:
-            return None
+            return None, None
         d = Capabilities()
         default_policy = self.choice(
-            _get(block, "default_policy"),
-            (*path, "default_policy"),
-            POLICIES,
-            default=d.default_policy,
-            what="policy",
+            _get(block, "default_policy"), (*path, "default_policy"), POLICIES, default=d.default_policy, what="policy"
         )
         max_risk_level = self.choice(
-            _get(block, "max_risk_level"),
-            (*path, "max_risk_level"),
-            RISK_LEVELS,
-            default=d.max_risk_level,
+            _get(block, "max_risk_level"), (*path, "max_risk_level"), RISK_LEVELS, default=d.max_risk_level,
             what="risk level",
         )
+        approval_timeout = self.integer(
+            _get(block, "approval_timeout"), (*path, "approval_timeout"), default=None, minimum=30, maximum=3600
+        )
+        self.not_acted(block, path, ("max_data_classification", "rate_limits"))
         lists: dict[str, tuple[CapabilityRule, ...]] = {}
-        for kind in ("grant", "approve", "deny"):
+        for kind in ("grant", "approve", "deny", "hidden_actions"):
             raw_rules = _get(block, kind)
             rules: list[CapabilityRule] = []
             if raw_rules is not MISSING:
@@ -725,7 +1181,33 @@ class Checker:
                         if rule is not None:
                             rules.append(rule)
             lists[kind] = tuple(rules)
-        return Capabilities(default_policy=default_policy, max_risk_level=max_risk_level, **lists)
+        hidden_modules = self._string_list(_get(block, "hidden_modules"), (*path, "hidden_modules"))
+        for index, module in enumerate(hidden_modules):
+            if module not in self.catalog and module not in SYSTEM_MODULES and module not in self.unavailable:
+                self.warn((*path, "hidden_modules", index), f"module {module!r} is not available in this build")
+        # The original refuses a tool both granted and denied.
+        for gi, grant in enumerate(lists["grant"]):
+            for deny in lists["deny"]:
+                if grant.module != deny.module:
+                    continue
+                # Only actions both lists name: "grant the module, deny one action" is the common form.
+                both = set(grant.actions or ()) & set(deny.actions or ())
+                if both:
+                    self.error(
+                        (*path, "grant", gi),
+                        f"{', '.join(f'{grant.module}.{a}' for a in sorted(both))} is both granted and denied; "
+                        "keep it in one list",
+                    )
+        caps = Capabilities(
+            default_policy=default_policy,
+            max_risk_level=max_risk_level,
+            grant=lists["grant"],
+            approve=lists["approve"],
+            deny=lists["deny"],
+            hidden_modules=tuple(hidden_modules),
+            hidden_actions=lists["hidden_actions"],
+        )
+        return caps, approval_timeout
 
     def _capability_rule(self, raw: Any, path: Path, declared: list[str]) -> CapabilityRule | None:
         if isinstance(raw, str):
@@ -746,52 +1228,53 @@ class Checker:
             module = self.string(block["module"], (*path, "module"), default=None)
             if module is None:
                 return None
-            module_path, action_path = (*path, "module"), (*path, "actions")
+            module_path = (*path, "module")
             actions = _get(block, "actions")
+            action_path = (*path, "actions")
+            if _get(block, "tools") is not MISSING:
+                if actions is not MISSING:
+                    self.error((*path, "tools"), "write the actions under 'actions' or 'tools', not both")
+                    return None
+                actions, action_path = block["tools"], (*path, "tools")
             reason = self.string(_get(block, "reason"), (*path, "reason"), default="")
-        if module not in self.catalog:
-            self.error(module_path, f"unknown module {module!r}; {did_you_mean(module, self.catalog)}")
+        if module in SYSTEM_MODULES:
+            return None  # always auto in the original
+        if module not in self.catalog and module != "*":
+            if module in self.unavailable:
+                return None  # already reported under tools.modules
+            hint = did_you_mean(module, self.catalog)
+            if hint.startswith("did you mean"):
+                self.error(module_path, f"unknown module {module!r}; {hint}")
+            else:  # the app means to use it (the original loads granted modules): name what is lacking
+                self.unavailable.add(module)
+                self.error(module_path, self._not_available(module))
             return None
-        if module not in declared:
+        if module not in declared and module != "*":
             self.problems.warn(
                 module_path,
                 f"module {module!r} is not declared under tools.modules, so this rule has no effect",
             )
         if actions is MISSING:
             return CapabilityRule(module=module, actions=None, reason=reason)
+        if isinstance(actions, str):
+            actions = [actions]
         if not isinstance(actions, list):
             self._type_error(action_path, actions, "a list of action names, e.g. [read, ls]")
             return None
         if not actions:
-            self.error(
-                action_path,
-                "must name at least one action; omit 'actions' to cover every action of the module",
-            )
+            return CapabilityRule(module=module, actions=None, reason=reason)  # empty = every action
+        if not all(isinstance(a, str) for a in actions):
+            for index, action in enumerate(actions):
+                if not isinstance(action, str):
+                    self._type_error((*action_path, index), action, "an action name (a string)")
             return None
-        known = self.catalog[module]
-        checked: list[str] = []
-        valid = True
-        for index, action in enumerate(actions):
-            where = action_path if isinstance(raw, str) else (*action_path, index)
-            if not isinstance(action, str):
-                self._type_error(where, action, "an action name (a string)")
-                valid = False
-            elif known is not None and action not in known:
-                self.error(
-                    where, f"unknown action {action!r} of module {module!r}; {did_you_mean(action, known)}"
-                )
-                valid = False
-            elif action not in checked:  # a repeated action is harmless; keep it once
-                checked.append(action)
-        if not valid:
+        if module == "*":
+            return CapabilityRule(module=module, actions=tuple(dict.fromkeys(actions)), reason=reason)
+        errors = len(self.problems.errors)
+        checked = self._actions_of(module, actions, action_path, scalar=isinstance(raw, str))
+        if len(self.problems.errors) != errors:
             return None
         return CapabilityRule(module=module, actions=tuple(checked), reason=reason)
-
-    # -- free-form ---------------------------------------------------------------------------
-    def free_form(self, top: dict[str, Any], key: str) -> dict[str, Any]:
-        block = self.mapping(top.get(key), (key,), None)
-        return dict(block) if block is not None else {}
-
 
 def _split_tool(name: str) -> tuple[str, str]:
     """``module.action`` or ``module__action`` (the wire form LLM providers need) -> (module, action);
@@ -811,10 +1294,19 @@ def _is_number(text: str) -> bool:
     return True
 
 
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
 def _coerce_by_schema(value: Any, schema: Any, path: Path, templates: Mapping[Path, str]) -> Any:
-    """Read interpolated strings as the number/boolean the module's JSON schema asks for."""
+    """Read interpolated strings as the number/boolean the module's JSON schema asks for, and the Go
+    port's durations ("30s", "5m", "500ms") as seconds where a number is wanted."""
     if not isinstance(schema, dict):
         return value
+    wanted_type = schema.get("type")
+    if isinstance(value, str) and wanted_type in ("number", "integer") and (match := _DURATION.match(value)):
+        seconds = float(match.group(1)) * _DURATION_SECONDS[match.group(2)]
+        return int(seconds) if wanted_type == "integer" and seconds.is_integer() else seconds
     if isinstance(value, str) and path in templates and not SECRET_MARKER.search(value):
         wanted = schema.get("type")
         wanted = [wanted] if isinstance(wanted, str) else list(wanted or [])
@@ -854,6 +1346,7 @@ def _coerce_by_schema(value: Any, schema: Any, path: Path, templates: Mapping[Pa
     return value
 
 
+
 def build_app(
     top: dict[str, Any],
     *,
@@ -863,18 +1356,35 @@ def build_app(
     catalog: Mapping[str, Sequence[str] | None],
     config_schema: Callable[[str], dict],
     meta_tools: Sequence[str] = (),
+    env_refs: Sequence[str] = (),
 ) -> CompiledApp | None:
     """The compiled app, or None when ``problems`` holds at least one error."""
     checker = Checker(problems, templates, catalog, config_schema, meta_tools)
-    checker.mapping(top, (), CANONICAL_KEYS)
+    checker.secret_refs = list(secret_refs)
+    for key in top:
+        if key not in CANONICAL_KEYS and key not in EXTRA_TOP_KEYS:
+            problems.error((key,), f"unknown key; {did_you_mean(key, (*CANONICAL_KEYS, *LEGACY_KEYS))}")
+    checker.not_acted(top, (), (*EXTRA_TOP_KEYS, "flow", "templates"))
     app = checker.app(top)
-    runtime = checker.runtime(top)
+    mode, runtime = checker.runtime(top)
     declared = checker.declared_modules(top)
+    modules, capabilities, constraints, approval_timeout = checker.tools(top, declared)
     agents = checker.agents(top, declared)
-    modules, capabilities = checker.tools(top, declared)
-    security = checker.free_form(top, "security")
-    ui = checker.free_form(top, "ui")
-    dev = checker.free_form(top, "dev")
+    security = checker.free_block(top.get("security"), ("security",), SECURITY_KEYS)
+    ui = checker.free_block(top.get("ui"), ("ui",), UI_KEYS, UI_HONOURED)
+    dev = checker.free_block(top.get("dev"), ("dev",), DEV_KEYS, DEV_HONOURED)
+    if isinstance(ui.get("greeting"), str | type(None)) is False:
+        checker._type_error(("ui", "greeting"), ui["greeting"], "a string")
+    if approval_timeout is not None:
+        from dataclasses import replace
+
+        runtime = replace(runtime, approval_timeout=approval_timeout)
+    agent_ids = [a.id for a in agents]
+    if runtime.entry_agent and agents and runtime.entry_agent not in agent_ids:
+        problems.error(("runtime", "entry_agent"), f"unknown agent {runtime.entry_agent!r}; {did_you_mean(runtime.entry_agent, agent_ids)}")
+    for index, module in enumerate(runtime.direct_modules):
+        if module not in modules and module not in SYSTEM_MODULES and module not in checker.unavailable:
+            problems.error(("runtime", "direct_modules", index), checker._undeclared(module, list(modules)))
     if problems or "app_id" not in app:
         return None
     return CompiledApp(
@@ -882,7 +1392,7 @@ def build_app(
         name=app["name"],
         version=app["version"],
         description=app["description"],
-        mode=app["mode"],
+        mode=mode,
         runtime=runtime,
         agents=agents,
         modules=modules,
@@ -890,5 +1400,8 @@ def build_app(
         security=security,
         ui=ui,
         dev=dev,
-        secret_refs=tuple(secret_refs),
+        app_meta=app.get("meta", {}),
+        module_constraints=constraints,
+        secret_refs=tuple(checker.secret_refs),
+        env_refs=tuple(env_refs),
     )

@@ -57,7 +57,7 @@ class AnthropicBrain(Brain):
     @classmethod
     def from_spec(cls, spec: BrainSpec, *, agent_id: str = "") -> AnthropicBrain:
         config = dict(spec.config or {})
-        return cls(
+        brain = cls(
             model=spec.model or config.get("model", ""),
             base_url=str(config.get("base_url") or DEFAULT_BASE_URL),
             api_key=str(config.get("api_key") or ""),
@@ -69,6 +69,8 @@ class AnthropicBrain(Brain):
             anthropic_version=str(config.get("anthropic_version") or DEFAULT_VERSION),
             agent_id=agent_id,
         )
+        brain.top_p = spec.top_p  # None: not sent, the provider's default
+        return brain
 
     @property
     def url(self) -> str:
@@ -92,6 +94,8 @@ class AnthropicBrain(Brain):
             body["system"] = system
         if self.temperature is not None:
             body["temperature"] = self.temperature
+        if getattr(self, "top_p", None) is not None:
+            body["top_p"] = self.top_p
         if tools:
             body["tools"] = [
                 {

@@ -57,7 +57,7 @@ class OpenAIBrain(Brain):
     @classmethod
     def from_spec(cls, spec: BrainSpec, *, agent_id: str = "") -> OpenAIBrain:
         config = dict(spec.config or {})
-        return cls(
+        brain = cls(
             model=spec.model or config.get("model", ""),
             base_url=str(config.get("base_url") or DEFAULT_BASE_URL),
             api_key=str(config.get("api_key") or ""),
@@ -71,6 +71,8 @@ class OpenAIBrain(Brain):
             extra_body=config.get("extra_body") or {},
             agent_id=agent_id,
         )
+        brain.top_p = spec.top_p  # None: not sent, the provider's default
+        return brain
 
     @property
     def url(self) -> str:
@@ -86,6 +88,8 @@ class OpenAIBrain(Brain):
             body["temperature"] = self.temperature
         if self.max_tokens:
             body[self.max_tokens_param] = self.max_tokens
+        if getattr(self, "top_p", None) is not None:
+            body["top_p"] = self.top_p
         if tools:
             body["tools"] = [
                 {

@@ -50,6 +50,50 @@ def cmd_deploy(args) -> int:
     return 0
 
 
+def cmd_validate(args) -> int:
+    """Compile each manifest with the daemon's compiler, locally: nothing is stored or sent."""
+    from digitorn_site.cli.config import django_setup
+
+    django_setup()
+    from apps_registry.manifest.compiler import compile_manifest
+    from apps_registry.services import _folder_files
+    from digitorn_site.errors import DigitornError, ManifestError
+
+    failed = 0
+    report = []
+    for raw in args.paths:
+        path = Path(raw).expanduser()
+        entry: dict = {"path": raw, "valid": False, "errors": [], "warnings": []}
+        try:
+            text = path.read_bytes()
+        except OSError as exc:
+            entry["errors"] = [{"path": "", "message": f"cannot read the file: {exc.strerror}"}]
+        else:
+            try:
+                result = compile_manifest(text, files=_folder_files(path.resolve().parent))
+            except ManifestError as exc:
+                entry["errors"] = list(exc.errors)
+            except DigitornError as exc:
+                entry["errors"] = [{"path": "", "message": str(exc)}]
+            else:
+                entry.update(valid=True, app_id=result.app.app_id, warnings=list(result.warnings),
+                             missing_secrets=list(result.missing_secrets))
+        failed += not entry["valid"]
+        report.append(entry)
+        if args.json:
+            continue
+        if entry["valid"]:
+            print(f"{raw}: ok (app {entry['app_id']})")
+        for err in entry["errors"]:
+            where = f":{err['line']}:{err['column']}" if "line" in err else ""
+            print(f"{raw}{where}: error: {err['path'] + ': ' if err.get('path') else ''}{err['message']}")
+        for warning in entry["warnings"]:
+            print(f"{raw}: warning: {warning}")
+    if args.json:
+        print(json.dumps(report, indent=2, ensure_ascii=False))
+    return 1 if failed else 0
+
+
 def cmd_apps(args) -> int:
     with _client(args) as api:
         data = api.get("/api/apps/")

@@ -84,6 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="redeploy an app that is already deployed")
     p.set_defaults(func=_lazy("commands", "cmd_deploy"))
 
+    p = sub.add_parser("validate", help="compile manifests offline (no daemon): errors with YAML path, line "
+                       "and column, and warnings; exit 1 on errors")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="app YAML files")
+    p.add_argument("--json", action="store_true", help="print the result as JSON")
+    p.set_defaults(func=_lazy("commands", "cmd_validate"))
+
     p = sub.add_parser("apps", help="list deployed apps", parents=[client])
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=_lazy("commands", "cmd_apps"))
