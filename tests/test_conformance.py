@@ -328,14 +328,12 @@ def test_tool_detail(app):
 
 
 def test_index(app):
-    from conversations.engine import META_TOOLS_THRESHOLD
-    from tooling import selectors
+    from tooling.index import DIRECT_TOOLS_LIMIT
 
     data = data_of(c().get("/api/apps/demo/index"))
     check("GET /index", data, nonempty=("categories",))
-    # tool_injection_mode reports what the engine does: the same threshold on both sides.
-    assert selectors.META_TOOLS_THRESHOLD == META_TOOLS_THRESHOLD
-    assert data["tool_injection_mode"] == ("discovery" if data["total_tools"] > META_TOOLS_THRESHOLD else "direct")
+    # tool_injection_mode reports what the engine does (tooling.index.injection_mode, which it calls).
+    assert data["tool_injection_mode"] == ("discovery" if data["total_tools"] > DIRECT_TOOLS_LIMIT else "direct")
 
 
 # --- background tasks, approvals, notifications -------------------------------------------------

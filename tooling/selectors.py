@@ -46,12 +46,6 @@ def tool_executions(*, app_id: str, limit: int = 100) -> list[ToolExecution]:
 _JSON_TYPE_NAMES = {"string": "str", "integer": "int", "number": "float", "boolean": "bool", "array": "list",
                     "object": "dict", "null": "None"}
 
-# Above this many visible tools an agent is given the discovery meta-tools instead of every tool.
-# Must equal conversations.engine.META_TOOLS_THRESHOLD (tooling may not import conversations; a test
-# in tests/test_conformance.py holds the two together).
-META_TOOLS_THRESHOLD = 40
-
-
 def params_summary(parameters: dict[str, Any]) -> str:
     """The original's one-line signature: ``"path: str, limit?: int"`` (optional ones marked ``?``)."""
     props = parameters.get("properties") if isinstance(parameters, dict) else None
@@ -76,10 +70,6 @@ def _examples(tool: ToolSpec) -> list[Any]:
     cls = registry.all_modules().get(tool.module)
     spec = getattr(cls, "actions", {}).get(tool.action) if cls is not None else None
     return list(getattr(spec, "examples", ()) or ())
-
-
-def tool_injection_mode(total_tools: int) -> str:
-    return "discovery" if total_tools > META_TOOLS_THRESHOLD else "direct"
 
 
 def _category_item(category: Any, tool_count: int | None = None) -> dict[str, Any]:
@@ -179,7 +169,7 @@ def tool_index_result(app: Any) -> dict[str, Any]:
     return {
         "total_tools": index.total_tools,
         "total_categories": index.total_categories,
-        "tool_injection_mode": tool_injection_mode(index.total_tools),
+        "tool_injection_mode": index.tool_injection_mode,  # what the engine gives the agents
         "categories": categories,
     }
 
