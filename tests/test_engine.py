@@ -379,7 +379,7 @@ capabilities:
         llm.enqueue_text("Still on it.")
         first = send("orig", "plan the release")
         run(first.session_pk)
-        done = [e.data for e in events(first.session_pk) if e.type == "done"][-1]
+        done = [e.data for e in events(first.session_pk) if e.type == "result"][-1]
         assert done["content"] == "Goal set." and done["tool_calls_count"] == 1
         sent_tools = [t["function"]["name"] for t in llm.requests[0].json.get("tools", [])]
         assert any(name.startswith("memory") for name in sent_tools)

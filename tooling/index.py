@@ -130,6 +130,10 @@ class ToolIndex:
         candidates = [raw]
         if "__" in raw and "." not in raw:
             candidates.append(raw.replace("__", ".", 1))
+        for candidate in list(candidates):  # the original's module names: bash.run -> shell.run
+            module, sep, rest = candidate.partition(".")
+            if module in registry.MODULE_ALIASES:
+                candidates.append(f"{registry.MODULE_ALIASES[module]}{sep}{rest}")
         for candidate in candidates:
             spec = self._by_name.get(candidate) or self.blocked.get(candidate)
             if spec is not None:

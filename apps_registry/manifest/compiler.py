@@ -75,6 +75,7 @@ def compile_manifest(
     canonical, paths = fold(loaded.data, problems)
     if canonical is None:
         raise ManifestError(_render(problems.errors, paths, loaded.locations))
+    canonical = _canonical_module_ids(canonical, registry.MODULE_ALIASES, paths)
     interpolated = interpolate(
         canonical,
         environ=environ,
@@ -114,6 +115,65 @@ def compile_manifest(
     )
 
 
+def _canonical_module_ids(tree: dict[str, Any], aliases: Mapping[str, str], paths: PathMap) -> dict[str, Any]:
+    """The original's other names of a module (``bash`` for ``shell``) replaced by this build's, so
+    one module has one id everywhere: declarations, agents' module lists, capability rules, tool
+    names in scalar grants. A manifest declaring both names keeps the one it wrote canonically."""
+
+    def name(value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        module, dot, action = value.partition(".")
+        return f"{aliases.get(module, module)}{dot}{action}" if module in aliases else value
+
+    tools = tree.get("tools")
+    if not isinstance(tools, dict):
+        tools = {}
+    modules = tools.get("modules")
+    if isinstance(modules, dict) and any(k in aliases for k in modules):
+        renamed: dict[str, Any] = {}
+        for key, block in modules.items():
+            target = aliases.get(key, key)
+            if target != key and target in modules:
+                renamed[key] = block  # both spellings declared: left as written (validation reports it)
+                continue
+            if target != key:
+                paths.add(("tools", "modules", target), paths.to_original(("tools", "modules", key)))
+            renamed[target] = block
+        tools = {**tools, "modules": renamed}
+    caps = tools.get("capabilities")
+    if isinstance(caps, dict):
+        caps = dict(caps)
+        for key in ("grant", "approve", "deny", "hidden_actions"):
+            rules = caps.get(key)
+            if isinstance(rules, list):
+                caps[key] = [
+                    {**r, "module": name(r.get("module"))} if isinstance(r, dict) else name(r) for r in rules
+                ]
+        if isinstance(caps.get("hidden_modules"), list):
+            caps["hidden_modules"] = [name(m) for m in caps["hidden_modules"]]
+        tools = {**tools, "capabilities": caps}
+    if tools:
+        tree = {**tree, "tools": tools}
+    runtime = tree.get("runtime")
+    if isinstance(runtime, dict) and isinstance(runtime.get("direct_modules"), list):
+        tree = {**tree, "runtime": {**runtime, "direct_modules": [name(m) for m in runtime["direct_modules"]]}}
+    agents = tree.get("agents")
+    if isinstance(agents, list):
+        out = []
+        for agent in agents:
+            mods = agent.get("modules") if isinstance(agent, dict) else None
+            if isinstance(mods, list):
+                agent = {**agent, "modules": [
+                    {name(k): v for k, v in m.items()} if isinstance(m, dict) else name(m) for m in mods
+                ]}
+            elif isinstance(mods, dict):
+                agent = {**agent, "modules": {name(k): v for k, v in mods.items()}}
+            out.append(agent)
+        tree = {**tree, "agents": out}
+    return tree
+
+
 def _catalog(registry: Any, tree: Any) -> dict[str, list[str] | None]:
     """Known actions per module, plus this manifest's virtual modules (``mcp_<server>``) with
     ``None``: any action name is accepted for them, their tools are listed only at run time."""
@@ -121,7 +181,12 @@ def _catalog(registry: Any, tree: Any) -> dict[str, list[str] | None]:
     tools = tree.get("tools") if isinstance(tree, dict) else None
     modules = tools.get("modules") if isinstance(tools, dict) else None
     if isinstance(modules, dict):
-        for virtual in registry.virtual_module_ids(modules):
+        # The alias pass has folded flat settings into `config:`; the hook reads a module's config.
+        configs = {
+            module: block["config"] if isinstance(block, dict) and isinstance(block.get("config"), dict) else block
+            for module, block in modules.items()
+        }
+        for virtual in registry.virtual_module_ids(configs):
             catalog.setdefault(virtual, None)
     return catalog
 

@@ -111,6 +111,19 @@ DEV_KEYS = ("skills", "variables", "include", "allow_user_skills")
 DEV_HONOURED = ("variables",)
 # Action names the original's modules have had (its generations differ); one this build lacks is a
 # warning, never a did-you-mean error.
+# The original's action names that this build's modules have under another name: a rule naming one
+# covers the same tool (a deny of `shell: [bash]` must block `shell.run`, not match nothing).
+ORIGINAL_ACTION_NAMES = {
+    "filesystem": {
+        "glob": "find", "search_files": "find", "rm": "delete", "delete_file": "delete", "mv": "move",
+        "move_file": "move", "cp": "copy", "copy_file": "copy", "exists": "stat", "get_file_info": "stat",
+        "read_file": "read", "write_file": "write", "list_directory": "ls", "create_directory": "mkdir",
+    },
+    "shell": {"bash": "run", "exec": "run", "sh": "run"},
+}
+# Other names of modules (tooling.registry.MODULE_ALIASES): renamed by the compiler before validation.
+MODULE_ALIASES = {"bash": "shell"}
+
 ORIGINAL_ACTIONS = {
     "filesystem": (
         "read", "write", "edit", "ls", "glob", "grep", "mkdir", "rm", "delete", "mv", "cp", "stat", "exists",
@@ -744,7 +757,7 @@ class Checker:
         return tuple(out), actions
 
     def _not_available(self, module: str) -> str:
-        known = sorted(self.catalog)
+        known = sorted(m for m in self.catalog if m not in MODULE_ALIASES)
         close = did_you_mean(module, known)
         hint = f"; {close}" if close.startswith("did you mean") else ""
         return f"module {module!r} is not available in this build (available: {', '.join(known)}){hint}"
@@ -758,6 +771,8 @@ class Checker:
         out: list[str] = []
         for index, action in enumerate(actions):
             where = path if scalar else (*path, index)
+            # The original's name of an action this build has under another name (glob -> find).
+            action = ORIGINAL_ACTION_NAMES.get(module, {}).get(action, action)
             if action in known or action == "*":
                 if action not in out:
                     out.append(action)
@@ -1019,6 +1034,7 @@ class Checker:
         if not module or not action:
             self.error(path, f"{raw!r} is not a tool name; write 'module.action', e.g. 'filesystem.read'")
             return raw
+        module = MODULE_ALIASES.get(module, module)
         if module not in tools:
             if restricted and module in self.catalog:
                 self.error(
