@@ -477,7 +477,10 @@ class _TurnRunner:
             if not batch:
                 return
             await self._mark_started(batch)
-            await db(services.turn_tool_start)(turn_pk=self.claim.turn_pk, calls=batch)
+            # The batch carries the plaintext the calls need; the events carry the masked form.
+            await db(services.turn_tool_start)(
+                turn_pk=self.claim.turn_pk, calls=[{**c, "params": self.mask(c["params"])} for c in batch]
+            )
             outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
             for call, outcome in zip(batch, outcomes, strict=True):
                 await self._record(call, outcome)

@@ -311,7 +311,11 @@ class Checker:
             return default
         if not self._in_range(value, path, minimum, maximum):
             return default
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond any float: no bound of ours is that large
+            self.error(path, f"must be a number of a sensible size, got {str(value)[:20]}…")
+            return default
 
     def _in_range(self, value: float, path: Path, minimum: float | None, maximum: float | None) -> bool:
         if minimum is not None and value < minimum:

@@ -147,7 +147,7 @@ def test_a_killed_worker_does_not_run_a_side_effect_tool_twice(daemon_factory, a
     finally:
         stream.stop.set()
     assert (workspace / "runs.txt").read_text().count("started") == 1
-    results = [e["data"] for e in stream.events if e["event"] == "result"]
+    results = [e["data"] for e in stream.events if e["event"] == "tool_call"]
     assert len(results) == 1 and results[0]["success"] is False, results
     assert results[0]["error"].startswith("interrupted"), results
     assert "interrupted" in stream.dones()[0]["content"]

@@ -108,9 +108,11 @@ def chat(daemon, text: str, session: str = "mods") -> str:
 
 
 def execute(daemon, tool: str, params: dict) -> dict:
+    """The tool's outcome: the execute answer is the tool's result flattened into the envelope."""
     response = daemon.client.post(f"/api/apps/{APP}/tools/{tool}/execute", json={"params": params}, timeout=120)
     assert response.status_code == 200, response.text
-    return response.json()["data"]
+    body = response.json()
+    return {"success": body["success"], "data": body["data"], "error": body["error"]}
 
 
 def test_pdf_through_a_turn_and_the_api(daemon, suite):
@@ -157,7 +159,7 @@ def test_mcp_through_a_turn_and_the_api(daemon, suite):
     added = execute(daemon, "mcp_notes.add", {"a": 1, "b": 2})
     assert added["success"] and added["data"]["text"] == "3"
     index = daemon.client.get(f"/api/apps/{APP}/index").json()["data"]
-    categories = {c["name"]: c for c in index["categories"]}
+    categories = {c["id"]: c for c in index["categories"]}
     assert "mcp_notes" in categories
     risks = {t["name"]: t["risk_level"] for t in categories["mcp_notes"]["tools"]}
     assert risks["mcp_notes.add"] == "low" and risks["mcp_notes.note_delete"] == "high"

@@ -255,7 +255,7 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml, api_server):
     # --- the secret in tool parameters: an HTTP header (auto) and a gated shell command ---------
     def approve_param_call(event: dict) -> None:
         if event["event"] == "approval_request":
-            assert event["data"]["params"]["command"] == f"echo param-{MASK} > param.txt", event
+            assert event["data"]["tool_params"]["command"] == f"echo param-{MASK} > param.txt", event
             rec.response(
                 "approve s4",
                 client.post(f"/api/apps/{APP}/approve", json={"request_id": event["data"]["request_id"], "approved": True}),
@@ -266,7 +266,7 @@ def test_secret_plaintext_never_leaves(daemon, app_yaml, api_server):
     )
     param_events = rec.sse(
         client, "events s4", "GET", f"/api/apps/{APP}/sessions/s4/events", params={"since": 0},
-        until=lambda e: e["event"] == "done", on_event=approve_param_call,
+        until=lambda e: e["event"] == "result", on_event=approve_param_call,
     )
     calls = [e["data"] for e in param_events if e["event"] == "tool_call"]
     assert calls[0]["params"]["headers"]["Authorization"] == f"Bearer {MASK}", calls
