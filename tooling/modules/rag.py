@@ -723,7 +723,7 @@ class RagModule(Module):
             },
         },
         side_effects=("state_mutation",),
-        aliases=("unindex", "remove_document", "desindexer"),
+        aliases=("unindex", "remove_document", "remove_from_index", "take_out_of_index", "desindexer", "retirer"),
         tags=("rag", "knowledge", "index"),
         param_aliases=_KB_ALIAS,
     )
