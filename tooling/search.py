@@ -98,7 +98,7 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("remember", "memorize", "memoriser", "memorise", "retenir", "retiens", "souvenir", "souviens",
      "store", "stocker", "noter"),
     ("ask", "interroger", "interroge", "question", "demander", "demande"),
-    ("recall", "rappeler", "rappelle", "retrieve", "recuperer", "recupere", "remind"),
+    ("recall", "rappeler", "rappelle", "retrieve", "recuperer", "recupere", "remind", "know", "sais", "savoir"),
     ("forget", "oublier", "oublie"),
     ("download", "telecharger", "telecharge", "fetch", "get", "retrieve", "recuperer"),
     ("send", "envoyer", "envoie", "post", "submit", "upload", "publish", "publier", "poster"),
