@@ -132,6 +132,10 @@ class RagChunk(models.Model):
     start_line = models.PositiveIntegerField(default=1)
     end_line = models.PositiveIntegerField(default=1)
     vector = models.BinaryField(default=b"")
+    # The chunk's stemmed words, space-padded (" a b a "), so BM25 counts a query word with one
+    # str.count per chunk instead of re-tokenising every chunk's text at each query.
+    terms = models.TextField(default="", blank=True)
+    term_count = models.PositiveIntegerField(default=0)
 
     class Meta:
         ordering = ["document_id", "position"]

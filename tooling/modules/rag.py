@@ -102,25 +102,30 @@ def _terms(text: str) -> list[str]:
     return [stem(w) for w in words(text) if w not in STOPWORDS]
 
 
-def _bm25(query: str, texts: list[str]) -> list[float]:
-    """BM25 of every text for ``query`` (the chunk set is the corpus)."""
+def _padded_terms(text: str) -> tuple[str, int]:
+    """The stored form of a chunk's words: " s1 s2 s1 " and how many there are."""
+    terms = _terms(text)
+    return (" " + " ".join(terms) + " " if terms else ""), len(terms)
+
+
+def _bm25(query: str, chunks: list[tuple[str, int]]) -> list[float]:
+    """BM25 for ``query`` of every (padded terms, term count) chunk; the chunk set is the corpus."""
     q = set(_terms(query))
-    if not q or not texts:
-        return [0.0] * len(texts)
-    docs = [Counter(_terms(t)) for t in texts]
-    n = len(docs)
-    avg = sum(sum(d.values()) for d in docs) / n or 1.0
-    df = {t: sum(1 for d in docs if t in d) for t in q}
-    scores = []
-    for d in docs:
-        length = sum(d.values())
-        s = 0.0
-        for t in q:
-            tf = d.get(t, 0)
+    if not q or not chunks:
+        return [0.0] * len(chunks)
+    n = len(chunks)
+    avg = sum(length for _, length in chunks) / n or 1.0
+    tfs = {t: [terms.count(f" {t} ") for terms, _ in chunks] for t in q}
+    scores = [0.0] * n
+    for counts in tfs.values():
+        df = sum(1 for c in counts if c)
+        if not df:
+            continue
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        for i, tf in enumerate(counts):
             if tf:
-                idf = math.log(1 + (n - df[t] + 0.5) / (df[t] + 0.5))
-                s += idf * tf * (_BM25_K1 + 1) / (tf + _BM25_K1 * (1 - _BM25_B + _BM25_B * length / avg))
-        scores.append(s)
+                length = chunks[i][1]
+                scores[i] += idf * tf * (_BM25_K1 + 1) / (tf + _BM25_K1 * (1 - _BM25_B + _BM25_B * length / avg))
     return scores
 
 
@@ -261,6 +266,7 @@ class RagModule(Module):
         lines: dict[int, int] = {0: 1}
         rows = []
         for i, (start, end, piece) in enumerate(pieces):
+            terms, term_count = _padded_terms(piece)
             rows.append(
                 RagChunk(
                     position=i,
@@ -270,6 +276,8 @@ class RagModule(Module):
                     start_line=_line_at(text, start, lines),
                     end_line=_line_at(text, max(start, end - 1), lines),
                     vector=vectors[i].tobytes() if vectors is not None else b"",
+                    terms=terms,
+                    term_count=term_count,
                 )
             )
         try:
@@ -469,36 +477,39 @@ class RagModule(Module):
         if len(query) > MAX_QUERY_CHARS:
             raise ToolError(f"params.query: {len(query)} characters; the limit is {MAX_QUERY_CHARS}.")
         self._auto_sync()
-        chunks = list(
+        # Only what ranking needs is loaded for every chunk; texts come for the top_k alone.
+        rows = list(
             RagChunk.objects.filter(
                 document__app_id=self.context.app_id, document__workspace=str(self.root),
                 **({"document__knowledge_base": kb} if kb else {}),
-            ).select_related("document")
+            ).values_list("id", "terms", "term_count", "vector", "document__model")
         )
-        if not chunks:
+        if not rows:
             return []
-        keyword = np.asarray(_bm25(query, [c.text for c in chunks]), dtype=np.float64)
+        keyword = np.asarray(_bm25(query, [(r[1], r[2]) for r in rows]), dtype=np.float64)
         if keyword.max() > 0:
             keyword /= keyword.max()
         embedder = _embedder()
         model = _model_key(embedder)
-        semantic = np.zeros(len(chunks), dtype=np.float64)
-        usable = [i for i, c in enumerate(chunks) if c.document.model == model and model and len(c.vector)]
+        semantic = np.zeros(len(rows), dtype=np.float64)
+        usable = [i for i, r in enumerate(rows) if model and r[4] == model and len(r[3])]
         if usable:
             q = np.asarray(embedder.embed([query]), dtype=np.float32)[0]
-            matrix = np.vstack([np.frombuffer(bytes(chunks[i].vector), dtype="<f4") for i in usable])
+            matrix = np.frombuffer(b"".join(bytes(rows[i][3]) for i in usable), dtype="<f4").reshape(len(usable), -1)
             cos = matrix @ q
             semantic[usable] = np.clip((cos - _COS_FLOOR) / (_COS_CEIL - _COS_FLOOR), 0.0, 1.0)
             score = _SEM_WEIGHT * semantic + (1 - _SEM_WEIGHT) * keyword
         else:
             score = keyword
-        order = np.argsort(-score, kind="stable")
+        order = [int(i) for i in np.argsort(-score, kind="stable")[:top_k]]
+        picked = [i for i in order if round(float(score[i]), 4) > 0 and round(float(score[i]), 4) >= min_score]
+        chunks = RagChunk.objects.select_related("document").in_bulk([rows[i][0] for i in picked])
         results = []
-        for i in order[:top_k]:
+        for i in picked:
             value = round(float(score[i]), 4)
-            if value <= 0 or value < min_score:
-                break
-            c = chunks[i]
+            c = chunks.get(rows[i][0])
+            if c is None:
+                continue  # removed by another call since the ranking query
             doc = c.document
             location = f"lines {c.start_line}-{c.end_line}" if c.start_line != c.end_line else f"line {c.start_line}"
             results.append(
