@@ -101,10 +101,11 @@ def test_sources_are_synced_before_each_query(ws):
 def test_ingest_texts_replace_by_id_remove_and_knowledge_bases(ws):
     app = make_app(ws, rag={})
     added = ok(app, "rag.ingest", documents=["The launch code name is Bluebird.", "Budget review is on Tuesday."],
-               ids=["launch", "budget"], kb="project")
+               ids=["launch", "budget"], metadata=[{"owner": "ann"}, {}], kb="project")
     assert added["ids"] == ["launch", "budget"] and added["chunks"] == 2
     assert ok(app, "rag.query", query="code name of the launch", kb="project")["results"][0]["citation"] == {
         "source_type": "text", "source_id": "launch", "location": "line 1", "chunk_index": 0}
+    assert ok(app, "rag.search", query="Bluebird launch")["results"][0]["metadata"] == {"owner": "ann"}
     ok(app, "rag.ingest", text="The launch code name is Kestrel now.", ids=["launch"], knowledge_base="project")
     texts = [r["text"] for r in ok(app, "rag.query", query="launch code name", kb="project", top_k=5)["results"]]
     assert any("Kestrel" in t for t in texts) and not any("Bluebird" in t for t in texts)
@@ -173,6 +174,8 @@ def test_bad_input_is_a_clear_tool_error(ws, tmp_path):
     assert "does not exist" in err(app, "rag.ingest_file", path="missing.md")
     assert "is a folder" in err(app, "rag.ingest_file", path="docs")
     assert "not UTF-8 text" in err(app, "rag.ingest_file", path="image.bin")
+    (ws / "broken.pdf").write_bytes(b"%PDF-1.4 not really a pdf")
+    assert "'broken.pdf' is not a readable PDF" in err(app, "rag.ingest_file", path="broken.pdf")
     assert "is a file" in err(app, "rag.ingest_directory", path="docs/holidays.md")
     assert "outside the workspace" in err(app, "rag.ingest_directory", path="/etc")
     assert "outside the workspace" in err(app, "rag.remove", path="../x")
@@ -187,7 +190,7 @@ def test_bad_input_is_a_clear_tool_error(ws, tmp_path):
     # (expenses.md has two links now, so it is refused as well.)
     summary = ok(app, "rag.ingest_directory")
     assert summary["indexed"] == 3
-    bad = ["link.txt", "hard.md", "docs/expenses.md", "pipe.txt", "image.bin"]
+    bad = ["link.txt", "hard.md", "docs/expenses.md", "pipe.txt", "image.bin", "broken.pdf"]
     assert not RagDocument.objects.filter(source_id__in=bad).exists()
     assert "max_chunks" in err(make_app(ws, app_id="tiny", rag={"max_chunks": 1}), "rag.ingest",
                                documents=["one", "two"])
@@ -226,3 +229,31 @@ def test_chunks_cover_the_text_in_order_and_stay_within_size(text, size, overlap
     for start, end, _ in chunks:
         covered.update(range(start, end))
     assert all(i in covered for i, ch in enumerate(text) if not ch.isspace())
+
+
+@pytest.mark.django_db(transaction=True)
+def test_concurrent_indexing_of_the_same_folder_leaves_one_consistent_index(ws):
+    """Four threads (each its own DB connection) sync the same folder at once: each call succeeds or
+    says to try again, and the index ends with one document per file and every chunk accounted for."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from tests.modkit import call
+
+    app = make_app(ws, rag={})
+
+    def sync(_):
+        try:
+            return call(app, "rag.ingest_directory")
+        finally:
+            connection.close()
+
+    with ThreadPoolExecutor(4) as pool:
+        outcomes = list(pool.map(sync, range(4)))
+    for outcome in outcomes:
+        assert outcome.status == "ok" or "try again" in outcome.error, outcome.error
+    assert sorted(RagDocument.objects.values_list("source_id", flat=True)) == sorted(DOCS)
+    for doc in RagDocument.objects.all():
+        assert doc.chunks.count() == doc.chunk_count > 0
+    assert ok(app, "rag.ingest_directory")["unchanged"] == 4

@@ -29,6 +29,7 @@ Config: ``workspace`` (default: the filesystem module's), ``chunk_size`` (500), 
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import os
@@ -168,12 +169,13 @@ def _pdf_text(raw: bytes, rel: str) -> str:
         raise ToolError(f"'{rel}' is not a readable PDF ({type(exc).__name__}).")
 
 
-def _line_at(text: str, index: int, cache: dict[int, int]) -> int:
-    # Lines are counted once per document; chunks arrive in order so this stays linear.
-    last = max((k for k in cache if k <= index), default=0)
-    line = cache.get(last, 1) + text.count("\n", last, index)
-    cache[index] = line
-    return line
+def _newlines(text: str) -> list[int]:
+    """Offsets of every newline, for line numbers by bisection (a 2 MiB file has many chunks)."""
+    return [m.start() for m in re.finditer("\n", text)]
+
+
+def _line_at(newlines: list[int], index: int) -> int:
+    return bisect.bisect_left(newlines, index) + 1
 
 
 class RagModule(Module):
@@ -263,7 +265,7 @@ class RagModule(Module):
         vectors = None
         if embedder is not None and pieces:
             vectors = np.asarray(embedder.embed([p for _, _, p in pieces]), dtype="<f4")
-        lines: dict[int, int] = {0: 1}
+        newlines = _newlines(text)
         rows = []
         for i, (start, end, piece) in enumerate(pieces):
             terms, term_count = _padded_terms(piece)
@@ -273,8 +275,8 @@ class RagModule(Module):
                     text=piece,
                     start_char=start,
                     end_char=end,
-                    start_line=_line_at(text, start, lines),
-                    end_line=_line_at(text, max(start, end - 1), lines),
+                    start_line=_line_at(newlines, start),
+                    end_line=_line_at(newlines, max(start, end - 1)),
                     vector=vectors[i].tobytes() if vectors is not None else b"",
                     terms=terms,
                     term_count=term_count,
@@ -524,6 +526,7 @@ class RagModule(Module):
                         "location": location,
                         "chunk_index": c.position,
                     },
+                    "metadata": doc.metadata or {},
                 }
             )
         return results
