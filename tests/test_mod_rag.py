@@ -113,8 +113,9 @@ def test_ingest_texts_replace_by_id_remove_and_knowledge_bases(ws):
     assert ok(app, "rag.query", query="launch code name")["count"] == 0
     assert ok(app, "rag.search", query="budget review")["results"][0]["knowledge_base"] == "project"
 
-    ok(app, "rag.ingest_file", path="docs/expenses.md")
-    ok(app, "rag.ingest_directory", path="src")
+    assert ok(app, "rag.ingest", path="docs/expenses.md")["status"] == "indexed"  # a file, as ingest_file
+    assert ok(app, "rag.ingest", path="src")["indexed"] == 1  # a folder, as ingest_directory
+    assert "not both" in err(app, "rag.ingest", path="src", text="x")
     listed = ok(app, "rag.list_knowledge_bases")
     assert {(k["name"], k["doc_count"]) for k in listed["knowledge_bases"]} == {("default", 2), ("project", 2)}
     assert listed["retrieval"] == "hybrid"

@@ -596,7 +596,7 @@ class RagModule(Module):
 
     @action(
         description="Add texts to a knowledge base: each is chunked, embedded and becomes searchable; "
-        "re-ingesting an id replaces its text.",
+        "re-ingesting an id replaces its text. With 'path', adds a workspace file or folder instead.",
         parameters={
             "properties": {
                 "documents": {
@@ -606,6 +606,11 @@ class RagModule(Module):
                     "maxItems": MAX_DOCUMENTS_PER_CALL,
                 },
                 "text": {"type": "string", "minLength": 1, "description": "One text (instead of documents)."},
+                "path": {
+                    "type": "string",
+                    "minLength": 1,
+                    "description": "A workspace file or folder (as rag.ingest_file / rag.ingest_directory).",
+                },
                 "ids": {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 200}},
                 "metadata": {"type": "array", "items": {"type": "object"}},
                 "knowledge_base": _KB_PARAM,
@@ -624,8 +629,18 @@ class RagModule(Module):
         ids: list[str] | None = None,
         metadata: list[dict] | None = None,
         knowledge_base: str | None = None,
+        path: str | None = None,
     ) -> dict[str, Any]:
         kb = self._kb(knowledge_base)
+        if path is not None:
+            # The Go port's ingest{text | path}: one action to add whatever the agent has.
+            if documents or text or ids or metadata:
+                raise ToolError("params.path: give either a path or texts (documents/text), not both.")
+            with Beneath(self.root) as ws:
+                is_dir = ws.resolve(path).is_dir
+            if is_dir:
+                return self.ingest_directory(path=path, knowledge_base=kb)
+            return self.ingest_file(path=path, knowledge_base=kb)
         if documents and text:
             raise ToolError("params.documents: give either documents (a list) or text (one), not both.")
         texts = list(documents or ([text] if text else []))
