@@ -187,6 +187,11 @@ def test_bad_input_is_a_clear_tool_error(ws, tmp_path):
     assert "params.ids" in err(app, "rag.ingest", documents=["a", "b"], ids=["one"])
     assert "params.path" in err(app, "rag.remove")
     assert "max_file_bytes" in err(app, "rag.ingest", text="x" * 10_001)
+    deep = ws.joinpath(*(["d" * 250] * 5))
+    deep.mkdir(parents=True)
+    (deep / "deep.txt").write_text("a file whose path is longer than the index keeps")
+    long_path = str((deep / "deep.txt").relative_to(ws))
+    assert "characters" in err(app, "rag.ingest_file", path=long_path)
     # The directory walk skips what a single call refuses, and the index holds none of it.
     # (expenses.md has two links now, so it is refused as well.)
     summary = ok(app, "rag.ingest_directory")

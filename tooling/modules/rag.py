@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from django.db import IntegrityError, transaction
+from django.db.models import Sum
 
 from tooling.models import RagChunk, RagDocument
 from tooling.modules._workspace import Beneath, Target, workspace_root
@@ -53,6 +54,7 @@ DEFAULT_MAX_CHUNKS = 50_000
 DEFAULT_KB = "default"
 MAX_QUERY_CHARS = 2000
 MAX_DOCUMENTS_PER_CALL = 500
+_MAX_SOURCE_CHARS = 1024  # RagDocument.source_id
 _KB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 # Weighted fusion of the two rankings; cosine of the static model is rescaled like tool search's.
 _SEM_WEIGHT = 0.6
@@ -292,16 +294,11 @@ class RagModule(Module):
                     source_id=source_id,
                     defaults={"sha256": sha},
                 )
-                old = doc.chunk_count
-                total = (
-                    RagChunk.objects.filter(
-                        document__app_id=self.context.app_id, document__workspace=str(self.root)
-                    ).count()
-                    - old
-                )
-                if total + len(rows) > max_chunks:
+                held = self._docs().aggregate(n=Sum("chunk_count"))["n"] or 0
+                total = held - doc.chunk_count + len(rows)
+                if total > max_chunks:
                     raise ToolError(
-                        f"the app's index would hold {total + len(rows)} chunks, above rag.max_chunks "
+                        f"config.max_chunks: the app's index would hold {total} chunks, above rag.max_chunks "
                         f"({max_chunks}); remove documents or raise the limit."
                     )
                 doc.chunks.all().delete()
@@ -325,6 +322,11 @@ class RagModule(Module):
         ``strict`` (one named file) turns skips into tool errors.
         """
         rel = target.rel
+        if len(rel) > _MAX_SOURCE_CHARS:
+            if strict:
+                raise ToolError(f"params.path: the path is {len(rel)} characters; the index keeps paths up to "
+                                f"{_MAX_SOURCE_CHARS}.")
+            return "skipped"
         existing = self._docs(kb).filter(kind=RagDocument.Kind.FILE, source_id=rel).first()
         try:
             fd = ws.open_file(target, os.O_RDONLY, field="params.path", user_path=rel)
@@ -791,7 +793,7 @@ class RagModule(Module):
         tags=("rag", "knowledge"),
     )
     def list_knowledge_bases(self) -> dict[str, Any]:
-        from django.db.models import Count, Max, Sum
+        from django.db.models import Count, Max
 
         rows = (
             self._docs()
