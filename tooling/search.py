@@ -81,14 +81,14 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("read", "lire", "lis", "lit", "lisez", "lecture", "cat", "view", "open", "ouvrir", "ouvre",
      "afficher", "affiche", "show", "display"),
     ("write", "ecrire", "ecris", "ecrivez", "ecriture", "save", "enregistrer", "enregistre",
-     "sauvegarder", "sauvegarde", "sauver"),
+     "sauvegarder", "sauvegarde", "sauver", "put", "overwrite", "ecraser", "ecrase"),
     ("file", "fichier", "document"),
     ("directory", "folder", "dir", "dossier", "repertoire"),
     ("delete", "remove", "rm", "del", "erase", "unlink", "supprimer", "supprime", "effacer", "efface",
-     "retirer", "destroy"),
+     "retirer", "destroy", "purge"),
     ("search", "find", "chercher", "cherche", "rechercher", "recherche", "trouver", "trouve", "lookup",
      "locate", "seek"),
-    ("grep", "pattern", "regex", "regexp", "motif"),
+    ("grep", "pattern", "regex", "regexp", "motif", "mention", "occurrence", "word", "mot"),
     ("run", "execute", "exec", "launch", "executer", "lancer", "lance", "invoke", "start", "demarrer"),
     ("command", "commande", "cmd", "commandline"),
     ("shell", "bash", "terminal", "console", "sh", "zsh"),
@@ -97,7 +97,8 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("memory", "memoire", "memo"),
     ("remember", "memorize", "memoriser", "memorise", "retenir", "retiens", "souvenir", "souviens",
      "store", "stocker", "noter"),
-    ("recall", "rappeler", "rappelle", "retrieve", "recuperer", "recupere", "remind"),
+    ("ask", "interroger", "interroge", "question", "demander", "demande"),
+    ("recall", "rappeler", "rappelle", "retrieve", "recuperer", "recupere", "remind", "know", "sais", "savoir"),
     ("forget", "oublier", "oublie"),
     ("download", "telecharger", "telecharge", "fetch", "get", "retrieve", "recuperer"),
     ("send", "envoyer", "envoie", "post", "submit", "upload", "publish", "publier", "poster"),
@@ -105,11 +106,13 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("move", "deplacer", "deplace", "mv", "rename", "renommer", "renomme"),
     ("copy", "copier", "copie", "cp", "duplicate", "dupliquer", "clone"),
     ("edit", "modify", "modifier", "modifie", "change", "changer", "update", "replace", "remplacer",
-     "remplace", "patch", "editer"),
+     "remplace", "patch", "editer", "swap", "substitute", "fix", "typo", "corriger", "corrige", "rewrite"),
     ("create", "creer", "cree", "make", "new", "nouveau", "nouvelle", "add", "ajouter", "ajoute", "mkdir"),
-    ("stat", "info", "metadata", "metadonnees", "details", "size", "taille", "exists", "existe"),
+    ("stat", "info", "metadata", "metadonnees", "details", "size", "taille", "exists", "existe", "big",
+     "bigger", "large", "larger", "small", "smaller", "permission", "droits"),
     ("table", "tableau"),
-    ("schema", "structure", "describe", "decrire", "decris", "columns", "colonne", "fields", "champs"),
+    ("schema", "structure", "describe", "decrire", "decris"),
+    ("column", "colonne", "field", "champ"),
     ("web", "http", "https", "url", "website", "site", "internet", "lien", "link"),
     ("request", "requete", "call", "appel", "appeler", "appelle"),
     ("row", "ligne", "record", "enregistrement", "entry", "entree"),
@@ -121,6 +124,19 @@ SYNONYM_GROUPS: tuple[tuple[str, ...], ...] = (
     ("event", "evenement"),
     ("meeting", "reunion"),
     ("image", "picture", "photo"),
+    # Version control (git) and documents (pdf, rag).
+    ("log", "history", "historique", "journal"),
+    ("recent", "latest", "last", "newest", "dernier", "derniere", "recents"),
+    ("status", "statut", "etat", "uncommitted", "pending", "dirty"),
+    ("diff", "difference", "differences", "compare", "comparer"),
+    ("branch", "branche"),
+    ("checkout", "switch", "basculer", "bascule"),
+    ("repository", "repo", "depot"),
+    ("stage", "staging", "stager"),
+    ("extract", "extraire", "extrais", "extrait", "pull"),
+    ("index", "indexe", "ingest", "ingerer", "vectorise", "embed"),
+    ("knowledge", "connaissance", "kb", "rag", "handbook", "documentation", "passage"),
+    ("page", "webpage"),
 )
 
 # Multi-word expressions, matched on the folded query before it is cut into words.
@@ -136,6 +152,27 @@ PHRASES: dict[str, str] = {
     "keep in mind": "remember",
     "how big": "size",
     "search text": "grep search text",
+    "get rid of": "delete",
+    "don t forget": "remember",
+    "n oublie pas": "remember",
+    "last modified": "modification time",
+    "staging area": "stage",
+    "go to": "switch",
+    "base de connaissances": "knowledge",
+    "base connaissances": "knowledge",
+    "knowledge base": "knowledge",
+    "knowledge index": "knowledge",
+    "how many pages": "page count",
+    "where is": "find",
+    "where are": "find",
+    "ou est": "find",
+    "ou se trouve": "find",
+    "what is in": "list",
+    "what s in": "list",
+    "directory contents": "list directory",
+    "folder contents": "list directory",
+    "contenu du dossier": "list directory",
+    "contenu du repertoire": "list directory",
 }
 
 STOPWORDS: frozenset[str] = frozenset(
@@ -460,7 +497,7 @@ class ToolSearchIndex:
             return scores
         total = 0.0
         covered: set[str] = set()
-        for term in terms:
+        for position, term in enumerate(terms):
             best = np.zeros(n, dtype=np.float64)
             candidates: dict[str, float] = {}
             if term.stem in self._postings:
@@ -468,7 +505,9 @@ class ToolSearchIndex:
             for synonym in term.synonyms:
                 if synonym in self._postings and candidates.get(synonym, 0.0) < _SYNONYM_FACTOR:
                     candidates[synonym] = _SYNONYM_FACTOR
-            if len(term.word) >= _PREFIX_MIN_CHARS:
+            # Only the last word may be unfinished (a query is typed left to right): a whole word
+            # earlier on ("know" in "what do you know about…") is not the start of "knowledge".
+            if len(term.word) >= _PREFIX_MIN_CHARS and position == len(terms) - 1:
                 for prefixed, factor in self._prefix_terms(term.word).items():
                     if prefixed in self._postings and candidates.get(prefixed, 0.0) < factor:
                         candidates[prefixed] = factor

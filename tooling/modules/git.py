@@ -249,7 +249,8 @@ class GitModule(Module):
                 "paths": {"type": "array", "items": {"type": "string"}, "maxItems": 100},
             }
         },
-        aliases=("git_log", "history", "commits", "historique", "journal"),
+        aliases=("git_log", "history", "commits", "historique", "journal", "show_history", "afficher_historique",
+                 "recent_commits"),
         tags=("git", "vcs", "history"),
     )
     def log(self, path: str = ".", max_count: int = 20, revision: str | None = None,
