@@ -89,7 +89,7 @@ def report(pid: int, title: str) -> float:
         except OSError:
             continue
     print(f"\n{title}")
-    print(f"| process | pid | RSS MiB | PSS MiB | threads |\n|---|---|---|---|---|")
+    print("| process | pid | RSS MiB | PSS MiB | threads |\n|---|---|---|---|---|")
     for p, rss, pss, threads, cmd in rows:
         print(f"| {label(cmd)} | {p} | {rss:.1f} | {pss:.1f} | {threads} |")
     total_rss = sum(r[1] for r in rows)

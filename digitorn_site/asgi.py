@@ -1,4 +1,5 @@
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
@@ -44,10 +45,10 @@ def _daphne_leaves_bodies_to_django() -> None:
     it, and answers a body its parser rejects (e.g. a multipart with no parts) with an empty 400 that
     has no Content-Type: no envelope, no message. Django parses bodies on its own, so switch
     Twisted's copy off; malformed uploads then get Django's JSON 400 like any other bad body."""
-    try:
-        from daphne.http_protocol import WebRequest
-    except ImportError:  # served by another ASGI server
+    if "daphne.server" not in sys.modules:  # served by another ASGI server (or none: a test)
         return
+    from daphne.http_protocol import WebRequest
+
     if getattr(WebRequest, "_digitorn_no_form_parsing", False):
         return
     original_init = WebRequest.__init__

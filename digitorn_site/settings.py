@@ -9,6 +9,7 @@ scale-out layout. ``.env.example`` documents every variable read here.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import environ
@@ -55,7 +56,6 @@ SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "::1", "testserver"])
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -71,6 +71,10 @@ INSTALLED_APPS = [
     "apps_registry",
     "conversations",
 ]
+# Daphne's app only swaps in its `runserver`; its import pulls Twisted (~28 MiB) into every process
+# (the Celery worker and `manage.py` included). The daemon's ASGI workers start Daphne themselves.
+if "runserver" in sys.argv:
+    INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [
     "digitorn_site.api.middleware.BodySizeLimitMiddleware",

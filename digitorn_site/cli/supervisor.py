@@ -7,7 +7,13 @@ after the grace period. Each child runs in its own process group so Celery's poo
 reaped with their parent, and gets a parent-death signal so none outlives a SIGKILLed supervisor.
 
 Started by ``digitorn start`` as ``python -m digitorn_site.cli.supervisor --listen-fd N ...``
-(detached, logging to DATA_DIR/logs/daemon.log) or run in-process by ``digitorn start --foreground``.
+(detached, logging to DATA_DIR/logs/daemon.log); ``digitorn start --foreground`` execs into it.
+
+Memory (issue 14): this process never imports Django (the CLI hands it every setting it needs), and
+the periodic scheduler runs as a thread of the first Celery worker instead of a process of its own
+(``DIGITORN_EMBEDDED_BEAT``, see ``digitorn_site.celery``). On the embedded default (SQLite broker)
+the Celery worker runs a thread pool: its tasks wait on the database and on tool subprocesses, and a
+prefork pool cost one full copy of the app (~115 MiB) per pool process.
 
 Each ASGI worker gets a listening socket of its own on the same port (SO_REUSEPORT), so the kernel
 hashes connections evenly over the workers. With one shared socket every idle worker wakes on a
@@ -62,6 +68,7 @@ class Child:
     name: str
     argv: list[str]
     pass_fds: tuple[int, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # on top of config.child_env()
     proc: subprocess.Popen | None = None
     starttime: int | None = None
     started_at: float = 0.0
@@ -89,6 +96,8 @@ class Supervisor:
     workers: int = 1
     celery_workers: int = 1
     celery_concurrency: int = 2
+    celery_pool: str = "auto"  # "auto": threads on the embedded broker, prefork otherwise
+    embedded_broker: bool = True  # the SQLAlchemy/SQLite broker (no REDIS_URL)
     beat: bool = True
     grace: float = 10.0
     children: list[Child] = field(default_factory=list)
@@ -127,23 +136,27 @@ class Supervisor:
                     pass_fds=(fd,),
                 )
             )
-        embedded_broker = not config.settings().REDIS_URL and str(
-            config.settings().CELERY_BROKER_URL
-        ).startswith("sqla+")
+        pool = self.celery_pool
+        if pool == "auto":
+            pool = "threads" if self.embedded_broker else "prefork"
+        schedule = str(config.data_dir() / "celerybeat-schedule")
         for index in range(self.celery_workers):
             argv = [
                 py, "-m", "celery", "-A", "digitorn_site", "worker",
+                "--pool", pool,
                 "--concurrency", str(self.celery_concurrency),
                 "--hostname", f"digitorn-{index + 1}-{os.getpid()}@%h",
                 "--loglevel", "INFO",
             ]
-            if embedded_broker:
+            if self.embedded_broker:
                 # The SQLAlchemy transport has no broadcast: gossip, mingle and heartbeats would
                 # only add polling and warnings.
                 argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-            self.children.append(Child(role="celery", name=f"celery-{index + 1}", argv=argv))
-        if self.beat:
-            schedule = str(config.data_dir() / "celerybeat-schedule")
+            # The scheduler rides in the first worker (a thread, see digitorn_site.celery).
+            env = {"DIGITORN_EMBEDDED_BEAT": schedule} if self.beat and index == 0 else {}
+            self.children.append(Child(role="celery", name=f"celery-{index + 1}", argv=argv, env=env))
+        if self.beat and not self.celery_workers:
+            # No local worker (they run on other hosts): the scheduler still runs here, alone.
             self.children.append(
                 Child(
                     role="beat",
@@ -157,7 +170,7 @@ class Supervisor:
     def spawn(self, child: Child) -> None:
         child.proc = subprocess.Popen(
             child.argv,
-            env=config.child_env(),
+            env={**config.child_env(), **child.env},
             cwd=str(config.PROJECT_ROOT),
             stdin=subprocess.DEVNULL,
             pass_fds=child.pass_fds,
@@ -297,6 +310,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--celery-workers", type=int, default=1)
     parser.add_argument("--celery-concurrency", type=int, default=2)
+    parser.add_argument("--celery-pool", choices=("auto", "threads", "prefork", "solo"), default="auto")
+    parser.add_argument("--broker", choices=("embedded", "external"), default="embedded",
+                        help="embedded: the SQLAlchemy transport (set by `digitorn start` from the settings)")
     parser.add_argument("--no-beat", action="store_true")
     parser.add_argument("--grace", type=float, default=10.0)
     # Held, never read: the flock on DATA_DIR/daemon.lock lives as long as this process.
@@ -311,6 +327,8 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         celery_workers=args.celery_workers,
         celery_concurrency=args.celery_concurrency,
+        celery_pool=args.celery_pool,
+        embedded_broker=args.broker == "embedded",
         beat=not args.no_beat,
         grace=args.grace,
     ).run()
