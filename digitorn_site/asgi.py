@@ -6,6 +6,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
+from asgiref.sync import SyncToAsync  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
@@ -23,6 +24,30 @@ class ApiASGIHandler(ASGIHandler):
             super().load_middleware(is_async)
         finally:
             settings.MIDDLEWARE = full
+
+    async def send_response(self, response, send):
+        if response.streaming:
+            _release_request_thread()
+        return await super().send_response(response, send)
+
+
+def _release_request_thread() -> None:
+    """Let the request's sync thread go before a stream starts.
+
+    Django runs each request in a ThreadSensitiveContext: its first thread-sensitive sync call (the
+    sync receivers of ``request_started``, at the least) starts a thread of its own that lives until
+    the request ends. An SSE stream lasts hours, so 1,000 idle streams held 1,019 threads (issue 14).
+    The view has returned here; what the stream does next goes through ``events.db`` (the loop's
+    shared executor). A thread-sensitive call after this point (closing the response) gets a fresh
+    thread that the context's exit shuts down as usual.
+    """
+    try:
+        context = SyncToAsync.thread_sensitive_context.get()
+    except LookupError:
+        return
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
+    if executor is not None:
+        executor.shutdown(wait=False)  # idle: the thread exits now
 
 
 api_asgi_app = ApiASGIHandler()
