@@ -93,6 +93,7 @@ _ERROR_CODES: dict[str, tuple[str, str, bool]] = {
     "no_rule": ("provider_error", "provider", False),
     "conflict": ("session_busy", "internal", True),
     "session_gone": ("session_gone", "session", False),
+    "cursor_expired": ("cursor_expired", "session", False),
     "internal": ("internal_error", "internal", True),
 }
 
@@ -392,6 +393,23 @@ async def _layer_listener() -> None:
 
 
 READ_PAGE = 500
+
+
+def events_floor(*, session_pk: int) -> int | None:
+    """The lowest seq still stored for the session (older ones were pruned), None when it has none."""
+    row = fastsql.fetchone(f"SELECT MIN(seq) FROM {fastsql.table(Event)} WHERE session_id = %s", [session_pk])
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def cursor_expired(*, session_pk: int, last_seq: int, cursor: int) -> int | None:
+    """When events after ``cursor`` were pruned (retention), the cursor to resume from instead: the
+    seq just before the oldest one kept. None when the cursor is still inside the retained log."""
+    if cursor >= last_seq:
+        return None
+    floor = events_floor(session_pk=session_pk)
+    if floor is None:  # everything up to last_seq was pruned
+        return last_seq
+    return floor - 1 if cursor < floor - 1 else None
 
 
 def events_after(*, session_pk: int, after: int, limit: int = READ_PAGE) -> list[Event] | None:

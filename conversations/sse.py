@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from conversations import engine, services
 from conversations.api import serializers as s
-from conversations.events import SessionGone, error_data, follow, sse_frame
+from conversations.events import SessionGone, cursor_expired, error_data, follow, sse_frame
 from conversations.ratelimit import RateLimitState, rate_limit_hit
 from digitorn_site.api.auth import Principal, authenticate_request
 from digitorn_site.api.envelope import error_response
@@ -347,11 +347,21 @@ async def _session_born(app_id: str, session_id: str, principal: str, guard: _St
 
 async def _session_frames(
     session_pk: int | None, session_id: str, after: int, greet: bool, guard: _StreamGuard, *, app_id: str,
-    principal: str,
+    principal: str, expired: int | None = None,
 ) -> AsyncIterator[str]:
     try:
         if greet:
             yield sse_frame(type="connected", data={"session_id": session_id})
+        if expired is not None:
+            # The cursor points into the pruned part of the log (retention): say so, then go on from
+            # the oldest event kept so the client's Last-Event-ID moves past the gap (an EventSource
+            # would otherwise reconnect with the same id forever). Its history is in the REST API.
+            yield sse_frame(type="error", data={**error_data(
+                f"Events after {after} are no longer retained (DIGITORN_RETENTION_DAYS); the stream "
+                f"resumes at event {expired + 1}. Reload the session's history to fill the gap.",
+                kind="cursor_expired",
+            ), "resume_after": expired})
+            after = expired
         if session_pk is None:
             async for pk in _session_born(app_id, session_id, principal, guard):
                 if pk is None:
@@ -391,10 +401,13 @@ async def session_events(request: HttpRequest, app_id: str, session_id: str) -> 
         return error_response(err)
     engine.ensure_recovery()
     after = (session.last_seq if session is not None else 0) if cursor is None else cursor
+    expired = None
+    if session is not None and cursor is not None:
+        expired = await db(cursor_expired)(session_pk=session.pk, last_seq=session.last_seq, cursor=cursor)
     return _sse_response(
         _session_frames(
             session.pk if session is not None else None, session_id, after, cursor is None,
-            _guard_open(request, principal), app_id=app_id, principal=principal.name,
+            _guard_open(request, principal), app_id=app_id, principal=principal.name, expired=expired,
         )
     )
 

@@ -71,6 +71,11 @@ app.conf.beat_schedule = {
         "schedule": 10.0,
         "options": {"expires": 10.0},
     },
+    "conversations-prune-retention": {
+        "task": "conversations.tasks.prune_retention",
+        "schedule": float(os.environ.get("DIGITORN_RETENTION_SWEEP_SECONDS", "3600")),
+        "options": {"expires": 600.0},
+    },
 }
 # acks_late, reject_on_worker_lost and a prefetch of 1 come from settings.py (CELERY_*): a
 # message is acknowledged only after its task ran, and the row claim makes a redelivery harmless.
