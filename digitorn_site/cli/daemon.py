@@ -241,7 +241,7 @@ def cmd_start(args) -> int:
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "ab", buffering=0) as log_fh:
         proc = subprocess.Popen(
-            [config.python(), "-m", "digitorn_site.cli.supervisor", *supervisor_args],
+            [config.python(), "-m", "digitorn_site.cli.supervisor", *supervisor_args, "--log-file", str(log_path)],
             env=config.child_env(),
             cwd=str(config.PROJECT_ROOT),
             stdin=subprocess.DEVNULL,

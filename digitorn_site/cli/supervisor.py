@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -104,6 +105,12 @@ class Supervisor:
     extra_fds: list[int] = field(default_factory=list)  # listening sockets of ASGI workers 2..N
     stopping: bool = False
     started_at: str = ""
+    # daemon.log when detached (None in the foreground: the terminal); rotated when it grows past
+    # log_max_bytes, keeping log_backups old files (issue 14: it grew forever).
+    log_file: str | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
+    _log_checked_at: float = 0.0
 
     @property
     def url(self) -> str:
@@ -254,6 +261,40 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(timeout=5)
 
+    # --- log rotation -------------------------------------------------------------------------
+    def rotate_log(self, *, force: bool = False) -> bool:
+        """copytruncate: daemon.log → daemon.log.1 (older ones shift up), then truncated in place.
+
+        Every process of the daemon writes to the one file through descriptors inherited from
+        ``digitorn start``, opened O_APPEND, so after the truncation their writes land at the new
+        end: nothing to reopen, no pipe through this process. A line written between the copy and
+        the truncation can be lost, the price logrotate's copytruncate pays too.
+        """
+        if not self.log_file or self.log_max_bytes <= 0:
+            return False
+        now = time.monotonic()
+        if not force and now - self._log_checked_at < 5.0:
+            return False
+        self._log_checked_at = now
+        try:
+            if os.stat(self.log_file).st_size <= self.log_max_bytes:
+                return False
+            for index in range(self.log_backups - 1, 0, -1):
+                older = f"{self.log_file}.{index}"
+                if os.path.exists(older):
+                    os.replace(older, f"{self.log_file}.{index + 1}")
+            if self.log_backups > 0:
+                backup = f"{self.log_file}.1"
+                fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out, open(self.log_file, "rb") as src:
+                    shutil.copyfileobj(src, out)
+            os.truncate(self.log_file, 0)
+        except OSError as exc:
+            log(f"could not rotate {self.log_file}: {exc}")
+            return False
+        log(f"rotated {self.log_file} (over {self.log_max_bytes} bytes; {self.log_backups} kept)")
+        return True
+
     # --- main loop ----------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
         if not self.stopping:
@@ -278,6 +319,7 @@ class Supervisor:
                 changed = self.restart_due() or changed
                 if changed:
                     self.write_state()
+                self.rotate_log()
         finally:
             self.stopping = True
             self.stop_children()
@@ -315,6 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="embedded: the SQLAlchemy transport (set by `digitorn start` from the settings)")
     parser.add_argument("--no-beat", action="store_true")
     parser.add_argument("--grace", type=float, default=10.0)
+    parser.add_argument("--log-file", default=None, help="the file stdout/stderr go to, rotated by size")
     # Held, never read: the flock on DATA_DIR/daemon.lock lives as long as this process.
     parser.add_argument("--lock-fd", type=int, default=None)
     args = parser.parse_args(argv)
@@ -331,7 +374,18 @@ def main(argv: list[str] | None = None) -> int:
         embedded_broker=args.broker == "embedded",
         beat=not args.no_beat,
         grace=args.grace,
+        log_file=args.log_file,
+        log_max_bytes=_env_int("DIGITORN_LOG_MAX_BYTES", 10 * 1024 * 1024),
+        log_backups=_env_int("DIGITORN_LOG_BACKUPS", 5),
     ).run()
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        log(f"{name} is not an integer; using {default}")
+        return default
 
 
 if __name__ == "__main__":
