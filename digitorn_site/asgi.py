@@ -6,10 +6,7 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
-import itertools  # noqa: E402
-from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-
-from asgiref.sync import SyncToAsync, ThreadSensitiveContext  # noqa: E402
+from asgiref.sync import SyncToAsync  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
@@ -28,43 +25,29 @@ class ApiASGIHandler(ASGIHandler):
         finally:
             settings.MIDDLEWARE = full
 
-    async def __call__(self, scope, receive, send):
-        """Django's entry point, with the request's thread-sensitive calls on a pooled thread.
-
-        Django runs each request in a ThreadSensitiveContext whose first thread-sensitive sync call
-        (the sync receivers of ``request_started``, at the least) starts a thread of its own, joined
-        by yet another thread when the request ends: two thread starts per turn showed in profiles,
-        an SQLite connection was opened per request, and an SSE stream kept its thread for hours
-        (1,000 idle streams held 1,019 threads, issue 14). The context stays (so the semantics of
-        tasks that outlive the request are Django's), but its executor is one of a few long-lived
-        single-thread executors, unhooked before the context exits so nothing is shut down.
-        """
-        if scope["type"] != "http":
-            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
-        context = ThreadSensitiveContext()
-        async with context:
-            pooled = context.token is not None  # the outermost context: ours to equip
-            if pooled:
-                SyncToAsync.context_to_thread_executor[context] = _request_executor()
-            try:
-                await self.handle(scope, receive, send)
-            finally:
-                if pooled:
-                    SyncToAsync.context_to_thread_executor.pop(context, None)
+    async def send_response(self, response, send):
+        if response.streaming:
+            _release_request_thread()
+        return await super().send_response(response, send)
 
 
-# A request's sync work (DRF views, Django's request signals) runs on one of these threads; several
-# requests may share one (each call waits its turn), which bounds threads whatever the number of
-# open streams. Sized for concurrent sync views, not for streams: streams hold no thread.
-REQUEST_THREADS = 8
-_request_executors = [
-    ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"digitorn-request-{i}") for i in range(REQUEST_THREADS)
-]
-_next_executor = itertools.count()
+def _release_request_thread() -> None:
+    """Let the request's sync thread go before a stream starts.
 
-
-def _request_executor() -> ThreadPoolExecutor:
-    return _request_executors[next(_next_executor) % REQUEST_THREADS]
+    Django runs each request in a ThreadSensitiveContext: its first thread-sensitive sync call (the
+    sync receivers of ``request_started``, at the least) starts a thread of its own that lives until
+    the request ends. An SSE stream lasts hours, so 1,000 idle streams held 1,019 threads (issue 14).
+    The view has returned here; what the stream does next goes through ``events.db`` (the loop's
+    shared executor). A thread-sensitive call after this point (closing the response) gets a fresh
+    thread that the context's exit shuts down as usual.
+    """
+    try:
+        context = SyncToAsync.thread_sensitive_context.get()
+    except LookupError:
+        return
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
+    if executor is not None:
+        executor.shutdown(wait=False)  # idle: the thread exits now
 
 
 api_asgi_app = ApiASGIHandler()
