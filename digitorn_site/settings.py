@@ -256,7 +256,7 @@ DIGITORN_SSE_POLL_SECONDS = env.float("DIGITORN_SSE_POLL_SECONDS", default=0.05)
 DIGITORN_LEASE_SECONDS = env.int("DIGITORN_LEASE_SECONDS", default=60)
 # Retention (issue 14): expired sessions are deleted on schedule; events, and the tool-audit rows of
 # sessions that are gone, are kept this many days (0: forever); the sweep runs every N seconds.
-DIGITORN_RETENTION_DAYS = env.int("DIGITORN_RETENTION_DAYS", default=30)
+DIGITORN_RETENTION_DAYS = env.float("DIGITORN_RETENTION_DAYS", default=30.0)  # fractions allowed
 DIGITORN_RETENTION_SWEEP_SECONDS = env.float("DIGITORN_RETENTION_SWEEP_SECONDS", default=3600.0)
 
 # Background tasks
