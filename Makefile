@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run stop test test-scaleout lint bench venv system-deps clean
+.PHONY: run stop test test-scaleout lint bench bench-peers venv system-deps clean
 
 $(STAMP): requirements.txt pyproject.toml
 	@PY=$$(scripts/find_python.sh) || exit 1; \
@@ -50,6 +50,20 @@ test-scaleout: $(STAMP) system-deps
 
 bench: $(STAMP)
 	$(BIN)/python bench/run_all.py
+
+# Side by side with Agno AgentOS on the peers benchmark (its README: the same client and turn, one
+# real tool call and one answer), run back to back, then summarized. setup.sh makes its venvs once
+# (~3 min). PEERS_BENCH points at the benchmark, PEERS_OUT at where results go.
+PEERS_BENCH ?= $(firstword $(wildcard ../shared/peers-bench /work/shared/peers-bench))
+bench-peers: $(STAMP)
+	@test -x "$(PEERS_BENCH)/run_peer.sh" || { echo "peers-bench not found; set PEERS_BENCH=<dir>"; exit 1; }
+	"$(PEERS_BENCH)/setup.sh"
+	@set -e; out=$${PEERS_OUT:-/tmp/peers-bench/results}; export PEERS_OUT=$$out DIGITORN_VENV=$(abspath $(VENV)); \
+	  "$(PEERS_BENCH)/run_peer.sh" agno --phases latency,throughput; \
+	  "$(PEERS_BENCH)/run_peer.sh" digitorn --phases latency,throughput,idle --idle-n 200,1000; \
+	  "$(PEERS_BENCH)/run_peer.sh" digitorn-w2 --phases latency,throughput; \
+	  echo; echo "peers-bench, $$(date -u +%Y-%m-%d), load average $$(cut -d' ' -f1-3 /proc/loadavg):"; \
+	  python3 "$(PEERS_BENCH)/summarize.py" $$out/agno.json $$out/digitorn.json $$out/digitorn-w2.json
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info

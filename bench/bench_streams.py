@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
 import tempfile
 import time
@@ -22,6 +23,18 @@ import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+
+def threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss_mb(pid: int) -> float:
@@ -64,10 +77,14 @@ async def run(url: str, key: str, n: int, worker_pid: int) -> None:
         await asyncio.gather(*(r.wait() for r in readies))
         open_s = time.perf_counter() - t0
         await asyncio.sleep(2)
+        cpu0, t_cpu = cpu_seconds(worker_pid), time.perf_counter()
+        await asyncio.sleep(5)
+        cpu_pct = 100 * (cpu_seconds(worker_pid) - cpu0) / (time.perf_counter() - t_cpu)
         held_rss = rss_mb(worker_pid)
         print(f"streams open: {opened}/{n} in {open_s:.1f} s")
         print(f"ASGI worker RSS: {base_rss:.0f} MB before, {held_rss:.0f} MB holding {n} idle streams "
               f"(+{(held_rss - base_rss) * 1024 / max(n, 1):.0f} KB per stream)")
+        print(f"ASGI worker while holding them: {threads(worker_pid)} threads, {cpu_pct:.1f} % CPU (5 s)")
         t1 = time.perf_counter()
         r = await client.post(f"/api/apps/streams/sessions/s{n - 1}/messages", json={"message": "ping"})
         assert r.status_code == 202, r.text

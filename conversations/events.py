@@ -19,6 +19,7 @@ import asyncio
 import json
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ _ERROR_CODES: dict[str, tuple[str, str, bool]] = {
     "no_rule": ("provider_error", "provider", False),
     "conflict": ("session_busy", "internal", True),
     "session_gone": ("session_gone", "session", False),
+    "cursor_expired": ("cursor_expired", "session", False),
     "internal": ("internal_error", "internal", True),
 }
 
@@ -119,6 +121,11 @@ class _Watch:
 
 _lock = threading.Lock()
 _watches: dict[int, set[_Watch]] = {}
+# Streams waiting for a session that does not exist yet, by (app_id, principal, session_id); the
+# poller looks them all up in one query per (app, principal) and records the pk of those born.
+BirthKey = tuple[str, str, str]
+_births: dict[BirthKey, set[_Watch]] = {}
+_born: dict[BirthKey, int] = {}
 _known_seq: dict[int, int] = {}
 _background: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task] = {}
 _layer_groups: set[int] = set()
@@ -202,7 +209,47 @@ def _watch_remove(session_pk: int, watch: _Watch) -> None:
 
 def watching_count() -> int:
     with _lock:
-        return sum(len(w) for w in _watches.values())
+        return sum(len(w) for w in _watches.values()) + sum(len(w) for w in _births.values())
+
+
+def ring_birth(key: BirthKey) -> None:
+    """Wake the streams waiting for that session to exist (they re-check, e.g. a revoked key)."""
+    with _lock:
+        watches = list(_births.get(key, ()))
+    for watch in watches:
+        try:
+            watch.loop.call_soon_threadsafe(watch.event.set)
+        except RuntimeError:
+            pass
+
+
+async def wait_born(key: BirthKey, *, timeout: float) -> int | None:
+    """The pk of the session ``key`` once it exists, or None after ``timeout`` seconds (or when
+    rung by :func:`ring_birth`) without it. Never creates the session.
+
+    Streams watching a session id that does not exist yet used to look it up every 0.25 s each:
+    1,000 of them ran 4,000 queries a second. They now share the poller's one lookup per interval.
+    """
+    loop = asyncio.get_running_loop()
+    watch = _Watch(loop)
+    with _lock:
+        _births.setdefault(key, set()).add(watch)
+    _ensure_background(loop)
+    try:
+        if key not in _born:
+            try:
+                await asyncio.wait_for(watch.event.wait(), timeout=timeout)
+            except TimeoutError:
+                pass
+        return _born.get(key)
+    finally:
+        with _lock:
+            watches = _births.get(key)
+            if watches is not None:
+                watches.discard(watch)
+                if not watches:
+                    del _births[key]
+                    _born.pop(key, None)
 
 
 def _ensure_background(loop: asyncio.AbstractEventLoop) -> None:
@@ -219,11 +266,56 @@ def _ensure_background(loop: asyncio.AbstractEventLoop) -> None:
             _background[(loop, name)] = loop.create_task(factory())
 
 
-def _poll_once() -> list[int]:
+# The births lookup runs when a session was created since the last one (the highest session id
+# moved: one trivial query per interval) and at least every BIRTH_RECHECK_SECONDS regardless, for a
+# commit that lands behind a higher id already seen (PostgreSQL hands ids out before commit).
+BIRTH_RECHECK_SECONDS = 1.0
+_birth_state = {"max_id": None, "checked_at": 0.0}
+
+
+def _poll_births() -> list[BirthKey]:
+    """Look up every awaited session (grouped by app and owner: the unique index's order)."""
+    with _lock:
+        keys = [key for key in _births if key not in _born]
+    if not keys:
+        return []
+    table = fastsql.table(Session)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT MAX(id) FROM {table}")
+        max_id = cursor.fetchone()[0]
+    now = time.monotonic()
+    if max_id == _birth_state["max_id"] and now - _birth_state["checked_at"] < BIRTH_RECHECK_SECONDS:
+        return []
+    _birth_state.update(max_id=max_id, checked_at=now)
+    groups: dict[tuple[str, str], list[str]] = {}
+    for app_id, principal, session_id in keys:
+        groups.setdefault((app_id, principal), []).append(session_id)
+    found: list[BirthKey] = []
+    with connection.cursor() as cursor:
+        for (app_id, principal), sids in groups.items():
+            for start in range(0, len(sids), 500):
+                chunk = sids[start : start + 500]
+                cursor.execute(
+                    f"SELECT id, session_id FROM {table} WHERE app_id = %s AND principal = %s "
+                    f"AND session_id IN ({', '.join(['%s'] * len(chunk))})",
+                    [app_id, principal, *chunk],
+                )
+                rows = cursor.fetchall()
+                with _lock:
+                    for pk, session_id in rows:
+                        key = (app_id, principal, session_id)
+                        if key in _births:  # its streams may have left meanwhile
+                            _born[key] = pk
+                            found.append(key)
+    return found
+
+
+def _poll_once() -> tuple[list[int], list[BirthKey]]:
+    born = _poll_births()
     with _lock:
         pks = list(_watches)
     if not pks:
-        return []
+        return [], born
     changed: list[int] = []
     # Raw SQL: this runs every poll interval for every watched session of the worker; compiling the
     # ORM query each time cost more than running it.
@@ -246,7 +338,7 @@ def _poll_once() -> list[int]:
             _known_seq[pk] = last_seq
     # A deleted session wakes its streams so they notice and close.
     changed.extend(pk for pk in pks if pk not in seen)
-    return changed
+    return changed, born
 
 
 async def _poller() -> None:
@@ -256,12 +348,15 @@ async def _poller() -> None:
     while True:
         await asyncio.sleep(interval)
         with _lock:
-            idle = not _watches
+            idle = not _watches and not _births
         if idle:
             continue
         try:
-            for pk in await poll():
+            changed, born = await poll()
+            for pk in changed:
                 _ring_local(pk)
+            for key in born:
+                ring_birth(key)
         except Exception:  # noqa: BLE001 - keep polling; a transient lock must not kill every stream
             log.warning("event poller failed", exc_info=True)
 
@@ -298,6 +393,23 @@ async def _layer_listener() -> None:
 
 
 READ_PAGE = 500
+
+
+def events_floor(*, session_pk: int) -> int | None:
+    """The lowest seq still stored for the session (older ones were pruned), None when it has none."""
+    row = fastsql.fetchone(f"SELECT MIN(seq) FROM {fastsql.table(Event)} WHERE session_id = %s", [session_pk])
+    return None if row is None or row[0] is None else int(row[0])
+
+
+def cursor_expired(*, session_pk: int, last_seq: int, cursor: int) -> int | None:
+    """When events after ``cursor`` were pruned (retention), the cursor to resume from instead: the
+    seq just before the oldest one kept. None when the cursor is still inside the retained log."""
+    if cursor >= last_seq:
+        return None
+    floor = events_floor(session_pk=session_pk)
+    if floor is None:  # everything up to last_seq was pruned
+        return last_seq
+    return floor - 1 if cursor < floor - 1 else None
 
 
 def events_after(*, session_pk: int, after: int, limit: int = READ_PAGE) -> list[Event] | None:

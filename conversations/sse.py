@@ -19,7 +19,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from conversations import engine, services
 from conversations.api import serializers as s
-from conversations.events import SessionGone, error_data, follow, sse_frame
+from conversations.events import SessionGone, cursor_expired, error_data, follow, sse_frame
 from conversations.ratelimit import RateLimitState, rate_limit_hit
 from digitorn_site.api.auth import Principal, authenticate_request
 from digitorn_site.api.envelope import error_response
@@ -67,12 +67,13 @@ async def _auth(request: HttpRequest, *, scope: str, allow_query_token: bool = F
 
 
 class _StreamGuard:
-    __slots__ = ("raw_key", "key_id", "session_pk", "revoked")
+    __slots__ = ("raw_key", "key_id", "session_pk", "birth", "revoked")
 
     def __init__(self, raw_key: str, key_id: int | None):
         self.raw_key = raw_key
         self.key_id = key_id
         self.session_pk: int | None = None
+        self.birth: tuple[str, str, str] | None = None  # waiting for this session to exist
         self.revoked = False
 
     def __call__(self) -> bool:
@@ -103,7 +104,7 @@ def _keys_still_valid(key_ids: list[int], raw_admin_keys: list[str]) -> tuple[se
 
 
 async def _guard_loop() -> None:
-    from conversations.events import _ring_local
+    from conversations.events import _ring_local, ring_birth
 
     check = db(_keys_still_valid)
     while True:
@@ -125,6 +126,8 @@ async def _guard_loop() -> None:
                 guard.revoked = True
                 if guard.session_pk is not None:
                     _ring_local(guard.session_pk)
+                elif guard.birth is not None:
+                    ring_birth(guard.birth)
 
 
 def _guard_open(request: HttpRequest, principal: Principal) -> _StreamGuard:
@@ -319,30 +322,24 @@ def _cursor(request: HttpRequest) -> int | None:
     return value
 
 
-def _session_pk_of(app_id: str, session_id: str, principal: str) -> int | None:
-    from conversations.models import Session
-
-    return Session.objects.filter(app_id=app_id, principal=principal, session_id=session_id).values_list(
-        "pk", flat=True
-    ).first()
-
-
 async def _session_born(app_id: str, session_id: str, principal: str, guard: _StreamGuard) -> AsyncIterator[int | None]:
     """Wait, without creating it, for the caller's session to exist: yields None (a ping is due)
     while waiting, then its pk once. Watching a session id must not create it: a watcher would
-    otherwise own the id (or, before ids were per owner, squat another principal's)."""
+    otherwise own the id (or, before ids were per owner, squat another principal's). The wait is
+    the event poller's shared lookup (events.wait_born), no query of its own per stream."""
     from django.conf import settings
 
+    from conversations.events import wait_born
+
+    key = (app_id, principal, session_id)
+    guard.birth = key  # a revoked key rings it
     loop = asyncio.get_running_loop()
-    interval = max(settings.DIGITORN_SSE_POLL_SECONDS, 0.25)
     next_ping = loop.time() + settings.DIGITORN_SSE_PING_SECONDS
-    lookup = db(_session_pk_of)
     while not guard.revoked:
-        pk = await lookup(app_id, session_id, principal)
+        pk = await wait_born(key, timeout=max(0.0, next_ping - loop.time()))
         if pk is not None:
             yield pk
             return
-        await asyncio.sleep(interval)
         if loop.time() >= next_ping:
             next_ping = loop.time() + settings.DIGITORN_SSE_PING_SECONDS
             yield None
@@ -350,11 +347,21 @@ async def _session_born(app_id: str, session_id: str, principal: str, guard: _St
 
 async def _session_frames(
     session_pk: int | None, session_id: str, after: int, greet: bool, guard: _StreamGuard, *, app_id: str,
-    principal: str,
+    principal: str, expired: int | None = None,
 ) -> AsyncIterator[str]:
     try:
         if greet:
             yield sse_frame(type="connected", data={"session_id": session_id})
+        if expired is not None:
+            # The cursor points into the pruned part of the log (retention): say so, then go on from
+            # the oldest event kept so the client's Last-Event-ID moves past the gap (an EventSource
+            # would otherwise reconnect with the same id forever). Its history is in the REST API.
+            yield sse_frame(type="error", data={**error_data(
+                f"Events after {after} are no longer retained (DIGITORN_RETENTION_DAYS); the stream "
+                f"resumes at event {expired + 1}. Reload the session's history to fill the gap.",
+                kind="cursor_expired",
+            ), "resume_after": expired})
+            after = expired
         if session_pk is None:
             async for pk in _session_born(app_id, session_id, principal, guard):
                 if pk is None:
@@ -394,10 +401,13 @@ async def session_events(request: HttpRequest, app_id: str, session_id: str) -> 
         return error_response(err)
     engine.ensure_recovery()
     after = (session.last_seq if session is not None else 0) if cursor is None else cursor
+    expired = None
+    if session is not None and cursor is not None:
+        expired = await db(cursor_expired)(session_pk=session.pk, last_seq=session.last_seq, cursor=cursor)
     return _sse_response(
         _session_frames(
             session.pk if session is not None else None, session_id, after, cursor is None,
-            _guard_open(request, principal), app_id=app_id, principal=principal.name,
+            _guard_open(request, principal), app_id=app_id, principal=principal.name, expired=expired,
         )
     )
 

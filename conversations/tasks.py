@@ -20,3 +20,9 @@ def recover_leases() -> int:
     for pk in pks:
         advance_session_task.delay(pk)
     return len(pks)
+
+
+@shared_task(name="conversations.tasks.prune_retention", ignore_result=True)
+def prune_retention() -> dict[str, int]:
+    """Periodic: expired sessions, old events and old audit rows (see services.retention_prune)."""
+    return services.retention_prune()

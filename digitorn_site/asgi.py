@@ -1,10 +1,12 @@
 import os
+import sys
 
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
+from asgiref.sync import SyncToAsync  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
@@ -22,6 +24,30 @@ class ApiASGIHandler(ASGIHandler):
             super().load_middleware(is_async)
         finally:
             settings.MIDDLEWARE = full
+
+    async def send_response(self, response, send):
+        if response.streaming:
+            _release_request_thread()
+        return await super().send_response(response, send)
+
+
+def _release_request_thread() -> None:
+    """Let the request's sync thread go before a stream starts.
+
+    Django runs each request in a ThreadSensitiveContext: its first thread-sensitive sync call (the
+    sync receivers of ``request_started``, at the least) starts a thread of its own that lives until
+    the request ends. An SSE stream lasts hours, so 1,000 idle streams held 1,019 threads (issue 14).
+    The view has returned here; what the stream does next goes through ``events.db`` (the loop's
+    shared executor). A thread-sensitive call after this point (closing the response) gets a fresh
+    thread that the context's exit shuts down as usual.
+    """
+    try:
+        context = SyncToAsync.thread_sensitive_context.get()
+    except LookupError:
+        return
+    executor = SyncToAsync.context_to_thread_executor.pop(context, None)
+    if executor is not None:
+        executor.shutdown(wait=False)  # idle: the thread exits now
 
 
 api_asgi_app = ApiASGIHandler()
@@ -44,10 +70,10 @@ def _daphne_leaves_bodies_to_django() -> None:
     it, and answers a body its parser rejects (e.g. a multipart with no parts) with an empty 400 that
     has no Content-Type: no envelope, no message. Django parses bodies on its own, so switch
     Twisted's copy off; malformed uploads then get Django's JSON 400 like any other bad body."""
-    try:
-        from daphne.http_protocol import WebRequest
-    except ImportError:  # served by another ASGI server
+    if "daphne.server" not in sys.modules:  # served by another ASGI server (or none: a test)
         return
+    from daphne.http_protocol import WebRequest
+
     if getattr(WebRequest, "_digitorn_no_form_parsing", False):
         return
     original_init = WebRequest.__init__

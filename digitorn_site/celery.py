@@ -26,21 +26,26 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_ready, worker_shutdown
+from celery.signals import worker_init, worker_ready, worker_shutdown
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 
-try:
-    from kombu.transport.sqlalchemy import Channel as _SqlaChannel
-    from kombu.transport.sqlalchemy import Transport as _SqlaTransport
 
+@worker_init.connect
+def _tune_sqlalchemy_transport(**kwargs) -> None:
+    """Only a consuming worker polls; publishers (the ASGI workers) need not import SQLAlchemy at
+    start (~20 MiB), it is loaded when they first publish."""
+    try:
+        from kombu.transport.sqlalchemy import Channel as _SqlaChannel
+        from kombu.transport.sqlalchemy import Transport as _SqlaTransport
+    except ImportError:  # pragma: no cover - SQLAlchemy missing means a Redis broker
+        return
     # The worker's consume loop sleeps Transport.polling_interval between empty polls (kombu's
     # virtual Transport.drain_events); the Channel attribute alone leaves the 1 s default there.
-    _poll = float(os.environ.get("DIGITORN_BROKER_POLL_SECONDS", "0.1"))
-    _SqlaChannel.polling_interval = _poll
-    _SqlaTransport.polling_interval = _poll
-except ImportError:  # pragma: no cover - SQLAlchemy missing means a Redis broker
-    pass
+    poll = float(os.environ.get("DIGITORN_BROKER_POLL_SECONDS", "0.1"))
+    _SqlaChannel.polling_interval = poll
+    _SqlaTransport.polling_interval = poll
+
 
 log = logging.getLogger("digitorn.workers")
 
@@ -65,6 +70,11 @@ app.conf.beat_schedule = {
         "task": "tooling.tasks.sweep_background_tasks",
         "schedule": 10.0,
         "options": {"expires": 10.0},
+    },
+    "conversations-prune-retention": {
+        "task": "conversations.tasks.prune_retention",
+        "schedule": float(os.environ.get("DIGITORN_RETENTION_SWEEP_SECONDS", "3600")),
+        "options": {"expires": 600.0},
     },
 }
 # acks_late, reject_on_worker_lost and a prefetch of 1 come from settings.py (CELERY_*): a
@@ -125,6 +135,7 @@ class _Heartbeat:
 
 
 _heartbeat: _Heartbeat | None = None
+_beat: Any = None
 
 
 @worker_ready.connect
@@ -133,6 +144,7 @@ def _start_heartbeat(sender=None, **kwargs) -> None:
     hostname = getattr(sender, "hostname", None) or f"worker-{os.getpid()}"
     _heartbeat = _Heartbeat(hostname)
     threading.Thread(target=_heartbeat.run, name="digitorn-heartbeat", daemon=True).start()
+    _start_embedded_beat()
     # A worker that starts after a crash repairs what the crash left (expired leases, lost
     # messages) at once instead of at the next beat tick.
     try:
@@ -141,8 +153,30 @@ def _start_heartbeat(sender=None, **kwargs) -> None:
         log.warning("could not queue the start-up task sweep", exc_info=True)
 
 
+def _start_embedded_beat() -> None:
+    """The periodic scheduler as a thread of this worker, when ``DIGITORN_EMBEDDED_BEAT`` names its
+    schedule file: the supervisor sets it on its first Celery worker. A beat process of its own
+    imported the whole app again (~145 MiB) to send three messages every few seconds (issue 14)."""
+    global _beat
+    schedule = os.environ.get("DIGITORN_EMBEDDED_BEAT", "").strip()
+    if not schedule or _beat is not None:
+        return
+    from celery.beat import EmbeddedService
+
+    _beat = EmbeddedService(app, thread=True, schedule_filename=schedule)
+    _beat.start()
+    log.info("periodic scheduler running in this worker (schedule %s)", schedule)
+
+
 @worker_shutdown.connect
 def _stop_heartbeat(**kwargs) -> None:
+    global _beat
+    if _beat is not None:
+        try:
+            _beat.stop()
+        except Exception:  # noqa: BLE001 - shutting down anyway; the schedule file is rewritten at start
+            log.warning("the embedded scheduler did not stop cleanly", exc_info=True)
+        _beat = None
     if _heartbeat is None:
         return
     _heartbeat.stop.set()

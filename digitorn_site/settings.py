@@ -9,6 +9,7 @@ scale-out layout. ``.env.example`` documents every variable read here.
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import environ
@@ -55,7 +56,6 @@ SECRET_KEY = _secret_key()
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["127.0.0.1", "localhost", "[::1]", "::1", "testserver"])
 
 INSTALLED_APPS = [
-    "daphne",
     "django.contrib.admin",
     "django.contrib.auth",
     "django.contrib.contenttypes",
@@ -71,6 +71,10 @@ INSTALLED_APPS = [
     "apps_registry",
     "conversations",
 ]
+# Daphne's app only swaps in its `runserver`; its import pulls Twisted (~28 MiB) into every process
+# (the Celery worker and `manage.py` included). The daemon's ASGI workers start Daphne themselves.
+if "runserver" in sys.argv:
+    INSTALLED_APPS.insert(0, "daphne")
 
 MIDDLEWARE = [
     "digitorn_site.api.middleware.BodySizeLimitMiddleware",
@@ -250,6 +254,10 @@ DIGITORN_QUEUE_DEPTH = env.int("DIGITORN_QUEUE_DEPTH", default=20)
 DIGITORN_SSE_PING_SECONDS = env.float("DIGITORN_SSE_PING_SECONDS", default=15.0)
 DIGITORN_SSE_POLL_SECONDS = env.float("DIGITORN_SSE_POLL_SECONDS", default=0.05)
 DIGITORN_LEASE_SECONDS = env.int("DIGITORN_LEASE_SECONDS", default=60)
+# Retention (issue 14): expired sessions are deleted on schedule; events, and the tool-audit rows of
+# sessions that are gone, are kept this many days (0: forever); the sweep runs every N seconds.
+DIGITORN_RETENTION_DAYS = env.float("DIGITORN_RETENTION_DAYS", default=30.0)  # fractions allowed
+DIGITORN_RETENTION_SWEEP_SECONDS = env.float("DIGITORN_RETENTION_SWEEP_SECONDS", default=3600.0)
 
 # Background tasks
 DIGITORN_TASK_LEASE_SECONDS = env.float("DIGITORN_TASK_LEASE_SECONDS", default=30.0)

@@ -125,3 +125,38 @@ def test_sse_frame_format():
     assert sse_frame(type="connected", data={"session_id": "s"}) == 'event: connected\ndata: {"session_id":"s"}\n\n'
     # Newlines inside data stay escaped in JSON, so a frame is never split.
     assert "\n" not in sse_frame(type="t", data={"x": "a\nb"}).split("data: ", 1)[1].rstrip("\n")
+
+
+def test_wait_born_shares_one_lookup_and_returns_the_pk_once_created():
+    """Streams waiting for sessions that do not exist yet are answered by the poller's shared lookup
+    (issue 14): each gets its own session's pk, one owner's id never answers another's wait."""
+
+    async def scenario() -> tuple[list, int]:
+        keys = [("app", "alice", f"w{i}") for i in range(20)]
+        waits = [asyncio.ensure_future(events.wait_born(key, timeout=30)) for key in keys]
+        bob = asyncio.ensure_future(events.wait_born(("app", "bob", "w3"), timeout=1.0))
+        await asyncio.sleep(0.2)
+        assert not any(w.done() for w in waits)  # nothing exists: still waiting
+        made = await sync_to_async(lambda: make_session("w3").pk, thread_sensitive=False)()
+        done = await asyncio.wait_for(waits[3], timeout=10)
+        assert done == made
+        assert await bob is None  # alice's w3 is not bob's w3: bob's wait times out
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+        return [w.cancelled() for w in waits], events.watching_count()
+
+    cancelled, count = async_to_sync(scenario)()
+    assert cancelled.count(False) == 1  # only w3 finished
+    assert count == 0 and not events._births and not events._born  # nothing left registered
+
+
+def test_ring_birth_wakes_a_waiter_without_a_session():
+    async def scenario():
+        key = ("app", "alice", "never")
+        wait = asyncio.ensure_future(events.wait_born(key, timeout=30))
+        await asyncio.sleep(0.1)
+        events.ring_birth(key)
+        return await asyncio.wait_for(wait, timeout=5)
+
+    assert async_to_sync(scenario)() is None

@@ -35,6 +35,8 @@ def injection_mode(app: Any, tool_count: int) -> str:
         return forced
     return "discovery" if tool_count > DIRECT_TOOLS_LIMIT else "direct"
 
+_build_lock = threading.Lock()
+
 
 @dataclass(frozen=True)
 class ToolSpec:
@@ -99,13 +101,16 @@ class ToolIndex:
     tools: list[ToolSpec]  # visible (not blocked), in module then action order
     blocked: dict[str, ToolSpec]
     categories: dict[str, Category]
-    _search: ToolSearchIndex = field(repr=False)
+    # The search index is built on first search (see _search): a turn that only calls tools never
+    # loads numpy or the embedding model (~35 MiB per process, issue 14).
+    _docs: tuple[ToolDoc, ...] = field(default=(), repr=False)
     tool_injection_mode: str = "direct"
     _by_name: dict[str, ToolSpec] = field(default_factory=dict, repr=False)
     _aliases: dict[str, list[ToolSpec]] = field(default_factory=dict, repr=False)
     # False when a virtual module (an MCP server) could not be listed: such an index is not cached,
     # so the server's tools appear once it answers.
     complete: bool = True
+    _built: ToolSearchIndex | None = field(default=None, repr=False)
 
     @property
     def total_tools(self) -> int:
@@ -114,6 +119,14 @@ class ToolIndex:
     @property
     def total_categories(self) -> int:
         return len(self.categories)
+
+    @property
+    def _search(self) -> ToolSearchIndex:
+        if self._built is None:
+            with _build_lock:
+                if self._built is None:
+                    self._built = ToolSearchIndex.build(self._docs)
+        return self._built
 
     @property
     def mode(self) -> str:
@@ -252,7 +265,7 @@ def build_index(app: Any) -> ToolIndex:
         tools=visible,
         blocked=blocked,
         categories=categories,
-        _search=ToolSearchIndex.build(docs),
+        _docs=tuple(docs),
         tool_injection_mode=injection_mode(app, len(visible)),
         _by_name={tool.name: tool for tool in visible + hidden},
         _aliases=aliases,

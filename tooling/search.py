@@ -37,8 +37,7 @@ import unicodedata
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-import numpy as np
-
+from digitorn_site.lazy import lazy_module
 from tooling.embeddings import (
     MODEL_ENV_VAR,
     Embedder,
@@ -46,6 +45,9 @@ from tooling.embeddings import (
     configured_model_path,
     load_embedder,
 )
+
+# numpy loads on the first index build or search, not when the registry is imported (issue 14).
+np = lazy_module("numpy")
 
 log = logging.getLogger("digitorn.tooling.search")
 

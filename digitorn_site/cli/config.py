@@ -33,11 +33,17 @@ def django_setup() -> None:
 
 
 def data_dir() -> Path:
+    # DIGITORN_DATA_DIR in the environment is what settings.py resolves too (an env file only fills
+    # variables that are unset); reading it here keeps Django out of the supervisor (issue 14).
+    if value := os.environ.get("DIGITORN_DATA_DIR"):
+        path = Path(value).expanduser().resolve()
+        path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return path
     return Path(settings().DATA_DIR)
 
 
 def pid_file() -> Path:
-    return Path(settings().DIGITORN_PID_FILE)
+    return data_dir() / "daemon.json"  # settings.DIGITORN_PID_FILE
 
 
 def log_dir() -> Path:

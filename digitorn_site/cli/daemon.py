@@ -23,7 +23,7 @@ import httpx
 
 from digitorn_site.cli import config, procs
 from digitorn_site.cli.output import console, fail, info
-from digitorn_site.cli.supervisor import Supervisor, daemon_url, listen_socket
+from digitorn_site.cli.supervisor import daemon_url, listen_socket
 
 DEFAULT_GRACE = 10.0
 
@@ -209,10 +209,13 @@ def cmd_start(args) -> int:
         os.close(lock_fd)
         return fail(f"cannot start digitorn: {exc}")
 
+    settings = config.settings()
+    embedded_broker = not settings.REDIS_URL and str(settings.CELERY_BROKER_URL).startswith("sqla+")
     supervisor_args = [
         "--listen-fd", str(sock.fileno()), "--lock-fd", str(lock_fd), "--host", args.host, "--port", str(port),
         "--workers", str(args.workers), "--celery-workers", str(args.celery_workers),
-        "--celery-concurrency", str(args.celery_concurrency), "--grace", str(args.grace),
+        "--celery-concurrency", str(args.celery_concurrency), "--celery-pool", args.celery_pool,
+        "--broker", "embedded" if embedded_broker else "external", "--grace", str(args.grace),
     ]
     if args.no_beat:
         supervisor_args.append("--no-beat")
@@ -220,16 +223,15 @@ def cmd_start(args) -> int:
     if args.foreground:
         info(f"digitorn starting in the foreground at {url} (Ctrl-C stops it)")
         _print_key_hint(key_file, url)
-        supervisor = Supervisor(
-            listen_fd=sock.fileno(), host=args.host, port=port, workers=args.workers,
-            celery_workers=args.celery_workers, celery_concurrency=args.celery_concurrency,
-            beat=not args.no_beat, grace=args.grace,
-        )
-        sock.detach()  # the supervisor owns the descriptor from here on
-        try:
-            return supervisor.run()
-        finally:
-            os.close(lock_fd)
+        # Become the supervisor (same pid, same terminal): a fresh interpreter that never imports
+        # Django, instead of this process and everything the checks above loaded (issue 14).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.set_inheritable(sock.fileno(), True)
+        os.set_inheritable(lock_fd, True)
+        argv = [config.python(), "-m", "digitorn_site.cli.supervisor", *supervisor_args]
+        os.chdir(config.PROJECT_ROOT)
+        os.execve(config.python(), argv, config.child_env())
 
     log_path = config.log_file()
     # Owner-only: the log holds request lines and tracebacks. os.open's mode applies to a new file
@@ -239,7 +241,7 @@ def cmd_start(args) -> int:
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "ab", buffering=0) as log_fh:
         proc = subprocess.Popen(
-            [config.python(), "-m", "digitorn_site.cli.supervisor", *supervisor_args],
+            [config.python(), "-m", "digitorn_site.cli.supervisor", *supervisor_args, "--log-file", str(log_path)],
             env=config.child_env(),
             cwd=str(config.PROJECT_ROOT),
             stdin=subprocess.DEVNULL,
@@ -380,9 +382,10 @@ def cmd_worker(args) -> int:
     settings = config.settings()
     if not settings.REDIS_URL and str(settings.CELERY_BROKER_URL).startswith("sqla+"):
         argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-    if args.beat:
-        argv += ["--beat", "--schedule", str(config.data_dir() / "celerybeat-schedule")]
     env = config.child_env()
+    if args.beat:
+        # The scheduler as a thread of this worker (digitorn_site.celery), not a forked process.
+        env["DIGITORN_EMBEDDED_BEAT"] = str(config.data_dir() / "celerybeat-schedule")
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(config.python(), argv, env)

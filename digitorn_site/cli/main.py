@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Celery worker processes (0: none, e.g. when `digitorn worker` runs elsewhere)")
     p.add_argument("--celery-concurrency", type=int, default=min(4, os.cpu_count() or 2),
                    help="pool size of each Celery worker (default: CPU count, at most 4)")
+    p.add_argument("--celery-pool", choices=("auto", "threads", "prefork", "solo"), default="auto",
+                   help="Celery pool: auto (default) is threads on the embedded SQLite broker, which "
+                        "keeps the daemon small, and prefork with REDIS_URL")
     p.add_argument("--no-beat", action="store_true", help="do not run the periodic scheduler (celery beat)")
     p.add_argument("--foreground", action="store_true", help="stay attached and log to the terminal")
     p.add_argument("--grace", type=float, default=10.0,

@@ -7,7 +7,13 @@ after the grace period. Each child runs in its own process group so Celery's poo
 reaped with their parent, and gets a parent-death signal so none outlives a SIGKILLed supervisor.
 
 Started by ``digitorn start`` as ``python -m digitorn_site.cli.supervisor --listen-fd N ...``
-(detached, logging to DATA_DIR/logs/daemon.log) or run in-process by ``digitorn start --foreground``.
+(detached, logging to DATA_DIR/logs/daemon.log); ``digitorn start --foreground`` execs into it.
+
+Memory (issue 14): this process never imports Django (the CLI hands it every setting it needs), and
+the periodic scheduler runs as a thread of the first Celery worker instead of a process of its own
+(``DIGITORN_EMBEDDED_BEAT``, see ``digitorn_site.celery``). On the embedded default (SQLite broker)
+the Celery worker runs a thread pool: its tasks wait on the database and on tool subprocesses, and a
+prefork pool cost one full copy of the app (~115 MiB) per pool process.
 
 Each ASGI worker gets a listening socket of its own on the same port (SO_REUSEPORT), so the kernel
 hashes connections evenly over the workers. With one shared socket every idle worker wakes on a
@@ -22,6 +28,7 @@ import argparse
 import contextlib
 import datetime as dt
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -62,6 +69,7 @@ class Child:
     name: str
     argv: list[str]
     pass_fds: tuple[int, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)  # on top of config.child_env()
     proc: subprocess.Popen | None = None
     starttime: int | None = None
     started_at: float = 0.0
@@ -89,12 +97,20 @@ class Supervisor:
     workers: int = 1
     celery_workers: int = 1
     celery_concurrency: int = 2
+    celery_pool: str = "auto"  # "auto": threads on the embedded broker, prefork otherwise
+    embedded_broker: bool = True  # the SQLAlchemy/SQLite broker (no REDIS_URL)
     beat: bool = True
     grace: float = 10.0
     children: list[Child] = field(default_factory=list)
     extra_fds: list[int] = field(default_factory=list)  # listening sockets of ASGI workers 2..N
     stopping: bool = False
     started_at: str = ""
+    # daemon.log when detached (None in the foreground: the terminal); rotated when it grows past
+    # log_max_bytes, keeping log_backups old files (issue 14: it grew forever).
+    log_file: str | None = None
+    log_max_bytes: int = 10 * 1024 * 1024
+    log_backups: int = 5
+    _log_checked_at: float = 0.0
 
     @property
     def url(self) -> str:
@@ -127,23 +143,27 @@ class Supervisor:
                     pass_fds=(fd,),
                 )
             )
-        embedded_broker = not config.settings().REDIS_URL and str(
-            config.settings().CELERY_BROKER_URL
-        ).startswith("sqla+")
+        pool = self.celery_pool
+        if pool == "auto":
+            pool = "threads" if self.embedded_broker else "prefork"
+        schedule = str(config.data_dir() / "celerybeat-schedule")
         for index in range(self.celery_workers):
             argv = [
                 py, "-m", "celery", "-A", "digitorn_site", "worker",
+                "--pool", pool,
                 "--concurrency", str(self.celery_concurrency),
                 "--hostname", f"digitorn-{index + 1}-{os.getpid()}@%h",
                 "--loglevel", "INFO",
             ]
-            if embedded_broker:
+            if self.embedded_broker:
                 # The SQLAlchemy transport has no broadcast: gossip, mingle and heartbeats would
                 # only add polling and warnings.
                 argv += ["--without-gossip", "--without-mingle", "--without-heartbeat"]
-            self.children.append(Child(role="celery", name=f"celery-{index + 1}", argv=argv))
-        if self.beat:
-            schedule = str(config.data_dir() / "celerybeat-schedule")
+            # The scheduler rides in the first worker (a thread, see digitorn_site.celery).
+            env = {"DIGITORN_EMBEDDED_BEAT": schedule} if self.beat and index == 0 else {}
+            self.children.append(Child(role="celery", name=f"celery-{index + 1}", argv=argv, env=env))
+        if self.beat and not self.celery_workers:
+            # No local worker (they run on other hosts): the scheduler still runs here, alone.
             self.children.append(
                 Child(
                     role="beat",
@@ -157,7 +177,7 @@ class Supervisor:
     def spawn(self, child: Child) -> None:
         child.proc = subprocess.Popen(
             child.argv,
-            env=config.child_env(),
+            env={**config.child_env(), **child.env},
             cwd=str(config.PROJECT_ROOT),
             stdin=subprocess.DEVNULL,
             pass_fds=child.pass_fds,
@@ -241,6 +261,40 @@ class Supervisor:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.proc.wait(timeout=5)
 
+    # --- log rotation -------------------------------------------------------------------------
+    def rotate_log(self, *, force: bool = False) -> bool:
+        """copytruncate: daemon.log → daemon.log.1 (older ones shift up), then truncated in place.
+
+        Every process of the daemon writes to the one file through descriptors inherited from
+        ``digitorn start``, opened O_APPEND, so after the truncation their writes land at the new
+        end: nothing to reopen, no pipe through this process. A line written between the copy and
+        the truncation can be lost, the price logrotate's copytruncate pays too.
+        """
+        if not self.log_file or self.log_max_bytes <= 0:
+            return False
+        now = time.monotonic()
+        if not force and now - self._log_checked_at < 5.0:
+            return False
+        self._log_checked_at = now
+        try:
+            if os.stat(self.log_file).st_size <= self.log_max_bytes:
+                return False
+            for index in range(self.log_backups - 1, 0, -1):
+                older = f"{self.log_file}.{index}"
+                if os.path.exists(older):
+                    os.replace(older, f"{self.log_file}.{index + 1}")
+            if self.log_backups > 0:
+                backup = f"{self.log_file}.1"
+                fd = os.open(backup, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(fd, "wb") as out, open(self.log_file, "rb") as src:
+                    shutil.copyfileobj(src, out)
+            os.truncate(self.log_file, 0)
+        except OSError as exc:
+            log(f"could not rotate {self.log_file}: {exc}")
+            return False
+        log(f"rotated {self.log_file} (over {self.log_max_bytes} bytes; {self.log_backups} kept)")
+        return True
+
     # --- main loop ----------------------------------------------------------------------------
     def _on_signal(self, signum, _frame) -> None:
         if not self.stopping:
@@ -265,6 +319,7 @@ class Supervisor:
                 changed = self.restart_due() or changed
                 if changed:
                     self.write_state()
+                self.rotate_log()
         finally:
             self.stopping = True
             self.stop_children()
@@ -297,8 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--celery-workers", type=int, default=1)
     parser.add_argument("--celery-concurrency", type=int, default=2)
+    parser.add_argument("--celery-pool", choices=("auto", "threads", "prefork", "solo"), default="auto")
+    parser.add_argument("--broker", choices=("embedded", "external"), default="embedded",
+                        help="embedded: the SQLAlchemy transport (set by `digitorn start` from the settings)")
     parser.add_argument("--no-beat", action="store_true")
     parser.add_argument("--grace", type=float, default=10.0)
+    parser.add_argument("--log-file", default=None, help="the file stdout/stderr go to, rotated by size")
     # Held, never read: the flock on DATA_DIR/daemon.lock lives as long as this process.
     parser.add_argument("--lock-fd", type=int, default=None)
     args = parser.parse_args(argv)
@@ -311,9 +370,22 @@ def main(argv: list[str] | None = None) -> int:
         workers=args.workers,
         celery_workers=args.celery_workers,
         celery_concurrency=args.celery_concurrency,
+        celery_pool=args.celery_pool,
+        embedded_broker=args.broker == "embedded",
         beat=not args.no_beat,
         grace=args.grace,
+        log_file=args.log_file,
+        log_max_bytes=_env_int("DIGITORN_LOG_MAX_BYTES", 10 * 1024 * 1024),
+        log_backups=_env_int("DIGITORN_LOG_BACKUPS", 5),
     ).run()
+
+
+def _env_int(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        log(f"{name} is not an integer; using {default}")
+        return default
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ import signal
 import socket
 import stat
 import subprocess
+import sys
 import time
 
 import httpx
@@ -45,7 +46,9 @@ def test_start_two_workers_serves_health_and_records_every_process(daemon):
     assert state["url"] == daemon.url
     assert state["port"] == daemon.port
     roles = sorted(c["role"] for c in state["children"])
-    assert roles == ["asgi", "asgi", "beat", *["celery"] * DEFAULT_CELERY_WORKERS]
+    # The scheduler is a thread of the first Celery worker, not a process of its own (issue 14).
+    assert roles == ["asgi", "asgi", *["celery"] * DEFAULT_CELERY_WORKERS]
+    assert state["beat"] is True
     for pid, starttime in daemon.processes():
         assert _proc_alive(pid, starttime), f"pid {pid} from the pid file is not running"
     # The pid file is private to the operator.
@@ -152,7 +155,7 @@ def test_killed_child_is_restarted_and_service_continues(daemon, name):
 def test_stop_leaves_no_process_and_a_second_stop_is_harmless(daemon_factory):
     running = daemon_factory(workers=1, celery_workers=1)
     processes = running.processes()
-    assert len(processes) == 4  # supervisor, 1 ASGI worker, 1 Celery worker, beat
+    assert len(processes) == 3  # supervisor, 1 ASGI worker, 1 Celery worker (with the scheduler)
     running.stop()  # asserts nothing is left and the pid file is gone
     for pid, starttime in processes:
         assert not _proc_alive(pid, starttime)
@@ -166,6 +169,65 @@ def test_stop_leaves_no_process_and_a_second_stop_is_harmless(daemon_factory):
     assert down.returncode == 2
     assert f"digitorn is not running at {running.url}" in down.stderr
     assert "digitorn start" in down.stderr
+
+
+def _process_tree(pid: int) -> list[int]:
+    """pid and every descendant, from /proc (what `ps --forest` shows)."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                with open(f"/proc/{entry}/stat") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        todo.extend(parents.get(current, []))
+    return out
+
+
+def test_embedded_daemon_is_three_processes_with_the_scheduler_in_the_celery_worker(daemon_factory):
+    """Issue 14: no beat process and, on the embedded broker, no prefork pool processes; the
+    periodic tasks still run (the scheduler tick moves on after the worker's start-up sweep)."""
+    running = daemon_factory(workers=1, celery_workers=1)
+    state = running.pid_state()
+    tree = _process_tree(state["pid"])
+    embedded = not running.env.get("REDIS_URL")
+    if embedded:  # with Redis the worker keeps its prefork pool (CPU-bound tasks scale out there)
+        assert len(tree) == 3, tree
+    assert sorted(c["role"] for c in state["children"]) == ["asgi", "celery"]
+
+    def tick():
+        return running.client.get("/api/health").json()["data"]["scheduler"]["last_tick"]
+
+    first = _wait_for(tick, timeout=60)
+    assert first, running.log_tail()
+    # The sweep is scheduled every 10 s: a later tick can only come from the scheduler.
+    assert _wait_for(lambda: (tick() or "") > first, timeout=60), running.log_tail()
+    assert "periodic scheduler running in this worker" in running.log_tail(400)
+
+
+def test_supervisor_never_imports_django(tmp_path):
+    """The supervisor holds ~16 MiB instead of the app's ~90 (issue 14): it builds its children
+    from its arguments and the environment alone."""
+    code = (
+        "import sys\n"
+        "from digitorn_site.cli import supervisor\n"
+        "s = supervisor.Supervisor(listen_fd=0, host='127.0.0.1', port=1, workers=2, celery_workers=2)\n"
+        "s.build_children()\n"
+        "assert [c.role for c in s.children] == ['asgi', 'asgi', 'celery', 'celery'], s.children\n"
+        "assert 'threads' in s.children[2].argv and 'DIGITORN_EMBEDDED_BEAT' in s.children[2].env\n"
+        "assert 'DIGITORN_EMBEDDED_BEAT' not in s.children[3].env\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('django', 'celery', 'rest_framework')))\n"
+    )
+    env = {**os.environ, "DIGITORN_DATA_DIR": str(tmp_path / "data")}
+    env.pop("DJANGO_SETTINGS_MODULE", None)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                            cwd=str(PROJECT_ROOT), timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
 
 
 def test_port_in_use_is_a_clear_error(tmp_path):

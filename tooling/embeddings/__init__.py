@@ -21,9 +21,11 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-import numpy as np
-
+from digitorn_site.lazy import lazy_module
 from tooling.embeddings.wordpiece import WordPieceTokenizer
+
+# numpy loads on the first index build or search, not when the registry is imported (issue 14).
+np = lazy_module("numpy")
 
 MODEL_PATH = Path(__file__).resolve().parent / "minilm-static.npz"
 # Overrides the model file; "off" disables semantic search (keyword-only).
