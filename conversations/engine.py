@@ -25,6 +25,7 @@ from typing import Any
 from django.conf import settings
 
 from conversations import services
+from conversations.delegation import wait_deadline, wait_outcome
 from conversations.events import db, error_data, main_loop
 from conversations.models import Message, Turn
 from digitorn_site import fastsql
@@ -198,6 +199,8 @@ class _TurnRunner:
         # Calls with side effects marked as started (committed) before they ran. One still without a
         # result when a turn is resumed was cut by a crash: it is answered "interrupted", not re-run.
         self.started_calls: set[str] = set(claim.state.get("started_calls", {}))
+        # Calls waiting for delegated runs (agent_spawn): call id → {"tasks": [...], ...}.
+        self.waits: dict[str, dict] = dict(claim.state.get("waits", {}))
 
     # -- helpers ---------------------------------------------------------------------------
     def mask(self, value: Any) -> Any:
@@ -485,7 +488,22 @@ class _TurnRunner:
 
         for call in calls:
             self._check()
-            if call["id"] in self.started_calls and not self._read_only(call):
+            if call["id"] in self.waits:
+                await flush_batch()
+                answer = await db(wait_outcome)(self.waits[call["id"]])
+                if answer is None:
+                    waiting = True
+                    continue
+                self.waits.pop(call["id"], None)
+                self._remember(
+                    await db(services.turn_record_wait_result)(
+                        turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=self.mask(answer),
+                        params=self.mask(call["params"]),
+                    )
+                )
+                continue
+            # A delegation started before a crash is found again by its call id, not started twice.
+            if call["id"] in self.started_calls and not self._read_only(call) and not _is_delegation(call):
                 await flush_batch()
                 await self._record(call, _interrupted(call["name"]))
                 continue
@@ -512,13 +530,23 @@ class _TurnRunner:
             await self._mark_started([call])
             await self._invoke_and_record(call, None)
         await flush_batch()
-        if waiting or any(rid not in decisions for rid in pending.values()):
+        if waiting or self.waits or any(rid not in decisions for rid in pending.values()):
             self._check()
             suspended = await db(services.turn_suspend)(
                 turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds(), usage=self.usage
             )
+            if suspended:
+                self._wake_at_deadline()
             return suspended
         return False
+
+    def _wake_at_deadline(self) -> None:
+        """A wait with a timeout: look again when it expires (the periodic sweep is the safety net)."""
+        deadline = wait_deadline(self.waits)
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(deadline - time.time(), 0.0) + 0.05, schedule_advance, self.claim.session_pk)
 
     def _read_only(self, call: dict) -> bool:
         return _is_read_only(self.app, call["name"], call.get("params"))
@@ -531,6 +559,10 @@ class _TurnRunner:
             self.started_calls.update(ids)
 
     async def _record(self, call: dict, outcome: dict) -> None:
+        if outcome["status"] == "wait":
+            self.waits[call["id"]] = outcome["wait"]
+            await db(services.turn_record_wait)(turn_pk=self.claim.turn_pk, call_id=call["id"], wait=outcome["wait"])
+            return
         if outcome["status"] == "pending_approval":
             self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
@@ -554,7 +586,9 @@ class _TurnRunner:
         outcome, message = await db(_invoke_and_record_sync)(
             turn_pk=self.claim.turn_pk, **self._invoke_kwargs(call, approval_request_id)
         )
-        if message is None:
+        if outcome["status"] == "wait":
+            self.waits[call["id"]] = outcome["wait"]
+        elif message is None:
             self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
         else:
@@ -610,6 +644,15 @@ def _is_read_only(app, name: str, params: Any) -> bool:
     return set(spec.side_effects) <= {"read_only"}
 
 
+def _is_delegation(call: dict) -> bool:
+    """agent_spawn calls: re-running one after a crash finds the runs it started (by call id)."""
+    name = call["name"]
+    if name == "execute_tool":
+        params = call.get("params")
+        name = str(params.get("name") or "") if isinstance(params, dict) else ""
+    return name.replace("__", ".").partition(".")[0] == "agent_spawn"
+
+
 def _interrupted(name: str) -> dict:
     return {
         "status": "error",
@@ -655,6 +698,32 @@ def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict
 
 
 def _invoke_sync(
+    *,
+    app,
+    call: dict,
+    claim: services.ClaimedTurn,
+    agent_id: str,
+    meta: bool,
+    background: bool,
+    approval_request_id: str | None,
+    cancel_check: Callable[[], bool],
+) -> dict:
+    from conversations.delegation import CURRENT, DelegationCall
+
+    delegation = DelegationCall(turn_pk=claim.turn_pk, call_id=call["id"])
+    token = CURRENT.set(delegation)
+    try:
+        outcome = _invoke_tool(app=app, call=call, claim=claim, agent_id=agent_id, meta=meta, background=background,
+                               approval_request_id=approval_request_id, cancel_check=cancel_check)
+    finally:
+        CURRENT.reset(token)
+    if delegation.wait is not None and outcome["status"] == "ok":
+        # A call that waits for delegated runs: the turn suspends until they end (no thread held).
+        return {"status": "wait", "wait": delegation.wait}
+    return outcome
+
+
+def _invoke_tool(
     *,
     app,
     call: dict,
@@ -749,6 +818,9 @@ def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Messa
         # A call resumed after its approval had its tool_start before the request.
         services.turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}])
     outcome = _invoke_sync(**kwargs)
+    if outcome["status"] == "wait":
+        services.turn_record_wait(turn_pk=turn_pk, call_id=call["id"], wait=outcome["wait"])
+        return outcome, None
     if outcome["status"] == "pending_approval":
         services.turn_record_pending(
             turn_pk=turn_pk, call_id=call["id"], name=call["name"], params=mask_secrets(call["params"], secrets),
