@@ -1,0 +1,301 @@
+"""Agent delegation (agent_spawn) through real agent turns: scripted brains, real tools, real SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from asgiref.sync import async_to_sync
+
+from apps_registry import services as registry
+from conversations import engine, services
+from conversations.models import Event, Message, Session, Turn
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+COORDINATOR_RULES = [
+    {"when": "research", "steps": [
+        {"call": "agent_spawn.agent", "params": {"agent": "researcher", "task": "read the README and report"}},
+        {"say": "Summary: {result}"},
+    ]},
+    {"when": "background", "steps": [
+        {"call": "agent_spawn.spawn", "params": {"agent": "researcher", "task": "read the README and report"}},
+        {"say": "started: {result}"},
+    ]},
+    {"when": "parallel", "steps": [
+        {"call": "agent_spawn.run_parallel", "params": {"jobs": [
+            {"agent": "researcher", "task": "read the README and report"},
+            {"agent": "nobody", "task": "x"},
+            {"agent": "writer", "task": "write something"},
+        ]}},
+        {"say": "All: {result}"},
+    ]},
+    {"when": "self", "steps": [
+        {"call": "agent_spawn.agent", "params": {"agent": "coordinator", "task": "do it yourself"}},
+        {"say": "after: {result}"},
+    ]},
+    {"when": "loop", "steps": [
+        {"call": "agent_spawn.agent", "params": {"agent": "writer", "task": "loop back to the coordinator"}},
+        {"say": "loop answer: {result}"},
+    ]},
+    {"when": "slow", "steps": [
+        {"call": "agent_spawn.agent", "params": {"agent": "waiter", "task": "needs approval"}},
+        {"say": "slow answer: {result}"},
+    ]},
+]
+
+
+def manifest(app_id: str, ws: Path, *, coordinator_extra: dict | None = None, config: dict | None = None) -> str:
+    doc = {
+        "schema_version": 2,
+        "app": {"app_id": app_id, "name": app_id},
+        "agents": [
+            {"id": "coordinator", "role": "coordinator", "system_prompt": "Delegate.",
+             "brain": {"provider": "scripted", "config": {"rules": COORDINATOR_RULES}},
+             **(coordinator_extra or {})},
+            {"id": "researcher", "role": "specialist", "specialty": "reads files",
+             "brain": {"provider": "scripted", "config": {"rules": [
+                 {"when": "README", "steps": [
+                     {"call": "filesystem.read", "params": {"path": "README.md"}},
+                     {"say": "The README says: {result}"},
+                 ]}]}},
+             "modules": ["filesystem"]},
+            {"id": "writer", "role": "specialist",
+             "brain": {"provider": "scripted", "config": {"rules": [
+                 {"when": "loop", "steps": [
+                     {"call": "agent_spawn.agent", "params": {"agent": "coordinator", "task": "research again"}},
+                     {"say": "writer got: {result}"},
+                 ]},
+                 {"steps": [{"say": "written"}]}]}}},
+            {"id": "waiter", "role": "specialist",
+             "brain": {"provider": "scripted", "config": {"rules": [
+                 {"steps": [{"call": "shell.run", "params": {"command": "echo approved-run"}},
+                            {"say": "waiter ran: {result}"}]}]}}},
+        ],
+        "tools": {
+            "modules": {"filesystem": {"workspace": str(ws)}, "shell": {"workspace": str(ws)},
+                        "agent_spawn": config or {}},
+            "capabilities": {"default_policy": "auto", "approve": [{"module": "shell"}]},
+        },
+    }
+    return json.dumps(doc)
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    root = tmp_path / "ws"
+    root.mkdir()
+    (root / "README.md").write_text("# Demo project about otters\n")
+    return root
+
+
+def deploy(text: str):
+    return registry.app_deploy(text=text, force=True)
+
+
+def send(app_id: str, message: str, session_id: str = "s1") -> services.Enqueued:
+    return services.message_enqueue(app_id=app_id, session_id=session_id, principal="alice", message=message)
+
+
+async def _drive(session_pk: int) -> None:
+    await engine.advance_session(session_pk=session_pk)
+    # Delegated runs and the resumed parents run as tasks of this loop: play them all out.
+    while engine._tasks:
+        await asyncio.gather(*list(engine._tasks))
+
+
+def run(session_pk: int) -> None:
+    async_to_sync(_drive)(session_pk)
+
+
+def stream(session_pk: int) -> list[Event]:
+    return list(Event.objects.filter(session_id=session_pk).order_by("seq"))
+
+
+def result_of(enq: services.Enqueued) -> dict:
+    return Turn.objects.get(correlation_id=enq.correlation_id).result
+
+
+def test_blocking_delegation_returns_the_child_answer(ws):
+    deploy(manifest("team", ws))
+    enq = send("team", "please research the project")
+    run(enq.session_pk)
+    result = result_of(enq)
+    assert result["error"] is None
+    assert "otters" in result["content"] and result["content"].startswith("Summary:")
+    # The child ran as a turn of the researcher, in a session of its own under the root session.
+    child = Turn.objects.get(parent_turn__correlation_id=enq.correlation_id)
+    assert child.agent_id == "researcher" and child.depth == 1 and child.status == Turn.Status.DONE
+    assert child.session.parent_id == enq.session_pk
+    assert list(Message.objects.filter(session=child.session).values_list("role", flat=True)) == [
+        "user", "assistant", "tool", "assistant"]
+    # The parent's tool result is the child's final content.
+    tool = Message.objects.get(session_id=enq.session_pk, role="tool")
+    answer = json.loads(tool.content)
+    assert answer["success"] is True and answer["data"]["status"] == "completed"
+    assert "otters" in answer["data"]["content"] and answer["data"]["agent_id"] == "researcher"
+    # Its events are on the root's stream, tagged with the agent, under the root turn's correlation id.
+    evs = stream(enq.session_pk)
+    types = [e.type for e in evs]
+    assert types[0] == "tool_start" and types[-1] == "result" and types.count("result") == 1
+    tagged = [e for e in evs if e.data.get("agent_id") == "researcher"]
+    assert [e.type for e in tagged] == ["agent_spawn", "tool_start", "tool_call", "agent_result"]
+    assert all(e.correlation_id == enq.correlation_id for e in evs)
+    assert all(e.data["task_id"] == child.correlation_id and e.data["parent_id"] == enq.correlation_id for e in tagged)
+    assert tagged[-1].data["status"] == "completed" and "otters" in tagged[-1].data["content"]
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    # The child's session has no stream of its own and is not listed among the user's sessions.
+    assert not Event.objects.filter(session=child.session).exists()
+    from conversations.selectors import session_list
+
+    assert [s["session_id"] for s in session_list(app_id="team", principal="alice")["sessions"]] == ["s1"]
+    assert Session.objects.get(pk=enq.session_pk).status == Session.Status.IDLE
+
+
+def test_spawn_then_status_wait_list_through_later_calls(ws):
+    deploy(manifest("team2", ws))
+    enq = send("team2", "start it in the background")
+    run(enq.session_pk)
+    started = json.loads(Message.objects.get(session_id=enq.session_pk, role="tool").content)["data"]
+    assert started["status"] == "running" and started["agent_id"] == "researcher"
+    task_id = started["task_id"]
+    child = Turn.objects.get(correlation_id=task_id)
+    assert child.status == Turn.Status.DONE  # it went on after the parent's turn ended
+    # A later turn of the same session waits for it and reads it.
+    rules = [{"steps": [{"call": "agent_spawn.wait", "params": {"task_id": task_id}},
+                        {"call": "agent_spawn.status", "params": {"task_id": task_id}},
+                        {"call": "agent_spawn.list", "params": {}},
+                        {"say": "list: {result}"}]}]
+    doc = json.loads(manifest("team2", ws))
+    doc["agents"][0]["brain"]["config"]["rules"] = rules
+    deploy(json.dumps(doc))
+    enq2 = send("team2", "what happened")
+    run(enq2.session_pk)
+    tools = [json.loads(m.content) for m in Message.objects.filter(session_id=enq.session_pk, role="tool").order_by("id")]
+    waited, status, listed = tools[1:]
+    assert waited["success"] and "otters" in waited["data"]["content"]
+    assert status["data"]["status"] == "completed" and status["data"]["task_id"] == task_id
+    assert listed["data"]["total"] == 1 and listed["data"]["agents"][0]["task_id"] == task_id
+
+
+def test_run_parallel_keeps_order_and_isolates_failures(ws):
+    deploy(manifest("team3", ws))
+    enq = send("team3", "go parallel")
+    run(enq.session_pk)
+    answer = json.loads(Message.objects.get(session_id=enq.session_pk, role="tool").content)
+    assert answer["success"] is True
+    results = answer["data"]["results"]
+    assert [r["status"] for r in results] == ["completed", "failed", "completed"]
+    assert "otters" in results[0]["content"] and results[2]["content"] == "written"
+    assert "unknown agent 'nobody'" in results[1]["error"]
+    assert answer["data"]["completed"] == 2 and answer["data"]["failed"] == 1
+
+
+def test_delegating_to_itself_or_outside_delegate_to_is_a_tool_error(ws):
+    deploy(manifest("team4", ws, coordinator_extra={"delegate_to": ["researcher", "writer"]}))
+    enq = send("team4", "do it self")
+    run(enq.session_pk)
+    answer = json.loads(Message.objects.get(session_id=enq.session_pk, role="tool").content)
+    assert answer["success"] is False
+    assert "delegation cycle: coordinator -> coordinator" in answer["error"]
+    assert result_of(enq)["error"] is None  # the model read the error and answered
+    enq = send("team4", "go slow", session_id="s2")
+    run(enq.session_pk)
+    answer = json.loads(Message.objects.get(session_id=enq.session_pk, role="tool").content)
+    assert answer["success"] is False and "delegate_to list (researcher, writer)" in answer["error"]
+    assert not Turn.objects.filter(depth__gt=0).exists()
+
+
+def test_cycle_at_run_time_is_a_clear_tool_error(ws):
+    # The writer may delegate back to the coordinator (no cycle in the lists: the coordinator has none),
+    # but at run time the coordinator is already up the chain.
+    doc = json.loads(manifest("team5", ws))
+    doc["agents"][2]["delegate_to"] = ["coordinator"]
+    deploy(json.dumps(doc))
+    enq = send("team5", "loop please")
+    run(enq.session_pk)
+    result = result_of(enq)
+    assert result["error"] is None
+    writer = Turn.objects.get(agent_id="writer")
+    inner = json.loads(Message.objects.get(session=writer.session, role="tool").content)
+    assert inner["success"] is False
+    assert "delegation cycle: coordinator -> writer -> coordinator" in inner["error"]
+    assert "writer got:" in writer.result["content"]
+    assert not Turn.objects.filter(status__in=services.ACTIVE).exists()
+
+
+def test_depth_and_fan_out_limits(ws):
+    doc = json.loads(manifest("team6", ws, config={"max_children": 1}))
+    deploy(json.dumps(doc))
+    enq = send("team6", "go parallel")
+    run(enq.session_pk)
+    answer = json.loads(Message.objects.get(session_id=enq.session_pk, role="tool").content)
+    results = answer["data"]["results"]
+    # Job 2 failed on its agent (no run); job 3 would be the turn's second run: above max_children.
+    assert results[0]["status"] == "completed"
+    assert "fan-out limit" in results[2]["error"]
+    doc = json.loads(manifest("team7", ws, config={"max_depth": 1}))
+    doc["agents"][2]["delegate_to"] = ["researcher"]
+    doc["agents"][2]["brain"]["config"]["rules"][0]["steps"][0]["params"]["agent"] = "researcher"
+    deploy(json.dumps(doc))
+    enq = send("team7", "loop please")
+    run(enq.session_pk)
+    writer = Turn.objects.get(agent_id="writer", session__app_id="team7")
+    inner = json.loads(Message.objects.get(session=writer.session, role="tool").content)
+    assert "delegation depth limit reached" in inner["error"]
+
+
+def test_child_waiting_for_approval_and_cancelling_the_parent_cancels_it(ws):
+    deploy(manifest("team8", ws))
+    enq = send("team8", "slow please")
+    run(enq.session_pk)
+    parent = Turn.objects.get(correlation_id=enq.correlation_id)
+    child = Turn.objects.get(parent_turn=parent)
+    assert parent.status == Turn.Status.WAITING_APPROVAL and set(parent.state["waits"]) == {"call_0_0"}
+    assert child.status == Turn.Status.WAITING_APPROVAL and child.state["pending"]
+    # The parent waits for a run, not for a human; the run's approval request is on the root stream.
+    assert Session.objects.get(pk=enq.session_pk).status == Session.Status.RUNNING
+    request = [e for e in stream(enq.session_pk) if e.type == "approval_request"][0]
+    assert request.data["agent_id"] == "waiter" and request.data["task_id"] == child.correlation_id
+    out = services.session_cancel(app_id="team8", session_id="s1", principal="alice")
+    assert out["cancelled"] is True
+    run(child.session_id)
+    parent.refresh_from_db()
+    child.refresh_from_db()
+    assert parent.status == Turn.Status.CANCELLED and child.status == Turn.Status.CANCELLED
+    ends = [e for e in stream(enq.session_pk) if e.type in ("result", "agent_result")]
+    assert {e.type for e in ends} == {"result", "agent_result"}
+    assert not (ws / "approved-run").exists()
+
+
+def test_approved_child_finishes_and_resumes_the_parent(ws):
+    from approvals.services import approval_decide
+
+    deploy(manifest("team9", ws))
+    enq = send("team9", "slow please")
+    run(enq.session_pk)
+    child = Turn.objects.get(parent_turn__correlation_id=enq.correlation_id)
+    request_id = next(iter(child.state["pending"].values()))
+    approval_decide(app_id="team9", request_id=request_id, approved=True, message="", principal="alice")
+    run(child.session_id)
+    result = result_of(enq)
+    assert result is not None and "approved-run" in result["content"], result
+
+
+def test_a_parent_turn_ending_cancelled_cancels_its_runs(ws):
+    deploy(manifest("team10", ws))
+    enq = send("team10", "slow please")
+    run(enq.session_pk)
+    parent = Turn.objects.get(correlation_id=enq.correlation_id)
+    child = Turn.objects.get(parent_turn=parent)
+    # What the engine does when the parent's runner stops on a cancel (or fails).
+    services.turn_finish_and_peek(turn_pk=parent.pk, content="Cancelled by the user.", cancelled=True)
+    child.refresh_from_db()
+    assert child.cancel_requested is True
+    run(child.session_id)
+    child.refresh_from_db()
+    assert child.status == Turn.Status.CANCELLED
+    end = [e for e in stream(enq.session_pk) if e.type == "agent_result"][-1]
+    assert end.data["status"] == "cancelled" and end.data["agent_id"] == "waiter"
