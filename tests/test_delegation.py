@@ -299,3 +299,40 @@ def test_a_parent_turn_ending_cancelled_cancels_its_runs(ws):
     assert child.status == Turn.Status.CANCELLED
     end = [e for e in stream(enq.session_pk) if e.type == "agent_result"][-1]
     assert end.data["status"] == "cancelled" and end.data["agent_id"] == "waiter"
+
+
+def test_run_parallel_meta_tool_keeps_order_isolates_failures_and_gates_each_action(ws):
+    (ws / "b.txt").write_text("bravo")
+    doc = json.loads(manifest("par", ws))
+    doc["agents"][0]["brain"]["config"]["rules"] = [{"steps": [
+        {"call": "run_parallel", "params": {"actions": [
+            {"name": "filesystem.read", "params": {"path": "README.md"}},
+            {"name": "filesystem.read", "params": {"path": "missing.txt"}},
+            {"name": "shell.run", "params": {"command": "touch ran"}},
+            {"name": "agent_spawn.agent", "params": {"agent": "researcher", "task": "x"}},
+            {"name": "no_such.tool"},
+            {"name": "filesystem.read", "params": {"path": "b.txt"}},
+        ]}},
+        {"say": "done: {result}"},
+    ]}]
+    deploy(json.dumps(doc))
+    enq = send("par", "go")
+    run(enq.session_pk)
+    answer = json.loads(Message.objects.get(session_id=enq.session_pk, role="tool").content)
+    assert answer["success"] is True
+    results = answer["data"]["results"]
+    assert [r["success"] for r in results] == [True, False, False, False, False, True]
+    assert "otters" in json.dumps(results[0]["data"]) and "bravo" in json.dumps(results[5]["data"])
+    assert "needs a human's approval" in results[2]["error"]
+    assert "waits for delegated agents" in results[3]["error"]
+    assert "no_such" in results[4]["error"]
+    assert answer["data"]["succeeded"] == 2 and answer["data"]["failed"] == 4
+    assert not (ws / "ran").exists()
+    assert not Turn.objects.filter(depth__gt=0).exists()
+    bad = send("par", "go", session_id="s2")
+    doc["agents"][0]["brain"]["config"]["rules"] = [{"steps": [
+        {"call": "run_parallel", "params": {"actions": []}}, {"say": "{result}"}]}]
+    deploy(json.dumps(doc))
+    run(bad.session_pk)
+    answer = json.loads(Message.objects.get(session_id=bad.session_pk, role="tool").content)
+    assert answer["success"] is False and "1 to 50" in answer["error"]
