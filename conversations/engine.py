@@ -503,7 +503,7 @@ class _TurnRunner:
                 )
                 continue
             # A delegation started before a crash is found again by its call id, not started twice.
-            if call["id"] in self.started_calls and not self._read_only(call) and not _is_delegation(call):
+            if call["id"] in self.started_calls and not self._read_only(call) and not _is_delegation(self.app, call):
                 await flush_batch()
                 await self._record(call, _interrupted(call["name"]))
                 continue
@@ -644,13 +644,18 @@ def _is_read_only(app, name: str, params: Any) -> bool:
     return set(spec.side_effects) <= {"read_only"}
 
 
-def _is_delegation(call: dict) -> bool:
+def _is_delegation(app, call: dict) -> bool:
     """agent_spawn calls: re-running one after a crash finds the runs it started (by call id)."""
+    from tooling.index import cached_index
+
     name = call["name"]
     if name == "execute_tool":
         params = call.get("params")
         name = str(params.get("name") or "") if isinstance(params, dict) else ""
-    return name.replace("__", ".").partition(".")[0] == "agent_spawn"
+    try:
+        return cached_index(app).resolve(name).module == "agent_spawn"
+    except Exception:  # noqa: BLE001 - unknown: not a delegation
+        return False
 
 
 def _interrupted(name: str) -> dict:

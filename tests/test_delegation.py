@@ -336,3 +336,151 @@ def test_run_parallel_meta_tool_keeps_order_isolates_failures_and_gates_each_act
     run(bad.session_pk)
     answer = json.loads(Message.objects.get(session_id=bad.session_pk, role="tool").content)
     assert answer["success"] is False and "1 to 50" in answer["error"]
+
+
+# -- manifests in the original's style --------------------------------------------------------
+
+RESEARCH_TEAM = """
+schema_version: 2
+app: {app_id: research-team, name: Research Team}
+agents:
+  - id: coordinator
+    role: coordinator
+    brain: {provider: scripted, config: {rules: [{steps: [
+      {call: agent_spawn.agent, params: {agent: researcher, task: "read README.md", wait: true}},
+      {say: "Findings: {result}"}]}]}}
+    system_prompt: Delegate research to the researcher, then summarise.
+    delegate_to: [researcher]
+  - id: researcher
+    role: specialist
+    specialty: reads workspace files and summarises them
+    brain: {provider: scripted, config: {rules: [{steps: [
+      {call: filesystem.read, params: {path: README.md}}, {say: "read: {result}"}]}]}}
+    modules: [filesystem]
+tools:
+  modules:
+    filesystem: {config: {workspace: WS}}
+    agent_spawn: {}
+  capabilities:
+    default_policy: auto
+    grant: [{module: filesystem, actions: [ls, glob, grep, read]}]
+"""
+
+
+def test_research_team_manifest_deploys_and_delegates(ws):
+    from apps_registry.manifest import compile_manifest
+
+    text = RESEARCH_TEAM.replace("WS", str(ws))
+    compiled = compile_manifest(text, environ={})
+    assert not [w for w in compiled.warnings if "delegat" in w or "agent_spawn" in w], compiled.warnings
+    deploy(text)
+    enq = send("research-team", "what is in the project?")
+    run(enq.session_pk)
+    result = result_of(enq)
+    assert result["error"] is None and "otters" in result["content"] and result["content"].startswith("Findings:")
+    researcher = Turn.objects.get(agent_id="researcher")
+    assert researcher.session.parent_id == enq.session_pk
+
+
+def test_delegate_to_without_agent_spawn_is_a_warning(ws):
+    from apps_registry.manifest import compile_manifest
+
+    text = RESEARCH_TEAM.replace("WS", str(ws)).replace("    agent_spawn: {}\n", "")
+    text = text.replace("{call: agent_spawn.agent, params: {agent: researcher, task: \"read README.md\", wait: true}}",
+                        "{say: none}")
+    warnings = compile_manifest(text, environ={}).warnings
+    assert any("agents[0].delegate_to" in w and "add 'agent_spawn: {}'" in w for w in warnings), warnings
+    assert not any("not yet acted on" in w and "delegat" in w for w in warnings)
+
+
+def test_the_specialist_cannot_see_agent_spawn(ws):
+    from apps_registry.selectors import app_runtime
+    from tooling.selectors import tools_for_agent
+
+    deploy(RESEARCH_TEAM.replace("WS", str(ws)))
+    app = app_runtime(app_id="research-team")
+    assert "agent_spawn.agent" in {t["name"] for t in tools_for_agent(app, "coordinator")}
+    assert not [t for t in tools_for_agent(app, "researcher") if t["name"].startswith("agent_spawn.")]
+
+
+# -- restart safety ---------------------------------------------------------------------------
+
+
+def test_a_parent_whose_wake_up_was_lost_is_recovered(ws):
+    deploy(manifest("rec", ws))
+    enq = send("rec", "slow please")
+    run(enq.session_pk)
+    parent = Turn.objects.get(correlation_id=enq.correlation_id)
+    child = Turn.objects.get(parent_turn=parent)
+    assert enq.session_pk not in services.turns_recoverable()
+    # The run ends while no event loop runs here (as if its worker died before waking the parent).
+    services.turn_finish_and_peek(turn_pk=child.pk, content="the waiter's answer")
+    assert enq.session_pk in services.turns_recoverable()
+    run(enq.session_pk)
+    result = result_of(enq)
+    assert result is not None and "the waiter's answer" in result["content"]
+
+
+def test_a_spawn_cut_by_a_crash_finds_its_run_again(ws):
+    """The engine re-runs an agent_spawn call left "started" by a crash: it finds the run it had
+    started for that call instead of starting a second one."""
+    deploy(manifest("crash", ws))
+    enq = send("crash", "slow please")
+    run(enq.session_pk)
+    parent = Turn.objects.get(correlation_id=enq.correlation_id)
+    first = Turn.objects.get(parent_turn=parent)
+    # Forget the wait as if the worker died between starting the run and recording the wait.
+    state = dict(parent.state)
+    state.pop("waits")
+    Turn.objects.filter(pk=parent.pk).update(state=state, status=Turn.Status.RUNNING, lease_expires_at=None)
+    assert "call_0_0" in state["started_calls"]
+    run(enq.session_pk)
+    assert Turn.objects.filter(parent_turn=parent).count() == 1
+    parent.refresh_from_db()
+    assert set(parent.state["waits"]) == {"call_0_0"} and parent.state["waits"]["call_0_0"]["tasks"] == [
+        first.correlation_id]
+
+
+# -- POST /api/apps/{app}/tools/agent_spawn.*/execute -------------------------------------------
+
+
+def test_agent_spawn_through_the_execute_endpoint(ws):
+    from django.test import Client, override_settings
+
+    deploy(manifest("api", ws))
+    with override_settings(DIGITORN_API_KEY="dg_test_admin_key_0123456789"):
+        client = Client(HTTP_AUTHORIZATION="Bearer dg_test_admin_key_0123456789")
+
+        def execute(tool: str, params: dict) -> dict:
+            response = client.post(f"/api/apps/api/tools/{tool}/execute", data=json.dumps({"params": params}),
+                                   content_type="application/json")
+            assert response.status_code == 200, response.content
+            return response.json()
+
+        started = execute("agent_spawn.spawn", {"agent": "researcher", "task": "read the README"})
+        assert started["success"] is True and started["data"]["status"] == "running"
+        task_id, session_id = started["data"]["task_id"], started["data"]["session_id"]
+        waiting = execute("agent_spawn.wait", {"task_id": task_id})
+        assert waiting["success"] is True and waiting["data"]["status"] == "running"
+        run(Session.objects.get(session_id=session_id).pk)
+        status = execute("agent_spawn.status", {"task_id": task_id})
+        assert status["data"]["status"] == "completed" and "otters" in status["data"]["content"]
+        done = execute("agent_spawn.agent", {"agent": "writer", "task": "write", "wait": False})
+        assert done["data"]["agent_id"] == "writer"
+        listed = execute("agent_spawn.list", {})
+        assert {a["task_id"] for a in listed["data"]["agents"]} >= {task_id, done["data"]["task_id"]}
+        # Its session is a session of its own, followed like any other.
+        events = client.get(f"/api/apps/api/sessions/{session_id}/history").json()
+        assert events["success"] is True
+        # Bad input: a clear tool error, nothing stored.
+        for tool, params, needle in [
+            ("agent_spawn.spawn", {"agent": "ghost", "task": "x"}, "unknown agent 'ghost'"),
+            ("agent_spawn.status", {"task_id": "agent_nope"}, "no delegated run"),
+            ("agent_spawn.wait", {"task_id": task_id, "task_ids": [task_id]}, "not both"),
+        ]:
+            body = execute(tool, params)
+            assert body["success"] is False and needle in body["error"], body
+        response = client.post("/api/apps/api/tools/agent_spawn.spawn/execute",
+                               data=json.dumps({"params": {"task": 5}}), content_type="application/json")
+        assert response.status_code == 400 and response.json()["success"] is False
+    assert Turn.objects.filter(depth__gt=0).count() == 2
