@@ -484,3 +484,26 @@ def test_agent_spawn_through_the_execute_endpoint(ws):
                                data=json.dumps({"params": {"task": 5}}), content_type="application/json")
         assert response.status_code == 400 and response.json()["success"] is False
     assert Turn.objects.filter(depth__gt=0).count() == 2
+
+
+def test_a_wait_with_a_timeout_answers_still_running(ws):
+    import time
+
+    doc = json.loads(manifest("tmo", ws))
+    doc["agents"][0]["brain"]["config"]["rules"] = [{"steps": [
+        {"call": "agent_spawn.agent", "params": {"agent": "waiter", "task": "needs approval", "timeout": 1}},
+        {"say": "after the wait: {result}"},
+    ]}]
+    deploy(json.dumps(doc))
+    enq = send("tmo", "go")
+    run(enq.session_pk)
+    parent = Turn.objects.get(correlation_id=enq.correlation_id)
+    assert parent.status == Turn.Status.WAITING_APPROVAL and parent.state["waits"]["call_0_0"]["deadline"]
+    assert enq.session_pk not in services.turns_recoverable()
+    time.sleep(1.2)
+    assert enq.session_pk in services.turns_recoverable()
+    run(enq.session_pk)
+    result = result_of(enq)
+    assert result is not None and '"status":"waiting_approval"' in result["content"] and "wait again" in result["content"]
+    child = Turn.objects.get(parent_turn=parent)
+    assert child.status == Turn.Status.WAITING_APPROVAL  # the run itself goes on
