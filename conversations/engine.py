@@ -284,6 +284,7 @@ class _TurnRunner:
         self.transcript_limit = self.window + RECAP_MAX_ITEMS
         del self.transcript[: -self.transcript_limit]
         self.tools, self.meta_names, self.background_names, self.risk = tools
+        self.delegation_note = _delegation_note(self.app, self.agent, self.claim.depth, self.tools)
 
     async def _loop(self) -> None:
         from conversations.brains import BrainError
@@ -424,6 +425,8 @@ class _TurnRunner:
         system = []
         if self.agent.system_prompt:
             system.append({"role": "system", "content": self.agent.system_prompt})
+        if self.delegation_note:
+            system.append({"role": "system", "content": self.delegation_note})
         if "memory" in self.app.modules:
             # The original renders working memory (goal, tasks, facts) into the prompt every turn.
             memory = await db(working_memory_text)(self.app.app_id, self.claim.session_id)
@@ -656,6 +659,26 @@ def _is_delegation(app, call: dict) -> bool:
         return cached_index(app).resolve(name).module == "agent_spawn"
     except Exception:  # noqa: BLE001 - unknown: not a delegation
         return False
+
+
+def _delegation_note(app, agent, depth: int, tools: list[dict]) -> str:
+    """What a model needs to delegate well (the original's "Agent Pool" prompt section): the agents
+    it may hand tasks to, and, for a delegated run, whom its answer goes to."""
+    lines: list[str] = []
+    if depth > 0:
+        lines.append("You are running a task delegated by another agent: it cannot see this conversation and "
+                     "reads only your final answer, so end with a complete, self-contained answer.")
+    if any(t["name"].startswith("agent_spawn.") for t in tools) or any(t["name"] == "search_tools" for t in tools):
+        targets = list(agent.delegate_to) or ([] if depth > 0 else [a.id for a in app.agents if a.id != agent.id])
+        if targets and "agent_spawn" in app.modules:
+            lines.append("Agents you can delegate a self-contained task to with agent_spawn.agent(agent=<id>, "
+                         "task=...):")
+            specs = {a.id: a for a in app.agents}
+            for target in targets:
+                spec = specs.get(target)
+                what = (spec.specialty or spec.name) if spec is not None else ""
+                lines.append(f"- {target}" + (f": {what}" if what and what != target else ""))
+    return "\n".join(lines)
 
 
 def _interrupted(name: str) -> dict:

@@ -507,3 +507,33 @@ def test_a_wait_with_a_timeout_answers_still_running(ws):
     assert result is not None and '"status":"waiting_approval"' in result["content"] and "wait again" in result["content"]
     child = Turn.objects.get(parent_turn=parent)
     assert child.status == Turn.Status.WAITING_APPROVAL  # the run itself goes on
+
+
+def test_with_a_local_llm_the_models_are_told_whom_they_delegate_to(ws):
+    from tests.llm_server import LLMServer, Reply
+
+    with LLMServer() as llm:
+        brain = {"provider": "openai", "model": "m", "config": {"base_url": llm.base_url, "api_key": "k"}}
+        llm.enqueue(Reply(tool_calls=[("agent_spawn.agent", {"agent": "researcher", "task": "Read README.md"})]))
+        llm.enqueue(Reply(tool_calls=[("filesystem.read", {"path": "README.md"})]))
+        llm.enqueue(Reply(text="It is about otters."))
+        llm.enqueue(Reply(text="The project is about otters."))
+        doc = json.loads(manifest("llm", ws))
+        doc["agents"] = [
+            {"id": "coordinator", "system_prompt": "You delegate.", "brain": brain, "delegate_to": ["researcher"]},
+            {"id": "researcher", "specialty": "reads workspace files", "system_prompt": "You read.",
+             "brain": brain, "modules": ["filesystem"]},
+        ]
+        deploy(json.dumps(doc))
+        enq = send("llm", "what is the project about?")
+        run(enq.session_pk)
+        requests = [r.json for r in llm.requests]
+    assert result_of(enq)["content"] == "The project is about otters."
+    parent_system = "\n".join(m["content"] for m in requests[0]["messages"] if m["role"] == "system")
+    assert "- researcher: reads workspace files" in parent_system
+    child_system = "\n".join(m["content"] for m in requests[1]["messages"] if m["role"] == "system")
+    assert child_system.startswith("You read.") and "delegated by another agent" in child_system
+    assert "agent_spawn.agent" not in child_system
+    # The coordinator's second call sees the researcher's answer as the tool result.
+    tool_message = next(m for m in requests[3]["messages"] if m["role"] == "tool")
+    assert "It is about otters." in tool_message["content"]
