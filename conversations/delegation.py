@@ -53,6 +53,9 @@ class DelegationCall:
     # Set by a blocking action: the runs to wait for {"tasks": [...], "form": "one"|"many", "deadline"}.
     wait: dict[str, Any] | None = None
     spawned: list[str] = field(default_factory=list)
+    # The worker's event loop, where a started run is scheduled (a thread of run_parallel's pool
+    # cannot find it by itself).
+    loop: Any = None
 
 
 CURRENT: ContextVar[DelegationCall | None] = ContextVar("digitorn_delegation_call", default=None)
@@ -217,7 +220,8 @@ def spawn(
             correlation_id=task_id,
         )
         session_pk = session.pk
-        transaction.on_commit(lambda: _schedule(session_pk))
+        loop = call.loop if call is not None else None
+        transaction.on_commit(lambda: _schedule(session_pk, loop))
     if call is not None:
         call.spawned.append(task_id)
     out = snapshot(turn)
@@ -226,10 +230,13 @@ def spawn(
     return out
 
 
-def _schedule(session_pk: int) -> None:
-    from conversations.engine import schedule_advance
+def _schedule(session_pk: int, loop: Any = None) -> None:
+    from conversations import engine
 
-    schedule_advance(session_pk)
+    if loop is not None and loop.is_running():
+        loop.call_soon_threadsafe(engine._start_task, loop, session_pk)
+        return
+    engine.schedule_advance(session_pk)
 
 
 def snapshot(turn: Turn) -> dict[str, Any]:

@@ -278,6 +278,11 @@ class _TurnRunner:
         if self.agent is None:
             why = f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest."
             raise _Stop(why, error=why)
+        if self.claim.depth > 0 and self.claim.agent_id and self.agent.id != self.claim.agent_id:
+            # A delegated run of an agent the app no longer declares (redeployed meanwhile): not
+            # another agent in its place.
+            why = f"Agent '{self.claim.agent_id}' is no longer declared by app '{self.claim.app_id}'."
+            raise _Stop(why, error=why)
         self.brain = brain_for(self.agent)
         self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
         self.window = max(int(self.app.runtime.context_window_messages or 0), 4)
@@ -738,7 +743,7 @@ def _invoke_sync(
 ) -> dict:
     from conversations.delegation import CURRENT, DelegationCall
 
-    delegation = DelegationCall(turn_pk=claim.turn_pk, call_id=call["id"])
+    delegation = DelegationCall(turn_pk=claim.turn_pk, call_id=call["id"], loop=main_loop())
     token = CURRENT.set(delegation)
     try:
         outcome = _invoke_tool(app=app, call=call, claim=claim, agent_id=agent_id, meta=meta, background=background,

@@ -537,3 +537,23 @@ def test_with_a_local_llm_the_models_are_told_whom_they_delegate_to(ws):
     # The coordinator's second call sees the researcher's answer as the tool result.
     tool_message = next(m for m in requests[3]["messages"] if m["role"] == "tool")
     assert "It is about otters." in tool_message["content"]
+
+
+def test_spawns_inside_run_parallel_are_distinct_runs(ws):
+    doc = json.loads(manifest("par2", ws))
+    doc["agents"][0]["brain"]["config"]["rules"] = [{"steps": [
+        {"call": "run_parallel", "params": {"actions": [
+            {"name": "agent_spawn.spawn", "params": {"agent": "researcher", "task": "read the README"}},
+            {"name": "agent_spawn.spawn", "params": {"agent": "writer", "task": "write"}},
+        ]}},
+        {"say": "started: {result}"},
+    ]}]
+    deploy(json.dumps(doc))
+    enq = send("par2", "go")
+    run(enq.session_pk)
+    answer = json.loads(Message.objects.get(session_id=enq.session_pk, role="tool").content)
+    ids = [r["data"]["task_id"] for r in answer["data"]["results"]]
+    assert len(set(ids)) == 2
+    runs = Turn.objects.filter(parent_turn__correlation_id=enq.correlation_id)
+    assert sorted(runs.values_list("agent_id", flat=True)) == ["researcher", "writer"]
+    assert all(t.status == Turn.Status.DONE for t in runs)

@@ -295,6 +295,14 @@ def _run_parallel(
         return None
 
     def one(position: int, action: dict) -> dict[str, Any]:
+        from conversations.delegation import CURRENT, DelegationCall
+
+        # An agent_spawn.spawn among the actions is told apart from its siblings by its position
+        # (a delegation is found again by its call id after a crash).
+        outer = CURRENT.get()
+        token = CURRENT.set(
+            DelegationCall(turn_pk=outer.turn_pk, call_id=f"{outer.call_id}/{position}", loop=outer.loop)
+        ) if outer is not None else None
         try:
             outcome = tool_invoke(app=app, tool_name=action["name"], params=action.get("params") or {},
                                   caller=caller, principal=principal, session_id=session_id, agent_id=agent_id,
@@ -307,6 +315,8 @@ def _run_parallel(
             return {"name": action["name"], "status": "error", "success": False, "data": None,
                     "error": f"{type(exc).__name__}: {exc}"}
         finally:
+            if token is not None:
+                CURRENT.reset(token)
             if threaded:
                 connection.close()  # a pool thread must not keep its own database connection
 
