@@ -115,3 +115,55 @@ def test_cycle_at_run_time_and_cancel_through_the_daemon(daemon, tmp_path_factor
     again = daemon.client.post("/api/apps/cycle-team/chat", json={"session_id": "c3", "message": "hello"},
                                timeout=60)
     assert again.status_code == 200 and again.json()["data"]["content"].startswith("lead got:")
+
+
+def test_killed_workers_mid_delegation_recover_the_run_and_its_parent(daemon_factory, app_yaml):
+    """SIGKILL of every ASGI worker while a delegated run executes a shell step: the run is a turn
+    like any other (leased, recovered, its cut call answered "interrupted", not run twice) and the
+    parent waiting for it resumes and ends with exactly one `result`."""
+    import os
+    import signal
+    import time
+
+    from tests.e2e.test_faults import ReconnectingStream
+
+    d = daemon_factory(workers=2, env={"DIGITORN_LEASE_SECONDS": "3"})
+    workspace = app_yaml.workspace
+    app = {
+        "schema_version": 2,
+        "app": {"app_id": "deleg-crash", "name": "Crash"},
+        "agents": [
+            {"id": "lead", "delegate_to": ["worker"], "brain": {"provider": "scripted", "config": {"rules": [
+                {"steps": [{"call": "agent_spawn.agent", "params": {"agent": "worker", "task": "run it"}},
+                           {"say": "lead: {result}"}]}]}}},
+            {"id": "worker", "brain": {"provider": "scripted", "config": {"rules": [{"steps": [
+                {"call": "shell.run", "params": {"command": "echo started >> runs.txt; sleep 2"}},
+                {"say": "worker: {result}"}]}]}}},
+        ],
+        "tools": {"modules": {"shell": {"workspace": str(workspace)}, "agent_spawn": {}},
+                  "capabilities": {"default_policy": "auto", "grant": [{"module": "shell"}]}},
+    }
+    d.deploy(app_yaml(app))
+    stream = ReconnectingStream(d.url, d.key, "/api/apps/deleg-crash/sessions/k1/events")
+    stream.start()
+    try:
+        assert stream.opened.wait(30), "the event stream never opened"
+        response = d.client.post("/api/apps/deleg-crash/sessions/k1/messages", json={"message": "go"})
+        assert response.status_code == 202, response.text
+        poll(lambda: (workspace / "runs.txt").exists(), 30, "the run's shell step to start")
+        for pid in set(d.child_pids("asgi")):
+            os.kill(pid, signal.SIGKILL)
+        poll(lambda: len(stream.dones()) == 1, 90,
+             f"the parent to finish after recovery (events so far: {[e['event'] for e in stream.events]})")
+        time.sleep(1.0)  # a re-run would have appended by now
+    finally:
+        stream.stop.set()
+    assert (workspace / "runs.txt").read_text().count("started") == 1
+    ends = [e["data"] for e in stream.events if e["event"] == "agent_result"]
+    assert len(ends) == 1 and ends[0]["agent_id"] == "worker" and "interrupted" in ends[0]["content"]
+    done = stream.dones()[0]
+    assert done["content"].startswith("lead:") and "interrupted" in done["content"]
+    # The whole log (the live stream may have attached after the first events): one delegation only.
+    log = d.sse("/api/apps/deleg-crash/sessions/k1/events", params={"since": 0}, until="result", timeout=30)
+    assert [e["event"] for e in log].count("agent_spawn") == 1, [e["event"] for e in log]
+    assert [e["event"] for e in log].count("result") == 1
