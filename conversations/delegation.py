@@ -400,10 +400,10 @@ def wait_outcome(wait: dict[str, Any]) -> dict[str, Any] | None:
     }
 
 
-def cascade_cancel(turn: Turn) -> list[int]:
-    """Ask the active runs this turn started to stop; returns their session pks (to advance after commit)."""
-    children = list(Turn.objects.filter(parent_turn=turn, status__in=ACTIVE).values_list("pk", "session_id"))
-    if not children:
-        return []
-    Turn.objects.filter(pk__in=[pk for pk, _ in children]).update(cancel_requested=True)
-    return [session_pk for _, session_pk in children]
+def active_runs(turn: Turn) -> list[tuple[int, int]]:
+    """The active runs this turn started, as ``(turn pk, session pk)`` (a plain read, no lock)."""
+    return list(Turn.objects.filter(parent_turn_id=turn.pk, status__in=ACTIVE).values_list("pk", "session_id"))
+
+
+def parent_ended_badly(parent_pk: int) -> bool:
+    return Turn.objects.filter(pk=parent_pk, status__in=(Turn.Status.CANCELLED, Turn.Status.FAILED)).exists()

@@ -20,7 +20,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from conversations.delegation import cascade_cancel, waits_ready
+from conversations.delegation import active_runs, parent_ended_badly, waits_ready
 from conversations.events import event_append
 from conversations.models import Message, Notification, Session, Turn
 from digitorn_site import fastsql
@@ -243,9 +243,7 @@ def session_cancel(*, app_id: str, session_id: str, principal: str) -> dict:
         runs = list(
             Turn.objects.filter(session__parent=session, status__in=ACTIVE).values_list("pk", "session_id")
         )
-        if runs:
-            Turn.objects.filter(pk__in=[pk for pk, _ in runs]).update(cancel_requested=True)
-            _advance_on_commit([spk for _, spk in runs])
+        _cancel_runs_on_commit(runs)
         if head is None:
             if runs:
                 return {"cancelled": True, "correlation_id": None, "status": "cancelling"}
@@ -319,6 +317,10 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
             return None
         if head.status == Turn.Status.RUNNING and not head.lease_expired(now) and head.lease_owner != worker:
             return None
+        if head.parent_turn_id and not head.cancel_requested and parent_ended_badly(head.parent_turn_id):
+            # Its parent was cancelled (or failed) and the cancel did not reach it (a crash in between).
+            head.cancel_requested = True
+            fastsql.update(head, ["cancel_requested"])
         if head.status == Turn.Status.WAITING_APPROVAL and not head.cancel_requested:
             decisions = head.state.get("decisions", {})
             if any(rid not in decisions for rid in head.state.get("pending", {}).values()):
@@ -639,6 +641,23 @@ def _advance_on_commit(session_pks: list[int]) -> None:
     transaction.on_commit(advance)
 
 
+def _cancel_runs_on_commit(runs: list[tuple[int, int]]) -> None:
+    """Flag these delegated runs ``(turn pk, session pk)`` cancelled and advance them, after the
+    commit: a transaction holding a parent session's lock must not wait for a run's turn row,
+    which a run's own transaction holds while it waits for the parent session (its events go there)."""
+    if not runs:
+        return
+
+    def cancel() -> None:
+        Turn.objects.filter(pk__in=[pk for pk, _ in runs], status__in=ACTIVE).update(cancel_requested=True)
+        from conversations.engine import schedule_advance
+
+        for pk in dict.fromkeys(spk for _, spk in runs):
+            schedule_advance(pk)
+
+    transaction.on_commit(cancel)
+
+
 def turn_record_wait(*, turn_pk: int, call_id: str, wait: dict) -> None:
     """A call waiting for delegated runs: the turn suspends until they end (``delegation.waits_ready``)."""
     with transaction.atomic():
@@ -790,7 +809,7 @@ def turn_finish_and_peek(
         event_append(session=session, type=end_type, data=payload, correlation_id=turn.correlation_id)
         if cancelled or failed:
             # The runs this turn delegated stop with it (each cascades to its own).
-            _advance_on_commit(cascade_cancel(turn))
+            _cancel_runs_on_commit(active_runs(turn))
         if turn.parent_turn_id:
             # The turn that delegated this run may be waiting for it: let it look again.
             parent_session = _turn_session_pk(turn.parent_turn_id)

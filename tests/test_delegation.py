@@ -557,3 +557,17 @@ def test_spawns_inside_run_parallel_are_distinct_runs(ws):
     runs = Turn.objects.filter(parent_turn__correlation_id=enq.correlation_id)
     assert sorted(runs.values_list("agent_id", flat=True)) == ["researcher", "writer"]
     assert all(t.status == Turn.Status.DONE for t in runs)
+
+
+def test_a_run_whose_parents_cancel_was_lost_is_cancelled_when_claimed(ws):
+    deploy(manifest("lost", ws))
+    enq = send("lost", "slow please")
+    run(enq.session_pk)
+    parent = Turn.objects.get(correlation_id=enq.correlation_id)
+    child = Turn.objects.get(parent_turn=parent)
+    # The parent ended cancelled but the process died before flagging its run (after the commit).
+    Turn.objects.filter(pk=parent.pk).update(status=Turn.Status.CANCELLED)
+    assert Turn.objects.get(pk=child.pk).cancel_requested is False
+    run(child.session_id)
+    child.refresh_from_db()
+    assert child.status == Turn.Status.CANCELLED
