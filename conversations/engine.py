@@ -675,7 +675,8 @@ def _delegation_note(app, agent, depth: int, tools: list[dict]) -> str:
                      "reads only your final answer, so end with a complete, self-contained answer.")
     if any(t["name"].startswith("agent_spawn.") for t in tools) or any(t["name"] == "search_tools" for t in tools):
         targets = list(agent.delegate_to) or ([] if depth > 0 else [a.id for a in app.agents if a.id != agent.id])
-        if targets and "agent_spawn" in app.modules:
+        reachable = "agent_spawn" in app.modules and (agent.modules is None or "agent_spawn" in agent.modules)
+        if targets and reachable:
             lines.append("Agents you can delegate a self-contained task to with agent_spawn.agent(agent=<id>, "
                          "task=...):")
             specs = {a.id: a for a in app.agents}
