@@ -25,6 +25,7 @@ from typing import Any
 from django.conf import settings
 
 from conversations import services
+from conversations.delegation import wait_deadline, wait_outcome
 from conversations.events import db, error_data, main_loop
 from conversations.models import Message, Turn
 from digitorn_site import fastsql
@@ -198,6 +199,8 @@ class _TurnRunner:
         # Calls with side effects marked as started (committed) before they ran. One still without a
         # result when a turn is resumed was cut by a crash: it is answered "interrupted", not re-run.
         self.started_calls: set[str] = set(claim.state.get("started_calls", {}))
+        # Calls waiting for delegated runs (agent_spawn): call id → {"tasks": [...], ...}.
+        self.waits: dict[str, dict] = dict(claim.state.get("waits", {}))
 
     # -- helpers ---------------------------------------------------------------------------
     def mask(self, value: Any) -> Any:
@@ -275,12 +278,18 @@ class _TurnRunner:
         if self.agent is None:
             why = f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest."
             raise _Stop(why, error=why)
+        if self.claim.depth > 0 and self.claim.agent_id and self.agent.id != self.claim.agent_id:
+            # A delegated run of an agent the app no longer declares (redeployed meanwhile): not
+            # another agent in its place.
+            why = f"Agent '{self.claim.agent_id}' is no longer declared by app '{self.claim.app_id}'."
+            raise _Stop(why, error=why)
         self.brain = brain_for(self.agent)
         self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
         self.window = max(int(self.app.runtime.context_window_messages or 0), 4)
         self.transcript_limit = self.window + RECAP_MAX_ITEMS
         del self.transcript[: -self.transcript_limit]
         self.tools, self.meta_names, self.background_names, self.risk = tools
+        self.delegation_note = _delegation_note(self.app, self.agent, self.claim.depth, self.tools)
 
     async def _loop(self) -> None:
         from conversations.brains import BrainError
@@ -421,6 +430,8 @@ class _TurnRunner:
         system = []
         if self.agent.system_prompt:
             system.append({"role": "system", "content": self.agent.system_prompt})
+        if self.delegation_note:
+            system.append({"role": "system", "content": self.delegation_note})
         if "memory" in self.app.modules:
             # The original renders working memory (goal, tasks, facts) into the prompt every turn.
             memory = await db(working_memory_text)(self.app.app_id, self.claim.session_id)
@@ -488,7 +499,22 @@ class _TurnRunner:
 
         for call in calls:
             self._check()
-            if call["id"] in self.started_calls and not self._read_only(call):
+            if call["id"] in self.waits:
+                await flush_batch()
+                answer = await db(wait_outcome)(self.waits[call["id"]])
+                if answer is None:
+                    waiting = True
+                    continue
+                self.waits.pop(call["id"], None)
+                self._remember(
+                    await db(services.turn_record_wait_result)(
+                        turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=self.mask(answer),
+                        params=self.mask(call["params"]),
+                    )
+                )
+                continue
+            # A delegation started before a crash is found again by its call id, not started twice.
+            if call["id"] in self.started_calls and not self._read_only(call) and not _is_delegation(self.app, call):
                 await flush_batch()
                 await self._record(call, _interrupted(call["name"]))
                 continue
@@ -515,13 +541,23 @@ class _TurnRunner:
             await self._mark_started([call])
             await self._invoke_and_record(call, None)
         await flush_batch()
-        if waiting or any(rid not in decisions for rid in pending.values()):
+        if waiting or self.waits or any(rid not in decisions for rid in pending.values()):
             self._check()
             suspended = await db(services.turn_suspend)(
                 turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds(), usage=self.usage
             )
+            if suspended:
+                self._wake_at_deadline()
             return suspended
         return False
+
+    def _wake_at_deadline(self) -> None:
+        """A wait with a timeout: look again when it expires (the periodic sweep is the safety net)."""
+        deadline = wait_deadline(self.waits)
+        if deadline is None:
+            return
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(deadline - time.time(), 0.0) + 0.05, schedule_advance, self.claim.session_pk)
 
     def _read_only(self, call: dict) -> bool:
         return _is_read_only(self.app, call["name"], call.get("params"))
@@ -534,6 +570,10 @@ class _TurnRunner:
             self.started_calls.update(ids)
 
     async def _record(self, call: dict, outcome: dict) -> None:
+        if outcome["status"] == "wait":
+            self.waits[call["id"]] = outcome["wait"]
+            await db(services.turn_record_wait)(turn_pk=self.claim.turn_pk, call_id=call["id"], wait=outcome["wait"])
+            return
         if outcome["status"] == "pending_approval":
             self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
@@ -557,7 +597,9 @@ class _TurnRunner:
         outcome, message = await db(_invoke_and_record_sync)(
             turn_pk=self.claim.turn_pk, **self._invoke_kwargs(call, approval_request_id)
         )
-        if message is None:
+        if outcome["status"] == "wait":
+            self.waits[call["id"]] = outcome["wait"]
+        elif message is None:
             self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
         else:
@@ -613,6 +655,41 @@ def _is_read_only(app, name: str, params: Any) -> bool:
     return set(spec.side_effects) <= {"read_only"}
 
 
+def _is_delegation(app, call: dict) -> bool:
+    """agent_spawn calls: re-running one after a crash finds the runs it started (by call id)."""
+    from tooling.index import cached_index
+
+    name = call["name"]
+    if name == "execute_tool":
+        params = call.get("params")
+        name = str(params.get("name") or "") if isinstance(params, dict) else ""
+    try:
+        return cached_index(app).resolve(name).module == "agent_spawn"
+    except Exception:  # noqa: BLE001 - unknown: not a delegation
+        return False
+
+
+def _delegation_note(app, agent, depth: int, tools: list[dict]) -> str:
+    """What a model needs to delegate well (the original's "Agent Pool" prompt section): the agents
+    it may hand tasks to, and, for a delegated run, whom its answer goes to."""
+    lines: list[str] = []
+    if depth > 0:
+        lines.append("You are running a task delegated by another agent: it cannot see this conversation and "
+                     "reads only your final answer, so end with a complete, self-contained answer.")
+    if any(t["name"].startswith("agent_spawn.") for t in tools) or any(t["name"] == "search_tools" for t in tools):
+        targets = list(agent.delegate_to) or ([] if depth > 0 else [a.id for a in app.agents if a.id != agent.id])
+        reachable = "agent_spawn" in app.modules and (agent.modules is None or "agent_spawn" in agent.modules)
+        if targets and reachable:
+            lines.append("Agents you can delegate a self-contained task to with agent_spawn.agent(agent=<id>, "
+                         "task=...):")
+            specs = {a.id: a for a in app.agents}
+            for target in targets:
+                spec = specs.get(target)
+                what = (spec.specialty or spec.name) if spec is not None else ""
+                lines.append(f"- {target}" + (f": {what}" if what and what != target else ""))
+    return "\n".join(lines)
+
+
 def _interrupted(name: str) -> dict:
     return {
         "status": "error",
@@ -658,6 +735,32 @@ def _tools_for(app, agent_id: str) -> tuple[list[dict], set[str], set[str], dict
 
 
 def _invoke_sync(
+    *,
+    app,
+    call: dict,
+    claim: services.ClaimedTurn,
+    agent_id: str,
+    meta: bool,
+    background: bool,
+    approval_request_id: str | None,
+    cancel_check: Callable[[], bool],
+) -> dict:
+    from conversations.delegation import CURRENT, DelegationCall
+
+    delegation = DelegationCall(turn_pk=claim.turn_pk, call_id=call["id"], loop=main_loop())
+    token = CURRENT.set(delegation)
+    try:
+        outcome = _invoke_tool(app=app, call=call, claim=claim, agent_id=agent_id, meta=meta, background=background,
+                               approval_request_id=approval_request_id, cancel_check=cancel_check)
+    finally:
+        CURRENT.reset(token)
+    if delegation.wait is not None and outcome["status"] == "ok":
+        # A call that waits for delegated runs: the turn suspends until they end (no thread held).
+        return {"status": "wait", "wait": delegation.wait}
+    return outcome
+
+
+def _invoke_tool(
     *,
     app,
     call: dict,
@@ -752,6 +855,9 @@ def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Messa
         # A call resumed after its approval had its tool_start before the request.
         services.turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}])
     outcome = _invoke_sync(**kwargs)
+    if outcome["status"] == "wait":
+        services.turn_record_wait(turn_pk=turn_pk, call_id=call["id"], wait=outcome["wait"])
+        return outcome, None
     if outcome["status"] == "pending_approval":
         services.turn_record_pending(
             turn_pk=turn_pk, call_id=call["id"], name=call["name"], params=mask_secrets(call["params"], secrets),

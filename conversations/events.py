@@ -62,6 +62,22 @@ def _next_seq(session_pk: int) -> int:
     return int(row[0])
 
 
+def _next_stream_seq(session_pk: int) -> tuple[int, int]:
+    """The next seq of the stream the session's events go to: its own, or its parent's for the
+    session of a delegated run (one statement either way); returns (stream session pk, seq)."""
+    table = fastsql.table(Session)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = "
+            f"COALESCE((SELECT parent_id FROM {table} WHERE id = %s), %s) RETURNING id, last_seq",
+            [session_pk, session_pk],
+        )
+        row = cursor.fetchone()
+    if row is None:
+        raise Session.DoesNotExist(f"session {session_pk} is gone")
+    return int(row[0]), int(row[1])
+
+
 def event_append(*, session: Session, type: str, data: dict, correlation_id: str = "") -> Event:
     """Append one event; the seq comes from an atomic increment so it has no gaps per session.
 
@@ -69,11 +85,19 @@ def event_append(*, session: Session, type: str, data: dict, correlation_id: str
     the row and the seq increment, and the doorbell rings only once the transaction commits.
     """
     with transaction.atomic(savepoint=False):
-        seq = _next_seq(session.pk)
-        session.last_seq = seq
+        session_pk, seq = _next_stream_seq(session.pk)
+        if session_pk != session.pk:
+            # A delegated run's event: on its parent's stream, tagged with the run (agent_id, task_id,
+            # parent_id) and under the correlation id of the turn the delegation started from.
+            tags = fastsql.fetchone(f"SELECT delegation FROM {fastsql.table(Session)} WHERE id = %s", [session.pk])
+            tags = tags[0] if tags else None
+            tags = json.loads(tags) if isinstance(tags, str) else (tags or {})
+            data = {**data, **{k: v for k, v in tags.items() if k != "correlation_id"}}
+            correlation_id = tags.get("correlation_id") or correlation_id
+        else:
+            session.last_seq = seq
         # Raw INSERT (see digitorn_site.fastsql): one to three per turn, inside the write transaction.
-        event = fastsql.insert(Event(session_id=session.pk, seq=seq, type=type, data=data, correlation_id=correlation_id))
-        session_pk = session.pk
+        event = fastsql.insert(Event(session_id=session_pk, seq=seq, type=type, data=data, correlation_id=correlation_id))
         transaction.on_commit(lambda: doorbell_ring(session_pk))
     return event
 

@@ -23,6 +23,13 @@ class Session(models.Model):
     last_seq = models.BigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     last_active = models.DateTimeField(auto_now_add=True, db_index=True)
+    # A delegated run (agent_spawn) gets a session of its own (its own transcript and queue) whose
+    # parent is the root session it was delegated from: its events go to the parent's stream, tagged
+    # with ``delegation`` ({agent_id, task_id, parent_id, correlation_id}); it dies with the parent.
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="delegations"
+    )
+    delegation = models.JSONField(null=True, blank=True)
 
     class Meta:
         ordering = ["-last_active"]
@@ -89,8 +96,16 @@ class Turn(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
     result = models.JSONField(null=True, blank=True)
+    # Delegation: the turn whose tool call (``parent_call_id``) started this one, and how many
+    # delegations deep it runs (0 for a turn a client queued).
+    parent_turn = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    parent_call_id = models.CharField(max_length=120, blank=True, default="")
+    depth = models.PositiveSmallIntegerField(default=0)
     # Loop bookkeeping that must survive a crash: {"started": bool, "pending": {call_id: request_id},
-    # "decisions": {request_id: {"approved", "message"}}, "active_seconds": float, "compacted_upto": int}
+    # "decisions": {request_id: {"approved", "message"}}, "active_seconds": float, "compacted_upto": int,
+    # "waits": {call_id: {"tasks": [task ids], ...}} (calls waiting for delegated runs)}
     state = models.JSONField(default=dict, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)

@@ -88,7 +88,8 @@ def session_list(*, app_id: str, principal: str, limit: int = SESSIONS_LIMIT_DEF
     """The caller's live sessions of the app, most recent first (the admin sees everyone's); expired
     ones are purged. ``limit`` 0 means all, like the original."""
     sessions_purge_expired(app_id=app_id)
-    qs = Session.objects.filter(app_id=app_id)
+    # A delegated run's session (agent_spawn) shows through its parent's stream, not as a session.
+    qs = Session.objects.filter(app_id=app_id, parent__isnull=True)
     if principal != ADMIN_PRINCIPAL:
         qs = qs.filter(principal=principal)
     total = qs.count()

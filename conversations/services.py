@@ -20,6 +20,7 @@ from django.db import IntegrityError, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from conversations.delegation import active_runs, parent_ended_badly, waits_ready
 from conversations.events import event_append
 from conversations.models import Message, Notification, Session, Turn
 from digitorn_site import fastsql
@@ -113,7 +114,12 @@ def sessions_purge_expired(*, app_id: str) -> int:
     idle = idle_seconds_for(app_id)
     cutoff = timezone.now() - timedelta(seconds=idle)
     with transaction.atomic():
-        stale = Session.objects.filter(app_id=app_id, last_active__lt=cutoff).exclude(turns__status__in=ACTIVE)
+        # A delegated run's session goes with its root, which stays while any of its runs is active.
+        stale = (
+            Session.objects.filter(app_id=app_id, last_active__lt=cutoff, parent__isnull=True)
+            .exclude(turns__status__in=ACTIVE)
+            .exclude(delegations__turns__status__in=ACTIVE)
+        )
         count, _ = Session.objects.filter(pk__in=list(stale.values_list("pk", flat=True))).delete()
     return count
 
@@ -232,7 +238,15 @@ def session_cancel(*, app_id: str, session_id: str, principal: str) -> dict:
     with transaction.atomic():
         _lock_session(session.pk)
         head = session.turns.select_for_update(no_key=True).filter(status__in=ACTIVE).order_by("id").first()
+        # Delegated runs of the session stop too (a run whose parent turn ends cancelled would be
+        # stopped by it anyway; this also reaches runs spawned by an earlier, finished turn).
+        runs = list(
+            Turn.objects.filter(session__parent=session, status__in=ACTIVE).values_list("pk", "session_id")
+        )
+        _cancel_runs_on_commit(runs)
         if head is None:
+            if runs:
+                return {"cancelled": True, "correlation_id": None, "status": "cancelling"}
             return {"cancelled": False, "correlation_id": None, "status": "idle"}
         head.cancel_requested = True
         head.save(update_fields=["cancel_requested"])
@@ -264,6 +278,7 @@ class ClaimedTurn:
     tool_calls_count: int
     cancel_requested: bool
     state: dict = field(default_factory=dict)
+    depth: int = 0  # delegation depth: 0 for a turn a client queued
 
 
 def _lease_until() -> datetime:
@@ -302,9 +317,15 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
             return None
         if head.status == Turn.Status.RUNNING and not head.lease_expired(now) and head.lease_owner != worker:
             return None
+        if head.parent_turn_id and not head.cancel_requested and parent_ended_badly(head.parent_turn_id):
+            # Its parent was cancelled (or failed) and the cancel did not reach it (a crash in between).
+            head.cancel_requested = True
+            fastsql.update(head, ["cancel_requested"])
         if head.status == Turn.Status.WAITING_APPROVAL and not head.cancel_requested:
             decisions = head.state.get("decisions", {})
             if any(rid not in decisions for rid in head.state.get("pending", {}).values()):
+                return None
+            if not waits_ready(head.state.get("waits")):
                 return None
         state = dict(head.state or {})
         if not state.get("started"):
@@ -355,6 +376,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
             tool_calls_count=head.tool_calls_count,
             cancel_requested=head.cancel_requested,
             state=state,
+            depth=head.depth,
         )
 
 
@@ -588,7 +610,8 @@ def turn_suspend(*, turn_pk: int, worker: str, active_seconds: float, usage: dic
         turn = _locked_turn(turn_pk)
         state = dict(turn.state or {})
         decisions = state.get("decisions", {})
-        if all(rid in decisions for rid in state.get("pending", {}).values()) and not turn.cancel_requested:
+        undecided = [rid for rid in state.get("pending", {}).values() if rid not in decisions]
+        if not undecided and waits_ready(state.get("waits")) and not turn.cancel_requested:
             return False
         state["active_seconds"] = active_seconds
         if usage is not None:
@@ -598,8 +621,62 @@ def turn_suspend(*, turn_pk: int, worker: str, active_seconds: float, usage: dic
         turn.lease_owner = ""
         turn.lease_expires_at = None
         turn.save(update_fields=["state", "status", "lease_owner", "lease_expires_at"])
-        Session.objects.filter(pk=turn.session_id).update(status=Session.Status.WAITING_APPROVAL)
+        # Waiting only for delegated runs is work going on, not a human's decision.
+        status = Session.Status.WAITING_APPROVAL if undecided else Session.Status.RUNNING
+        Session.objects.filter(pk=turn.session_id).update(status=status)
         return True
+
+
+def _advance_on_commit(session_pks: list[int]) -> None:
+    """Run these sessions' queues once the current transaction commits."""
+    if not session_pks:
+        return
+
+    def advance() -> None:
+        from conversations.engine import schedule_advance
+
+        for pk in dict.fromkeys(session_pks):
+            schedule_advance(pk)
+
+    transaction.on_commit(advance)
+
+
+def _cancel_runs_on_commit(runs: list[tuple[int, int]]) -> None:
+    """Flag these delegated runs ``(turn pk, session pk)`` cancelled and advance them, after the
+    commit: a transaction holding a parent session's lock must not wait for a run's turn row,
+    which a run's own transaction holds while it waits for the parent session (its events go there)."""
+    if not runs:
+        return
+
+    def cancel() -> None:
+        Turn.objects.filter(pk__in=[pk for pk, _ in runs], status__in=ACTIVE).update(cancel_requested=True)
+        from conversations.engine import schedule_advance
+
+        for pk in dict.fromkeys(spk for _, spk in runs):
+            schedule_advance(pk)
+
+    transaction.on_commit(cancel)
+
+
+def turn_record_wait(*, turn_pk: int, call_id: str, wait: dict) -> None:
+    """A call waiting for delegated runs: the turn suspends until they end (``delegation.waits_ready``)."""
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        state = dict(turn.state or {})
+        state["waits"] = {**state.get("waits", {}), call_id: wait}
+        turn.state = state
+        turn.save(update_fields=["state"])
+
+
+def turn_record_wait_result(*, turn_pk: int, call_id: str, name: str, result: dict, params: dict | None) -> Message:
+    """The answer of a call that waited for delegated runs: its tool message, and the wait gone."""
+    with transaction.atomic():
+        turn = _locked_turn(turn_pk)
+        state = dict(turn.state or {})
+        state["waits"] = {k: v for k, v in state.get("waits", {}).items() if k != call_id}
+        turn.state = state
+        turn.save(update_fields=["state"])
+        return turn_record_result(turn_pk=turn_pk, call_id=call_id, name=name, result=result, params=params)
 
 
 def turn_save_state(*, turn_pk: int, **changes: Any) -> dict:
@@ -724,7 +801,20 @@ def turn_finish_and_peek(
         fastsql.update(turn, ["result", "status", "finished_at", "lease_owner", "lease_expires_at", "turns_used"])
         if turn.kind == Turn.Kind.NOTIFICATION:
             event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
-        event_append(session=session, type="result", data=payload, correlation_id=turn.correlation_id)
+        # A delegated run ends with `agent_result` on its parent's stream: that stream's `result` stays
+        # the end of the turn its client is waiting for.
+        end_type = "agent_result" if session.parent_id else "result"
+        if end_type == "agent_result":
+            payload = {**payload, "status": "cancelled" if cancelled else "failed" if failed else "completed"}
+        event_append(session=session, type=end_type, data=payload, correlation_id=turn.correlation_id)
+        if cancelled or failed:
+            # The runs this turn delegated stop with it (each cascades to its own).
+            _cancel_runs_on_commit(active_runs(turn))
+        if turn.parent_turn_id:
+            # The turn that delegated this run may be waiting for it: let it look again.
+            parent_session = _turn_session_pk(turn.parent_turn_id)
+            if parent_session is not None:
+                _advance_on_commit([parent_session])
         # Whether more work is queued and the session's new status, in one statement.
         sessions = fastsql.table(Session)
         turns = fastsql.table(Turn)
@@ -757,7 +847,9 @@ def turns_recoverable() -> list[int]:
     out = set(pks)
     for turn in Turn.objects.filter(status=Turn.Status.WAITING_APPROVAL).only("session_id", "state"):
         decisions = turn.state.get("decisions", {})
-        if all(rid in decisions for rid in turn.state.get("pending", {}).values()):
+        if all(rid in decisions for rid in turn.state.get("pending", {}).values()) and waits_ready(
+            turn.state.get("waits")
+        ):
             out.add(turn.session_id)
     return sorted(out)
 

@@ -290,8 +290,8 @@ BROKEN = [
      "agents[0].modules[0]", "exactly one module key"),
     ("app: {app_id: x, short_name: abcdefghijklmnopqrstuvwxyzabcdefghij}", "app.short_name", "at most 32"),
     ("runtime: {maxturns: 3}", "runtime.maxturns", "did you mean 'max_turns'?"),
-    ("tools: {capabilities: {grant: [{module: agent_spawn}]}}", "tools.capabilities.grant[0].module",
-     "module 'agent_spawn' is not available in this build"),
+    ("tools: {capabilities: {grant: [{module: cron_native}]}}", "tools.capabilities.grant[0].module",
+     "module 'cron_native' is not available in this build"),
 ]
 
 

@@ -229,6 +229,7 @@ def test_meta_tools(tmp_path):
         "search_tools",
         "get_tool",
         "execute_tool",
+        "run_parallel",
         "list_categories",
         "browse_category",
     ]

@@ -20,6 +20,11 @@ from tooling import registry
 from tooling.index import ToolSpec, cached_index
 
 CATEGORY_PAGE_SIZE = 20
+RUN_PARALLEL_MAX = 50  # the original's bound on run_parallel's actions
+RUN_PARALLEL_THREADS = 8
+# agent_spawn actions that wait for runs: the engine suspends the one call that asks, so they
+# cannot share a run_parallel call (agent_spawn.run_parallel runs several agents at once).
+_WAITING_ACTIONS = {"agent_spawn.agent", "agent_spawn.wait", "agent_spawn.run_parallel"}
 META_TOOL_NAMES = registry.DISCOVERY_META_TOOL_NAMES
 
 
@@ -64,6 +69,32 @@ def meta_tools() -> list[dict[str, Any]]:
                     "params": {"type": "object", "default": {}},
                 },
                 "required": ["name"],
+                "additionalProperties": False,
+            },
+            "risk_level": "low",
+        },
+        {
+            "name": "run_parallel",
+            "description": "Run several tools at once (independent calls); results in the order given, one "
+            "failure does not stop the others. Tools that need a human's approval must be called on their own.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "actions": {
+                        "type": "array",
+                        "minItems": 1,
+                        "maxItems": RUN_PARALLEL_MAX,
+                        "items": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string", "description": "module.action"},
+                                "params": {"type": "object", "default": {}},
+                            },
+                            "required": ["name"],
+                        },
+                    },
+                },
+                "required": ["actions"],
                 "additionalProperties": False,
             },
             "risk_level": "low",
@@ -181,6 +212,9 @@ def meta_tool_invoke(
     from tooling.services import ToolOutcome, tool_invoke
 
     params = params if isinstance(params, dict) else {}
+    if name == "run_parallel":
+        return _run_parallel(app=app, params=params, caller=caller, principal=principal, session_id=session_id,
+                             agent_id=agent_id, origin_ref=origin_ref, cancel_check=cancel_check)
     if name == "execute_tool":
         target = params.get("name")
         try:
@@ -209,5 +243,104 @@ def meta_tool_invoke(
         outcome = ToolOutcome(
             status="error", tool=name, success=False, error=getattr(exc, "message", str(exc))
         )
+    outcome.duration_ms = (time.monotonic() - started) * 1000
+    return outcome
+
+
+def _run_parallel(
+    *,
+    app: Any,
+    params: dict,
+    caller: str,
+    principal: str,
+    session_id: str | None,
+    agent_id: str | None,
+    origin_ref: str,
+    cancel_check: Callable[[], bool] | None,
+) -> Any:
+    """``run_parallel{actions: [{name, params}]}``: each action through ``tool_invoke`` (the gate
+    applies to each target), at most ``RUN_PARALLEL_THREADS`` at a time; ``{results, total,
+    succeeded, failed}`` with results in input order, each ``{name, success, data, error, status}``."""
+    import contextvars
+    from concurrent.futures import ThreadPoolExecutor
+
+    from django.db import connection
+
+    from approvals.policy import resolve_policy_detail
+    from tooling.services import ToolOutcome, tool_invoke
+
+    started = time.monotonic()
+    actions = params.get("actions")
+    if not isinstance(actions, list) or not 1 <= len(actions) <= RUN_PARALLEL_MAX or set(params) - {"actions"}:
+        return ToolOutcome(status="error", tool="run_parallel", success=False,
+                           error=f"params.actions: a list of 1 to {RUN_PARALLEL_MAX} {{name, params}} objects.")
+    index = cached_index(app)
+
+    def refuse(position: int, action: Any) -> str | None:
+        if not isinstance(action, dict) or not isinstance(action.get("name"), str) or not action["name"]:
+            return f"actions[{position}]: an object {{name: 'module.action', params: {{...}}}}"
+        if not isinstance(action.get("params", {}), dict):
+            return f"actions[{position}].params: an object"
+        if action["name"] in (*META_TOOL_NAMES, "run_parallel"):
+            return f"actions[{position}]: '{action['name']}' is a meta-tool; run_parallel runs module tools"
+        try:
+            spec = index.resolve(action["name"])
+        except DigitornError as exc:
+            return exc.message
+        if spec.name in _WAITING_ACTIONS:
+            return f"'{spec.name}' waits for delegated agents: call it on its own (agent_spawn.run_parallel " \
+                   "runs several agents at once)"
+        if resolve_policy_detail(app, agent_id, spec.module, spec.action, spec.risk_level).policy == "approve":
+            return f"'{spec.name}' needs a human's approval: call it on its own, not inside run_parallel"
+        return None
+
+    def one(position: int, action: dict) -> dict[str, Any]:
+        from conversations.delegation import CURRENT, DelegationCall
+
+        # An agent_spawn.spawn among the actions is told apart from its siblings by its position
+        # (a delegation is found again by its call id after a crash).
+        outer = CURRENT.get()
+        token = CURRENT.set(
+            DelegationCall(turn_pk=outer.turn_pk, call_id=f"{outer.call_id}/{position}", loop=outer.loop)
+        ) if outer is not None else None
+        try:
+            outcome = tool_invoke(app=app, tool_name=action["name"], params=action.get("params") or {},
+                                  caller=caller, principal=principal, session_id=session_id, agent_id=agent_id,
+                                  origin="agent", origin_ref=f"{origin_ref}#{position}", cancel_check=cancel_check)
+            return {"name": outcome.tool, "status": outcome.status, "success": outcome.success,
+                    "data": outcome.data, "error": outcome.error or None}
+        except DigitornError as exc:
+            return {"name": action["name"], "status": "error", "success": False, "data": None, "error": exc.message}
+        except Exception as exc:  # noqa: BLE001 - one broken action must not sink the others
+            return {"name": action["name"], "status": "error", "success": False, "data": None,
+                    "error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            if token is not None:
+                CURRENT.reset(token)
+            if threaded:
+                connection.close()  # a pool thread must not keep its own database connection
+
+    results: list[dict[str, Any] | None] = [None] * len(actions)
+    runnable: list[tuple[int, dict]] = []
+    for position, action in enumerate(actions):
+        why = refuse(position, action)
+        if why is None:
+            runnable.append((position, action))
+        else:
+            name = action.get("name") if isinstance(action, dict) else None
+            results[position] = {"name": name, "status": "error", "success": False, "data": None, "error": why}
+    threaded = len(runnable) > 1
+    if threaded:
+        with ThreadPoolExecutor(max_workers=min(RUN_PARALLEL_THREADS, len(runnable))) as pool:
+            futures = [(p, pool.submit(contextvars.copy_context().run, one, p, a)) for p, a in runnable]
+            for position, future in futures:
+                results[position] = future.result()
+    else:
+        for position, action in runnable:
+            results[position] = one(position, action)
+    succeeded = sum(1 for r in results if r and r["success"])
+    outcome = ToolOutcome(status="ok", tool="run_parallel", success=True, data={
+        "results": results, "total": len(results), "succeeded": succeeded, "failed": len(results) - succeeded,
+    })
     outcome.duration_ms = (time.monotonic() - started) * 1000
     return outcome

@@ -18,7 +18,9 @@ from tooling.modules.base import ActionSpec, Module
 
 # Tools an agent may call besides module.action: discovery (tooling.meta) and background tasks
 # (tooling.background). Named here so the manifest compiler can accept them without importing either.
-DISCOVERY_META_TOOL_NAMES = ("search_tools", "get_tool", "execute_tool", "list_categories", "browse_category")
+DISCOVERY_META_TOOL_NAMES = (
+    "search_tools", "get_tool", "execute_tool", "run_parallel", "list_categories", "browse_category",
+)
 BACKGROUND_META_TOOL_NAMES = ("background_run", "background_status", "background_cancel")
 META_TOOL_NAMES = DISCOVERY_META_TOOL_NAMES + BACKGROUND_META_TOOL_NAMES
 # Module ids of the original Digitorn that name one of ours: a manifest declaring or granting

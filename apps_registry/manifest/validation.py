@@ -611,11 +611,11 @@ class Checker:
                 first_seen[agent_id] = index
             if spec is not None:
                 specs.append(spec)
-        self._delegation(specs, raw, path)
+        self._delegation(specs, raw, path, declared)
         return tuple(specs)
 
-    def _delegation(self, specs: list[AgentSpec], raw: list, path: Path) -> None:
-        """delegate_to names declared agents and has no cycle (checked even before delegation runs)."""
+    def _delegation(self, specs: list[AgentSpec], raw: list, path: Path, declared: list[str]) -> None:
+        """delegate_to names declared agents and has no cycle; the agent can reach agent_spawn."""
         ids = [s.id for s in specs]
         index_of = {
             item["id"]: i for i, item in enumerate(raw) if isinstance(item, dict) and isinstance(item.get("id"), str)
@@ -653,10 +653,18 @@ class Checker:
         for spec in specs:
             if spec.id not in state:
                 visit(spec.id, [spec.id])
-        if any(s.delegate_to for s in specs):
-            first = next(s for s in specs if s.delegate_to)
-            self.warn((*path, index_of.get(first.id, 0), "delegate_to"),
-                      "checked, but delegation between agents is " + NOT_ACTED)
+        # Delegation runs through the agent_spawn module's tools: an agent with a delegate_to list
+        # but without them could not delegate at all.
+        for spec in specs:
+            if not spec.delegate_to:
+                continue
+            where = (*path, index_of.get(spec.id, 0), "delegate_to")
+            if "agent_spawn" not in declared:
+                self.warn(where, "agent_spawn is not declared under tools.modules, so this agent cannot delegate; "
+                                 "add 'agent_spawn: {}' there")
+            elif spec.modules is not None and "agent_spawn" not in spec.modules:
+                self.warn(where, "this agent's modules list leaves out agent_spawn, so it cannot delegate; "
+                                 "add agent_spawn to it")
 
     def agent(self, raw: Any, path: Path, declared: list[str]) -> AgentSpec | None:
         block = self.mapping(

@@ -109,7 +109,7 @@ _TASK = {
 # For text/event-stream the schema describes one event as a client parses it (``data`` is the JSON text).
 SSE_EVENT_TYPES = [
     "connected", "tool_start", "tool_call", "result", "error", "hook", "approval_request", "approval_resolved",
-    "notification", "notification_result", "message_queued", "token",
+    "notification", "notification_result", "message_queued", "token", "agent_spawn", "agent_result",
 ]
 _SSE_EVENT = {
     "type": "object",
