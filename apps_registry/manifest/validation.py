@@ -161,6 +161,10 @@ ORIGINAL_ACTIONS = {
         "info", "metadata", "set_metadata",
     ),
     "pdf": ("generate", "create", "read", "extract_text", "metadata", "search", "merge", "split"),
+    "agent_spawn": (
+        "agent", "spawn_agent", "agent_wait", "agent_wait_all", "agent_result", "agent_status", "agent_cancel",
+        "agent_list", "list_specialists", "run_parallel",
+    ),
 }
 SETTING_TYPO_CUTOFF = 0.85
 SCRIPT_RULE_KEYS = ("when", "steps")
