@@ -161,6 +161,15 @@ ORIGINAL_ACTIONS = {
         "info", "metadata", "set_metadata",
     ),
     "pdf": ("generate", "create", "read", "extract_text", "metadata", "search", "merge", "split"),
+    "rag": (
+        "query", "multi_query", "sql_query", "search", "ingest", "ingest_text", "ingest_file", "ingest_directory",
+        "ingest_database", "list_knowledge_bases", "knowledge_base_stats", "create_knowledge_base",
+        "delete_knowledge_base", "list_models", "migrate_embeddings", "clear_cache",
+    ),
+    "channels": (
+        "send_message", "broadcast", "list_providers", "stats", "pause_provider", "resume_provider",
+        "simulate_event",
+    ),
     "agent_spawn": (
         "agent", "spawn_agent", "agent_wait", "agent_wait_all", "agent_result", "agent_status", "agent_cancel",
         "agent_list", "list_specialists", "run_parallel",
