@@ -223,3 +223,12 @@ def test_upload_of_a_manifest_needing_what_this_build_lacks_names_each_lack_once
                                                  "tools.modules.channels"], json.dumps(errors)
     assert all("is not available in this build" in e["message"] for e in errors)
     assert not App.objects.filter(pk="up-lack").exists()
+
+
+def test_an_unset_env_reference_as_a_brain_base_url_is_a_warning_not_an_error():
+    text = ("app: {app_id: llm-env}\nagents: [{id: a, brain: {provider: ollama, model: m,"
+            " config: {base_url: '{{env.MY_LLM_URL}}', api_key: x}}}]\n")
+    result = compiles(text)
+    assert any("MY_LLM_URL is not set" in w for w in result.warnings), result.warnings
+    errors = errors_of(text, environ={"MY_LLM_URL": "localhost:11434"})
+    assert errors[0]["path"] == "agents[0].brain.config.base_url" and "http:// or https://" in errors[0]["message"]

@@ -940,7 +940,10 @@ class Checker:
         if base_url is not None:
             if not isinstance(base_url, str):
                 self._type_error((*path, "base_url"), base_url, "a URL string")
-            elif not SECRET_MARKER.search(base_url) and not base_url.startswith(("http://", "https://")):
+            elif (
+                not SECRET_MARKER.search(base_url) and not UNSET_ENV_MARKER.match(base_url)
+                and not base_url.startswith(("http://", "https://"))
+            ):  # an unset {{env.X}} is already a warning: its value is only known when the app runs
                 self.error((*path, "base_url"), f"must be an http:// or https:// URL, got {base_url!r}")
         api_key = config.get("api_key")
         if api_key is not None and not isinstance(api_key, str):
