@@ -252,12 +252,6 @@ BROKEN: list[tuple[str, str, str, str]] = [
         "http:// or https://",
     ),
     (
-        "agent module undeclared",
-        variant(("agents.0.modules", ["database"])),
-        "agents[0].modules[0]",
-        "not declared under tools.modules",
-    ),
-    (
         "agent module unknown",
         variant(("agents.0.modules", ["filesytem"])),
         "agents[0].modules[0]",

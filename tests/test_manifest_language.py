@@ -267,7 +267,7 @@ BROKEN = [
     ("tools: {modules: {shel: {}}}", "tools.modules.shel", "did you mean 'shell'?"),
     ("agents: [{id: a, brain: {provider: deepsek, model: m}}]", "agents[0].brain.provider", "did you mean 'deepseek'?"),
     ("agents: [{id: a, brain: {provider: github_copilot, model: m}}]", "agents[0].brain.provider",
-     "provider 'github_copilot' cannot be served by this daemon"),
+     "provider 'github_copilot' is not available in this build (it cannot be served by this daemon"),
     ("agents: [{id: a, brain: {backend: github_copilot, model: m}}]", "agents[0].brain.backend", "cannot be served"),
     ("agents: [{id: a, brain: {provider: acme, model: m}}]", "agents[0].brain.provider", "unknown provider 'acme'"),
     ("agents: [{id: a, brain: {provider: openai, model: m, top_p: 2}}]", "agents[0].brain.top_p", "must be <= 1"),

@@ -93,6 +93,7 @@ def compile_manifest(
         meta_tools=registry.META_TOOL_NAMES,
         env_refs=interpolated.env_refs,
     )
+    _drop_errors_inside_lacking_modules(problems, interpolated.tree, registry.known_actions())
     if problems or app is None:
         raise ManifestError(_render(problems.errors, paths, loaded.locations))
 
@@ -172,6 +173,23 @@ def _canonical_module_ids(tree: dict[str, Any], aliases: Mapping[str, str], path
             out.append(agent)
         tree = {**tree, "agents": out}
     return tree
+
+
+def _drop_errors_inside_lacking_modules(problems: Any, tree: Any, known: Mapping[str, Any]) -> None:
+    """A module this build lacks is one error (``module 'X' is not available in this build``): what
+    its own block says (settings, ``{{env.X}}`` references) is never used here, so errors about it
+    would only bury the one that matters."""
+    tools = tree.get("tools") if isinstance(tree, dict) else None
+    modules = tools.get("modules") if isinstance(tools, dict) else None
+    if not isinstance(modules, dict):
+        return
+    lacking = {m for m in modules if isinstance(m, str) and m not in known}
+    if not lacking:
+        return
+    problems.errors[:] = [
+        (path, message) for path, message in problems.errors
+        if not (len(path) > 3 and path[:2] == ("tools", "modules") and path[2] in lacking)
+    ]
 
 
 def _catalog(registry: Any, tree: Any) -> dict[str, list[str] | None]:

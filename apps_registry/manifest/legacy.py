@@ -221,7 +221,7 @@ def fold(data: dict[str, Any], problems: Problems) -> tuple[dict[str, Any] | Non
                     where = paths.to_original(("tools", "modules", module_id))
                     for key in flat:
                         paths.add(("tools", "modules", module_id, "config", key), (*where, key))
-            folded_modules[module_id] = block
+            folded_modules[module_id] = _mcp_server_names(module_id, block, paths)
         out["tools"] = {**tools, "modules": folded_modules}
 
     # 5. agents.
@@ -245,6 +245,21 @@ def fold(data: dict[str, Any], problems: Problems) -> tuple[dict[str, Any] | Non
     if problems:
         return None, paths
     return out, paths
+
+
+def _mcp_server_names(module_id: str, block: Any, paths: PathMap) -> Any:
+    """The original's shorthand ``servers: [github, memory]``: servers of its MCP catalog named
+    without settings, the same as ``servers: {github: {}, memory: {}}``."""
+    config = block.get("config") if isinstance(block, dict) else None
+    servers = config.get("servers") if isinstance(config, dict) else None
+    if module_id != "mcp" or not isinstance(servers, list) or not all(isinstance(s, str) for s in servers):
+        return block
+    if len(set(servers)) != len(servers):
+        return block  # a name listed twice: left for validation to report
+    where = paths.to_original(("tools", "modules", module_id, "config", "servers"))
+    for index, name in enumerate(servers):
+        paths.add(("tools", "modules", module_id, "config", "servers", name), (*where, index))
+    return {**block, "config": {**config, "servers": {name: {} for name in servers}}}
 
 
 def _fold_modules(modules: Any, problems: Problems, paths: PathMap) -> Any:

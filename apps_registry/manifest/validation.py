@@ -147,7 +147,32 @@ ORIGINAL_ACTIONS = {
     ),
     "http": (
         "get", "post", "put", "patch", "delete", "head", "options", "request", "download", "json_api",
-        "fetch_page",
+        "fetch_page", "download_status", "download_cancel", "download_list",
+    ),
+    # Seen in the original's and the Go port's manifests (grants of their git, web, workspace, pdf).
+    "git": (
+        "status", "diff", "log", "blame", "show", "branch", "branch_list", "branch_create", "branch_delete",
+        "add", "commit", "checkout", "stash", "tag", "pull", "push", "fetch", "reset", "merge", "rebase",
+        "pr_create", "clone", "init", "remote",
+    ),
+    "web": ("search", "fetch", "extract", "download", "screenshot"),
+    "workspace": (
+        "write", "read", "edit", "glob", "grep", "delete", "ls", "stat", "mkdir", "tree", "list", "switch",
+        "info", "metadata", "set_metadata",
+    ),
+    "pdf": ("generate", "create", "read", "extract_text", "metadata", "search", "merge", "split"),
+    "rag": (
+        "query", "multi_query", "sql_query", "search", "ingest", "ingest_text", "ingest_file", "ingest_directory",
+        "ingest_database", "list_knowledge_bases", "knowledge_base_stats", "create_knowledge_base",
+        "delete_knowledge_base", "list_models", "migrate_embeddings", "clear_cache",
+    ),
+    "channels": (
+        "send_message", "broadcast", "list_providers", "stats", "pause_provider", "resume_provider",
+        "simulate_event",
+    ),
+    "agent_spawn": (
+        "agent", "spawn_agent", "agent_wait", "agent_wait_all", "agent_result", "agent_status", "agent_cancel",
+        "agent_list", "list_specialists", "run_parallel",
     ),
 }
 SETTING_TYPO_CUTOFF = 0.85
@@ -158,6 +183,8 @@ MAX_NAME_CHARS = 200
 MAX_VERSION_CHARS = 50
 
 MISSING: Any = object()
+# An {{env.X}} left as written because X is unset at compile time (interpolation warns about it).
+UNSET_ENV_MARKER = re.compile(r"\{\{\s*env\.[A-Za-z_][A-Za-z0-9_]*\s*\}\}")
 _BOOL_WORDS = {
     "true": True,
     "yes": True,
@@ -556,6 +583,10 @@ class Checker:
             return
         for index, item in enumerate(raw):
             where = (*path, index)
+            if isinstance(item, dict) and "true" in item and "on" not in item:
+                # PyYAML, the original's reader, loads `on:` as the boolean true, so a manifest it
+                # wrote back out says `true: tool_end`: the same hook event.
+                item = {("on" if key == "true" else key): value for key, value in item.items()}
             block = self.mapping(item, where, HOOK_KEYS, required={"id": "e.g. id: compact"}, what="a hook mapping")
             if block is None:
                 continue
@@ -812,11 +843,19 @@ class Checker:
         provider = _get(block, "provider")
         backend = self.string(_get(block, "backend"), (*path, "backend"), default=None)
         protocol = None
+        # A provider this build lacks is one error, at the provider when the brain names it (then the
+        # backend and base_url errors it would cascade into say nothing more).
+        lacking = provider.strip().lower() if isinstance(provider, str) else None
+        if lacking in UNSUPPORTED_PROVIDERS:
+            self.error((*path, "provider"), f"provider {provider!r} is not available in this build "
+                                            f"(it cannot be served by this daemon: {UNSUPPORTED_PROVIDERS[lacking]})")
+            return None
+        if backend in UNSUPPORTED_BACKENDS:
+            self.error((*path, "backend"), f"backend {backend!r} is not available in this build "
+                                           f"(it cannot be served by this daemon: {UNSUPPORTED_BACKENDS[backend]})")
+            return None
         if backend is not None:
-            if backend in UNSUPPORTED_BACKENDS:
-                self.error((*path, "backend"),
-                           f"backend {backend!r} cannot be served by this daemon: {UNSUPPORTED_BACKENDS[backend]}")
-            elif backend not in BACKENDS:
+            if backend not in BACKENDS:
                 self.error((*path, "backend"), f"unknown backend {backend!r}; {did_you_mean(backend, BACKENDS)}")
             else:
                 protocol = BACKENDS[backend]
@@ -836,10 +875,7 @@ class Checker:
         spec = provider_named(provider)
         if spec is None:
             lowered = provider.strip().lower()
-            if lowered in UNSUPPORTED_PROVIDERS:
-                self.error((*path, "provider"),
-                           f"provider {provider!r} cannot be served by this daemon: {UNSUPPORTED_PROVIDERS[lowered]}")
-            elif protocol is not None:
+            if protocol is not None:
                 spec = None  # an unnamed OpenAI-compatible / Anthropic endpoint chosen by backend
             else:
                 self.error((*path, "provider"),
@@ -916,7 +952,10 @@ class Checker:
         if base_url is not None:
             if not isinstance(base_url, str):
                 self._type_error((*path, "base_url"), base_url, "a URL string")
-            elif not SECRET_MARKER.search(base_url) and not base_url.startswith(("http://", "https://")):
+            elif (
+                not SECRET_MARKER.search(base_url) and not UNSET_ENV_MARKER.match(base_url)
+                and not base_url.startswith(("http://", "https://"))
+            ):  # an unset {{env.X}} is already a warning: its value is only known when the app runs
                 self.error((*path, "base_url"), f"must be an http:// or https:// URL, got {base_url!r}")
         api_key = config.get("api_key")
         if api_key is not None and not isinstance(api_key, str):
@@ -1162,8 +1201,10 @@ class Checker:
         validator = validator_cls(schema)
         for err in sorted(validator.iter_errors(config), key=lambda e: [str(p) for p in e.absolute_path]):
             where = (*path, "config", *err.absolute_path)
-            if err.validator != "type" and isinstance(err.instance, str) and SECRET_MARKER.search(err.instance):
-                continue  # the value is only known at run time
+            if err.validator != "type" and isinstance(err.instance, str) and (
+                SECRET_MARKER.search(err.instance) or UNSET_ENV_MARKER.search(err.instance)
+            ):
+                continue  # the value is only known at run time (an unset {{env.X}} is already a warning)
             if err.validator == "required" and isinstance(err.validator_value, list):
                 missing = [k for k in err.validator_value if isinstance(err.instance, dict) and k not in err.instance]
                 for key in missing:
@@ -1304,6 +1345,47 @@ class Checker:
             return None
         return CapabilityRule(module=module, actions=tuple(checked), reason=reason)
 
+def _declare_agent_modules(top: dict[str, Any], catalog: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
+    """A module of this build that an agent lists under ``modules:`` but the app does not declare under
+    ``tools.modules`` is loaded with its default settings, as the Go port does (its compiler only asks
+    that an agent's modules exist). Only the agents that list it get it: an agent without a list of
+    its own keeps the modules the app declared."""
+    agents = top.get("agents")
+    tools = top.get("tools") if isinstance(top.get("tools"), dict) else {}
+    modules = tools.get("modules") if isinstance(tools, dict) else None
+    if not isinstance(agents, list) or (modules is not None and not isinstance(modules, dict)):
+        return top
+    declared = list(modules or {})
+    added: dict[str, Any] = {}
+    for index, agent in enumerate(agents):
+        listed = agent.get("modules") if isinstance(agent, dict) else None
+        if isinstance(listed, dict):
+            listed = list(listed)
+        if not isinstance(listed, list):
+            continue
+        for position, item in enumerate(listed):
+            module = next(iter(item), None) if isinstance(item, dict) and len(item) == 1 else item
+            if (
+                not isinstance(module, str) or module in declared or module in added
+                or module in SYSTEM_MODULES or catalog.get(module, None) is None
+            ):
+                continue
+            added[module] = {}
+            problems.warn(
+                ("agents", index, "modules", position),
+                f"module {module!r} is not declared under tools.modules: loaded with its default settings "
+                "for the agents that list it",
+            )
+    if not added:
+        return top
+    out_agents = []
+    for agent in agents:
+        if isinstance(agent, dict) and not agent.get("modules") and declared:
+            agent = {**agent, "modules": list(declared)}
+        out_agents.append(agent)
+    return {**top, "tools": {**tools, "modules": {**(modules or {}), **added}}, "agents": out_agents}
+
+
 def _split_tool(name: str) -> tuple[str, str]:
     """``module.action`` or ``module__action`` (the wire form LLM providers need) -> (module, action);
     the dotted form wins, as in ``conversations.brains.base.canonical_tool_name``."""
@@ -1395,6 +1477,7 @@ def build_app(
     checker.not_acted(top, (), (*EXTRA_TOP_KEYS, "flow", "templates"))
     app = checker.app(top)
     mode, runtime = checker.runtime(top)
+    top = _declare_agent_modules(top, checker.catalog, problems)
     declared = checker.declared_modules(top)
     modules, capabilities, constraints, approval_timeout = checker.tools(top, declared)
     agents = checker.agents(top, declared)
