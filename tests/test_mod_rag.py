@@ -98,6 +98,20 @@ def test_sources_are_synced_before_each_query(ws):
                for r in ok(app, "rag.query", query="team retreat", top_k=10)["results"])
 
 
+def test_sources_in_the_originals_object_form(ws):
+    """The original's `sources: [{type: file, path, knowledge_base, ...}]`: folders inside the workspace
+    are synced into their knowledge base; a path written for another machine and a database source
+    are skipped instead of failing every query."""
+    app = make_app(ws, rag={"sources": [
+        {"type": "file", "path": "docs", "knowledge_base": "handbook", "extensions": [".md"], "recursive": True},
+        {"type": "file", "path": "C:/Users/someone/elsewhere"},
+        {"type": "database", "connection_id": "main_db"},
+    ]})
+    assert top(ok(app, "rag.query", query="paid vacation days", knowledge_base="handbook")) == "docs/holidays.md"
+    assert set(RagDocument.objects.values_list("knowledge_base", flat=True)) == {"handbook"}
+    assert not RagDocument.objects.filter(source_id="src/deploy.sh").exists()
+
+
 def test_ingest_texts_replace_by_id_remove_and_knowledge_bases(ws):
     app = make_app(ws, rag={})
     added = ok(app, "rag.ingest", documents=["The launch code name is Bluebird.", "Budget review is on Tuesday."],

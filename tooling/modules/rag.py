@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import bisect
 import hashlib
+import logging
 import math
 import os
 import re
@@ -45,6 +46,8 @@ from django.db.models import Sum
 from tooling.models import RagChunk, RagDocument
 from tooling.modules._workspace import Beneath, Target, workspace_root
 from tooling.modules.base import Module, ToolError, action
+
+log = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 500
 DEFAULT_CHUNK_OVERLAP = 50
@@ -196,7 +199,9 @@ class RagModule(Module):
             "max_files": {"type": "integer", "minimum": 1, "maximum": 100000, "default": DEFAULT_MAX_FILES},
             "max_chunks": {"type": "integer", "minimum": 1, "default": DEFAULT_MAX_CHUNKS},
             "extensions": {"type": "array", "items": {"type": "string"}},
-            "sources": {"type": "array", "items": {"type": "string"}},
+            # A folder of the workspace, or the original's source object ({type: file, path,
+            # knowledge_base, extensions, recursive, max_files, ...}).
+            "sources": {"type": "array", "items": {"type": ["string", "object"]}},
             "auto_sync": {"type": "boolean", "default": True},
             "knowledge_base": {"type": "string"},
         },
@@ -464,13 +469,28 @@ class RagModule(Module):
         sources = self.config.get("sources") or []
         if not sources or self.config.get("auto_sync") is False:
             return
-        kb = self._kb(None, field="config.knowledge_base")
-        for source in sources:
-            self._sync_dir(
-                source, kb, extensions=self._extensions(None), recursive=True,
-                max_files=self._setting("max_files", DEFAULT_MAX_FILES), chunking=self._chunking(),
-                field="config.sources",
-            )
+        default_kb = self._kb(None, field="config.knowledge_base")
+        for index, source in enumerate(sources):
+            if isinstance(source, str):
+                source = {"path": source}
+            if source.get("type", "file") not in ("file", "files", "directory", "folder"):
+                continue  # the original's database/url sources: not indexed by this build (README)
+            where = f"config.sources[{index}]"
+            try:
+                self._sync_dir(
+                    str(source.get("path") or "."),
+                    self._kb(source.get("knowledge_base"), field=f"{where}.knowledge_base") if source.get(
+                        "knowledge_base") else default_kb,
+                    extensions=self._extensions(source.get("extensions")),
+                    recursive=source.get("recursive", True) is not False,
+                    max_files=int(source.get("max_files") or self._setting("max_files", DEFAULT_MAX_FILES)),
+                    chunking=self._chunking(),
+                    field=f"{where}.path",
+                )
+            except ToolError as exc:
+                # A source outside the workspace (a path written for another machine) must not make
+                # every query fail: it is skipped and said once per sync in the log.
+                log.warning("rag: app %s: %s skipped: %s", self.context.app_id, where, exc.message)
 
     # -- retrieval --------------------------------------------------------------------------
     def _retrieve(self, query: str, kb: str | None, top_k: int, min_score: float) -> list[dict[str, Any]]:
