@@ -449,6 +449,8 @@ def test_metrics_prometheus(app):
 def test_probes():
     anonymous = Client()
     check("GET /healthz", anonymous.get("/healthz").json())
+    health = anonymous.get("/health")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200
     check("GET /readyz", ready.json())
