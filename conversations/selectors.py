@@ -196,16 +196,15 @@ def session_history(
     rows = list(events_qs.filter(seq__gt=since_seq).order_by("seq")[: events_limit + 1])
     has_more = len(rows) > events_limit
     rows = rows[:events_limit]
-    events = [
-        {
-            "seq": e.seq,
-            "type": e.type,
-            "data": e.data,
-            "correlation_id": e.correlation_id,
-            "ts": epoch(e.created_at),
-        }
-        for e in rows
-    ]
+    events = []
+    for e in rows:
+        item = {"seq": e.seq, "type": e.type, "data": e.data, "correlation_id": e.correlation_id, "ts": epoch(e.created_at)}
+        events.append(item)
+        if e.type == "result":
+            # The original's history records the end of a turn as `turn_end` (its clients and its
+            # functional suite read tool_calls_count / turns_used / error there); live streams say
+            # `result`. Both are listed, same seq and payload.
+            events.append({**item, "type": "turn_end"})
     return {
         "session_id": session.session_id,
         "messages": history_turns(messages),

@@ -537,6 +537,14 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict, p
             data=tool_call_data(call_id=call_id, name=name, params=params, result=result),
             correlation_id=correlation_id,
         )
+        if name.startswith("memory.") and result.get("success"):
+            # The original's clients refresh their goal / task / fact panels on `memory_update`.
+            event_append(
+                session=session,
+                type="memory_update",
+                data={"action": name.split(".", 1)[1], "tool": name, "id": call_id, "params": params or {}},
+                correlation_id=correlation_id,
+            )
     return message
 
 

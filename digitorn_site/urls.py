@@ -21,6 +21,8 @@ urlpatterns = [
     path("api/health/", views.health),
     # The original's probes (public) and metrics (admin).
     path("healthz", metrics.healthz, name="healthz"),
+    # The original's functional suite also probes /health (same liveness answer).
+    path("health", metrics.healthz, name="health-probe"),
     path("readyz", metrics.readyz, name="readyz"),
     path("api/metrics", metrics.MetricsView.as_view(), name="metrics"),
     path("api/metrics/prometheus", metrics.PrometheusMetricsView.as_view(), name="metrics-prometheus"),

@@ -236,6 +236,11 @@ def test_session_history_folds_tool_rows(app):
     check("GET /sessions/{sid}/history", data, nonempty=("messages", "events"))
     assert [m["role"] for m in data["messages"]] == ["user", "assistant", "assistant"]
     check("GET /sessions/{sid}/history (assistant turn)", data["messages"][1], nonempty=("tool_calls",))
+    # The turn's end is listed as the original's `turn_end` too, right after `result`, same payload.
+    result, turn_end = [e for e in data["events"] if e["type"] in ("result", "turn_end")]
+    assert (result["type"], turn_end["type"]) == ("result", "turn_end")
+    assert turn_end["seq"] == result["seq"] and turn_end["data"] == result["data"]
+    assert turn_end["data"]["tool_calls_count"] == 1
 
 
 def test_session_messages_echo_and_images(app):
@@ -449,6 +454,8 @@ def test_metrics_prometheus(app):
 def test_probes():
     anonymous = Client()
     check("GET /healthz", anonymous.get("/healthz").json())
+    health = anonymous.get("/health")
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200
     check("GET /readyz", ready.json())

@@ -58,6 +58,7 @@ CONTRACT: dict[str, dict[str, dict[str, Any]]] = {
         "required": {"error": str, "code": str, "category": str, "retry": bool, "detail": str},
         "additive": {"correlation_id": str},
     },
+    "memory_update": {"required": {"action": str}, "additive": {"tool": str, "id": str, "params": dict}},
     "hook": {
         "required": {"hook_id": str, "action_type": str, "phase": str, "details": dict},
         "additive": {"correlation_id": str},
@@ -317,6 +318,25 @@ def test_error_codes_from_a_provider(ws):
         run(enq.session_pk)
     error = conforms("error", logged(enq.session_pk, "error")[0])
     assert (error["code"], error["category"], error["retry"]) == ("auth_error", "auth", False)
+
+
+def test_memory_update_after_a_memory_tool(ws):
+    """The original's clients refresh their memory panels on `memory_update` (its functional suite
+    waits for one with an ``action`` after set_goal); other tools do not send it."""
+    doc = json.loads(manifest("conf-mem", ws, [
+        {"when": "goal", "steps": [{"call": "memory.set_goal", "params": {"goal": "Ship it"}}, {"say": "set"}]},
+        {"when": "read", "steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "ok"}]},
+    ]))
+    doc["tools"]["modules"]["memory"] = {}
+    registry.app_deploy(text=json.dumps(doc), force=True)
+    enq = send("conf-mem", "set the goal")
+    run(enq.session_pk)
+    assert all_conform(enq.session_pk) == ["tool_start", "tool_call", "memory_update", "result"]
+    update = conforms("memory_update", logged(enq.session_pk, "memory_update")[0])
+    assert update["action"] == "set_goal" and update["params"] == {"goal": "Ship it"}
+    enq = send("conf-mem", "read the readme", session_id="s2")
+    run(enq.session_pk)
+    assert logged(enq.session_pk, "memory_update") == []
 
 
 def test_hook(ws):
