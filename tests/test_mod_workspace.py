@@ -63,6 +63,18 @@ def test_confined_to_the_workspace(app, ws, tmp_path):
     assert (tmp_path / "secret.txt").exists()
 
 
+def test_hard_links_and_catastrophic_patterns(app, ws, tmp_path):
+    """A hard link planted in the workspace is neither read nor written (it would reach a file
+    outside), and grep runs on RE2, so `(a+)+$` over a long line returns instead of backtracking."""
+    (tmp_path / "outside.txt").write_text("outside secret")
+    os.link(tmp_path / "outside.txt", ws / "planted.txt")
+    assert "link" in err(app, "workspace.read", path="planted.txt")
+    assert "link" in err(app, "workspace.write", path="planted.txt", content="overwritten")
+    assert (tmp_path / "outside.txt").read_text() == "outside secret"
+    ok(app, "workspace.write", path="long.txt", content="a" * 60 + "!\n")
+    assert ok(app, "workspace.grep", pattern="(a+)+$")["count"] == 0
+
+
 def test_size_cap(ws):
     app = make_app(ws, workspace={"max_file_bytes": 10})
     assert "max_file_bytes" in err(app, "workspace.write", path="big.txt", content="x" * 11)

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from tooling.modules._workspace import is_protected, relative, resolve_in, workspace_root
+from tooling.modules._workspace import Beneath, is_protected, relative, resolve_in, workspace_root
 from tooling.modules.base import Module, ToolError, action
 
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
@@ -91,20 +91,53 @@ class WorkspaceModule(Module):
     def max_bytes(self) -> int:
         return int(self.config.get("max_file_bytes") or DEFAULT_MAX_FILE_BYTES)
 
+    # Reads, writes and deletes open the file from the workspace's directory descriptor in one step
+    # (tooling.modules._workspace.Beneath, as filesystem does): no check-then-open window for a
+    # swapped symlink, hard-linked files refused.
     def _file(self, path: str) -> Path:
-        resolved = resolve_in(self.root, path)
-        if not resolved.is_file():
-            raise ToolError(f"params.path: File not found: {path}")
-        return resolved
+        """The file's path (for names and messages only: content goes through _read_text/_write)."""
+        with Beneath(self.root) as ws:
+            target = ws.resolve(path, field="params.path")
+            if not target.exists or target.is_dir or target.is_root:
+                raise ToolError(f"params.path: File not found: {path}")
+            return self.root / target.rel
 
     def _read_text(self, resolved: Path, path: str) -> str:
-        size = resolved.stat().st_size
-        if size > self.max_bytes:
-            raise ToolError(f"params.path: '{path}' is {size} bytes; the limit is {self.max_bytes} (max_file_bytes).")
-        data = resolved.read_bytes()
+        from tooling.modules.filesystem import _read_all
+
+        with Beneath(self.root) as ws:
+            target = ws.resolve(path, field="params.path")
+            if not target.exists or target.is_dir or target.is_root:
+                raise ToolError(f"params.path: File not found: {path}")
+            fd = ws.open_file(target, os.O_RDONLY, field="params.path", user_path=path)
+            try:
+                size = os.fstat(fd).st_size
+                if size > self.max_bytes:
+                    raise ToolError(
+                        f"params.path: '{path}' is {size} bytes; the limit is {self.max_bytes} (max_file_bytes)."
+                    )
+                data = _read_all(fd, self.max_bytes)
+            finally:
+                os.close(fd)
         if b"\x00" in data[:8192]:
             raise ToolError(f"params.path: '{path}' is a binary file.")
         return data.decode("utf-8", errors="replace")
+
+    def _write(self, path: str, content: str) -> Path:
+        from tooling.modules.filesystem import _write_all
+
+        with Beneath(self.root) as ws:
+            target = ws.resolve(path, field="params.path", make_parents=True)
+            if target.is_root or target.is_dir:
+                raise ToolError(f"params.path: '{path}' is a folder.")
+            # No O_TRUNC: open_file checks the hard-link count first, then the content goes.
+            fd = ws.open_file(target, os.O_WRONLY | os.O_CREAT, field="params.path", user_path=path)
+            try:
+                os.ftruncate(fd, 0)
+                _write_all(fd, content.encode("utf-8"))
+            finally:
+                os.close(fd)
+            return self.root / target.rel
 
     def _files(self, base: Path):
         for dirpath, dirnames, filenames in os.walk(base, followlinks=False):
@@ -137,13 +170,7 @@ class WorkspaceModule(Module):
     def write(self, path: str, content: str) -> dict[str, Any]:
         if len(content.encode("utf-8")) > self.max_bytes:
             raise ToolError(f"params.content: larger than {self.max_bytes} bytes (max_file_bytes).")
-        resolved = resolve_in(self.root, path)
-        if resolved.is_dir():
-            raise ToolError(f"params.path: '{path}' is a folder.")
-        resolved.parent.mkdir(parents=True, exist_ok=True)
-        # Re-check after mkdir: a parent created through a link must still be inside.
-        resolved = resolve_in(self.root, path)
-        resolved.write_text(content, encoding="utf-8")
+        resolved = self._write(path, content)
         return self._describe(resolved, content)
 
     @action(
@@ -180,7 +207,7 @@ class WorkspaceModule(Module):
         updated = content.replace(old_string, new_string, 1)
         if len(updated.encode("utf-8")) > self.max_bytes:
             raise ToolError(f"params.new_string: the edited file would exceed {self.max_bytes} bytes.")
-        resolved.write_text(updated, encoding="utf-8")
+        resolved = self._write(path, updated)
         return self._describe(resolved, updated)
 
     @action(
@@ -214,10 +241,9 @@ class WorkspaceModule(Module):
         tags=("workspace", "files", "search"),
     )
     def grep(self, pattern: str, path: str = "") -> dict[str, Any]:
-        try:
-            regex = re.compile(pattern)
-        except re.error as exc:
-            raise ToolError(f"params.pattern: not a valid regular expression ({exc}).")
+        from tooling.modules.filesystem import compile_pattern
+
+        regex = compile_pattern(pattern, False)  # RE2: linear time, no catastrophic backtracking
         base = resolve_in(self.root, path or ".")
         limit = int(self.config.get("max_results") or DEFAULT_MAX_RESULTS)
         matches: list[dict[str, Any]] = []
@@ -248,6 +274,9 @@ class WorkspaceModule(Module):
         tags=("workspace", "files", "delete"),
     )
     def delete(self, path: str) -> dict[str, Any]:
-        candidate = self._file(path)
-        candidate.unlink()
-        return {"path": relative(self.root, candidate), "deleted": True}
+        with Beneath(self.root) as ws:
+            target = ws.resolve(path, field="params.path")  # a link out of the workspace is refused
+            if not target.exists or target.is_dir or target.is_root:
+                raise ToolError(f"params.path: File not found: {path}")
+            os.unlink(target.name, dir_fd=target.dir_fd)  # relative to the folder just opened: no race
+        return {"path": target.rel, "deleted": True}
