@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.modkit import err, make_app, ok
@@ -69,3 +71,6 @@ def test_bad_pages_too_large_outside_and_missing(ws, tmp_path):
     (tmp_path / "outside.pdf").write_bytes(make_pdf(["secret"]))
     assert "outside the workspace" in err(app, "pdf.extract_text", path="../outside.pdf")
     assert "not a file" in err(app, "pdf.metadata", path="nope.pdf")
+    # A hard link planted in the workspace would read the file outside: refused like filesystem's.
+    os.link(tmp_path / "outside.pdf", ws / "planted.pdf")
+    assert "link" in err(app, "pdf.extract_text", path="planted.pdf")

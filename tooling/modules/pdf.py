@@ -11,12 +11,13 @@ open a PDF.
 
 from __future__ import annotations
 
+import os
 import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tooling.modules._workspace import relative, resolve_in, workspace_root
+from tooling.modules._workspace import Beneath, workspace_root
 from tooling.modules.base import Module, ToolError, action
 
 DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -84,19 +85,31 @@ class PdfModule(Module):
 
     def _open(self, path: str) -> tuple[Any, str]:
         """A pypdf reader for a workspace file, or a ToolError saying why not."""
-        resolved = resolve_in(self.root, path)
-        rel = relative(self.root, resolved)
-        if not resolved.is_file():
-            raise ToolError(f"params.path: '{path}' is not a file in the workspace.")
+        import io
+
+        from tooling.modules.filesystem import _read_all
+
         cap = int(self.config.get("max_file_bytes") or DEFAULT_MAX_FILE_BYTES)
-        size = resolved.stat().st_size
-        if size > cap:
-            raise ToolError(f"params.path: '{rel}' is {size} bytes; this app opens PDFs up to {cap} bytes.")
+        # Opened from the workspace's directory descriptor in one step (no check-then-open window for a
+        # swapped symlink; hard links refused), then parsed from memory.
+        with Beneath(self.root) as ws:
+            target = ws.resolve(path, field="params.path")
+            rel = target.rel
+            if not target.exists or target.is_dir or target.is_root:
+                raise ToolError(f"params.path: '{path}' is not a file in the workspace.")
+            fd = ws.open_file(target, os.O_RDONLY, field="params.path", user_path=path)
+            try:
+                size = os.fstat(fd).st_size
+                if size > cap:
+                    raise ToolError(f"params.path: '{rel}' is {size} bytes; this app opens PDFs up to {cap} bytes.")
+                data = _read_all(fd, cap)
+            finally:
+                os.close(fd)
         from pypdf import PdfReader
         from pypdf.errors import PyPdfError
 
         try:
-            reader = PdfReader(str(resolved), strict=False)
+            reader = PdfReader(io.BytesIO(data), strict=False)
             if reader.is_encrypted:
                 # Only the empty user password is tried: many "encrypted" PDFs are just restricted.
                 try:
