@@ -36,6 +36,18 @@ def default_workspace(app_id: str) -> Path:
     return Path(settings.DATA_DIR) / "workspaces" / app_id
 
 
+def module_workspace(module) -> Path:
+    """A module's workspace folder: its own ``workspace`` setting, else the filesystem module's, else
+    the app's default (``workspace_root``); memoised on the module instance (one per call)."""
+    root = getattr(module, "_workspace_root", None)
+    if root is None:
+        configured = module.config.get("workspace") or (module.context.app_modules.get("filesystem") or {}).get(
+            "workspace"
+        )
+        root = module._workspace_root = workspace_root(module.context.app_id, configured)
+    return root
+
+
 def workspace_root(app_id: str, configured: str | None) -> Path:
     """The real, existing workspace folder for an app (created when it is the default one)."""
     data_dir = Path(os.path.realpath(settings.DATA_DIR))

@@ -23,7 +23,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from tooling.modules._workspace import relative, resolve_in, workspace_root
+from tooling.modules._workspace import module_workspace, relative, resolve_in
 from tooling.modules.base import Module, ToolError, action
 
 DEFAULT_TIMEOUT = 30.0
@@ -86,12 +86,7 @@ class GitModule(Module):
     # -- plumbing ----------------------------------------------------------------------------
     @property
     def root(self) -> Path:
-        if not hasattr(self, "_root"):
-            configured = self.config.get("workspace") or (self.context.app_modules.get("filesystem") or {}).get(
-                "workspace"
-            )
-            self._root = workspace_root(self.context.app_id, configured)
-        return self._root
+        return module_workspace(self)
 
     def _env(self) -> dict[str, str]:
         name = str(self.config.get("author_name") or "Digitorn Agent")

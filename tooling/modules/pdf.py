@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from tooling.modules._workspace import Beneath, workspace_root
+from tooling.modules._workspace import Beneath, module_workspace
 from tooling.modules.base import Module, ToolError, action
 
 DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
@@ -76,12 +76,7 @@ class PdfModule(Module):
 
     @property
     def root(self) -> Path:
-        if not hasattr(self, "_root"):
-            configured = self.config.get("workspace") or (self.context.app_modules.get("filesystem") or {}).get(
-                "workspace"
-            )
-            self._root = workspace_root(self.context.app_id, configured)
-        return self._root
+        return module_workspace(self)
 
     def _open(self, path: str) -> tuple[Any, str]:
         """A pypdf reader for a workspace file, or a ToolError saying why not."""

@@ -44,7 +44,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Sum
 
 from tooling.models import RagChunk, RagDocument
-from tooling.modules._workspace import Beneath, Target, workspace_root
+from tooling.modules._workspace import Beneath, Target, module_workspace
 from tooling.modules.base import Module, ToolError, action
 
 log = logging.getLogger(__name__)
@@ -211,12 +211,7 @@ class RagModule(Module):
     # -- settings ---------------------------------------------------------------------------
     @property
     def root(self) -> Path:
-        if not hasattr(self, "_root"):
-            configured = self.config.get("workspace") or (self.context.app_modules.get("filesystem") or {}).get(
-                "workspace"
-            )
-            self._root = workspace_root(self.context.app_id, configured)
-        return self._root
+        return module_workspace(self)
 
     def _setting(self, name: str, default: int) -> int:
         value = self.config.get(name)

@@ -14,11 +14,16 @@ grep, default 1000).
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from tooling.modules._workspace import Beneath, is_protected, relative, resolve_in, workspace_root
+from tooling.modules._workspace import (
+    Beneath,
+    is_protected,
+    module_workspace,
+    relative,
+    resolve_in,
+)
 from tooling.modules.base import Module, ToolError, action
 
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
@@ -37,31 +42,6 @@ def _language(path: Path) -> str:
     return _LANGUAGES.get(path.suffix.lower(), "text")
 
 
-def _glob_regex(pattern: str) -> re.Pattern[str]:
-    """``**`` spans folders, ``*``/``?`` stay inside one name, ``[...]`` is a class."""
-    out, i = [], 0
-    while i < len(pattern):
-        if pattern.startswith("**/", i):
-            out.append("(?:.*/)?")
-            i += 3
-            continue
-        if pattern.startswith("**", i):
-            out.append(".*")
-            i += 2
-            continue
-        ch = pattern[i]
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "[" and (end := pattern.find("]", i + 1)) != -1:
-            body = pattern[i + 1 : end].replace("\\", "\\\\")
-            out.append("[" + ("^" + body[1:] if body.startswith("!") else body) + "]")
-            i = end
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return re.compile("".join(out) + r"\Z")
 
 
 class WorkspaceModule(Module):
@@ -80,12 +60,7 @@ class WorkspaceModule(Module):
 
     @property
     def root(self) -> Path:
-        if not hasattr(self, "_root"):
-            configured = self.config.get("workspace") or (self.context.app_modules.get("filesystem") or {}).get(
-                "workspace"
-            )
-            self._root = workspace_root(self.context.app_id, configured)
-        return self._root
+        return module_workspace(self)
 
     @property
     def max_bytes(self) -> int:
@@ -217,6 +192,8 @@ class WorkspaceModule(Module):
         tags=("workspace", "files", "search"),
     )
     def glob(self, pattern: str) -> dict[str, Any]:
+        from tooling.modules.filesystem import _glob_regex
+
         regex = _glob_regex(pattern.lstrip("/").removeprefix("./"))
         limit = int(self.config.get("max_results") or DEFAULT_MAX_RESULTS)
         matches = []
