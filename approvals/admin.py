@@ -16,8 +16,8 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from approvals.models import ApprovalRequest
-from digitorn_site.api.auth import ADMIN_PRINCIPAL
 from digitorn_site.errors import DigitornError
+from digitorn_site.principals import ADMIN_PRINCIPAL
 
 
 @admin.register(ApprovalRequest)

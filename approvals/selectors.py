@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from approvals.models import ApprovalRequest
 from approvals.services import _expire_one_if_due, approvals_expire_due
-from digitorn_site.api.auth import ADMIN_PRINCIPAL
+from digitorn_site.principals import ADMIN_PRINCIPAL
 
 
 def approval_get(*, request_id: str) -> ApprovalRequest | None:

@@ -11,8 +11,8 @@ from django.utils import timezone
 
 from approvals.models import ApprovalRequest
 from digitorn_site import signals
-from digitorn_site.api.auth import ADMIN_PRINCIPAL
 from digitorn_site.errors import ConflictError, NotFoundError
+from digitorn_site.principals import ADMIN_PRINCIPAL
 
 Status = ApprovalRequest.Status
 

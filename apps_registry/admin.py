@@ -17,8 +17,8 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from apps_registry.models import ApiKey, App, AppSecret
-from digitorn_site.api.auth import SCOPES
 from digitorn_site.errors import DigitornError
+from digitorn_site.principals import SCOPES
 
 
 def _pretty_json(value: Any) -> str:

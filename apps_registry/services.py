@@ -19,7 +19,6 @@ from apps_registry.manifest.compiled import CompiledApp
 from apps_registry.models import ApiKey, App, AppSecret
 from apps_registry.selectors import app_get, hash_key
 from digitorn_site import crypto, signals
-from digitorn_site.api.auth import SCOPES
 from digitorn_site.errors import (
     ConflictError,
     ForbiddenError,
@@ -27,6 +26,7 @@ from digitorn_site.errors import (
     PayloadTooLargeError,
     ValidationError,
 )
+from digitorn_site.principals import SCOPES
 
 SECRET_KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
 MAX_SECRET_BYTES = 64 * 1024

@@ -26,7 +26,7 @@ from django.utils import timezone
 
 from conversations.events import event_append
 from conversations.models import Session, Turn
-from digitorn_site.api.auth import ADMIN_PRINCIPAL
+from digitorn_site.principals import ADMIN_PRINCIPAL
 
 DEFAULT_MAX_DEPTH = 3
 DEFAULT_MAX_CHILDREN = 5

@@ -13,7 +13,7 @@ from django.db.models.functions import Coalesce, Substr
 
 from conversations.models import Event, Message, Notification, Session, Turn
 from conversations.services import session_resolve, sessions_purge_expired
-from digitorn_site.api.auth import ADMIN_PRINCIPAL
+from digitorn_site.principals import ADMIN_PRINCIPAL
 
 TITLE_CHARS = 80  # the original's title: the first 80 characters of the first user message
 PREVIEW_CHARS = 200  # and its last_message_preview

@@ -24,8 +24,8 @@ from conversations.delegation import active_runs, parent_ended_badly, waits_read
 from conversations.events import event_append
 from conversations.models import Message, Notification, Session, Turn
 from digitorn_site import fastsql
-from digitorn_site.api.auth import ADMIN_PRINCIPAL
 from digitorn_site.errors import ConflictError, NotFoundError, QueueFullError, ValidationError
+from digitorn_site.principals import ADMIN_PRINCIPAL
 
 log = logging.getLogger("digitorn.conversations")
 

@@ -168,6 +168,20 @@ def test_scopes_and_ownership(app):
                  403, "FORBIDDEN")
 
 
+def test_an_admin_scoped_key_sees_what_the_admin_sees(app):
+    """"Admin sees everything" is one rule: the admin scope, for sessions as for background tasks."""
+    _, run_key = api_key_create(name="runner", owner="carol", scopes=["apps:read", "apps:run"])
+    _, ops_key = api_key_create(name="ops", owner="dave", scopes=["admin"])
+    runner = Client(HTTP_AUTHORIZATION=f"Bearer {run_key}")
+    ops = Client(HTTP_AUTHORIZATION=f"Bearer {ops_key}")
+    assert post(runner, "/api/apps/demo/sessions/c9/messages", {"message": "hi"}).status_code == 202
+    assert ops.get("/api/apps/demo/sessions/c9").status_code == 200
+    assert "c9" in {s["session_id"] for s in ops.get("/api/apps/demo/sessions").json()["data"]["sessions"]}
+    # ...and carol still does not see what the admin-scoped key creates.
+    assert post(ops, "/api/apps/demo/sessions/d9/messages", {"message": "hi"}).status_code == 202
+    assert_error(runner.get("/api/apps/demo/sessions/d9"), 404, "RESOURCE_NOT_FOUND")
+
+
 def test_messages_202_and_queue_full(app, settings):
     from conversations.services import message_enqueue
     from digitorn_site.api.auth import ADMIN_PRINCIPAL

@@ -14,8 +14,8 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
-from digitorn_site.api.auth import ADMIN_PRINCIPAL
 from digitorn_site.errors import DigitornError
+from digitorn_site.principals import ADMIN_PRINCIPAL
 from tooling.models import BackgroundTask, MemoryEntry, ToolExecution
 
 

@@ -9,31 +9,15 @@ admin key comes from ``DIGITORN_API_KEY`` or the data dir's ``admin.key``; every
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass, field
 
 from django.conf import settings
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 
 from digitorn_site.errors import ForbiddenError, UnauthorizedError
+from digitorn_site.principals import ADMIN_PRINCIPAL, SCOPES, Principal, principal_for
 
-SCOPES = ("apps:read", "apps:deploy", "apps:run", "secrets:write", "admin")
-ADMIN_PRINCIPAL = "admin"
-
-
-@dataclass(frozen=True)
-class Principal:
-    """Who is calling: sessions, approvals and tasks belong to ``name``."""
-
-    name: str
-    scopes: frozenset[str] = field(default_factory=frozenset)
-    key_id: int | None = None
-
-    is_authenticated = True
-    is_anonymous = False
-
-    def has_scope(self, scope: str) -> bool:
-        return "admin" in self.scopes or scope in self.scopes
+__all__ = ["ADMIN_PRINCIPAL", "SCOPES", "Principal", "authenticate_request", "principal_for_key"]
 
 
 _admin_key_cache: dict[str, tuple[float, str]] = {}
@@ -67,7 +51,7 @@ def principal_for_key(raw_key: str) -> Principal | None:
     key = api_key_lookup(raw_key=raw_key)
     if key is None:
         return None
-    return Principal(name=key.owner, scopes=frozenset(key.scopes), key_id=key.pk)
+    return principal_for(owner=key.owner, scopes=key.scopes, key_id=key.pk)
 
 
 def raw_key_from(request, *, allow_query_token: bool = False) -> str:

@@ -12,10 +12,10 @@ from rest_framework import serializers
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.views import APIView
 
-from digitorn_site.api.auth import Principal
 from digitorn_site.api.envelope import error_response, ok_response
 from digitorn_site.api.jsonbody import DepthLimitedJSONParser
 from digitorn_site.errors import DigitornError, MethodNotAllowedError, NotFoundError, ValidationError
+from digitorn_site.principals import Principal
 
 
 class ApiView(APIView):

@@ -9,8 +9,8 @@ import json
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from digitorn_site.api.auth import SCOPES
 from digitorn_site.errors import DigitornError
+from digitorn_site.principals import SCOPES
 
 
 class Command(BaseCommand):
