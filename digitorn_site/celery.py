@@ -1,9 +1,9 @@
 """The Celery app, its beat schedule and the worker heartbeat behind ``/api/health``.
 
-On the embedded default the broker is kombu's SQLAlchemy transport over SQLite. Its polling
-interval must be set on the transport class: the ``polling_interval`` transport option crashes the
-worker, and the 1 s default makes every background task wait up to a second. With ``REDIS_URL``
-the broker is Redis (settings.py picks the URL).
+On the embedded default the broker is kombu's SQLAlchemy transport over SQLite, subclassed in
+``digitorn_site.broker`` with a doorbell so an idle worker does not poll it ten times a second
+(the ``polling_interval`` transport option crashes the worker; the class sets its own). With
+``REDIS_URL`` the broker is Redis (settings.py picks the URL).
 
 Worker liveness: the SQLAlchemy transport has no broadcast, so Celery's own heartbeats and
 ``inspect ping`` are unavailable there (workers run ``--without-heartbeat``). Instead each worker's
@@ -26,25 +26,17 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_ready, worker_shutdown
+from celery.signals import worker_ready, worker_shutdown
+from kombu.transport import TRANSPORT_ALIASES
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 
 
-@worker_init.connect
-def _tune_sqlalchemy_transport(**kwargs) -> None:
-    """Only a consuming worker polls; publishers (the ASGI workers) need not import SQLAlchemy at
-    start (~20 MiB), it is loaded when they first publish."""
-    try:
-        from kombu.transport.sqlalchemy import Channel as _SqlaChannel
-        from kombu.transport.sqlalchemy import Transport as _SqlaTransport
-    except ImportError:  # pragma: no cover - SQLAlchemy missing means a Redis broker
-        return
-    # The worker's consume loop sleeps Transport.polling_interval between empty polls (kombu's
-    # virtual Transport.drain_events); the Channel attribute alone leaves the 1 s default there.
-    poll = float(os.environ.get("DIGITORN_BROKER_POLL_SECONDS", "0.1"))
-    _SqlaChannel.polling_interval = poll
-    _SqlaTransport.polling_interval = poll
+# The embedded SQLite broker gets a doorbell (digitorn_site.broker): workers wait on it instead of
+# polling the table ten times a second. A string, so kombu imports it (and SQLAlchemy, ~20 MiB) only
+# when a process first connects to the broker: ASGI workers that never publish never load it.
+for _alias in ("sqla", "sqlalchemy"):
+    TRANSPORT_ALIASES[_alias] = "digitorn_site.broker:Transport"
 
 
 log = logging.getLogger("digitorn.workers")
