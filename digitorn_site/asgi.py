@@ -6,15 +6,49 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
-from asgiref.sync import SyncToAsync  # noqa: E402
+from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler  # noqa: E402
 
 
+class _RequestThreads:
+    """Single-thread executors that requests borrow for their thread-sensitive calls, and give back.
+
+    Django gives each request a ThreadSensitiveContext whose executor (one thread) is made on the
+    request's first thread-sensitive call (the sync receivers of ``request_started``, at least) and
+    shut down at its end by yet another thread started to join it: two or three thread starts per
+    request, and every sync DRF view opened a new SQLite connection in its new thread. Here the
+    executors are kept: a request borrows one, so its sync calls still run one at a time on one
+    thread of their own, and the thread (with its database connection, CONN_MAX_AGE=None) serves a
+    later request, as in a threaded WSGI server. Used from the event loop's thread only.
+    """
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.idle: list[ThreadPoolExecutor] = []
+
+    def acquire(self) -> ThreadPoolExecutor:
+        if self.idle:
+            return self.idle.pop()
+        return ThreadPoolExecutor(max_workers=1, thread_name_prefix="request")
+
+    def release(self, executor: ThreadPoolExecutor) -> None:
+        if len(self.idle) < self.keep:
+            self.idle.append(executor)
+        else:
+            executor.shutdown(wait=False)  # more than a busy moment needs: its thread exits when idle
+
+
+_request_threads = _RequestThreads(keep=int(os.environ.get("DIGITORN_REQUEST_THREADS_KEPT", "8")))
+
+
 class ApiASGIHandler(ASGIHandler):
-    """Django's ASGI handler with settings.API_MIDDLEWARE as its chain (see that setting)."""
+    """Django's ASGI handler with settings.API_MIDDLEWARE as its chain (see that setting), and
+    request threads borrowed from ``_request_threads``."""
 
     def load_middleware(self, is_async: bool = False) -> None:
         # BaseHandler reads settings.MIDDLEWARE; this runs once, at import, before any request.
@@ -25,29 +59,52 @@ class ApiASGIHandler(ASGIHandler):
         finally:
             settings.MIDDLEWARE = full
 
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        executors = SyncToAsync.context_to_thread_executor
+        # A plain context (no executor= argument), as Django's own: a task the request starts that
+        # outlives it (a turn) still gets a thread of its own for a thread-sensitive call, instead
+        # of the RuntimeError an exited executor-context raises. The borrowed executor is put in
+        # before the first call and taken out before the exit, which then has nothing to shut down.
+        async with ThreadSensitiveContext() as context:
+            owned = context.token is not None  # False inside an enclosing context: leave it be
+            if owned:
+                executors[context] = _request_threads.acquire()
+            try:
+                await self.handle(scope, receive, send)
+            finally:
+                if owned and (executor := executors.pop(context, None)) is not None:
+                    _request_threads.release(executor)
+
     async def send_response(self, response, send):
-        if response.streaming:
-            _release_request_thread()
-        return await super().send_response(response, send)
+        if not response.streaming:
+            return await super().send_response(response, send)
+        context = _release_request_thread()
+        try:
+            return await super().send_response(response, send)
+        finally:
+            # Closing the response (request_finished's receivers) is thread-sensitive work: borrow
+            # a thread again for it (unless a call during the stream already made one).
+            if context is not None and context not in SyncToAsync.context_to_thread_executor:
+                SyncToAsync.context_to_thread_executor[context] = _request_threads.acquire()
 
 
-def _release_request_thread() -> None:
-    """Let the request's sync thread go before a stream starts.
+def _release_request_thread() -> ThreadSensitiveContext | None:
+    """Give the request's thread back before a stream starts.
 
-    Django runs each request in a ThreadSensitiveContext: its first thread-sensitive sync call (the
-    sync receivers of ``request_started``, at the least) starts a thread of its own that lives until
-    the request ends. An SSE stream lasts hours, so 1,000 idle streams held 1,019 threads (issue 14).
-    The view has returned here; what the stream does next goes through ``events.db`` (the loop's
-    shared executor). A thread-sensitive call after this point (closing the response) gets a fresh
-    thread that the context's exit shuts down as usual.
+    An SSE stream lasts hours: 1,000 idle streams once held 1,019 threads (issue 14). The view has
+    returned here; what the stream does next goes through ``events.db`` (the loop's shared
+    executor), so the context holds no executor until the stream ends.
     """
     try:
         context = SyncToAsync.thread_sensitive_context.get()
     except LookupError:
-        return
+        return None
     executor = SyncToAsync.context_to_thread_executor.pop(context, None)
     if executor is not None:
-        executor.shutdown(wait=False)  # idle: the thread exits now
+        _request_threads.release(executor)
+    return context
 
 
 api_asgi_app = ApiASGIHandler()

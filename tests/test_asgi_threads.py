@@ -1,0 +1,80 @@
+"""The API handler's request threads (digitorn_site.asgi): a request's thread-sensitive work runs on a
+kept thread that later requests reuse, instead of a thread started (and joined by another) for
+each request. Driven in-process through the real ASGI application.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import pytest
+from django.core.signals import request_finished, request_started
+
+from digitorn_site import asgi
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def get(path: str) -> list[dict]:
+    sent: list[dict] = []
+    pending = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict:
+        if pending:
+            return pending.pop()
+        await asyncio.Event().wait()  # no disconnect: the handler cancels this when done
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
+        "root_path": "", "headers": [(b"host", b"testserver")],
+        "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+    }
+    await asgi.application(scope, receive, send)
+    return sent
+
+
+@pytest.fixture
+def threads_seen():
+    seen: list[tuple[str, threading.Thread]] = []
+
+    def started(**kwargs) -> None:
+        seen.append(("started", threading.current_thread()))
+
+    def finished(**kwargs) -> None:
+        seen.append(("finished", threading.current_thread()))
+
+    request_started.connect(started)
+    request_finished.connect(finished)
+    try:
+        yield seen
+    finally:
+        request_started.disconnect(started)
+        request_finished.disconnect(finished)
+
+
+def test_requests_reuse_a_kept_thread(threads_seen):
+    for _ in range(3):
+        sent = asyncio.run(get("/api/health"))
+        assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    threads = {thread for _, thread in threads_seen}
+    assert len(threads_seen) == 6  # started + finished per request
+    assert len(threads) == 1, threads  # Django's default starts a thread per request
+    (thread,) = threads
+    assert thread.is_alive() and thread is not threading.main_thread()
+    assert thread.name.startswith("request")
+
+
+def test_kept_threads_are_bounded():
+    pool = asgi._RequestThreads(keep=2)
+    borrowed = [pool.acquire() for _ in range(4)]
+    for executor in borrowed:
+        executor.submit(lambda: None).result()
+        pool.release(executor)
+    assert pool.idle == borrowed[:2]
+    assert all(executor._shutdown for executor in borrowed[2:])
