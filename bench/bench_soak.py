@@ -1,6 +1,7 @@
 """Soak: many turns on the embedded daemon with retention on; the database and RSS must level off.
 
     .venv/bin/python bench/bench_soak.py [--turns 100000] [--clients 20] [--report-every 5000]
+                                         [--workers 1] [--rate 0] [--nice 0]
 
 Starts a real daemon (``digitorn start --workers 1``) whose retention sweep runs every few seconds,
 deploys the peers-bench turn (one ``filesystem.find`` call and one answer) with a short session
@@ -16,13 +17,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sqlite3
 import sys
 import tempfile
 import time
 from pathlib import Path
-
-import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -41,32 +41,94 @@ def db_facts(data_dir: Path) -> tuple[float, dict[str, int]]:
     return size / 1024 / 1024, counts
 
 
-async def drive(url: str, key: str, clients: int, turns: int, report_every: int, report) -> None:
-    headers = {"Authorization": f"Bearer {key}"}
-    done = 0
+class RawClient:
+    """A minimal HTTP/1.1 keep-alive client for one endpoint: the soak runs 100,000 turns, and httpx's
+    per-request cost (~1 ms of CPU, SSE line splitting in Python) made the client the bench's
+    biggest process on a 2-core machine. It sends the POST, reads the chunked SSE answer to its end
+    (so the connection can be reused) and reports whether a ``result`` event came."""
+
+    def __init__(self, host: str, port: int, key: str) -> None:
+        self.host, self.port, self.key = host, port, key
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def _connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.reader = self.writer = None
+
+    async def post_stream(self, path: str, body: bytes) -> bool:
+        for attempt in (0, 1):  # once more on a fresh connection if the kept one was closed
+            if self.writer is None:
+                await self._connect()
+            try:
+                return await self._exchange(path, body)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                await self.close()
+                if attempt:
+                    raise
+        return False
+
+    async def _exchange(self, path: str, body: bytes) -> bool:
+        assert self.reader is not None and self.writer is not None
+        head = (f"POST {path} HTTP/1.1\r\nHost: {self.host}:{self.port}\r\n"
+                f"Authorization: Bearer {self.key}\r\nContent-Type: application/json\r\n"
+                f"Accept: text/event-stream\r\nContent-Length: {len(body)}\r\n\r\n")
+        self.writer.write(head.encode() + body)
+        status = await self.reader.readuntil(b"\r\n")
+        if b" 200 " not in status:
+            raise AssertionError(status.decode(errors="replace").strip())
+        headers = (await self.reader.readuntil(b"\r\n\r\n")).lower()
+        if b"transfer-encoding: chunked" in headers:
+            payload = bytearray()
+            while True:
+                size = int((await self.reader.readuntil(b"\r\n")).split(b";")[0], 16)
+                payload += await self.reader.readexactly(size + 2)
+                if size == 0:
+                    break
+        else:  # no chunking: the server closes the connection at the end of the stream
+            payload = await self.reader.read()
+            await self.close()
+        if b"connection: close" in headers:
+            await self.close()
+        return b"event: result" in payload
+
+
+async def drive(url: str, key: str, clients: int, turns: int, report_every: int, report,
+                rate: float = 0.0) -> None:
+    host, port = url.split("://", 1)[1].rsplit(":", 1)
+    done = started = 0
     next_report = report_every
     lock = asyncio.Lock()
+    t0 = time.perf_counter()
 
-    async def one(client: httpx.AsyncClient, c: int) -> None:
-        nonlocal done, next_report
+    async def one(c: int) -> None:
+        nonlocal done, started, next_report
+        client = RawClient(host, int(port), key)
         n = 0
-        while done < turns:
-            body = {"session_id": f"soak-{c}-{n}", "message": "list the files"}
-            n += 1
-            async with client.stream("POST", "/api/apps/bench/chat/stream", json=body) as response:
-                assert response.status_code == 200, response.status_code
-                async for line in response.aiter_lines():
-                    if line.startswith("event: result"):
-                        break
-            async with lock:
-                done += 1
-                if done >= next_report:
-                    next_report += report_every
-                    await asyncio.to_thread(report, done)
+        try:
+            while started < turns:
+                started += 1
+                if rate > 0:  # paced: turn k is not sent before t0 + k / rate
+                    delay = t0 + started / rate - time.perf_counter()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                body = json.dumps({"session_id": f"soak-{c}-{n}", "message": "list the files"}).encode()
+                n += 1
+                if not await client.post_stream("/api/apps/bench/chat/stream", body):
+                    raise AssertionError(f"no result event for soak-{c}-{n - 1}")
+                async with lock:
+                    done += 1
+                    if done >= next_report:
+                        next_report += report_every
+                        await asyncio.to_thread(report, done)
+        finally:
+            await client.close()
 
-    limits = httpx.Limits(max_connections=clients + 5)
-    async with httpx.AsyncClient(base_url=url, headers=headers, limits=limits, timeout=60) as client:
-        await asyncio.gather(*(one(client, c) for c in range(clients)))
+    await asyncio.gather(*(one(c) for c in range(clients)))
 
 
 def main() -> None:
@@ -77,7 +139,13 @@ def main() -> None:
     parser.add_argument("--idle-seconds", type=int, default=5, help="the app's session idle timeout")
     parser.add_argument("--sweep-seconds", type=float, default=5.0)
     parser.add_argument("--audit-retention-days", type=float, default=0.0005)  # ~43 s
+    parser.add_argument("--workers", type=int, default=1, help="ASGI workers of the daemon")
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="turns/s to offer (0: as fast as it goes); a cap leaves the machine room")
+    parser.add_argument("--nice", type=int, default=0, help="run the daemon and this client niced")
     args = parser.parse_args()
+    if args.nice:
+        os.nice(args.nice)  # the daemon started below inherits it
 
     from tests.conftest import AppYaml, start_daemon
 
@@ -85,7 +153,7 @@ def main() -> None:
     data = root / "data"
     env = {"DIGITORN_RETENTION_SWEEP_SECONDS": str(args.sweep_seconds),
            "DIGITORN_RETENTION_DAYS": str(args.audit_retention_days)}
-    daemon = start_daemon(data, workers=1, celery_workers=1, env=env)
+    daemon = start_daemon(data, workers=args.workers, celery_workers=1, env=env)
     try:
         apps = AppYaml(root / "apps")
         for name in ("alpha", "beta", "gamma"):
@@ -106,7 +174,7 @@ def main() -> None:
             print(f"| {done} | {elapsed:.0f} | {done / elapsed:.1f} | {size:.1f} | {counts['session']} | "
                   f"{counts['event']} | {counts['message']} | {counts['toolexecution']} | {rss:.0f} |", flush=True)
 
-        asyncio.run(drive(daemon.url, daemon.key, args.clients, args.turns, args.report_every, report))
+        asyncio.run(drive(daemon.url, daemon.key, args.clients, args.turns, args.report_every, report, args.rate))
     finally:
         daemon.stop()
 

@@ -16,6 +16,7 @@ BENCHES = [
     ["bench_turns.py"],
     ["bench_streams.py", "--streams", "1000"],
     ["bench_tasks.py"],
+    ["bench_idle.py", "--seconds", "60"],
     # The load target: 200 streaming sessions at 50 messages/s (figures in bench/README.md).
     ["bench_load.py", "--workers", "1", "--sessions", "200", "--messages", "6", "--workload", "reply"],
     ["bench_load.py", "--workers", "2", "--sessions", "200", "--messages", "6", "--workload", "tool"],
