@@ -1,7 +1,7 @@
 """Soak: many turns on the embedded daemon with retention on; the database and RSS must level off.
 
     .venv/bin/python bench/bench_soak.py [--turns 100000] [--clients 20] [--report-every 5000]
-                                         [--workers 1] [--rate 0] [--nice 0]
+                                         [--workers 1] [--rate 0] [--nice 0] [--max-seconds 0]
 
 Starts a real daemon (``digitorn start --workers 1``) whose retention sweep runs every few seconds,
 deploys the peers-bench turn (one ``filesystem.find`` call and one answer) with a short session
@@ -42,10 +42,10 @@ def db_facts(data_dir: Path) -> tuple[float, dict[str, int]]:
 
 
 class RawClient:
-    """A minimal HTTP/1.1 keep-alive client for one endpoint: the soak runs 100,000 turns, and httpx's
-    per-request cost (~1 ms of CPU, SSE line splitting in Python) made the client the bench's
-    biggest process on a 2-core machine. It sends the POST, reads the chunked SSE answer to its end
-    (so the connection can be reused) and reports whether a ``result`` event came."""
+    """A minimal HTTP/1.1 keep-alive client for one endpoint: the soak runs 100,000 turns on a 2-core
+    machine where the client competes with the daemon, and httpx splits every SSE line in Python.
+    It sends the POST, reads the chunked SSE answer to its end (so the connection can be reused)
+    and reports whether a ``result`` event came."""
 
     def __init__(self, host: str, port: int, key: str) -> None:
         self.host, self.port, self.key = host, port, key
@@ -98,7 +98,7 @@ class RawClient:
 
 
 async def drive(url: str, key: str, clients: int, turns: int, report_every: int, report,
-                rate: float = 0.0) -> None:
+                rate: float = 0.0, max_seconds: float = 0.0) -> int:
     host, port = url.split("://", 1)[1].rsplit(":", 1)
     done = started = 0
     next_report = report_every
@@ -110,7 +110,7 @@ async def drive(url: str, key: str, clients: int, turns: int, report_every: int,
         client = RawClient(host, int(port), key)
         n = 0
         try:
-            while started < turns:
+            while started < turns and not (max_seconds and time.perf_counter() - t0 > max_seconds):
                 started += 1
                 if rate > 0:  # paced: turn k is not sent before t0 + k / rate
                     delay = t0 + started / rate - time.perf_counter()
@@ -129,6 +129,7 @@ async def drive(url: str, key: str, clients: int, turns: int, report_every: int,
             await client.close()
 
     await asyncio.gather(*(one(c) for c in range(clients)))
+    return done
 
 
 def main() -> None:
@@ -143,6 +144,8 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=0.0,
                         help="turns/s to offer (0: as fast as it goes); a cap leaves the machine room")
     parser.add_argument("--nice", type=int, default=0, help="run the daemon and this client niced")
+    parser.add_argument("--max-seconds", type=float, default=0.0,
+                        help="stop starting turns after this long (0: no bound), then report once more")
     args = parser.parse_args()
     if args.nice:
         os.nice(args.nice)  # the daemon started below inherits it
@@ -174,7 +177,10 @@ def main() -> None:
             print(f"| {done} | {elapsed:.0f} | {done / elapsed:.1f} | {size:.1f} | {counts['session']} | "
                   f"{counts['event']} | {counts['message']} | {counts['toolexecution']} | {rss:.0f} |", flush=True)
 
-        asyncio.run(drive(daemon.url, daemon.key, args.clients, args.turns, args.report_every, report, args.rate))
+        done = asyncio.run(drive(daemon.url, daemon.key, args.clients, args.turns, args.report_every, report,
+                                 args.rate, args.max_seconds))
+        if done % args.report_every:
+            report(done)
     finally:
         daemon.stop()
 
