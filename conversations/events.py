@@ -20,33 +20,20 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.sync import SyncToAsync
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import connection, transaction
 
 from conversations.models import Event, Session
 from digitorn_site import fastsql
+from digitorn_site.asyncdb import db
 
 log = logging.getLogger("digitorn.events")
 
 GROUP_PREFIX = "digitorn.session."
-
-
-def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """Run a sync ORM function in a worker thread; off SQLite, give its connection back after
-    (to the pool on PostgreSQL: an executor thread must not keep one between calls)."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if not settings.IS_SQLITE:
-                close_old_connections()
-
-    return sync_to_async(call, thread_sensitive=False)
 
 
 # --- writing ---------------------------------------------------------------------------------

@@ -7,23 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from approvals.models import ApprovalRequest
-
-
-class StrictBooleanField(serializers.BooleanField):
-    """JSON true/false only: a decision must not hinge on how "no" or "0" is coerced."""
-
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            raise serializers.ValidationError(f"must be true or false, got {type(data).__name__} {data!r}.")
-        return data
-
-
-class StrictCharField(serializers.CharField):
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            raise serializers.ValidationError(f"must be a string, got {type(data).__name__}.")
-        return super().to_internal_value(data)
-
+from digitorn_site.api.fields import StrictBooleanField, StrictCharField
 
 MESSAGE_ALIASES = ("message", "response", "answer", "value", "reply", "user_response")
 
@@ -31,6 +15,8 @@ MESSAGE_ALIASES = ("message", "response", "answer", "value", "reply", "user_resp
 class DecisionSerializer(serializers.Serializer):
     """The original's body: ``request_id`` (or ``approval_id``), ``approved``, and the human's words under
     any of its six names (the first non-empty one wins)."""
+
+    body_example = '{"request_id": "req-…", "approved": true}'
 
     request_id = StrictCharField(max_length=64, required=False)
     approval_id = StrictCharField(max_length=64, required=False, help_text="alias of request_id")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from approvals import selectors, services
 from approvals.api.serializers import DecisionSerializer, decision_result, pending_item, request_detail
 from apps_registry.selectors import app_get
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import ok
-from digitorn_site.api.views import ApiView
-from digitorn_site.errors import NotFoundError, ValidationError
+from digitorn_site.errors import NotFoundError
 
 
 class ApprovalListView(ApiView):
@@ -34,13 +34,7 @@ class ApproveView(ApiView):
     request_serializer = DecisionSerializer
 
     def post(self, request, app_id: str):
-        if not isinstance(request.data, dict):
-            raise ValidationError(
-                'The body must be a JSON object: {"request_id": "req-…", "approved": true}.'
-            )
-        serializer = DecisionSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        args = serializer.validated_data
+        args = self.parse(DecisionSerializer)
         app_get(app_id=app_id)
         decided = services.approval_decide(
             app_id=app_id,

@@ -15,8 +15,8 @@ from django.db.models import Count
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import error_response, ok
-from digitorn_site.api.views import ApiView
 from digitorn_site.errors import MethodNotAllowedError
 
 STARTED_AT = time.time()
