@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from digitorn_site.converters import APP_ID_PATTERN, NameConverter
+
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["success", "data", "error", "error_code"],
@@ -136,8 +138,6 @@ def _json_ok(data: dict[str, Any] | None, description: str = "") -> dict[str, An
 
 def _plain_view_paths() -> dict[str, dict[str, Any]]:
     """The plain async views (SSE streams, turn waits, task waits): drf-spectacular only sees DRF views."""
-    from digitorn_site.converters import APP_ID_PATTERN, NameConverter
-
     app = _path_param("app_id", APP_ID_PATTERN)
     session = _path_param("session_id", NameConverter.regex)
     task = _path_param("task_id", NameConverter.regex)

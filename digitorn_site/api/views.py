@@ -6,12 +6,20 @@ The base of every REST endpoint is ``digitorn_site.api.base.ApiView``.
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from digitorn_site.api.envelope import error_response, ok_response
-from digitorn_site.errors import DigitornError, MethodNotAllowedError, NotFoundError, ValidationError
+from digitorn_site.api.exceptions import to_digitorn_error
+from digitorn_site.errors import (
+    DigitornError,
+    ForbiddenError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ValidationError,
+)
 
 
 @csrf_exempt  # a POST must get the JSON 405 below, not the CSRF middleware's HTML 403
@@ -45,10 +53,6 @@ def server_error(request) -> JsonResponse:
 
 
 def bad_request(request, exception=None) -> JsonResponse:
-    from django.core.exceptions import DisallowedHost
-
-    from digitorn_site.api.exceptions import to_digitorn_error
-
     error = to_digitorn_error(exception) if exception is not None else None
     if error is None and isinstance(exception, DisallowedHost):
         # Django's message names the Host and ALLOWED_HOSTS: what an operator behind a proxy must fix.
@@ -59,6 +63,4 @@ def bad_request(request, exception=None) -> JsonResponse:
 
 
 def permission_denied(request, exception=None) -> JsonResponse:
-    from digitorn_site.errors import ForbiddenError
-
     return error_response(ForbiddenError())
