@@ -67,10 +67,6 @@ class ListQuerySerializer(serializers.Serializer):
     limit = serializers.IntegerField(required=False, min_value=1, max_value=LIST_LIMIT_MAX, default=100)
 
 
-def _is_admin(principal: Principal) -> bool:
-    return "admin" in principal.scopes
-
-
 class BackgroundTaskListView(ApiView):
     required_scope = {"GET": "apps:read", "POST": "apps:run"}
     request_serializer = {"POST": LaunchSerializer}
@@ -86,11 +82,8 @@ class BackgroundTaskListView(ApiView):
             status=query.validated_data["status"] or None,
             session_id=query.validated_data["session_id"] or None,
             limit=query.validated_data["limit"],
-            is_admin=_is_admin(request.user),
         )
-        from tooling.selectors import background_task_counts
-
-        counts = background_task_counts(app_id=app_id, principal=request.user.name, is_admin=_is_admin(request.user))
+        counts = background.background_task_counts(app_id=app_id, principal=request.user.name)
         return ok({"tasks": [background.background_task_payload(t) for t in tasks], "total": total, **counts})
 
     def post(self, request, app_id: str):
@@ -159,7 +152,7 @@ async def background_task_detail(request: HttpRequest, app_id: str, task_id: str
         async def get(request: HttpRequest, principal: Principal) -> JsonResponse:
             await sync_to_async(app_get)(app_id=app_id)
             task = await sync_to_async(background.background_task_get)(
-                app_id=app_id, task_id=task_id, principal=principal.name, is_admin=_is_admin(principal)
+                app_id=app_id, task_id=task_id, principal=principal.name
             )
             return ok_response(background.background_task_payload(task))
 
@@ -169,7 +162,7 @@ async def background_task_detail(request: HttpRequest, app_id: str, task_id: str
         async def cancel(request: HttpRequest, principal: Principal) -> JsonResponse:
             await sync_to_async(app_get)(app_id=app_id)
             task = await background.background_task_cancel_and_settle(
-                app_id=app_id, task_id=task_id, principal=principal.name, is_admin=_is_admin(principal)
+                app_id=app_id, task_id=task_id, principal=principal.name
             )
             return ok_response(background.background_task_payload(task))
 
@@ -190,7 +183,6 @@ async def background_task_wait(request: HttpRequest, app_id: str, task_id: str) 
             task_id=task_id,
             principal=principal.name,
             timeout=timeout,
-            is_admin=_is_admin(principal),
         )
         return ok_response(background.background_task_payload(task))
 
