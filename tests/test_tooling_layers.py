@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import ast
 import weakref
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
 
 from approvals import selectors, services
 from approvals.models import ApprovalRequest
+from apps_registry.manifest.compiled import CompiledApp, Runtime
 from digitorn_site import signals
-from tests.test_approvals import create, overdue
 
 ROOT = Path(__file__).resolve().parent.parent
 # The HTTP roof and the Django adapters may import any app; the rest of a lower app may not.
@@ -70,8 +72,12 @@ def test_each_receiver_is_connected_once_by_its_own_app():
 
 @pytest.mark.django_db
 def test_approval_selectors_only_read_and_the_services_expire_first():
-    late = create()
-    overdue(late)
+    late = services.approval_request_create(
+        app=CompiledApp(app_id="appr", name="appr", runtime=Runtime(approval_timeout=300)),
+        tool_name="shell.run", params={}, call_params={}, risk_level="high", reason="", principal="alice",
+        session_id="s1", agent_id="assistant", origin="agent", origin_ref="call-1",
+    )
+    ApprovalRequest.objects.filter(pk=late.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     with CaptureQueriesContext(connection) as queries:
         assert selectors.approval_get(request_id=late.request_id).status == "pending"
         assert [r.request_id for r in selectors.approval_list_pending(app_id="appr", principal="alice")] == [
