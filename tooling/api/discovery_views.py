@@ -5,6 +5,7 @@ from __future__ import annotations
 from rest_framework.response import Response
 
 from apps_registry.selectors import app_compiled, app_runtime
+from conversations.ratelimit import rate_limit_hit
 from digitorn_site.api.envelope import ok
 from digitorn_site.api.views import ApiView
 from digitorn_site.errors import ForbiddenError
@@ -53,8 +54,6 @@ class ToolExecuteView(ApiView):
     request_serializer = ExecuteSerializer
 
     def post(self, request, app_id: str, tool_name: str):
-        from conversations.ratelimit import rate_limit_hit
-
         args = parse(ExecuteSerializer, request.data)
         app = app_runtime(app_id=app_id)
         # The same per-app sliding window as chat: a direct call spends the app's budget too
