@@ -1,9 +1,10 @@
 """The one tool-invocation path: resolve → validate → gate → run → mask → truncate → record.
 
-Agents, background tasks, meta-tools and the REST endpoint all call :func:`tool_invoke`. It is
-synchronous and is never wrapped in a transaction as a whole: a tool may run a subprocess for
-minutes and must not hold the database's write lock meanwhile; each write it makes (an approval
-request, a memory row, the execution row) is its own short transaction.
+Agents, background tasks, meta-tools and the REST endpoint all call :func:`tool_invoke`; its gate
+(:func:`tool_gate`, :func:`gate_approval_request`) is also what refuses a background task at launch.
+:func:`tool_invoke` is synchronous and is never wrapped in a transaction as a whole: a tool may run a
+subprocess for minutes and must not hold the database's write lock meanwhile; each write it makes
+(an approval request, a memory row, the execution row) is its own short transaction.
 """
 
 from __future__ import annotations
