@@ -143,7 +143,7 @@ def test_expiry_on_access_and_by_sweep(decided, django_capture_on_commit_callbac
     overdue(stale_b)
     # Listing expires overdue rows before answering.
     with django_capture_on_commit_callbacks(execute=True):
-        listed = selectors.approval_list_pending(app_id="appr", principal="alice")
+        listed = services.approvals_pending(app_id="appr", principal="alice")
     assert [r.request_id for r in listed] == [fresh.request_id]
     stale_a.refresh_from_db()
     assert stale_a.status == "expired"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from approvals import selectors, services
+from approvals import services
 from approvals.api.serializers import DecisionSerializer, decision_result, pending_item, request_detail
 from apps_registry.selectors import app_get
 from digitorn_site.api.base import ApiView
@@ -15,7 +15,7 @@ class ApprovalListView(ApiView):
 
     def get(self, request, app_id: str):
         app_get(app_id=app_id)
-        pending = selectors.approval_list_pending(app_id=app_id, principal=request.user.name)
+        pending = services.approvals_pending(app_id=app_id, principal=request.user.name)
         return ok({"pending": [pending_item(r) for r in pending]})
 
 
@@ -23,7 +23,7 @@ class ApprovalDetailView(ApiView):
     required_scope = "apps:read"
 
     def get(self, request, app_id: str, request_id: str):
-        found = selectors.approval_get_for(app_id=app_id, request_id=request_id, principal=request.user.name)
+        found = services.approval_current_for(app_id=app_id, request_id=request_id, principal=request.user.name)
         if found is None:
             raise NotFoundError(f"No approval request '{request_id}' for app '{app_id}' belongs to you.")
         return ok(request_detail(found))

@@ -23,11 +23,6 @@ from tooling.api.serializers import (
     ListQuerySerializer,
     WaitSerializer,
 )
-from tooling.selectors import background_task_counts
-
-
-def _is_admin(principal: Principal) -> bool:
-    return "admin" in principal.scopes
 
 
 class BackgroundTaskListView(ApiView):
@@ -44,9 +39,8 @@ class BackgroundTaskListView(ApiView):
             status=query["status"] or None,
             session_id=query["session_id"] or None,
             limit=query["limit"],
-            is_admin=_is_admin(request.user),
         )
-        counts = background_task_counts(app_id=app_id, principal=request.user.name, is_admin=_is_admin(request.user))
+        counts = background.background_task_counts(app_id=app_id, principal=request.user.name)
         return ok({"tasks": [background.background_task_payload(t) for t in tasks], "total": total, **counts})
 
     def post(self, request, app_id: str):
@@ -70,11 +64,11 @@ async def background_task_detail(request: HttpRequest, principal: Principal, app
     await sync_to_async(app_get)(app_id=app_id)
     if request.method == "GET":
         task = await sync_to_async(background.background_task_get)(
-            app_id=app_id, task_id=task_id, principal=principal.name, is_admin=_is_admin(principal)
+            app_id=app_id, task_id=task_id, principal=principal.name
         )
     else:
         task = await background.background_task_cancel_and_settle(
-            app_id=app_id, task_id=task_id, principal=principal.name, is_admin=_is_admin(principal)
+            app_id=app_id, task_id=task_id, principal=principal.name
         )
     return ok_response(background.background_task_payload(task))
 
@@ -92,6 +86,5 @@ async def background_task_wait(
         task_id=task_id,
         principal=principal.name,
         timeout=timeout,
-        is_admin=_is_admin(principal),
     )
     return ok_response(background.background_task_payload(task))
