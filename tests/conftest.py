@@ -5,6 +5,12 @@ and a known admin key, and stops it at the end of the module, failing if any of 
 left. ``daemon_factory`` starts extra daemons with custom settings (environment, workers, flags),
 each stopped when the test ends. ``app_yaml`` writes app manifests to temporary files.
 
+For the in-process tests (Django test clients, no daemon): ``admin_key`` installs ``helpers.ADMIN_KEY``
+as the daemon's admin key, ``admin_client`` is a test client using it (it replaces pytest-django's
+fixture of that name, a logged-in Django admin user, which no test here uses), and ``deployed_app``
+deploys manifests through the real service and undeploys them after the test. Plain helpers
+(``client_for``, ``assert_envelope_error``, ``scripted_manifest``, ...) are in ``tests/helpers.py``.
+
 Mark tests that use a daemon with ``@pytest.mark.e2e``. With ``DATABASE_URL``/``REDIS_URL`` set in
 the environment (the scale-out CI leg) the daemons use them; otherwise the embedded defaults.
 """
@@ -19,6 +25,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +35,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 import yaml
+from django.test import Client, override_settings
+
+from apps_registry import services as registry
+from digitorn_site.errors import NotFoundError
+from tests import helpers
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "digitorn_site.cli.main"]
@@ -36,15 +48,50 @@ _SCRUBBED_PREFIXES = ("DIGITORN_", "DJANGO_", "CELERY_")
 _PASSTHROUGH = ("DATABASE_URL", "REDIS_URL")
 
 
-def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
-    """``predicate()``'s first truthy value, checked every ``interval`` s; AssertionError after ``timeout``."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
+    """``predicate()``'s first truthy value, checked every ``interval`` s; after ``timeout``, its last
+    (falsy) value, for the caller to assert on with its own message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return predicate()
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
+    """``predicate()``'s first truthy value, checked every ``interval`` s; AssertionError after ``timeout``."""
+    value = wait_for(predicate, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return value
+
+
+def pids_running(marker: str) -> list[int]:
+    """Live processes whose command line contains ``marker`` (the unique sleep of a test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and state not in ("Z", "X") and "/proc" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def unique_sleep(seconds: int = 30) -> str:
+    """A sleep argument no other process uses, so the test can find (and count) its process."""
+    return f"{seconds}.{uuid.uuid4().int % 10**6:06d}"
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The ``Authorization`` header of API key ``key``."""
+    return {"Authorization": f"Bearer {key}"}
 
 
 def free_port() -> int:
@@ -168,6 +215,29 @@ class Daemon:
         response = self.client.post("/api/apps/deploy", json={"yaml_path": str(yaml_path), "force": force})
         assert response.status_code == 200, response.text
         return response.json()["data"]
+
+    def chat(self, app_id: str, text: str, session_id: str, timeout: float = 120) -> str:
+        """The answer of one ``/chat`` turn (asserts HTTP 200)."""
+        response = self.client.post(f"/api/apps/{app_id}/chat", json={"session_id": session_id, "message": text},
+                                    timeout=timeout)
+        assert response.status_code == 200, response.text
+        return response.json()["data"]["content"]
+
+    def execute(self, app_id: str, tool: str, params: dict, timeout: float = 120) -> dict:
+        """The envelope of a direct tool call (asserts HTTP 200): the tool's result flattened into
+        ``{success, data, error}``."""
+        response = self.client.post(f"/api/apps/{app_id}/tools/{tool}/execute", json={"params": params},
+                                    timeout=timeout)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def create_superuser(self, username: str, email: str, password: str) -> subprocess.CompletedProcess:
+        """``manage.py createsuperuser`` against this daemon's database."""
+        return subprocess.run(
+            [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", username, "--email", email],
+            cwd=str(PROJECT_ROOT), env={**self.env, "DJANGO_SUPERUSER_PASSWORD": password},
+            capture_output=True, text=True, timeout=120,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
     def stop(self) -> subprocess.CompletedProcess | None:
@@ -363,3 +433,41 @@ def cli_env(tmp_path) -> Callable[..., dict[str, str]]:
         return daemon_env(data_dir, extra.pop("key", "dg_test_nodaemon"), extra)
 
     return make
+
+
+# --- in-process tests (Django test clients) -------------------------------------------------------
+
+
+@pytest.fixture
+def admin_key() -> Iterator[str]:
+    """``helpers.ADMIN_KEY`` is the admin key for the test (``DIGITORN_API_KEY``)."""
+    with override_settings(DIGITORN_API_KEY=helpers.ADMIN_KEY):
+        yield helpers.ADMIN_KEY
+
+
+@pytest.fixture
+def admin_client(admin_key) -> Client:
+    """A Django test client authenticated with the admin key."""
+    return helpers.admin_client()
+
+
+@pytest.fixture
+def deployed_app() -> Iterator[Callable[..., Any]]:
+    """``deployed_app(manifest, force=False, **app_deploy_kwargs) -> App``: ``manifest`` (YAML/JSON
+    text, or a dict) deployed through ``apps_registry.services.app_deploy``; every app it deployed
+    is undeployed when the test ends (unless the test already did)."""
+    app_ids: list[str] = []
+
+    def deploy(manifest: str | bytes | dict, *, force: bool = False, **kwargs: Any):
+        text = manifest if isinstance(manifest, str | bytes) else json.dumps(manifest)
+        app = registry.app_deploy(text=text, force=force, **kwargs)
+        if app.app_id not in app_ids:
+            app_ids.append(app.app_id)
+        return app
+
+    yield deploy
+    for app_id in reversed(app_ids):
+        try:
+            registry.app_undeploy(app_id=app_id)
+        except NotFoundError:
+            pass

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync
 
-from apps_registry import services as registry
 from conversations import engine, services
 from conversations.models import Event, Message, Session, Turn
+from tests.helpers import deploy
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -89,10 +89,6 @@ def ws(tmp_path: Path) -> Path:
     root.mkdir()
     (root / "README.md").write_text("# Demo project about otters\n")
     return root
-
-
-def deploy(text: str):
-    return registry.app_deploy(text=text, force=True)
 
 
 def send(app_id: str, message: str, session_id: str = "s1") -> services.Enqueued:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.test import Client, override_settings
+from django.test import Client
 
 from approvals.policy import resolve_policy
 from apps_registry.manifest import compile_manifest
@@ -406,13 +406,10 @@ def test_per_agent_actions_constraints_and_hidden_gate_the_tools():
 
 # -- the deploy API --------------------------------------------------------------------------------
 
-ADMIN_KEY = "dg_test_admin_key_for_language"
-
 
 @pytest.fixture
-def client():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+def client(admin_client):
+    return admin_client
 
 
 @pytest.mark.django_db

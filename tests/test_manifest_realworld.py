@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.test import Client, override_settings
 
 from apps_registry.manifest import compile_manifest
 from apps_registry.models import App
@@ -180,13 +179,10 @@ def test_grants_of_actions_the_originals_git_has_are_warnings_and_typos_still_er
 
 # -- the HTTP upload agrees --------------------------------------------------------------------------------
 
-ADMIN_KEY = "dg_test_admin_key_for_realworld"
-
 
 @pytest.fixture
-def client():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+def client(admin_client):
+    return admin_client
 
 
 def _upload(client, text: str):

@@ -1,0 +1,92 @@
+"""Shared pieces of the in-process tests (Django test clients, real DB, real compiler).
+
+The fixtures built on these live in ``tests/conftest.py`` (``admin_key``, ``admin_client``,
+``deployed_app``); the plain functions here are imported by the test modules that need them:
+
+- ``ADMIN_KEY`` / ``AUTH`` / ``HEADERS``: the admin key the ``admin_key`` fixture installs, as Django
+  test-client extras (``Client(**AUTH)``) and as request headers (``AsyncClient().post(..., headers=HEADERS)``).
+- ``admin_client()`` and ``client_for(owner, scopes)`` (a freshly created API key; ``key_for`` returns
+  the raw key when a test needs it in another form).
+- ``assert_envelope_error(response, status, code)``: the error envelope of every API failure.
+- ``scripted_manifest(...)``: the canonical one-agent scripted app as JSON text; ``deploy(text)``.
+- ``post_json(client, url, body)``: a JSON POST (a ``str``/``bytes`` body is sent as is).
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from pathlib import Path
+
+from django.test import Client
+
+from apps_registry import services as registry
+
+ADMIN_KEY = "dg_test_admin_key_shared_by_the_tests"
+AUTH = {"HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}"}
+HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+
+
+def admin_client() -> Client:
+    """A test client authenticated with ``ADMIN_KEY`` (active under the ``admin_key`` fixture)."""
+    return Client(**AUTH)
+
+
+def key_for(owner: str, scopes: list[str]) -> str:
+    """The raw value of a freshly created API key of ``owner`` with ``scopes`` (needs the DB)."""
+    _, raw = registry.api_key_create(name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner, scopes=scopes)
+    return raw
+
+
+def client_for(owner: str, scopes: list[str]) -> Client:
+    """A test client authenticated with a freshly created API key of ``owner`` with ``scopes``."""
+    return Client(HTTP_AUTHORIZATION=f"Bearer {key_for(owner, scopes)}")
+
+
+def assert_envelope_error(response, status: int, code: str) -> dict:
+    """``response`` is the JSON error envelope ``{success: false, data: null, error, error_code}``
+    with HTTP ``status`` and ``error_code == code``; returns the decoded body."""
+    assert response.status_code == status, response.content
+    assert response["Content-Type"].startswith("application/json")
+    body = response.json()
+    assert body["success"] is False
+    assert body["data"] is None
+    assert body["error_code"] == code
+    assert isinstance(body["error"], str) and body["error"]
+    return body
+
+
+def post_json(client: Client, url: str, body, **extra):
+    data = body if isinstance(body, str | bytes) else json.dumps(body)
+    return client.post(url, data=data, content_type="application/json", **extra)
+
+
+def scripted_manifest(app_id: str, ws: Path, rules: list, *, runtime: dict | None = None,
+                      capabilities: dict | None = None, mode: str = "conversation") -> str:
+    """One scripted agent ``assistant`` following ``rules``, filesystem on ``ws`` and shell, as JSON."""
+    doc = {
+        "schema_version": 2,
+        "app": {"app_id": app_id, "name": app_id, "mode": mode},
+        "agents": [{"id": "assistant", "system_prompt": "You help.",
+                    "brain": {"provider": "scripted", "config": {"rules": rules}}}],
+        "tools": {"modules": {"filesystem": {"workspace": str(ws)}, "shell": {}}},
+    }
+    if runtime:
+        doc["runtime"] = runtime
+    if capabilities:
+        doc["tools"]["capabilities"] = capabilities
+    return json.dumps(doc)
+
+
+def deploy(text: str):
+    """Deploy manifest ``text`` through the real service, replacing an app of the same id."""
+    return registry.app_deploy(text=text, force=True)
+
+
+def make_workspace(root: Path, files: dict[str, str] | None = None) -> Path:
+    """``root/ws`` created, with ``files`` (relative path → text) written in it."""
+    ws = root / "ws"
+    ws.mkdir()
+    for name, text in (files or {}).items():
+        (ws / name).write_text(text)
+    return ws
