@@ -439,6 +439,14 @@ def cli_env(tmp_path) -> Callable[..., dict[str, str]]:
 
 
 @pytest.fixture
+def ws(tmp_path) -> Path:
+    """An empty workspace directory (``<tmp>/ws``); modules that need files in it override this."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
 def admin_key() -> Iterator[str]:
     """``helpers.ADMIN_KEY`` is the admin key for the test (``DIGITORN_API_KEY``)."""
     with override_settings(DIGITORN_API_KEY=helpers.ADMIN_KEY):

@@ -9,6 +9,8 @@ The fixtures built on these live in ``tests/conftest.py`` (``admin_key``, ``admi
   the raw key when a test needs it in another form).
 - ``assert_envelope_error(response, status, code)``: the error envelope of every API failure.
 - ``scripted_manifest(...)``: the canonical one-agent scripted app as JSON text; ``deploy(text)``.
+- ``compiles(text)`` / ``manifest_errors(text)``: the compiler with an empty environment;
+  ``AVAILABLE_MODULES``, the module list its "not available" errors quote.
 - ``post_json(client, url, body)``: a JSON POST (a ``str``/``bytes`` body is sent as is).
 """
 
@@ -18,11 +20,19 @@ import json
 import uuid
 from pathlib import Path
 
+import pytest
 from django.test import Client
 
 from apps_registry import services as registry
+from apps_registry.manifest import CompileResult, compile_manifest
+from digitorn_site.errors import ManifestError
+from tooling import registry as tool_registry
 
 ADMIN_KEY = "dg_test_admin_key_shared_by_the_tests"
+# The modules this build has, as the compiler lists them (aliases such as `bash` left out).
+AVAILABLE_MODULES = ", ".join(
+    sorted(m for m in tool_registry.known_actions() if m not in tool_registry.MODULE_ALIASES)
+)
 AUTH = {"HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}"}
 HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -46,8 +56,9 @@ def client_for(owner: str, scopes: list[str]) -> Client:
 def assert_envelope_error(response, status: int, code: str) -> dict:
     """``response`` is the JSON error envelope ``{success: false, data: null, error, error_code}``
     with HTTP ``status`` and ``error_code == code``; returns the decoded body."""
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
+    # ``headers`` and ``content``: a Django test response or an httpx one (the e2e suites).
+    assert response.status_code == status, response.content[:500]
+    assert response.headers["Content-Type"].startswith("application/json"), response.headers
     body = response.json()
     assert body["success"] is False
     assert body["data"] is None
@@ -76,6 +87,18 @@ def scripted_manifest(app_id: str, ws: Path, rules: list, *, runtime: dict | Non
     if capabilities:
         doc["tools"]["capabilities"] = capabilities
     return json.dumps(doc)
+
+
+def compiles(text: str, **kwargs) -> CompileResult:
+    """``text`` compiled with an empty environment unless ``environ=`` is given."""
+    return compile_manifest(text, environ=kwargs.pop("environ", {}), **kwargs)
+
+
+def manifest_errors(text: str, **kwargs) -> list[dict]:
+    """The errors of the ManifestError compiling ``text`` raises (empty environment unless given)."""
+    with pytest.raises(ManifestError) as info:
+        compile_manifest(text, environ=kwargs.pop("environ", {}), **kwargs)
+    return info.value.errors
 
 
 def deploy(text: str):
