@@ -7,9 +7,11 @@ each stopped when the test ends. ``app_yaml`` writes app manifests to temporary 
 
 For the in-process tests (Django test clients, no daemon): ``admin_key`` installs ``helpers.ADMIN_KEY``
 as the daemon's admin key, ``admin_client`` is a test client using it (it replaces pytest-django's
-fixture of that name, a logged-in Django admin user, which no test here uses), and ``deployed_app``
-deploys manifests through the real service and undeploys them after the test. Plain helpers
-(``client_for``, ``assert_envelope_error``, ``scripted_manifest``, ...) are in ``tests/helpers.py``.
+fixture of that name, a logged-in Django admin user, which no test here uses), ``alice``/``bob``
+are clients of fresh API keys with the run scopes, ``deployed_app`` deploys manifests through the
+real service and undeploys them after the test, and ``ws`` is an empty workspace directory. Plain
+helpers (``client_for``, ``assert_envelope_error``, ``scripted_manifest``, ...) are in
+``tests/helpers.py``; stand-in HTTP servers in ``tests/httpkit.py``.
 
 Mark tests that use a daemon with ``@pytest.mark.e2e``. With ``DATABASE_URL``/``REDIS_URL`` set in
 the environment (the scale-out CI leg) the daemons use them; otherwise the embedded defaults.
@@ -457,6 +459,18 @@ def admin_key() -> Iterator[str]:
 def admin_client(admin_key) -> Client:
     """A Django test client authenticated with the admin key."""
     return helpers.admin_client()
+
+
+@pytest.fixture
+def alice() -> Client:
+    """A client of user ``alice`` with the ``apps:read`` and ``apps:run`` scopes."""
+    return helpers.client_for("alice", ["apps:read", "apps:run"])
+
+
+@pytest.fixture
+def bob() -> Client:
+    """A client of user ``bob`` with the ``apps:read`` and ``apps:run`` scopes."""
+    return helpers.client_for("bob", ["apps:read", "apps:run"])
 
 
 @pytest.fixture

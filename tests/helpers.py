@@ -111,5 +111,6 @@ def make_workspace(root: Path, files: dict[str, str] | None = None) -> Path:
     ws = root / "ws"
     ws.mkdir()
     for name, text in (files or {}).items():
+        (ws / name).parent.mkdir(parents=True, exist_ok=True)
         (ws / name).write_text(text)
     return ws

@@ -207,16 +207,6 @@ def deployed(tmp_path, deployed_app) -> str:
     return "appr"
 
 
-@pytest.fixture
-def alice() -> Client:
-    return client_for("alice", ["apps:read", "apps:run"])
-
-
-@pytest.fixture
-def bob() -> Client:
-    return client_for("bob", ["apps:read", "apps:run"])
-
-
 @pytest.mark.django_db
 def test_http_list_decide_conflict_and_ownership(deployed, alice, bob):
     response = post(alice, f"/api/apps/{deployed}/tools/shell.run/execute", {"params": {"command": "true"}})

@@ -136,16 +136,6 @@ def admin(admin_client) -> Client:
 
 
 @pytest.fixture
-def alice() -> Client:
-    return client_for("alice", ["apps:read", "apps:run"])
-
-
-@pytest.fixture
-def bob() -> Client:
-    return client_for("bob", ["apps:read", "apps:run"])
-
-
-@pytest.fixture
 def workspace(tmp_path: Path) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()

@@ -11,7 +11,7 @@ from asgiref.sync import async_to_sync
 
 from conversations import engine, services
 from conversations.models import Event, Message, Session, Turn
-from tests.helpers import deploy
+from tests.helpers import deploy, make_workspace
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,10 +85,7 @@ def manifest(app_id: str, ws: Path, *, coordinator_extra: dict | None = None, co
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "README.md").write_text("# Demo project about otters\n")
-    return root
+    return make_workspace(tmp_path, {"README.md": "# Demo project about otters\n"})
 
 
 def send(app_id: str, message: str, session_id: str = "s1") -> services.Enqueued:

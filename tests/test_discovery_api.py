@@ -10,7 +10,7 @@ from django.test import Client
 
 from approvals.models import ApprovalRequest
 from apps_registry import services as apps_services
-from tests.helpers import admin_client, assert_envelope_error
+from tests.helpers import admin_client, assert_envelope_error, make_workspace
 from tooling.models import ToolExecution
 
 SECRET = "tok-5ecret-value-9876"
@@ -50,12 +50,7 @@ def client() -> Client:
 
 @pytest.fixture
 def ws(tmp_path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "README.md").write_text("# project\n")
-    (root / "src").mkdir()
-    (root / "src" / "main.py").write_text("print('hi')\n")
-    return root
+    return make_workspace(tmp_path, {"README.md": "# project\n", "src/main.py": "print('hi')\n"})
 
 
 @pytest.fixture

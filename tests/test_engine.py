@@ -12,18 +12,14 @@ from apps_registry import services as registry
 from conversations import services
 from conversations.engine import advance_session
 from conversations.models import Event, Message, Session, Turn
-from tests.helpers import deploy, scripted_manifest
+from tests.helpers import deploy, make_workspace, scripted_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "README.md").write_text("# Demo project\n")
-    (root / "main.py").write_text("print('hi')\n")
-    return root
+    return make_workspace(tmp_path, {"README.md": "# Demo project\n", "main.py": "print('hi')\n"})
 
 
 def send(app_id: str, message: str, session_id: str = "s1", principal: str = "alice") -> services.Enqueued:

@@ -22,7 +22,7 @@ from apps_registry import services as registry
 from conversations import services
 from conversations.engine import advance_session
 from conversations.models import Event
-from tests.helpers import scripted_manifest
+from tests.helpers import make_workspace, scripted_manifest
 from tests.llm_server import LLMServer, Reply
 from tests.test_sessions_api import async_post, stream_post
 
@@ -174,10 +174,7 @@ def send(app_id: str, message: str, session_id: str = "s1") -> services.Enqueued
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "README.md").write_text("# Demo project\n")
-    return root
+    return make_workspace(tmp_path, {"README.md": "# Demo project\n"})
 
 
 @pytest.fixture
