@@ -8,7 +8,8 @@ The fixtures built on these live in ``tests/conftest.py`` (``admin_key``, ``admi
 - ``admin_client()`` and ``client_for(owner, scopes)`` (a freshly created API key; ``key_for`` returns
   the raw key when a test needs it in another form).
 - ``assert_envelope_error(response, status, code)``: the error envelope of every API failure.
-- ``scripted_manifest(...)``: the canonical one-agent scripted app as JSON text; ``deploy(text)``.
+- ``scripted_manifest(...)``: the canonical one-agent scripted app as JSON text; ``deploy(text)``;
+  ``scripted_app(app_id, modules, ...)``: an app (dict) whose assistant only says hello, for tool tests.
 - ``compiles(text)`` / ``manifest_errors(text)``: the compiler with an empty environment;
   ``AVAILABLE_MODULES``, the module list its "not available" errors quote.
 - ``post_json(client, url, body)``: a JSON POST (a ``str``/``bytes`` body is sent as is).
@@ -70,6 +71,23 @@ def assert_envelope_error(response, status: int, code: str) -> dict:
 def post_json(client: Client, url: str, body, **extra):
     data = body if isinstance(body, str | bytes) else json.dumps(body)
     return client.post(url, data=data, content_type="application/json", **extra)
+
+
+SAY_HELLO = {"provider": "scripted", "config": {"rules": [{"when": "", "steps": [{"say": "hello"}]}]}}
+
+
+def scripted_app(app_id: str, modules: dict, *, agents: list | None = None, capabilities: dict | None = None,
+                 runtime: dict | None = None) -> dict:
+    """An app (as a dict) whose agent ``assistant`` says hello, followed by ``agents``, with the tool
+    ``modules`` and, when given, ``capabilities`` and ``runtime``."""
+    doc: dict = {"schema_version": 2, "app": {"app_id": app_id, "name": app_id}}
+    if runtime:
+        doc["runtime"] = runtime
+    doc["agents"] = [{"id": "assistant", "brain": SAY_HELLO}, *(agents or [])]
+    doc["tools"] = {"modules": modules}
+    if capabilities:
+        doc["tools"]["capabilities"] = capabilities
+    return doc
 
 
 def scripted_manifest(app_id: str, ws: Path, rules: list, *, runtime: dict | None = None,

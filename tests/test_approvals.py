@@ -24,29 +24,21 @@ from apps_registry import services as apps_services
 from apps_registry.manifest.compiled import CompiledApp, Runtime
 from digitorn_site import signals
 from digitorn_site.errors import ConflictError, NotFoundError
-from tests.helpers import admin_client, client_for
+from tests.helpers import admin_client, client_for, scripted_app
 
 ROOT = Path(__file__).resolve().parent.parent
 
 pytestmark = pytest.mark.usefixtures("admin_key")
 
-MANIFEST = """\
-schema_version: 2
-app: {{app_id: {app_id}, name: {app_id}}}
-runtime: {{approval_timeout: {timeout}}}
-agents:
-  - id: assistant
-    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
-tools:
-  modules:
-    filesystem: {{workspace: "{ws}"}}
-    shell: {{workspace: "{ws}"}}
-  capabilities:
-    default_policy: auto
-    grant: [filesystem]
-    approve:
-      - {{module: shell, reason: "commands change the machine"}}
-"""
+
+def manifest(ws: Path) -> dict:
+    """App ``appr``: the shell needs an approval, which expires after 300 s."""
+    return scripted_app(
+        "appr", {"filesystem": {"workspace": str(ws)}, "shell": {"workspace": str(ws)}},
+        runtime={"approval_timeout": 300},
+        capabilities={"default_policy": "auto", "grant": ["filesystem"],
+                      "approve": [{"module": "shell", "reason": "commands change the machine"}]},
+    )
 
 
 @pytest.fixture
@@ -178,7 +170,7 @@ def test_cancel_by_session_and_app():
 
 @pytest.mark.django_db
 def test_undeploy_cancels_pending_requests(tmp_path, django_capture_on_commit_callbacks):
-    apps_services.app_deploy(text=MANIFEST.format(app_id="appr", timeout=300, ws=tmp_path))
+    apps_services.app_deploy(text=json.dumps(manifest(tmp_path)))
     request = create()
     with django_capture_on_commit_callbacks(execute=True):
         apps_services.app_undeploy(app_id="appr")
@@ -203,7 +195,7 @@ def post(client: Client, url: str, body) -> object:
 
 @pytest.fixture
 def deployed(tmp_path, deployed_app) -> str:
-    deployed_app(MANIFEST.format(app_id="appr", timeout=300, ws=tmp_path))
+    deployed_app(manifest(tmp_path))
     return "appr"
 
 
@@ -317,7 +309,7 @@ def worker(tmp_path):
 def test_approved_direct_call_runs_on_a_worker_exactly_once(tmp_path, worker):
     ws = tmp_path / "ws"
     ws.mkdir()
-    apps_services.app_deploy(text=MANIFEST.format(app_id="appr", timeout=300, ws=ws))
+    apps_services.app_deploy(text=json.dumps(manifest(ws)))
     admin = admin_client()
     response = post(admin, "/api/apps/appr/tools/shell.run/execute", {"params": {"command": "echo run >> log.txt; echo done"}})
     assert response.status_code == 202

@@ -27,7 +27,7 @@ from approvals.services import approval_decide
 from apps_registry import services as apps_services
 from apps_registry.selectors import app_runtime
 from digitorn_site import signals
-from tests.helpers import assert_envelope_error, client_for
+from tests.helpers import SAY_HELLO, assert_envelope_error, client_for, scripted_app
 from tooling import background
 from tooling.models import BackgroundTask, ToolExecution
 
@@ -37,31 +37,18 @@ LEASE_SECONDS = "4"
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
 
 
-def manifest(app_id: str, workspace: Path, capabilities: str = "") -> str:
-    return f"""\
-schema_version: 2
-app: {{app_id: {app_id}, name: {app_id}}}
-agents:
-  - id: assistant
-    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
-  - id: reader
-    modules: [filesystem]
-    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
-tools:
-  modules:
-    filesystem: {{workspace: "{workspace}"}}
-    shell: {{workspace: "{workspace}", max_timeout: 120}}
-{capabilities}"""
+def manifest(app_id: str, workspace: Path, capabilities: dict | None = None) -> dict:
+    modules = {"filesystem": {"workspace": str(workspace)}, "shell": {"workspace": str(workspace), "max_timeout": 120}}
+    reader = {"id": "reader", "modules": ["filesystem"], "brain": SAY_HELLO}
+    return scripted_app(app_id, modules, agents=[reader], capabilities=capabilities)
 
 
-STRICT_CAPABILITIES = """\
-  capabilities:
-    default_policy: auto
-    grant: [filesystem]
-    deny: [filesystem.delete]
-    approve:
-      - {module: shell, actions: [run], reason: "commands change the machine"}
-"""
+STRICT_CAPABILITIES = {
+    "default_policy": "auto",
+    "grant": ["filesystem"],
+    "deny": ["filesystem.delete"],
+    "approve": [{"module": "shell", "actions": ["run"], "reason": "commands change the machine"}],
+}
 
 
 # --- the worker process -------------------------------------------------------------------------

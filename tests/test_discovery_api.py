@@ -10,7 +10,7 @@ from django.test import Client
 
 from approvals.models import ApprovalRequest
 from apps_registry import services as apps_services
-from tests.helpers import admin_client, assert_envelope_error, make_workspace
+from tests.helpers import admin_client, assert_envelope_error, make_workspace, scripted_app
 from tooling.models import ToolExecution
 
 SECRET = "tok-5ecret-value-9876"
@@ -18,29 +18,20 @@ SECRET = "tok-5ecret-value-9876"
 pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("admin_key")]
 
 
-def manifest(app_id: str, workspace: Path, capabilities: str = "") -> str:
-    return f"""\
-schema_version: 2
-app: {{app_id: {app_id}, name: {app_id}}}
-agents:
-  - id: assistant
-    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
-tools:
-  modules:
-    filesystem: {{workspace: "{workspace}"}}
-    shell: {{workspace: "{workspace}", env: {{TOKEN: "{{{{secret.API_TOKEN}}}}"}}}}
-    memory: {{}}
-{capabilities}"""
+def manifest(app_id: str, workspace: Path, capabilities: dict | None = None) -> dict:
+    return scripted_app(app_id, {
+        "filesystem": {"workspace": str(workspace)},
+        "shell": {"workspace": str(workspace), "env": {"TOKEN": "{{secret.API_TOKEN}}"}},
+        "memory": {},
+    }, capabilities=capabilities)
 
 
-GATED = """\
-  capabilities:
-    default_policy: auto
-    grant: [filesystem, memory]
-    deny: [filesystem.delete]
-    approve:
-      - {module: shell, actions: [run], reason: "commands change the machine"}
-"""
+GATED = {
+    "default_policy": "auto",
+    "grant": ["filesystem", "memory"],
+    "deny": ["filesystem.delete"],
+    "approve": [{"module": "shell", "actions": ["run"], "reason": "commands change the machine"}],
+}
 
 
 @pytest.fixture
@@ -243,7 +234,7 @@ def test_execute_honours_deny_grant_and_approve(client, gated_app, ws):
 
 
 def test_execute_with_a_missing_secret_is_409(client, ws):
-    apps_services.app_deploy(text=manifest("nosecret", ws))
+    apps_services.app_deploy(text=json.dumps(manifest("nosecret", ws)))
     assert "API_TOKEN" in assert_envelope_error(
         execute(client, "nosecret", "filesystem.ls", {"params": {}}), 409, "MISSING_SECRET"
     )["error"]
