@@ -23,9 +23,11 @@ import itertools
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -179,6 +181,13 @@ class Daemon:
         return [c["pid"] for c in state.get("children", [])
                 if c.get("role") == role and c.get("pid") and _proc_alive(c["pid"], c.get("starttime"))]
 
+    def kill_children(self, role: str) -> set[int]:
+        """SIGKILL every live child of ``role`` ("asgi", "celery"); returns their pids."""
+        killed = set(self.child_pids(role))
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        return killed
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join((self.data_dir / "logs" / "daemon.log").read_text(errors="replace").splitlines()[-lines:])
@@ -257,6 +266,48 @@ class Daemon:
         for cleanup in self.cleanups:
             cleanup()
         return result
+
+
+class ReconnectingStream(threading.Thread):
+    """Follows a session's persistent stream like an SDK does: on any drop, reconnect with
+    Last-Event-ID and carry on. Records every framed event it receives (``opened`` is set once
+    connected; set ``stop`` to end it)."""
+
+    def __init__(self, url: str, key: str, path: str):
+        super().__init__(daemon=True)
+        self.url, self.key, self.path = url, key, path
+        self.events: list[dict] = []
+        self.connects = 0
+        self.stop = threading.Event()
+        self.opened = threading.Event()
+
+    def run(self) -> None:
+        from digitorn_site.cli.sse import parse_sse_lines
+
+        last_id: str | None = None
+        while not self.stop.is_set():
+            headers = {"Authorization": f"Bearer {self.key}"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with httpx.stream("GET", self.url + self.path, headers=headers,
+                                  timeout=httpx.Timeout(5.0, read=30.0)) as response:
+                    if response.status_code != 200:
+                        time.sleep(0.3)
+                        continue
+                    self.connects += 1
+                    self.opened.set()
+                    for event in parse_sse_lines(response.iter_lines()):
+                        if event.id is not None:
+                            last_id = event.id
+                            self.events.append({"id": int(event.id), "event": event.event, "data": event.data})
+                        if self.stop.is_set():
+                            return
+            except (httpx.HTTPError, OSError):
+                time.sleep(0.3)
+
+    def dones(self) -> list[dict]:
+        return [e["data"] for e in self.events if e["event"] == "result"]
 
 
 def _state_processes(state: dict[str, Any]) -> list[tuple[int, int | None]]:
