@@ -11,7 +11,7 @@ from django.test import Client
 
 from apps_registry import services
 from apps_registry.models import App, AppSecret
-from tests.helpers import ADMIN_KEY, admin_client, assert_envelope_error, post_json
+from tests.helpers import ADMIN_KEY, admin_client, assert_envelope_error, client_for, post_json
 
 MANIFEST = """\
 schema_version: 2
@@ -190,8 +190,7 @@ def test_auth_missing_wrong_and_scopes(manifest):
     assert_envelope_error(anonymous.get(f"/api/apps/?token={ADMIN_KEY}"), 401, "UNAUTHORIZED")
     assert Client(HTTP_X_API_KEY=ADMIN_KEY).get("/api/apps/").status_code == 200
 
-    _, reader = services.api_key_create(name="reader", scopes=["apps:read"])
-    reader_client = Client(HTTP_AUTHORIZATION=f"Bearer {reader}")
+    reader_client = client_for("reader", ["apps:read"])
     assert reader_client.get("/api/apps/").status_code == 200
     body = assert_envelope_error(post_json(reader_client, "/api/apps/deploy", {"yaml_path": str(manifest)}), 403, "FORBIDDEN")
     assert "apps:deploy" in body["error"]

@@ -11,7 +11,7 @@ from asgiref.sync import async_to_sync
 
 from conversations import engine, services
 from conversations.models import Event, Message, Session, Turn
-from tests.helpers import deploy, make_workspace
+from tests.helpers import ADMIN_KEY, admin_client, deploy, make_workspace
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -438,11 +438,11 @@ def test_a_spawn_cut_by_a_crash_finds_its_run_again(ws):
 
 
 def test_agent_spawn_through_the_execute_endpoint(ws):
-    from django.test import Client, override_settings
+    from django.test import override_settings
 
     deploy(manifest("api", ws))
-    with override_settings(DIGITORN_API_KEY="dg_test_admin_key_0123456789"):
-        client = Client(HTTP_AUTHORIZATION="Bearer dg_test_admin_key_0123456789")
+    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
+        client = admin_client()
 
         def execute(tool: str, params: dict) -> dict:
             response = client.post(f"/api/apps/api/tools/{tool}/execute", data=json.dumps({"params": params}),

@@ -10,7 +10,7 @@ from django.test import Client
 
 from approvals.models import ApprovalRequest
 from apps_registry import services as apps_services
-from tests.helpers import admin_client, assert_envelope_error, make_workspace, scripted_app
+from tests.helpers import admin_client, assert_envelope_error, client_for, make_workspace, scripted_app
 from tooling.models import ToolExecution
 
 SECRET = "tok-5ecret-value-9876"
@@ -245,8 +245,7 @@ def test_unknown_tool_execute_is_404(client, dev_app):
 
 
 def test_scopes(dev_app):
-    _, read_only = apps_services.api_key_create(name="viewer", scopes=["apps:read"])
-    viewer = Client(HTTP_AUTHORIZATION=f"Bearer {read_only}")
+    viewer = client_for("viewer", ["apps:read"])
     assert viewer.get(f"/api/apps/{dev_app}/tools/categories").status_code == 200
     assert "apps:run" in assert_envelope_error(execute(viewer, dev_app, "filesystem.ls", {"params": {}}), 403, "FORBIDDEN")["error"]
     assert_envelope_error(Client().get(f"/api/apps/{dev_app}/index"), 401, "UNAUTHORIZED")

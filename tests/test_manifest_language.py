@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.test import Client
 
 from approvals.policy import resolve_policy
 from apps_registry.manifest import compile_manifest
@@ -22,7 +21,7 @@ from apps_registry.models import App, AppSecret
 from conversations.brains import brain_for
 from conversations.brains.fallback import FallbackBrain
 from digitorn_site import crypto
-from tests.helpers import AVAILABLE_MODULES, compiles, manifest_errors
+from tests.helpers import AVAILABLE_MODULES, client_for, compiles, manifest_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTED = "{provider: scripted, config: {rules: [{steps: [{say: hi}]}]}}"
@@ -444,12 +443,9 @@ def test_bad_assets_are_refused_with_400(client, assets):
 
 @pytest.mark.django_db
 def test_a_non_admin_key_cannot_deploy_a_manifest_that_reads_the_environment(client, tmp_path):
-    from apps_registry.services import api_key_create
-
-    _, raw = api_key_create(name="dep", scopes=["apps:deploy", "apps:read"])
+    other = client_for("dep", ["apps:deploy", "apps:read"])
     path = tmp_path / "env.yaml"
     path.write_text(f"app: {{app_id: envy, name: '{{{{env.HOME ?? \"h\"}}}}'}}\nagents: [{{id: a, brain: {SCRIPTED}}}]\n")
-    other = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
     response = other.post("/api/apps/deploy", {"yaml_path": str(path)}, content_type="application/json")
     assert response.status_code == 403 and "admin" in response.json()["error"]
     assert client.post("/api/apps/deploy", {"yaml_path": str(path)}, content_type="application/json").status_code == 200
