@@ -15,17 +15,12 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient, Client
 
-from apps_registry import services as registry
 from conversations import services
-from tests.test_engine import manifest
+from tests.helpers import HEADERS, admin_client, make_workspace, scripted_manifest
 
-ADMIN_KEY = "dg_test_admin_key_for_conformance"
-AUTH = {"HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}"}
-HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
 
 STR, INT, FLOAT, BOOL, LIST, DICT, ANY = "str", "int", "float", "bool", "list", "dict", "any"
 NULL = "|null"
@@ -168,18 +163,10 @@ def test_the_contract_checker_reports_names_and_types():
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def admin_key():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield ADMIN_KEY
-
-
 @pytest.fixture
-def app(tmp_path: Path) -> str:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "README.md").write_text("# Demo project\n")
-    registry.app_deploy(text=manifest("demo", ws, [
+def app(tmp_path: Path, deployed_app) -> str:
+    ws = make_workspace(tmp_path, {"README.md": "# Demo project\n"})
+    deployed_app(scripted_manifest("demo", ws, [
         {"when": "read", "steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "read: {result}"}]},
         {"when": "remember", "steps": [{"call": "memory.remember", "params": {"key": "color", "value": "blue"}},
                                        {"say": "noted"}]},
@@ -190,7 +177,7 @@ def app(tmp_path: Path) -> str:
 
 
 def c() -> Client:
-    return Client(**AUTH)
+    return admin_client()
 
 
 def post(url: str, body: Any = None) -> Any:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync
 
-from apps_registry import services as registry
 from conversations import engine, services
 from conversations.models import Event, Message, Session, Turn
+from tests.helpers import ADMIN_KEY, admin_client, deploy, make_workspace
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,14 +85,7 @@ def manifest(app_id: str, ws: Path, *, coordinator_extra: dict | None = None, co
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "README.md").write_text("# Demo project about otters\n")
-    return root
-
-
-def deploy(text: str):
-    return registry.app_deploy(text=text, force=True)
+    return make_workspace(tmp_path, {"README.md": "# Demo project about otters\n"})
 
 
 def send(app_id: str, message: str, session_id: str = "s1") -> services.Enqueued:
@@ -445,11 +438,11 @@ def test_a_spawn_cut_by_a_crash_finds_its_run_again(ws):
 
 
 def test_agent_spawn_through_the_execute_endpoint(ws):
-    from django.test import Client, override_settings
+    from django.test import override_settings
 
     deploy(manifest("api", ws))
-    with override_settings(DIGITORN_API_KEY="dg_test_admin_key_0123456789"):
-        client = Client(HTTP_AUTHORIZATION="Bearer dg_test_admin_key_0123456789")
+    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
+        client = admin_client()
 
         def execute(tool: str, params: dict) -> dict:
             response = client.post(f"/api/apps/api/tools/{tool}/execute", data=json.dumps({"params": params}),

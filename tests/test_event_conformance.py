@@ -22,9 +22,9 @@ from apps_registry import services as registry
 from conversations import services
 from conversations.engine import advance_session
 from conversations.models import Event
+from tests.helpers import make_workspace, scripted_manifest
 from tests.llm_server import LLMServer, Reply
-from tests.test_engine import manifest
-from tests.test_sessions_api import admin_key, async_post, stream_post  # noqa: F401 - admin_key is a fixture
+from tests.test_sessions_api import async_post, stream_post
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
 
@@ -174,15 +174,12 @@ def send(app_id: str, message: str, session_id: str = "s1") -> services.Enqueued
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "README.md").write_text("# Demo project\n")
-    return root
+    return make_workspace(tmp_path, {"README.md": "# Demo project\n"})
 
 
 @pytest.fixture
 def app(ws: Path) -> str:
-    registry.app_deploy(text=manifest("conf", ws, [
+    registry.app_deploy(text=scripted_manifest("conf", ws, [
         {"when": "read", "steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "read: {result}"}]},
         {"when": "^never$", "steps": [{"say": "x"}]},
         {"when": "echo", "steps": [{"say": "echo: {message}"}]},
@@ -323,7 +320,7 @@ def test_error_codes_from_a_provider(ws):
 def test_memory_update_after_a_memory_tool(ws):
     """The original's clients refresh their memory panels on `memory_update` (its functional suite
     waits for one with an ``action`` after set_goal); other tools do not send it."""
-    doc = json.loads(manifest("conf-mem", ws, [
+    doc = json.loads(scripted_manifest("conf-mem", ws, [
         {"when": "goal", "steps": [{"call": "memory.set_goal", "params": {"goal": "Ship it"}}, {"say": "set"}]},
         {"when": "read", "steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "ok"}]},
     ]))
@@ -340,8 +337,8 @@ def test_memory_update_after_a_memory_tool(ws):
 
 
 def test_hook(ws):
-    registry.app_deploy(text=manifest("conf-hook", ws, [{"steps": [{"say": "ok {message}"}]}],
-                                      runtime={"context_window_messages": 4}), force=True)
+    registry.app_deploy(text=scripted_manifest("conf-hook", ws, [{"steps": [{"say": "ok {message}"}]}],
+                                               runtime={"context_window_messages": 4}), force=True)
     for i in range(4):
         enq = send("conf-hook", f"m{i}")
         run(enq.session_pk)
@@ -352,7 +349,7 @@ def test_hook(ws):
 def test_approval_request_and_resolved(ws):
     from approvals.services import approval_decide
 
-    registry.app_deploy(text=manifest("conf-appr", ws, [{"steps": [
+    registry.app_deploy(text=scripted_manifest("conf-appr", ws, [{"steps": [
         {"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "file: {result}"},
     ]}], capabilities={"default_policy": "auto",
                        "approve": [{"module": "filesystem", "actions": ["read"], "reason": "reads files"}]}), force=True)
@@ -378,7 +375,7 @@ def test_notification_and_notification_result(ws):
     from tooling.background import background_task_run
     from tooling.models import BackgroundTask
 
-    registry.app_deploy(text=manifest("conf-bg", ws, [
+    registry.app_deploy(text=scripted_manifest("conf-bg", ws, [
         {"when": "launch", "steps": [
             {"call": "background_run", "params": {"tool": "filesystem.read", "params": {"path": "README.md"}}},
             {"call": "background_run", "params": {"tool": "filesystem.read", "params": {"path": "missing.txt"}}},

@@ -368,7 +368,6 @@ def test_harness_sse_helper_follows_a_turn_to_done(daemon, app_yaml):
 
 
 def test_chat_reconnects_when_the_asgi_workers_die_between_turns(daemon, app_yaml):
-    import signal
 
     daemon.deploy(_chat_app(app_yaml, "resilient"))
     term = Pty(daemon, "chat", "resilient", "--session", "res-1")
@@ -376,9 +375,7 @@ def test_chat_reconnects_when_the_asgi_workers_die_between_turns(daemon, app_yam
     term.send("first")
     term.expect("echo: first")
     term.expect("you> ")
-    old = daemon.child_pids("asgi")
-    for pid in old:
-        os.kill(pid, signal.SIGKILL)
+    old = daemon.kill_children("asgi")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         current = daemon.child_pids("asgi")
