@@ -16,11 +16,11 @@ from conversations.api import serializers as s
 from digitorn_site.api.base import parse
 from digitorn_site.errors import UnsupportedMediaTypeError, ValidationError
 from tests import test_sessions_api as base
-from tests.test_sessions_api import HEADERS, assert_error
+from tests.helpers import HEADERS
+from tests.helpers import assert_envelope_error as assert_error
 from tooling.api.serializers import LaunchSerializer, WaitSerializer
 from tooling.models import BackgroundTask
 
-admin_key = base.admin_key
 app = base.app
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
