@@ -12,6 +12,7 @@ from rest_framework import serializers
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.views import APIView
 
+from digitorn_site import fastsql
 from digitorn_site.api.envelope import error_response, ok_response
 from digitorn_site.api.jsonbody import DepthLimitedJSONParser
 from digitorn_site.errors import DigitornError, MethodNotAllowedError, NotFoundError, ValidationError
@@ -47,8 +48,7 @@ def health(request) -> JsonResponse:
         return error_response(MethodNotAllowedError(f'Method "{request.method}" not allowed.'))
     db_ok = True
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        fastsql.ping()
     except Exception:  # noqa: BLE001 - health reports, never raises
         db_ok = False
     data = {
