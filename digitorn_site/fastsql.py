@@ -29,7 +29,7 @@ from functools import cache
 from typing import Any
 
 from django.apps import apps
-from django.db import connection, models
+from django.db import DEFAULT_DB_ALIAS, connection, connections, models
 
 # The IN lists of the stream poller are cut in chunks of this many values (SQLite's default
 # variable limit is far higher; one statement shape per chunk length stays cached).
@@ -80,54 +80,59 @@ class _Stmt:
         # None: a value with no field (a count, a limit), passed as is.
         self.params = tuple(params)
         converters = []
-        for spec in out:
-            if spec is None:
-                converters.append(None)
+        for index, spec in enumerate(out):
+            if spec is None:  # a value with no field (COUNT, SELECT 1): no converter
                 continue
             field = _field(*spec)
             col = field.get_col(_model(spec[0])._meta.db_table)
             # The compiler's chain: backend converters first, then the expression's (from_db_value).
             chain = tuple(connection.ops.get_db_converters(col) + col.get_db_converters(connection))
-            converters.append((col, chain) if chain else None)
+            if chain:
+                converters.append((index, col, chain))
         self.converters = tuple(converters)
         self.model = _model(model) if model else None
         self.attnames = tuple(f.attname for f in self.model._meta.concrete_fields) if model else ()
 
-    def _prep(self, values: Sequence[Any]) -> list:
+    # The connection is resolved once per call (the ``connection`` proxy looks it up on every
+    # attribute access) and handed to every conversion.
+
+    def _prep(self, values: Sequence[Any], conn) -> list:
         return [
-            value if field is None else field.get_db_prep_value(value, connection)
+            value if field is None else field.get_db_prep_value(value, conn)
             for field, value in zip(self.params, values, strict=True)
         ]
 
     def rows(self, *values: Any) -> list[list]:
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql, self._prep(values))
+        conn = connections[DEFAULT_DB_ALIAS]
+        with conn.cursor() as cursor:
+            cursor.execute(self.sql, self._prep(values, conn))
             rows = cursor.fetchall()
-        return [self._convert(row) for row in rows]
+        return [self._convert(row, conn) for row in rows]
 
     def one(self, *values: Any) -> list | None:
         """The first row (RETURNING one, or a single-row SELECT), converted; None without one."""
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql, self._prep(values))
+        conn = connections[DEFAULT_DB_ALIAS]
+        with conn.cursor() as cursor:
+            cursor.execute(self.sql, self._prep(values, conn))
             row = cursor.fetchone()
-        return None if row is None else self._convert(row)
+        return None if row is None else self._convert(row, conn)
 
     def write(self, *values: Any) -> int:
         """Run a write without RETURNING; the number of rows it touched."""
-        with connection.cursor() as cursor:
-            cursor.execute(self.sql, self._prep(values))
+        conn = connections[DEFAULT_DB_ALIAS]
+        with conn.cursor() as cursor:
+            cursor.execute(self.sql, self._prep(values, conn))
             return cursor.rowcount
 
     def instances(self, *values: Any) -> list:
-        return [self.model.from_db(connection.alias, self.attnames, row) for row in self.rows(*values)]
+        model, attnames = self.model, self.attnames
+        return [model.from_db(DEFAULT_DB_ALIAS, attnames, row) for row in self.rows(*values)]
 
-    def _convert(self, row: Sequence[Any]) -> list:
+    def _convert(self, row: Sequence[Any], conn) -> list:
         out = list(row)
-        for index, spec in enumerate(self.converters):
-            if spec is not None:
-                col, chain = spec
-                for converter in chain:
-                    out[index] = converter(out[index], col, connection)
+        for index, col, chain in self.converters:
+            for converter in chain:
+                out[index] = converter(out[index], col, conn)
         return out
 
 
