@@ -888,8 +888,7 @@ def _load_transcript(session_pk: int, limit: int) -> list[Message]:
     # Raw (fastsql): read before every model call, where the ORM's compilation cost ~0.6 ms.
     rows = [
         _Msg(*values)
-        for values in fastsql.values(Message, ("id", *_Msg.FIELDS[1:]), "session_id = %s", [session_pk],
-                                     order_by="id DESC", limit=limit)
+        for values in fastsql.messages_tail(session_pk, ("id", *_Msg.FIELDS[1:]), limit)
     ]
     rows.reverse()
     return rows

@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -69,14 +69,11 @@ def _not_found(app_id: str, session_id: str) -> NotFoundError:
 
 
 def _session_lookup(app_id: str, session_id: str, principal: str) -> Session | None:
-    session = fastsql.first(
-        Session, "app_id = %s AND principal = %s AND session_id = %s", [app_id, principal, session_id]
-    )
+    session = fastsql.session_find(app_id, principal, session_id)
     if session is None and principal == ADMIN_PRINCIPAL:
         # The admin reaches anyone's session by its id when it has none of that id itself (the most
         # recently active one should several principals use the id).
-        session = fastsql.first(Session, "app_id = %s AND session_id = %s", [app_id, session_id],
-                                order_by="last_active DESC")
+        session = fastsql.session_find_latest(app_id, session_id)
     return session
 
 
@@ -192,21 +189,11 @@ def message_enqueue(
     with transaction.atomic():
         # One statement locks the row (PostgreSQL; SQLite holds the write lock already), marks the
         # session active and reads the seq this turn's events will follow.
-        table = fastsql.table(Session)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET last_active = %s WHERE id = %s RETURNING last_seq",
-                [connection.ops.adapt_datetimefield_value(timezone.now()), session.pk],
-            )
-            row = cursor.fetchone()
-        if row is None:
+        last_seq = fastsql.session_touch(session.pk, timezone.now())
+        if last_seq is None:
             raise _not_found(app_id, session_id)
-        session.last_seq = int(row[0])
-        waiting, ahead = fastsql.fetchone(
-            f"SELECT COUNT(CASE WHEN status = %s THEN 1 END), COUNT(CASE WHEN status IN (%s, %s, %s) THEN 1 END) "
-            f"FROM {fastsql.table(Turn)} WHERE session_id = %s",
-            [Turn.Status.QUEUED, *ACTIVE, session.pk],
-        )
+        session.last_seq = last_seq
+        waiting, ahead = fastsql.turn_queue_counts(session.pk, queued=Turn.Status.QUEUED, active=ACTIVE)
         if waiting >= settings.DIGITORN_QUEUE_DEPTH:
             raise QueueFullError(
                 f"Session '{session_id}' already has {waiting} messages waiting (the limit is "
@@ -305,11 +292,10 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
     """
     with transaction.atomic():
         # The session row first (the one lock order, see _lock_session), then the head of its queue.
-        session = fastsql.first(Session, "id = %s", [session_pk], lock=True)
+        session = fastsql.session_get(session_pk, lock=True)
         if session is None:
             return None
-        head = fastsql.first(Turn, "session_id = %s AND status IN (%s, %s, %s)", [session_pk, *ACTIVE],
-                             order_by="id", lock=True)
+        head = fastsql.turn_head(session_pk, ACTIVE, lock=True)
         now = timezone.now()
         if head is None:
             if session.status != Session.Status.IDLE:
@@ -330,7 +316,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         state = dict(head.state or {})
         if not state.get("started"):
             state["started"] = True
-            pending = fastsql.select(Notification, "session_id = %s AND delivered_at IS NULL", [session_pk], order_by="id")
+            pending = fastsql.notifications_undelivered(session_pk)
             if pending:
                 fastsql.insert(Message(
                     session=session,
@@ -359,10 +345,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         head.attempts += 1
         head.started_at = head.started_at or now
         fastsql.update(head, ["state", "status", "lease_owner", "lease_expires_at", "attempts", "started_at"])
-        fastsql.execute(
-            f"UPDATE {fastsql.table(Session)} SET status = %s, last_active = %s WHERE id = %s",
-            [Session.Status.RUNNING, connection.ops.adapt_datetimefield_value(now), session_pk],
-        )
+        fastsql.session_mark(session_pk, status=Session.Status.RUNNING, last_active=now)
         return ClaimedTurn(
             turn_pk=head.pk,
             session_pk=session.pk,
@@ -383,15 +366,10 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
 def turn_heartbeat(*, turn_pk: int, worker: str) -> bool | None:
     """Renew the lease; returns cancel_requested, or None when the turn is gone or no longer ours."""
     with transaction.atomic():
-        row = fastsql.fetchone(
-            f"SELECT status, lease_owner, cancel_requested FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk]
-        )
+        row = fastsql.turn_lease(turn_pk)
         if row is None or row[0] != Turn.Status.RUNNING or row[1] != worker:
             return None
-        fastsql.execute(
-            f"UPDATE {fastsql.table(Turn)} SET lease_expires_at = %s WHERE id = %s",
-            [connection.ops.adapt_datetimefield_value(_lease_until()), turn_pk],
-        )
+        fastsql.turn_lease_renew(turn_pk, _lease_until())
         return bool(row[2])
 
 
@@ -402,12 +380,11 @@ def _lock_session(session_pk: int) -> None:
     deadlocking on PostgreSQL, and NO KEY UPDATE does not conflict with the KEY SHARE locks that
     inserting a Message, Event or Turn row takes on the session it references.
     """
-    fastsql.select(Session, "id = %s", [session_pk], lock=True)
+    fastsql.session_get(session_pk, lock=True)
 
 
 def _turn_session_pk(turn_pk: int) -> int | None:
-    row = fastsql.fetchone(f"SELECT session_id FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk])
-    return None if row is None else row[0]
+    return fastsql.turn_session_pk(turn_pk)
 
 
 def _lock_turn(turn_pk: int) -> Turn | None:
@@ -415,8 +392,8 @@ def _lock_turn(turn_pk: int) -> Turn | None:
     session_pk = _turn_session_pk(turn_pk)
     if session_pk is None:
         return None
-    session = fastsql.first(Session, "id = %s", [session_pk], lock=True)
-    turn = fastsql.first(Turn, "id = %s", [turn_pk], lock=True)
+    session = fastsql.session_get(session_pk, lock=True)
+    turn = fastsql.turn_get(turn_pk, lock=True)
     if session is None or turn is None:
         return None
     turn.session = session
@@ -448,14 +425,7 @@ def turn_record_reply(
         _lock_session(session_pk)  # before the turn row: the one lock order (see _lock_session)
         # One statement counts the call, renews the lease, locks the row and reads what the
         # message and events need (a SELECT and a save before).
-        table = fastsql.table(Turn)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET turns_used = turns_used + 1, tool_calls_count = tool_calls_count + %s, "
-                f"lease_expires_at = %s WHERE id = %s RETURNING correlation_id, session_id",
-                [len(tool_calls), connection.ops.adapt_datetimefield_value(_lease_until()), turn_pk],
-            )
-            row = cursor.fetchone()
+        row = fastsql.turn_count_reply(turn_pk, tool_calls=len(tool_calls), lease_until=_lease_until())
         if row is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
@@ -477,7 +447,7 @@ def turn_record_reply(
 def turn_tool_start(*, turn_pk: int, calls: list[dict]) -> None:
     """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do."""
     with transaction.atomic():
-        row = fastsql.fetchone(f"SELECT correlation_id, session_id FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk])
+        row = fastsql.turn_link(turn_pk)
         if row is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
@@ -518,7 +488,7 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict, p
     """One tool result: the tool message for the model and the `tool_call` event for streams."""
     content = json.dumps(result, default=str)  # outside the transaction: it holds the write lock
     with transaction.atomic():
-        row = fastsql.fetchone(f"SELECT correlation_id, session_id FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk])
+        row = fastsql.turn_link(turn_pk)
         if row is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
@@ -824,18 +794,9 @@ def turn_finish_and_peek(
             if parent_session is not None:
                 _advance_on_commit([parent_session])
         # Whether more work is queued and the session's new status, in one statement.
-        sessions = fastsql.table(Session)
-        turns = fastsql.table(Turn)
-        with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {sessions} SET last_active = %s, status = CASE WHEN EXISTS (SELECT 1 FROM {turns} "
-                f"WHERE session_id = %s AND id <> %s AND status IN (%s, %s, %s)) THEN %s ELSE %s END "
-                f"WHERE id = %s RETURNING status",
-                [connection.ops.adapt_datetimefield_value(now), session.pk, turn.pk, *ACTIVE,
-                 Session.Status.RUNNING, Session.Status.IDLE, session.pk],
-            )
-            row = cursor.fetchone()
-        more = row is not None and row[0] == Session.Status.RUNNING
+        settled = fastsql.session_settle(session.pk, turn_pk=turn.pk, now=now, active=ACTIVE,
+                                         busy=Session.Status.RUNNING, idle=Session.Status.IDLE)
+        more = settled == Session.Status.RUNNING
         return payload, more
 
 

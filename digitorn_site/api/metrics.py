@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import time
 
-from django.db import connection
 from django.db.models import Count
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from digitorn_site import fastsql
 from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import error_response, ok
 from digitorn_site.errors import MethodNotAllowedError
@@ -24,8 +24,7 @@ STARTED_AT = time.time()
 
 def _db_ok() -> bool:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        fastsql.ping()
     except Exception:  # noqa: BLE001 - a probe reports, never raises
         return False
     return True

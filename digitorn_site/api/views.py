@@ -11,6 +11,7 @@ from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from digitorn_site import fastsql
 from digitorn_site.api.envelope import error_response, ok_response
 from digitorn_site.api.exceptions import to_digitorn_error
 from digitorn_site.errors import (
@@ -29,8 +30,7 @@ def health(request) -> JsonResponse:
         return error_response(MethodNotAllowedError(f'Method "{request.method}" not allowed.'))
     db_ok = True
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        fastsql.ping()
     except Exception:  # noqa: BLE001 - health reports, never raises
         db_ok = False
     data = {
