@@ -23,6 +23,7 @@ from django.utils import timezone
 from conversations.delegation import active_runs, parent_ended_badly, waits_ready
 from conversations.events import event_append
 from conversations.models import Message, Notification, Session, Turn
+from conversations.turn_events import THINKING, agent_event_data, append_carried, status_data
 from digitorn_site import fastsql
 from digitorn_site.errors import ConflictError, NotFoundError, QueueFullError, ValidationError
 from digitorn_site.principals import ADMIN_PRINCIPAL
@@ -363,6 +364,9 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
             f"UPDATE {fastsql.table(Session)} SET status = %s, last_active = %s WHERE id = %s",
             [Session.Status.RUNNING, connection.ops.adapt_datetimefield_value(now), session_pk],
         )
+        # `status {phase: thinking}`: the turn is under way (with the claim's write, no extra commit).
+        event_append(session=session, type="status", data=status_data(THINKING, head.correlation_id),
+                     correlation_id=head.correlation_id)
         return ClaimedTurn(
             turn_pk=head.pk,
             session_pk=session.pk,
@@ -431,7 +435,8 @@ def _locked_turn(turn_pk: int) -> Turn:
 
 
 def turn_record_reply(
-    *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None
+    *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None,
+    events: list[tuple[str, dict]] | None = None,
 ) -> Message:
     """The model's reply that asks for tools: the assistant message (each call's `tool_start` is
     emitted right before it runs, see turn_tool_start).
@@ -471,6 +476,7 @@ def turn_record_reply(
             tool_calls=tool_calls,
             correlation_id=correlation_id,
         ))
+        append_carried(session=session, events=events, correlation_id=correlation_id)  # stream_done, status…
     return message
 
 
@@ -706,13 +712,14 @@ def turn_compacted(*, turn_pk: int, upto: int, data: dict) -> None:
         event_append(session=turn.session, type="hook", data=data, correlation_id=turn.correlation_id)
 
 
-def turn_emit(*, turn_pk: int, type: str, data: dict) -> None:
-    """An event that reports no state change of its own (error, hook, token)."""
+def turn_emit(*, turn_pk: int, type: str, data: dict, before: list[tuple[str, dict]] | None = None) -> None:
+    """An event that reports no state change of its own (error, hook, token); ``before``: carried
+    events (``turn_events.Carry``) appended first, in the same transaction."""
     with transaction.atomic():
         turn = Turn.objects.select_related("session").filter(pk=turn_pk).first()
         if turn is None:
             return
-        event_append(session=turn.session, type=type, data=data, correlation_id=turn.correlation_id)
+        append_carried(session=turn.session, events=[*(before or ()), (type, data)], correlation_id=turn.correlation_id)
 
 
 def turn_finish_and_peek(
@@ -727,6 +734,7 @@ def turn_finish_and_peek(
     unanswered: list[dict] | None = None,
     usage: dict | None = None,
     error: str | None = None,
+    events: list[tuple[str, dict]] | None = None,
 ) -> tuple[dict | None, bool]:
     """End the turn: final assistant message, `notification_result` (notification turns) and the
     turn's one `result` event, the last of the turn; returns the `result` payload (None when the
@@ -807,6 +815,8 @@ def turn_finish_and_peek(
         turn.lease_owner = ""
         turn.lease_expires_at = None
         fastsql.update(turn, ["result", "status", "finished_at", "lease_owner", "lease_expires_at", "turns_used"])
+        # The last model call's in/out_token and stream_done, `status {phase: done}`, turn_end hooks.
+        append_carried(session=session, events=events, correlation_id=turn.correlation_id)
         if turn.kind == Turn.Kind.NOTIFICATION:
             event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
         # A delegated run ends with `agent_result` on its parent's stream: that stream's `result` stays
@@ -814,6 +824,8 @@ def turn_finish_and_peek(
         end_type = "agent_result" if session.parent_id else "result"
         if end_type == "agent_result":
             payload = {**payload, "status": "cancelled" if cancelled else "failed" if failed else "completed"}
+            event_append(session=session, type="agent_event", correlation_id=turn.correlation_id,
+                         data=agent_event_data(payload["status"], agent_id=turn.agent_id, task_id=turn.correlation_id))
         event_append(session=session, type=end_type, data=payload, correlation_id=turn.correlation_id)
         if cancelled or failed:
             # The runs this turn delegated stop with it (each cascades to its own).
