@@ -358,7 +358,7 @@ class _TurnRunner:
             remaining = self.app.runtime.timeout - self.active_seconds()
             if remaining <= 0:
                 raise self._timeout_stop(transcript)
-            if self.model_calls_here:
+            if self.model_calls_here or self.claim.turns_used:  # the claim said it for the turn's first call
                 self.carry.add("status", status_data(THINKING, self.claim.correlation_id))
             self.model_calls_here += 1
             messages = await self._brain_messages(transcript)

@@ -22,6 +22,7 @@ Cooldowns and ``max_fires`` count per session in this process (bounded; a restar
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -35,11 +36,18 @@ from digitorn_site import fastsql
 log = logging.getLogger("digitorn.hooks")
 
 ALIASES = {"user_prompt": "turn_start"}
+_PLACEHOLDER = re.compile(r"\{(turn|tokens|tools|messages)\}")
 MAX_DETAIL_CHARS = 2000
 MAX_INJECT_CHARS = 20_000
-# (session pk, hook id) → [last fired (monotonic), fire count]; the oldest sessions go first.
-_fired: OrderedDict[tuple[int, str], list[float]] = OrderedDict()
-_FIRED_MAX = 20_000
+# session pk → {hook id: [last fired (monotonic), fire count]}; the oldest sessions go first. A
+# session's first turn starts it afresh (a pk SQLite reuses after a delete inherits nothing).
+_fired: OrderedDict[int, dict[str, list[float]]] = OrderedDict()
+_FIRED_MAX = 10_000
+MAX_CONDITION_DEPTH = 8
+
+
+class _TooDeep(ValueError):
+    pass
 
 
 @dataclass
@@ -77,7 +85,9 @@ def _number(params: dict, key: str, default: float) -> float:
 
 
 def _holds(condition: Any, state: HookState, depth: int = 0) -> bool:
-    if not isinstance(condition, dict) or depth > 8:
+    if depth > MAX_CONDITION_DEPTH:
+        raise _TooDeep(f"conditions nested more than {MAX_CONDITION_DEPTH} deep")
+    if not isinstance(condition, dict):
         return False
     kind = condition.get("type", "always")
     if kind == "always":
@@ -106,7 +116,7 @@ def _holds(condition: Any, state: HookState, depth: int = 0) -> bool:
 
 
 def _may_fire(hook: dict, session_pk: int) -> bool:
-    seen = _fired.get((session_pk, hook["id"]))
+    seen = _fired.get(session_pk, {}).get(hook["id"])
     if seen is None:
         return True
     if hook.get("max_fires") and seen[1] >= hook["max_fires"]:
@@ -115,13 +125,18 @@ def _may_fire(hook: dict, session_pk: int) -> bool:
 
 
 def _mark_fired(hook: dict, session_pk: int) -> int:
-    key = (session_pk, hook["id"])
-    seen = _fired.pop(key, [0.0, 0])
-    seen = [time.monotonic(), int(seen[1]) + 1]
-    _fired[key] = seen
+    hooks = _fired.pop(session_pk, {})
+    seen = hooks.get(hook["id"], [0.0, 0])
+    hooks[hook["id"]] = seen = [time.monotonic(), int(seen[1]) + 1]
+    _fired[session_pk] = hooks
     while len(_fired) > _FIRED_MAX:
         _fired.popitem(last=False)
     return int(seen[1])
+
+
+def _placeholder(state: HookState, name: str) -> int:
+    return {"turn": state.turn_number, "tokens": state.tokens, "tools": state.tool_calls,
+            "messages": state.messages}[name]
 
 
 def _text(value: Any, limit: int) -> str:
@@ -151,12 +166,9 @@ def run(app: Any, event: str, state: HookState, *, correlation_id: str) -> tuple
         phase = "end"
         note = None
         if kind == "log":
-            template = _text(action.get("message"), MAX_DETAIL_CHARS)
-            try:
-                message = template.format(turn=state.turn_number, tokens=state.tokens, tools=state.tool_calls,
-                                          messages=state.messages)
-            except (KeyError, IndexError, ValueError, AttributeError):
-                message = template  # a template naming fields we do not have is logged as written
+            # The original's placeholders, substituted by name only (never str.format on manifest text).
+            message = _PLACEHOLDER.sub(lambda m, st=state: str(_placeholder(st, m.group(1))),
+                                       _text(action.get("message"), MAX_DETAIL_CHARS))
             details["message"] = message[:MAX_DETAIL_CHARS]
             log.info("hook %s: %s", hook["id"], details["message"])
         elif kind in ("notify", "notification"):
@@ -223,6 +235,8 @@ def fire(
         session_pk=session_pk, turn_number=number, tool_calls=max(tool_calls, calls), messages=len(transcript),
         tokens=sum(len(m.content or "") for m in transcript) // 4, budget=budget,
     )
+    if number == 1 and event == "turn_start":
+        _fired.pop(session_pk, None)  # a new session: no cooldown or fire count carried over
     points = ["session_start", "turn_start"] if event == "turn_start" and number == 1 else [event]
     events: list[tuple[str, dict]] = []
     inject: list[dict] = []

@@ -331,6 +331,10 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         state = dict(head.state or {})
         if not state.get("started"):
             state["started"] = True
+            # `status {phase: thinking}`: the turn is under way (in the claim's transaction). A resumed
+            # turn says it again before its next model call (engine), after the results it records.
+            event_append(session=session, type="status", data=status_data(THINKING, head.correlation_id),
+                         correlation_id=head.correlation_id)
             pending = fastsql.select(Notification, "session_id = %s AND delivered_at IS NULL", [session_pk], order_by="id")
             if pending:
                 fastsql.insert(Message(
@@ -364,9 +368,6 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
             f"UPDATE {fastsql.table(Session)} SET status = %s, last_active = %s WHERE id = %s",
             [Session.Status.RUNNING, connection.ops.adapt_datetimefield_value(now), session_pk],
         )
-        # `status {phase: thinking}`: the turn is under way (with the claim's write, no extra commit).
-        event_append(session=session, type="status", data=status_data(THINKING, head.correlation_id),
-                     correlation_id=head.correlation_id)
         return ClaimedTurn(
             turn_pk=head.pk,
             session_pk=session.pk,
