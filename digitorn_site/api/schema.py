@@ -110,6 +110,7 @@ _TASK = {
 SSE_EVENT_TYPES = [
     "connected", "tool_start", "tool_call", "result", "error", "hook", "approval_request", "approval_resolved",
     "notification", "notification_result", "message_queued", "token", "agent_spawn", "agent_result",
+    "memory_update", "status", "in_token", "out_token", "stream_done", "hook_notification", "agent_event",
 ]
 _SSE_EVENT = {
     "type": "object",
