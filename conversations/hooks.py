@@ -32,6 +32,7 @@ from django.db import transaction
 
 from conversations.models import Message, Session, Turn
 from digitorn_site import fastsql
+from tooling.services import mask_secrets
 
 log = logging.getLogger("digitorn.hooks")
 
@@ -139,15 +140,19 @@ def _placeholder(state: HookState, name: str) -> int:
             "messages": state.messages}[name]
 
 
-def _text(value: Any, limit: int) -> str:
+def _text(value: Any, limit: int, secrets: tuple[str, ...] = ()) -> str:
+    """Manifest text a hook shows, logs or injects: a string, cut, every app secret masked (a
+    `{{secret.X}}` in a hook is resolved like the rest of the manifest, and must not reach the
+    transcript, an event or the log)."""
     text = value if isinstance(value, str) else ""
-    return text[:limit]
+    return mask_secrets(text, secrets)[:limit] if secrets else text[:limit]
 
 
 def run(app: Any, event: str, state: HookState, *, correlation_id: str) -> tuple[list[tuple[str, dict]], list[dict]]:
     """Evaluate the app's hooks for ``event``: (events to carry, messages to inject ``{role, content}``)."""
     events: list[tuple[str, dict]] = []
     inject: list[dict] = []
+    secrets = tuple(getattr(app, "secret_values", ()) or ())
     for hook in app_hooks(app):
         if not hook.get("enabled", True) or ALIASES.get(hook.get("on"), hook.get("on")) != event:
             continue
@@ -168,20 +173,20 @@ def run(app: Any, event: str, state: HookState, *, correlation_id: str) -> tuple
         if kind == "log":
             # The original's placeholders, substituted by name only (never str.format on manifest text).
             message = _PLACEHOLDER.sub(lambda m, st=state: str(_placeholder(st, m.group(1))),
-                                       _text(action.get("message"), MAX_DETAIL_CHARS))
+                                       _text(action.get("message"), MAX_DETAIL_CHARS, secrets))
             details["message"] = message[:MAX_DETAIL_CHARS]
             log.info("hook %s: %s", hook["id"], details["message"])
         elif kind in ("notify", "notification"):
             note = {
-                "title": _text(action.get("title"), 200) or hook["id"],
-                "message": _text(action.get("message") or action.get("content"), MAX_DETAIL_CHARS),
+                "title": _text(action.get("title"), 200, secrets) or hook["id"],
+                "message": _text(action.get("message") or action.get("content"), MAX_DETAIL_CHARS, secrets),
                 "level": action.get("level") if action.get("level") in ("info", "warning", "error", "success") else "info",
                 "hook_id": hook["id"],
                 "correlation_id": correlation_id,
             }
             details["title"] = note["title"]
         elif kind == "inject_message":
-            content = _text(action.get("content") or action.get("message"), MAX_INJECT_CHARS)
+            content = _text(action.get("content") or action.get("message"), MAX_INJECT_CHARS, secrets)
             role = "user" if action.get("role") == "user" else "system"
             if content:
                 inject.append({"role": role, "content": content})

@@ -226,3 +226,23 @@ def test_hostile_hooks_are_refused_or_harmless(ws):
     assert (note["title"], note["message"], note["level"]) == ("types", "", "info")
     injected = Message.objects.filter(session_id=enq.session_pk, role="system").last()
     assert len(injected.content) == 20_000
+
+
+def test_a_secret_named_in_a_hook_reaches_no_event_message_or_log(ws, caplog):
+    registry.secret_set(app_id="ev-secret", key="TOKEN", value="sk-hook-secret-42")
+    registry.app_deploy(text=manifest("ev-secret", ws, [{"steps": [{"say": "ok"}]}], runtime={"hooks": [
+        {"id": "tell", "on": "turn_start", "action": {"type": "notify", "title": "t {{secret.TOKEN}}",
+                                                       "message": "key {{secret.TOKEN}}"}},
+        {"id": "note", "on": "turn_start", "action": {"type": "log", "message": "using {{secret.TOKEN}}"}},
+        {"id": "add", "on": "turn_end", "action": {"type": "inject_message", "content": "token {{secret.TOKEN}}"}},
+    ]}), force=True)
+    with caplog.at_level("INFO", logger="digitorn.hooks"):
+        enq = send("ev-secret", "hi")
+        run(enq.session_pk)
+    note = logged(enq.session_pk, "hook_notification")[0]
+    assert note["message"].startswith("key ") and [h["hook_id"] for h in logged(enq.session_pk, "hook")] == [
+        "tell", "note", "add"]
+    stored = json.dumps([e.data for e in Event.objects.filter(session_id=enq.session_pk)])
+    stored += json.dumps([m.content for m in Message.objects.filter(session_id=enq.session_pk)])
+    assert "sk-hook-secret-42" not in stored + caplog.text
+    assert Message.objects.filter(session_id=enq.session_pk, role="system").last().content.startswith("token ")
