@@ -234,6 +234,13 @@ class _TurnRunner:
     def _carried(self) -> list[tuple[str, dict]]:
         return [(type, self.mask(data)) for type, data in self.carry.take()]
 
+    async def _flush_carry(self) -> None:
+        """Write carried events now (when no write of the turn is coming to take them along)."""
+        events = self._carried()
+        if events:
+            type, data = events[-1]
+            await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=data, before=events[:-1])
+
     async def _fire_hooks(self, event: str) -> None:
         """The manifest's hooks for ``event`` (conversations.hooks); their events ride the next write."""
         app = getattr(self, "app", None)
@@ -384,11 +391,11 @@ class _TurnRunner:
                 raise _Stop(reply.text or "", model_calls=1)
             calls = [{"id": c.id or f"call_{uuid.uuid4().hex[:12]}", "name": c.name, "params": c.params or {}} for c in reply.tool_calls]
             shown, sealed = self._shown_calls(calls)
+            # The call's in/out_token and stream_done and `status {tool}` ride with the first tool_start.
             self.carry.add("status", status_data(TOOL, self.claim.correlation_id))
             self._remember(
                 await db(services.turn_record_reply)(
-                    turn_pk=self.claim.turn_pk, text=self.mask(reply.text or ""), tool_calls=shown, sealed=sealed,
-                    events=self._carried(),
+                    turn_pk=self.claim.turn_pk, text=self.mask(reply.text or ""), tool_calls=shown, sealed=sealed
                 )
             )
 
@@ -536,7 +543,8 @@ class _TurnRunner:
             await self._mark_started(batch)
             # The batch carries the plaintext the calls need; the events carry the masked form.
             await db(services.turn_tool_start)(
-                turn_pk=self.claim.turn_pk, calls=[{**c, "params": self.mask(c["params"])} for c in batch]
+                turn_pk=self.claim.turn_pk, calls=[{**c, "params": self.mask(c["params"])} for c in batch],
+                before=self._carried(),
             )
             outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
             for call, outcome in zip(batch, outcomes, strict=True):
@@ -589,6 +597,7 @@ class _TurnRunner:
         await flush_batch()
         if waiting or self.waits or any(rid not in decisions for rid in pending.values()):
             self._check()
+            await self._flush_carry()  # nothing else of this turn is written before it suspends
             suspended = await db(services.turn_suspend)(
                 turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds(), usage=self.usage
             )
@@ -641,7 +650,8 @@ class _TurnRunner:
     async def _invoke_and_record(self, call: dict, approval_request_id: str | None) -> None:
         """One call run and recorded in a single thread hop (two transactions: the tool's, then ours)."""
         outcome, message = await db(_invoke_and_record_sync)(
-            turn_pk=self.claim.turn_pk, **self._invoke_kwargs(call, approval_request_id)
+            turn_pk=self.claim.turn_pk, before=self._carried() if approval_request_id is None else None,
+            **self._invoke_kwargs(call, approval_request_id)
         )
         if outcome["status"] == "wait":
             self.waits[call["id"]] = outcome["wait"]
@@ -892,14 +902,17 @@ def _prepare(app_id: str, agent_id: str, session_pk: int, extra: int) -> tuple[A
     return app, agent, transcript, _tools_for(app, agent.id)
 
 
-def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Message | None]:
+def _invoke_and_record_sync(
+    *, turn_pk: int, before: list[tuple[str, dict]] | None = None, **kwargs: Any
+) -> tuple[dict, Message | None]:
     from tooling.services import mask_secrets
 
     call = kwargs["call"]
     secrets = kwargs["app"].secret_values
     if kwargs["approval_request_id"] is None:
         # A call resumed after its approval had its tool_start before the request.
-        services.turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}])
+        services.turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}],
+                                 before=before)
     outcome = _invoke_sync(**kwargs)
     if outcome["status"] == "wait":
         services.turn_record_wait(turn_pk=turn_pk, call_id=call["id"], wait=outcome["wait"])

@@ -436,8 +436,7 @@ def _locked_turn(turn_pk: int) -> Turn:
 
 
 def turn_record_reply(
-    *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None,
-    events: list[tuple[str, dict]] | None = None,
+    *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None
 ) -> Message:
     """The model's reply that asks for tools: the assistant message (each call's `tool_start` is
     emitted right before it runs, see turn_tool_start).
@@ -477,25 +476,21 @@ def turn_record_reply(
             tool_calls=tool_calls,
             correlation_id=correlation_id,
         ))
-        append_carried(session=session, events=events, correlation_id=correlation_id)  # stream_done, status…
     return message
 
 
-def turn_tool_start(*, turn_pk: int, calls: list[dict]) -> None:
-    """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do."""
+def turn_tool_start(*, turn_pk: int, calls: list[dict], before: list[tuple[str, dict]] | None = None) -> None:
+    """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do; ``before``:
+    carried progress events (the reply's `stream_done`, `status {tool}`) appended first, in one batch."""
     with transaction.atomic():
         row = fastsql.fetchone(f"SELECT correlation_id, session_id FROM {fastsql.table(Turn)} WHERE id = %s", [turn_pk])
         if row is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
         session = Session(pk=session_pk)
-        for call in calls:
-            event_append(
-                session=session,
-                type="tool_start",
-                data={"id": call["id"], "name": call["name"], "params": call.get("params") or {}},
-                correlation_id=correlation_id,
-            )
+        starts = [("tool_start", {"id": call["id"], "name": call["name"], "params": call.get("params") or {}})
+                  for call in calls]
+        append_carried(session=session, events=[*(before or ()), *starts], correlation_id=correlation_id)
 
 
 # A `tool_call` event previews the tool's data; the full result is the tool message (history).
