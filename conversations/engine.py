@@ -205,6 +205,7 @@ class _TurnRunner:
         # status / in_token / out_token / stream_done / hook events waiting for the turn's next write.
         self.carry = Carry()
         self.model_calls_here = 0
+        self.injected_at_end: list[dict] = []  # turn_end hooks' inject_message, written once the turn ended
 
     # -- helpers ---------------------------------------------------------------------------
     def mask(self, value: Any) -> Any:
@@ -243,14 +244,14 @@ class _TurnRunner:
 
     async def _fire_hooks(self, event: str) -> None:
         """The manifest's hooks for ``event`` (conversations.hooks); their events ride the next write."""
-        app = getattr(self, "app", None)
-        if app is None or self.claim.depth > 0 or not hooks.wants_any(app, event):
+        app, agent = getattr(self, "app", None), getattr(self, "agent", None)
+        if app is None or agent is None or self.claim.depth > 0 or not hooks.wants_any(app, event):
             return
         try:
             carried, injected = await db(hooks.fire)(
                 app=app, event=event, session_pk=self.claim.session_pk, turn_pk=self.claim.turn_pk,
                 correlation_id=self.claim.correlation_id, tool_calls=self.claim.tool_calls_count,
-                transcript=self.transcript, context=self.agent.brain.context or getattr(app.runtime, "context", None),
+                transcript=self.transcript, context=agent.brain.context or getattr(app.runtime, "context", None),
                 inject_now=event != "turn_end",
             )
         except Exception:  # noqa: BLE001 - a hook never breaks the turn
@@ -299,7 +300,7 @@ class _TurnRunner:
                     events=self._carried(),
                 )
                 self.finished = payload is not None
-                if self.finished and getattr(self, "injected_at_end", None):
+                if self.finished and self.injected_at_end:
                     # turn_end's inject_message: read by the model at the session's next turn.
                     await db(hooks.inject_messages)(session_pk=self.claim.session_pk,
                                                    correlation_id=self.claim.correlation_id,
