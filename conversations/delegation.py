@@ -26,6 +26,7 @@ from django.utils import timezone
 
 from conversations.events import event_append
 from conversations.models import Session, Turn
+from conversations.turn_events import agent_event_data
 from digitorn_site.principals import ADMIN_PRINCIPAL
 
 DEFAULT_MAX_DEPTH = 3
@@ -219,6 +220,9 @@ def spawn(
             },
             correlation_id=task_id,
         )
+        event_append(session=session, type="agent_event", correlation_id=task_id,
+                     data=agent_event_data("spawned", agent_id=target, task_id=task_id,
+                                           parent_agent=caller.id if caller is not None else None, depth=depth))
         session_pk = session.pk
         loop = call.loop if call is not None else None
         transaction.on_commit(lambda: _schedule(session_pk, loop))

@@ -24,10 +24,11 @@ from typing import Any
 
 from django.conf import settings
 
-from conversations import services
+from conversations import hooks, services
 from conversations.delegation import wait_deadline, wait_outcome
 from conversations.events import db, error_data, main_loop
 from conversations.models import Message, Turn
+from conversations.turn_events import DONE, THINKING, TOOL, Carry, model_call_events, status_data
 from digitorn_site import fastsql
 
 log = logging.getLogger("digitorn.engine")
@@ -201,6 +202,10 @@ class _TurnRunner:
         self.started_calls: set[str] = set(claim.state.get("started_calls", {}))
         # Calls waiting for delegated runs (agent_spawn): call id → {"tasks": [...], ...}.
         self.waits: dict[str, dict] = dict(claim.state.get("waits", {}))
+        # status / in_token / out_token / stream_done / hook events waiting for the turn's next write.
+        self.carry = Carry()
+        self.model_calls_here = 0
+        self.injected_at_end: list[dict] = []  # turn_end hooks' inject_message, written once the turn ended
 
     # -- helpers ---------------------------------------------------------------------------
     def mask(self, value: Any) -> Any:
@@ -225,7 +230,37 @@ class _TurnRunner:
 
     async def emit(self, type: str, data: dict) -> None:
         # error, hook and token events may quote model output or tool input: masked like the rest.
-        await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=self.mask(data))
+        await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=self.mask(data), before=self._carried())
+
+    def _carried(self) -> list[tuple[str, dict]]:
+        return [(type, self.mask(data)) for type, data in self.carry.take()]
+
+    async def _flush_carry(self) -> None:
+        """Write carried events now (when no write of the turn is coming to take them along)."""
+        events = self._carried()
+        if events:
+            type, data = events[-1]
+            await db(services.turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=data, before=events[:-1])
+
+    async def _fire_hooks(self, event: str) -> None:
+        """The manifest's hooks for ``event`` (conversations.hooks); their events ride the next write."""
+        app, agent = getattr(self, "app", None), getattr(self, "agent", None)
+        if app is None or agent is None or self.claim.depth > 0 or not hooks.wants_any(app, event):
+            return
+        try:
+            carried, injected = await db(hooks.fire)(
+                app=app, event=event, session_pk=self.claim.session_pk, turn_pk=self.claim.turn_pk,
+                correlation_id=self.claim.correlation_id, tool_calls=self.claim.tool_calls_count,
+                transcript=self.transcript, context=agent.brain.context or getattr(app.runtime, "context", None),
+                inject_now=event != "turn_end",
+            )
+        except Exception:  # noqa: BLE001 - a hook never breaks the turn
+            log.warning("hooks on %s failed for turn %s", event, self.claim.correlation_id, exc_info=True)
+            return
+        self.carry.extend(carried)
+        self.injected_at_end = injected if event == "turn_end" else []
+        for message in injected if event != "turn_end" else ():
+            self._remember(message)
 
     async def _heartbeat(self) -> None:
         interval = max(min(settings.DIGITORN_LEASE_SECONDS / 3, 1.0), 0.2)
@@ -250,6 +285,8 @@ class _TurnRunner:
             try:
                 await self._loop()
             except _Stop as stop:
+                await self._fire_hooks("turn_end")
+                self.carry.add("status", status_data(DONE, self.claim.correlation_id))
                 payload, self.more = await db(services.turn_finish_and_peek)(
                     turn_pk=self.claim.turn_pk,
                     content=self.mask(stop.content),
@@ -260,8 +297,14 @@ class _TurnRunner:
                     unanswered=_unanswered_calls(self.transcript, self.claim.correlation_id) if self.transcript else None,
                     usage=self.usage,
                     error=stop.error,
+                    events=self._carried(),
                 )
                 self.finished = payload is not None
+                if self.finished and self.injected_at_end:
+                    # turn_end's inject_message: read by the model at the session's next turn.
+                    await db(hooks.inject_messages)(session_pk=self.claim.session_pk,
+                                                   correlation_id=self.claim.correlation_id,
+                                                   messages=self.injected_at_end)
         finally:
             heartbeat.cancel()
             try:
@@ -284,6 +327,7 @@ class _TurnRunner:
             why = f"Agent '{self.claim.agent_id}' is no longer declared by app '{self.claim.app_id}'."
             raise _Stop(why, error=why)
         self.brain = brain_for(self.agent)
+        self.streams = (self.agent.brain.provider or "").lower() != "scripted"
         self.max_turns = self.agent.max_turns or self.app.runtime.max_turns
         self.window = max(int(self.app.runtime.context_window_messages or 0), 4)
         self.transcript_limit = self.window + RECAP_MAX_ITEMS
@@ -303,6 +347,8 @@ class _TurnRunner:
         except DigitornError as exc:
             await self.emit("error", error_data(exc.message, kind=exc.error_code, correlation_id=self.claim.correlation_id))
             raise _Stop(exc.message, error=exc.message)
+        if self.claim.turns_used == 0 and self.claim.tool_calls_count == 0:
+            await self._fire_hooks("turn_start")  # with session_start on a session's first turn
 
         while True:
             self._check()
@@ -320,6 +366,9 @@ class _TurnRunner:
             remaining = self.app.runtime.timeout - self.active_seconds()
             if remaining <= 0:
                 raise self._timeout_stop(transcript)
+            if self.model_calls_here or self.claim.turns_used:  # the claim said it for the turn's first call
+                self.carry.add("status", status_data(THINKING, self.claim.correlation_id))
+            self.model_calls_here += 1
             messages = await self._brain_messages(transcript)
             try:
                 reply = await asyncio.wait_for(
@@ -335,11 +384,16 @@ class _TurnRunner:
                 await self._flush_tokens()
             self.turns_used += 1
             self._count_usage(reply.usage)
+            if self.streams:  # the scripted brain has no usage nor streamed text to report
+                self.carry.extend(model_call_events(reply.usage, self.usage, self.claim.correlation_id,
+                                                    model_call=self.turns_used))
             if not reply.tool_calls:
                 self._check()
                 raise _Stop(reply.text or "", model_calls=1)
             calls = [{"id": c.id or f"call_{uuid.uuid4().hex[:12]}", "name": c.name, "params": c.params or {}} for c in reply.tool_calls]
             shown, sealed = self._shown_calls(calls)
+            # The call's in/out_token and stream_done and `status {tool}` ride with the first tool_start.
+            self.carry.add("status", status_data(TOOL, self.claim.correlation_id))
             self._remember(
                 await db(services.turn_record_reply)(
                     turn_pk=self.claim.turn_pk, text=self.mask(reply.text or ""), tool_calls=shown, sealed=sealed
@@ -490,7 +544,8 @@ class _TurnRunner:
             await self._mark_started(batch)
             # The batch carries the plaintext the calls need; the events carry the masked form.
             await db(services.turn_tool_start)(
-                turn_pk=self.claim.turn_pk, calls=[{**c, "params": self.mask(c["params"])} for c in batch]
+                turn_pk=self.claim.turn_pk, calls=[{**c, "params": self.mask(c["params"])} for c in batch],
+                before=self._carried(),
             )
             outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
             for call, outcome in zip(batch, outcomes, strict=True):
@@ -543,6 +598,7 @@ class _TurnRunner:
         await flush_batch()
         if waiting or self.waits or any(rid not in decisions for rid in pending.values()):
             self._check()
+            await self._flush_carry()  # nothing else of this turn is written before it suspends
             suspended = await db(services.turn_suspend)(
                 turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds(), usage=self.usage
             )
@@ -595,7 +651,8 @@ class _TurnRunner:
     async def _invoke_and_record(self, call: dict, approval_request_id: str | None) -> None:
         """One call run and recorded in a single thread hop (two transactions: the tool's, then ours)."""
         outcome, message = await db(_invoke_and_record_sync)(
-            turn_pk=self.claim.turn_pk, **self._invoke_kwargs(call, approval_request_id)
+            turn_pk=self.claim.turn_pk, before=self._carried() if approval_request_id is None else None,
+            **self._invoke_kwargs(call, approval_request_id)
         )
         if outcome["status"] == "wait":
             self.waits[call["id"]] = outcome["wait"]
@@ -846,14 +903,17 @@ def _prepare(app_id: str, agent_id: str, session_pk: int, extra: int) -> tuple[A
     return app, agent, transcript, _tools_for(app, agent.id)
 
 
-def _invoke_and_record_sync(*, turn_pk: int, **kwargs: Any) -> tuple[dict, Message | None]:
+def _invoke_and_record_sync(
+    *, turn_pk: int, before: list[tuple[str, dict]] | None = None, **kwargs: Any
+) -> tuple[dict, Message | None]:
     from tooling.services import mask_secrets
 
     call = kwargs["call"]
     secrets = kwargs["app"].secret_values
     if kwargs["approval_request_id"] is None:
         # A call resumed after its approval had its tool_start before the request.
-        services.turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}])
+        services.turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}],
+                                 before=before)
     outcome = _invoke_sync(**kwargs)
     if outcome["status"] == "wait":
         services.turn_record_wait(turn_pk=turn_pk, call_id=call["id"], wait=outcome["wait"])

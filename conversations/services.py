@@ -23,6 +23,7 @@ from django.utils import timezone
 from conversations.delegation import active_runs, parent_ended_badly, waits_ready
 from conversations.events import event_append
 from conversations.models import Message, Notification, Session, Turn
+from conversations.turn_events import THINKING, agent_event_data, append_carried, status_data
 from digitorn_site import fastsql
 from digitorn_site.errors import ConflictError, NotFoundError, QueueFullError, ValidationError
 from digitorn_site.principals import ADMIN_PRINCIPAL
@@ -316,6 +317,10 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         state = dict(head.state or {})
         if not state.get("started"):
             state["started"] = True
+            # `status {phase: thinking}`: the turn is under way (in the claim's transaction). A resumed
+            # turn says it again before its next model call (engine), after the results it records.
+            event_append(session=session, type="status", data=status_data(THINKING, head.correlation_id),
+                         correlation_id=head.correlation_id)
             pending = fastsql.notifications_undelivered(session_pk)
             if pending:
                 fastsql.insert(Message(
@@ -444,21 +449,18 @@ def turn_record_reply(
     return message
 
 
-def turn_tool_start(*, turn_pk: int, calls: list[dict]) -> None:
-    """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do."""
+def turn_tool_start(*, turn_pk: int, calls: list[dict], before: list[tuple[str, dict]] | None = None) -> None:
+    """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do; ``before``:
+    carried progress events (the reply's `stream_done`, `status {tool}`) appended first, in one batch."""
     with transaction.atomic():
         row = fastsql.turn_link(turn_pk)
         if row is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         correlation_id, session_pk = row
         session = Session(pk=session_pk)
-        for call in calls:
-            event_append(
-                session=session,
-                type="tool_start",
-                data={"id": call["id"], "name": call["name"], "params": call.get("params") or {}},
-                correlation_id=correlation_id,
-            )
+        starts = [("tool_start", {"id": call["id"], "name": call["name"], "params": call.get("params") or {}})
+                  for call in calls]
+        append_carried(session=session, events=[*(before or ()), *starts], correlation_id=correlation_id)
 
 
 # A `tool_call` event previews the tool's data; the full result is the tool message (history).
@@ -676,13 +678,14 @@ def turn_compacted(*, turn_pk: int, upto: int, data: dict) -> None:
         event_append(session=turn.session, type="hook", data=data, correlation_id=turn.correlation_id)
 
 
-def turn_emit(*, turn_pk: int, type: str, data: dict) -> None:
-    """An event that reports no state change of its own (error, hook, token)."""
+def turn_emit(*, turn_pk: int, type: str, data: dict, before: list[tuple[str, dict]] | None = None) -> None:
+    """An event that reports no state change of its own (error, hook, token); ``before``: carried
+    events (``turn_events.Carry``) appended first, in the same transaction."""
     with transaction.atomic():
         turn = Turn.objects.select_related("session").filter(pk=turn_pk).first()
         if turn is None:
             return
-        event_append(session=turn.session, type=type, data=data, correlation_id=turn.correlation_id)
+        append_carried(session=turn.session, events=[*(before or ()), (type, data)], correlation_id=turn.correlation_id)
 
 
 def turn_finish_and_peek(
@@ -697,6 +700,7 @@ def turn_finish_and_peek(
     unanswered: list[dict] | None = None,
     usage: dict | None = None,
     error: str | None = None,
+    events: list[tuple[str, dict]] | None = None,
 ) -> tuple[dict | None, bool]:
     """End the turn: final assistant message, `notification_result` (notification turns) and the
     turn's one `result` event, the last of the turn; returns the `result` payload (None when the
@@ -777,6 +781,8 @@ def turn_finish_and_peek(
         turn.lease_owner = ""
         turn.lease_expires_at = None
         fastsql.update(turn, ["result", "status", "finished_at", "lease_owner", "lease_expires_at", "turns_used"])
+        # The last model call's in/out_token and stream_done, `status {phase: done}`, turn_end hooks.
+        append_carried(session=session, events=events, correlation_id=turn.correlation_id)
         if turn.kind == Turn.Kind.NOTIFICATION:
             event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
         # A delegated run ends with `agent_result` on its parent's stream: that stream's `result` stays
@@ -784,6 +790,8 @@ def turn_finish_and_peek(
         end_type = "agent_result" if session.parent_id else "result"
         if end_type == "agent_result":
             payload = {**payload, "status": "cancelled" if cancelled else "failed" if failed else "completed"}
+            event_append(session=session, type="agent_event", correlation_id=turn.correlation_id,
+                         data=agent_event_data(payload["status"], agent_id=turn.agent_id, task_id=turn.correlation_id))
         event_append(session=session, type=end_type, data=payload, correlation_id=turn.correlation_id)
         if cancelled or failed:
             # The runs this turn delegated stop with it (each cascades to its own).

@@ -191,6 +191,31 @@ def insert(obj: models.Model) -> models.Model:
 
 
 @cache
+def _insert_many_statement(model: type[models.Model], rows: int, vendor: str) -> tuple[str, tuple[models.Field, ...]]:
+    fields = tuple(f for f in model._meta.concrete_fields if not f.primary_key)
+    quote = connection.ops.quote_name
+    one = "(" + ", ".join(["%s"] * len(fields)) + ")"
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({', '.join(quote(f.column) for f in fields)}) "
+        f"VALUES {', '.join([one] * rows)}"
+    )
+    return sql, fields
+
+
+def insert_many(objs: Sequence[models.Model]) -> None:
+    """INSERT new instances of one model in one statement (primary keys are not read back).
+
+    Values go through each field's ``pre_save`` and ``get_db_prep_save`` as ``save()`` would.
+    """
+    if not objs:
+        return
+    sql, fields = _insert_many_statement(type(objs[0]), len(objs), connection.vendor)
+    values = [f.get_db_prep_save(f.pre_save(obj, add=True), connection) for obj in objs for f in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, values)
+
+
+@cache
 def _update_statement(
     model: type[models.Model], names: tuple[str, ...], vendor: str
 ) -> tuple[str, tuple[models.Field, ...]]:
@@ -439,6 +464,24 @@ def stream_next_seq(session_pk: int) -> tuple[int, int] | None:
 
 
 @_statement
+def _stream_reserve_seqs() -> _Stmt:
+    table, pk, seq = _table(_SESSION), _col(_SESSION, "id"), _col(_SESSION, "last_seq")
+    return _Stmt(
+        f"UPDATE {table} SET {seq} = {seq} + %s WHERE {pk} = "
+        f"COALESCE((SELECT {_col(_SESSION, 'parent')} FROM {table} WHERE {pk} = %s), %s) RETURNING {pk}, {seq}",
+        [None, _field(_SESSION, "id"), _field(_SESSION, "id")],
+        [(_SESSION, "id"), (_SESSION, "last_seq")],
+    )
+
+
+def stream_reserve_seqs(session_pk: int, count: int) -> tuple[int, int] | None:
+    """Reserve ``count`` consecutive seqs of the session's stream (its own, or its parent's for a
+    delegated run) in one statement: (stream session pk, last reserved seq), None when gone."""
+    row = _stream_reserve_seqs().one(int(count), session_pk, session_pk)
+    return None if row is None else (int(row[0]), int(row[1]))
+
+
+@_statement
 def _session_delegation() -> _Stmt:
     return _Stmt(
         f"SELECT {_col(_SESSION, 'delegation')} FROM {_table(_SESSION)} WHERE {_col(_SESSION, 'id')} = %s",
@@ -547,6 +590,22 @@ def turn_queue_counts(session_pk: int, *, queued: str, active: Sequence[str]) ->
     """(turns of the session in status ``queued``, turns in one of ``active``) in one statement."""
     waiting, ahead = _turn_queue_counts(len(active)).one(queued, *active, session_pk)
     return int(waiting), int(ahead)
+
+
+@_statement
+def _turn_rank() -> _Stmt:
+    pk = _col(_TURN, "id")
+    return _Stmt(
+        f"SELECT COUNT(*) FROM {_table(_TURN)} WHERE {_col(_TURN, 'session')} = %s AND {pk} <= %s",
+        [_field(_TURN, "session"), _field(_TURN, "id")],
+        [None],
+    )
+
+
+def turn_rank(session_pk: int, turn_pk: int) -> int:
+    """The turn's rank in its session (1 = the first)."""
+    row = _turn_rank().one(session_pk, turn_pk)
+    return int(row[0]) if row else 1
 
 
 @_statement

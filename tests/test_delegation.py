@@ -103,8 +103,13 @@ def run(session_pk: int) -> None:
     async_to_sync(_drive)(session_pk)
 
 
-def stream(session_pk: int) -> list[Event]:
-    return list(Event.objects.filter(session_id=session_pk).order_by("seq"))
+# Progress events (issue 15) ride along every turn; the assertions below are about the others.
+PROGRESS = {"status", "in_token", "out_token", "stream_done", "agent_event"}
+
+
+def stream(session_pk: int, *, progress: bool = False) -> list[Event]:
+    rows = list(Event.objects.filter(session_id=session_pk).order_by("seq"))
+    return rows if progress else [e for e in rows if e.type not in PROGRESS]
 
 
 def result_of(enq: services.Enqueued) -> dict:
@@ -138,7 +143,12 @@ def test_blocking_delegation_returns_the_child_answer(ws):
     assert all(e.correlation_id == enq.correlation_id for e in evs)
     assert all(e.data["task_id"] == child.correlation_id and e.data["parent_id"] == enq.correlation_id for e in tagged)
     assert tagged[-1].data["status"] == "completed" and "otters" in tagged[-1].data["content"]
-    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    every = stream(enq.session_pk, progress=True)
+    assert [e.seq for e in every] == list(range(1, len(every) + 1))
+    # agent_event: the run spawned, then completed (the original's clients follow agents by it).
+    agent_events = [e.data for e in every if e.type == "agent_event"]
+    assert [(a["event"], a["agent_id"], a["task_id"]) for a in agent_events] == [
+        ("spawned", "researcher", child.correlation_id), ("completed", "researcher", child.correlation_id)]
     # The child's session has no stream of its own and is not listed among the user's sessions.
     assert not Event.objects.filter(session=child.session).exists()
     from conversations.selectors import session_list

@@ -213,7 +213,10 @@ def test_hook_on_keys_are_read_as_text():
         "      condition: {type: always}\n      action: {type: log}\n"
         f"agents: [{{id: a, brain: {SCRIPTED}}}]\n"
     )
-    assert "runtime.hooks: accepted, not yet acted on by this daemon" in compiles(text).warnings
+    # Acted on since issue 15 (conversations.hooks runs `log` on turn_end): compiled, no warning.
+    result = compiles(text)
+    assert [h["id"] for h in result.app.runtime.hooks] == ["c"] and result.app.runtime.hooks[0]["on"] == "turn_end"
+    assert not any(w.startswith("runtime.hooks") for w in result.warnings)
     bad = text.replace("turn_end", "turn_ends")
     assert "did you mean 'turn_end'" in manifest_errors(bad)[0]["message"]
 
@@ -419,7 +422,7 @@ def test_upload_with_assets_and_secrets_and_the_summary_fields(client):
     assert response.status_code == 200, response.content
     data = response.json()["data"]
     assert data["workspace_mode"] == "none" and data["greeting"] == "Hello"
-    assert "runtime.hooks: accepted, not yet acted on by this daemon" in data["warnings"]
+    assert not any(w.startswith("runtime.hooks") for w in data["warnings"])  # run since issue 15
     assert "sk-uploaded-123" not in response.content.decode()
     row = AppSecret.objects.get(app_id="up", key="K")
     assert crypto.decrypt(row.ciphertext) == "sk-uploaded-123"
