@@ -12,8 +12,8 @@ import pytest
 
 from apps_registry import services as registry
 from conversations.models import Event, Message
+from tests.helpers import scripted_manifest as manifest
 from tests.llm_server import LLMServer, Reply
-from tests.test_engine import manifest
 from tests.test_event_conformance import all_conform, conforms, logged, run, send
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

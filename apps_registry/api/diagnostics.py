@@ -9,8 +9,8 @@ secret, no agent). Secret values never appear; only their names.
 from __future__ import annotations
 
 from apps_registry import selectors
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import ok
-from digitorn_site.api.views import ApiView
 from tooling.selectors import tools_for_agent
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from django.conf import settings
 
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import ok
-from digitorn_site.api.views import ApiView
 from digitorn_site.errors import ValidationError
 
 CONFIG_SETTINGS = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from rest_framework.response import Response
 
-from digitorn_site.api.views import ApiView
+from digitorn_site.api.base import ApiView
 from tooling.registry import MODULE_ALIASES, all_modules
 
 
