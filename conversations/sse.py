@@ -17,10 +17,11 @@ from collections.abc import AsyncIterator
 from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from conversations import engine, services
+from conversations import notifications, queue, sessions
 from conversations.api import serializers as s
-from conversations.events import SessionGone, cursor_expired, error_data, follow, sse_frame
+from conversations.events import SessionGone, cursor_expired, db, error_data, follow, sse_frame
 from conversations.ratelimit import RateLimitState, rate_limit_hit
+from conversations.turns import scheduler
 from digitorn_site.api.auth import Principal, authenticate_request
 from digitorn_site.api.envelope import error_response
 from digitorn_site.api.jsonbody import loads_body
@@ -34,7 +35,6 @@ from digitorn_site.errors import (
 
 log = logging.getLogger("digitorn.sse")
 MAX_EVENT_ID = 2**63 - 1
-db = engine.db
 
 
 def _headers(response: HttpResponse, extra: dict[str, str] | None = None) -> HttpResponse:
@@ -175,7 +175,7 @@ def _app_compiled(app_id: str):
     return app_compiled(app_id=app_id)
 
 
-async def _wait_done(enqueued: services.Enqueued) -> dict:
+async def _wait_done(enqueued: queue.Enqueued) -> dict:
     """The turn's `result` payload (its last event), read from the event log."""
     try:
         async for event in follow(session_pk=enqueued.session_pk, after=enqueued.after_seq):
@@ -187,7 +187,7 @@ async def _wait_done(enqueued: services.Enqueued) -> dict:
 
 
 async def _turn_frames(
-    enqueued: services.Enqueued, first: list[str], guard: _StreamGuard | None = None
+    enqueued: queue.Enqueued, first: list[str], guard: _StreamGuard | None = None
 ) -> AsyncIterator[str]:
     """Frames of one turn: the opening ones, then its events until its `result`; pings while idle."""
     if guard is not None:
@@ -216,9 +216,9 @@ async def _turn_frames(
             _guards.discard(guard)
 
 
-def _start(enqueued: services.Enqueued) -> None:
-    engine.ensure_recovery()
-    engine.schedule_advance(enqueued.session_pk)
+def _start(enqueued: queue.Enqueued) -> None:
+    scheduler.ensure_recovery()
+    scheduler.schedule_advance(enqueued.session_pk)
 
 
 # --- POST /{app}/chat -------------------------------------------------------------------------
@@ -226,7 +226,7 @@ def _start(enqueued: services.Enqueued) -> None:
 
 async def _accept(
     request: HttpRequest, app_id: str, serializer: type, session_id: str | None = None
-) -> tuple[services.Enqueued, RateLimitState, Principal]:
+) -> tuple[queue.Enqueued, RateLimitState, Principal]:
     """What every message-taking POST does first: auth, body, app, rate limit, enqueue. The session
     comes from the path (``session_id``) or from the body (/chat, /chat/stream)."""
     _require(request, "POST")
@@ -234,7 +234,7 @@ async def _accept(
     body = s.validate(serializer, _body(request))
     await db(_app_exists)(app_id)
     limit = await db(rate_limit_hit)(app_id=app_id)
-    enqueued = await db(services.message_enqueue)(
+    enqueued = await db(queue.message_enqueue)(
         app_id=app_id, session_id=session_id or body["session_id"], principal=principal.name, message=body["message"]
     )
     return enqueued, limit, principal
@@ -284,7 +284,7 @@ async def run(request: HttpRequest, app_id: str) -> HttpResponse:
         limit = await db(rate_limit_hit)(app_id=app_id)
         session_id = f"run-{uuid.uuid4().hex}"
         # input_type is metadata (the original's): the agent gets the input as it was sent.
-        enqueued = await db(services.message_enqueue)(
+        enqueued = await db(queue.message_enqueue)(
             app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input"
         )
         _start(enqueued)
@@ -294,7 +294,7 @@ async def run(request: HttpRequest, app_id: str) -> HttpResponse:
             # A one-shot run leaves no session behind (its tool executions stay in the audit log).
             try:
                 await asyncio.shield(
-                    db(services.session_delete)(app_id=app_id, session_id=session_id, principal=principal.name)
+                    db(sessions.session_delete)(app_id=app_id, session_id=session_id, principal=principal.name)
                 )
             except DigitornError:
                 pass
@@ -394,12 +394,12 @@ async def session_events(request: HttpRequest, app_id: str, session_id: str) -> 
         await db(_app_exists)(app_id)
         try:
             # Watching never creates the session (issue #10): a missing one is waited for below.
-            session = await db(services.session_resolve)(app_id=app_id, session_id=session_id, principal=principal.name)
+            session = await db(sessions.session_resolve)(app_id=app_id, session_id=session_id, principal=principal.name)
         except NotFoundError:
             session = None
     except DigitornError as err:
         return error_response(err)
-    engine.ensure_recovery()
+    scheduler.ensure_recovery()
     after = (session.last_seq if session is not None else 0) if cursor is None else cursor
     expired = None
     if session is not None and cursor is not None:
@@ -428,7 +428,7 @@ async def notifications_drain(request: HttpRequest, app_id: str) -> HttpResponse
         from digitorn_site.errors import NotFoundError
 
         try:
-            enqueued, summaries = await db(services.notifications_drain)(
+            enqueued, summaries = await db(notifications.notifications_drain)(
                 app_id=app_id, session_id=body["session_id"], principal=principal.name
             )
         except NotFoundError:

@@ -10,8 +10,9 @@ import pytest
 from asgiref.sync import async_to_sync
 
 from apps_registry import services as registry
-from conversations import engine, services
+from conversations import services
 from conversations.models import Event, Message, Session, Turn
+from conversations.turns import scheduler as engine
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from conversations import services, session_ops
+from conversations import queue, session_ops
 from conversations.api import serializers as s
 from conversations.ratelimit import rate_limit_hit
 from conversations.sse import _accept, _app_exists, _auth, _body, _envelope, _require, _start, _wait_done, db
@@ -61,7 +61,7 @@ async def session_messages(request: HttpRequest, app_id: str, session_id: str) -
             )
             replaced = enqueued is not None
             if enqueued is None:
-                enqueued = await db(services.message_enqueue)(
+                enqueued = await db(queue.message_enqueue)(
                     app_id=app_id, session_id=session_id, principal=principal.name, message=body["message"]
                 )
         else:
