@@ -166,8 +166,8 @@ def session_undo(*, app_id: str, session_id: str, principal: str) -> dict[str, A
 def session_workspace(*, app_id: str, session_id: str, principal: str) -> dict[str, Any]:
     """The files of the workspace the session's tools work in (the app's filesystem workspace),
     relative paths only, without following links; capped at ``WORKSPACE_MAX_ENTRIES``."""
-    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
-    app = app_compiled(app_id=app_id)
+    app = app_compiled(app_id=app_id)  # once: session_resolve reads its idle timeout from it
+    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal, compiled=app)
     files: list[dict[str, Any]] = []
     truncated = False
     root = _workspace_root(app)

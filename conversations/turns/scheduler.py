@@ -15,11 +15,11 @@ from conversations.events import db, error_data
 from conversations.models import Turn
 from conversations.turns.runner import WORKER_ID, TurnRunner
 from conversations.turns.state import turn_claim, turn_emit, turn_finish_and_peek, turns_recoverable
-from conversations.turns.wakeup import _tasks, schedule_advance, start_task
+from conversations.turns.wakeup import _tasks, forgotten_when_done, schedule_advance, start_task, track
 
 log = logging.getLogger("digitorn.engine")
 
-__all__ = ["advance_session", "ensure_recovery", "schedule_advance", "turns_recover"]
+__all__ = ["_tasks", "advance_session", "ensure_recovery", "schedule_advance", "turns_recover"]
 
 # Sessions this process is advancing, and those poked again while it was (re-check on exit).
 _running: set[int] = set()
@@ -49,9 +49,7 @@ def ensure_recovery() -> None:
         except Exception:  # noqa: BLE001 - the periodic Celery sweep will try again
             log.warning("turn recovery at start failed", exc_info=True)
 
-    task = loop.create_task(recover())
-    _tasks.add(task)
-    task.add_done_callback(_tasks.discard)
+    track(loop.create_task(forgotten_when_done(recover)))
 
 
 def turns_recover() -> list[int]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from django.db import transaction
 
@@ -29,9 +30,25 @@ def connect(*, advance: Callable[..., Awaitable[None]], offload: Callable[[int],
 
 
 def start_task(loop: asyncio.AbstractEventLoop, session_pk: int) -> None:
-    task = loop.create_task(_advance(session_pk=session_pk))
+    track(loop.create_task(forgotten_when_done(_advance, session_pk=session_pk)))
+
+
+def track(task: asyncio.Task) -> None:
+    """Keep ``task`` referenced while it runs: in ``_tasks`` until it has finished (the done
+    callback covers a task cancelled before its first step)."""
     _tasks.add(task)
     task.add_done_callback(_tasks.discard)
+
+
+async def forgotten_when_done(work: Callable[..., Awaitable[None]], **kwargs: Any) -> None:
+    """Await ``work(**kwargs)``, then leave ``_tasks`` (run it as a task passed to ``track``)."""
+    try:
+        await work(**kwargs)
+    finally:
+        # Out of ``_tasks`` in the task's own last step, not one loop iteration later (a done
+        # callback): code waiting for ``_tasks`` to empty never finds a finished task in it,
+        # whose await would return without yielding to the loop that runs that callback.
+        _tasks.discard(asyncio.current_task())
 
 
 def schedule_advance(session_pk: int) -> None:
