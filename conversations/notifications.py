@@ -9,6 +9,7 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from apps_registry.selectors import app_compiled
 from conversations.events import event_append
 from conversations.models import Notification, Session, Turn
 from conversations.queue import Enqueued, message_enqueue
@@ -87,7 +88,8 @@ def notifications_drain(*, app_id: str, session_id: str, principal: str) -> tupl
     """Take the session's pending notifications and queue a notification turn over them."""
     if not isinstance(session_id, str) or not session_id:
         raise ValidationError("session_id: required (the session whose notifications to drain).")
-    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
+    compiled = app_compiled(app_id=app_id)  # once, for both session lookups below
+    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal, compiled=compiled)
     with transaction.atomic():
         lock_session(session.pk)
         pending = list(
@@ -103,5 +105,6 @@ def notifications_drain(*, app_id: str, session_id: str, principal: str) -> tupl
             principal=principal,
             message=json.dumps(summaries, default=str),
             kind=Turn.Kind.NOTIFICATION,
+            compiled=compiled,
         )
     return enqueued, summaries

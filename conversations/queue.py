@@ -10,6 +10,7 @@ from django.conf import settings
 from django.db import connection, transaction
 from django.utils import timezone
 
+from apps_registry.manifest.compiled import CompiledApp
 from apps_registry.selectors import app_compiled
 from conversations.events import event_append
 from conversations.models import Session, Turn
@@ -51,13 +52,13 @@ def message_enqueue(
     message: str,
     kind: str = Turn.Kind.MESSAGE,
     field_name: str = "message",
+    compiled: CompiledApp | None = None,
 ) -> Enqueued:
-    """Queue a turn in the session (FIFO, serial); 429 QUEUE_FULL beyond DIGITORN_QUEUE_DEPTH waiting."""
-    compiled = None
+    """Queue a turn in the session (FIFO, serial); 429 QUEUE_FULL beyond DIGITORN_QUEUE_DEPTH waiting.
+    ``compiled``: the app, when the caller has it already (else looked up here, once, and passed down)."""
     if kind == Turn.Kind.MESSAGE:
         message = _validate_message(message, field_name)
-        # Looked up once here and passed down (session_resolve reads its idle timeout).
-        compiled = app_compiled(app_id=app_id)
+        compiled = compiled or app_compiled(app_id=app_id)
         check_runnable(app_id, compiled)
     session = session_resolve(
         app_id=app_id, session_id=session_id, principal=principal, create=True, compiled=compiled
