@@ -19,7 +19,7 @@ from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
 from apps_registry.models import ApiKey
 from apps_registry.selectors import app_exists
-from conversations import engine, services
+from conversations import notifications, queue, sessions
 from conversations.api import serializers as s
 from conversations.api.async_views import accept, start
 from conversations.events import (
@@ -32,6 +32,7 @@ from conversations.events import (
     sse_frame,
     wait_born,
 )
+from conversations.turns import scheduler
 from digitorn_site.api.asyncviews import async_endpoint
 from digitorn_site.api.auth import bootstrap_admin_key, raw_key_from
 from digitorn_site.api.base import parse
@@ -135,7 +136,7 @@ def _revoked_frame() -> str:
 
 
 async def _turn_frames(
-    enqueued: services.Enqueued, first: list[str], guard: _StreamGuard | None = None
+    enqueued: queue.Enqueued, first: list[str], guard: _StreamGuard | None = None
 ) -> AsyncIterator[str]:
     """Frames of one turn: the opening ones, then its events until its `result`; pings while idle."""
     if guard is not None:
@@ -258,10 +259,10 @@ async def session_events(request: HttpRequest, principal: Principal, app_id: str
     await db(app_exists)(app_id=app_id)
     try:
         # Watching never creates the session (issue #10): a missing one is waited for below.
-        session = await db(services.session_resolve)(app_id=app_id, session_id=session_id, principal=principal.name)
+        session = await db(sessions.session_resolve)(app_id=app_id, session_id=session_id, principal=principal.name)
     except NotFoundError:
         session = None
-    engine.ensure_recovery()
+    scheduler.ensure_recovery()
     after = (session.last_seq if session is not None else 0) if cursor is None else cursor
     expired = None
     if session is not None and cursor is not None:
@@ -285,7 +286,7 @@ async def notifications_drain(request: HttpRequest, principal: Principal, app_id
     body = parse(s.NotificationsSerializer, data)
     await db(app_exists)(app_id=app_id)
     try:
-        enqueued, summaries = await db(services.notifications_drain)(
+        enqueued, summaries = await db(notifications.notifications_drain)(
             app_id=app_id, session_id=body["session_id"], principal=principal.name
         )
     except NotFoundError:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync
 
-from conversations import engine, services
+from conversations import services
 from conversations.models import Event, Message, Session, Turn
+from conversations.turns import scheduler as engine
 from tests.helpers import ADMIN_KEY, admin_client, deploy, make_workspace
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -10,8 +10,8 @@ from asgiref.sync import async_to_sync
 
 from apps_registry import services as registry
 from conversations import services
-from conversations.engine import advance_session
 from conversations.models import Event, Message, Session, Turn
+from conversations.turns.scheduler import advance_session
 from tests.helpers import deploy, make_workspace, scripted_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)

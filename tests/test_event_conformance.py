@@ -20,8 +20,8 @@ from asgiref.sync import async_to_sync
 
 from apps_registry import services as registry
 from conversations import services
-from conversations.engine import advance_session
 from conversations.models import Event
+from conversations.turns.scheduler import advance_session
 from tests.helpers import make_workspace, scripted_manifest
 from tests.llm_server import LLMServer, Reply
 from tests.test_sessions_api import async_post, stream_post

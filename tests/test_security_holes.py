@@ -121,9 +121,9 @@ def _secret_app(ws: Path, rules: list, capabilities: dict | None = None) -> None
 
 def test_secret_in_tool_params_is_masked_everywhere_but_the_call(tmp_path, caplog):
     from approvals.services import approval_decide
-    from conversations.engine import advance_session
     from conversations.models import Event, Message, Turn
     from conversations.services import message_enqueue
+    from conversations.turns.scheduler import advance_session
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -288,7 +288,7 @@ def test_a_stream_opened_before_the_session_exists_gets_its_first_turn(app):
 @pytest.mark.parametrize("where", ["events", "chat_stream"])
 def test_revoking_a_key_cuts_its_open_streams(app, where, settings, tmp_path):
     from apps_registry.services import api_key_revoke
-    from conversations.engine import db
+    from conversations.events import db
 
     settings.DIGITORN_SSE_AUTH_RECHECK_SECONDS = 0.3
     # The turn waits for an approval nobody gives: its stream stays open until something cuts it.
@@ -335,8 +335,8 @@ def _crash_mid_call(app_id: str, call: dict):
 
 
 def test_recovery_answers_an_interrupted_side_effect_call_instead_of_rerunning_it(tmp_path):
-    from conversations.engine import advance_session
     from conversations.models import Event, Message
+    from conversations.turns.scheduler import advance_session
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -356,8 +356,8 @@ def test_recovery_answers_an_interrupted_side_effect_call_instead_of_rerunning_i
 
 
 def test_recovery_retries_a_read_only_call(tmp_path):
-    from conversations.engine import advance_session
     from conversations.models import Event
+    from conversations.turns.scheduler import advance_session
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -371,8 +371,8 @@ def test_recovery_retries_a_read_only_call(tmp_path):
 
 def test_a_started_mark_is_written_before_a_side_effect_tool_runs(tmp_path):
     """A call with side effects leaves its committed "started" mark in the turn's state."""
-    from conversations.engine import advance_session
     from conversations.models import Turn
+    from conversations.turns.scheduler import advance_session
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -437,7 +437,7 @@ def test_background_task_params_hold_no_secret_at_rest(tmp_path):
 
 
 def test_streamed_tokens_never_split_a_secret_across_events():
-    from conversations.engine import _split_before_secret_prefix
+    from conversations.turns.context import split_before_secret_prefix as _split_before_secret_prefix
     from tooling.services import mask_secrets
 
     chunks = ["the key is Param", "Canary7f3a9c1e5b", "2d4a6c8e0f, done"]

@@ -219,6 +219,15 @@ def case_stream_next_seq(w: World) -> None:
     assert fastsql.stream_next_seq(10**9) is None
 
 
+def case_stream_reserve_seqs(w: World) -> None:
+    with transaction.atomic():
+        assert fastsql.stream_reserve_seqs(w.s1.pk, 3) == (w.s1.pk, 6)
+        assert fastsql.stream_reserve_seqs(w.child.pk, 2) == (w.s1.pk, 8)  # the parent's stream
+    stored = Session.objects.filter(pk__in=[w.s1.pk, w.child.pk]).order_by("pk").values_list("pk", "last_seq")
+    assert list(stored) == [(w.s1.pk, 8), (w.child.pk, 0)]
+    assert fastsql.stream_reserve_seqs(10**9, 1) is None
+
+
 def case_session_delegation(w: World) -> None:
     for session in (w.child, w.s1):
         want = Session.objects.filter(pk=session.pk).values_list("delegation", flat=True).get()
@@ -370,6 +379,29 @@ def case_insert(w: World) -> None:
         same(_row(obj), _row(twin))  # the instance as save() leaves it (auto_now_add included)
         same(_reread(obj), _reread(twin))  # the row as the ORM reads it back
         assert type(obj).objects.get(pk=obj.pk).created_at == obj.created_at
+
+
+def case_insert_many(w: World) -> None:
+    def events(base: int, tag: str) -> list[Event]:
+        return [Event(session_id=w.s1.pk, seq=base + i, type="x", data={"a": [None, {"b": 1.5}], "i": i},
+                      correlation_id=tag) for i in range(3)]
+
+    fastsql.insert_many(events(20, "many"))
+    Event.objects.bulk_create(events(30, "orm"))
+    fastsql.insert_many([])  # nothing to write: no statement
+
+    def read(tag: str) -> list:
+        return [[x for x in _row(e) if x[0] not in {"id", "seq", "correlation_id", "created_at"}]
+                for e in Event.objects.filter(correlation_id=tag).order_by("seq")]
+
+    assert read("many") == read("orm") and len(read("many")) == 3
+    assert list(Event.objects.filter(correlation_id="many").values_list("seq", flat=True).order_by("seq")) == [20, 21, 22]
+
+
+def case_turn_rank(w: World) -> None:
+    for turn in (w.done, w.running, w.queued):
+        want = Turn.objects.filter(session_id=turn.session_id, pk__lte=turn.pk).count()
+        assert _typed([fastsql.turn_rank(turn.session_id, turn.pk)]) == _typed([want])
 
 
 def case_update(w: World) -> None:

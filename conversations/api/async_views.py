@@ -26,10 +26,11 @@ import uuid
 from django.http import HttpRequest, HttpResponse
 
 from apps_registry.selectors import app_compiled, app_exists
-from conversations import engine, services, session_ops
+from conversations import queue, session_ops, sessions
 from conversations.api import serializers as s
 from conversations.events import SessionGone, follow
 from conversations.ratelimit import RateLimitState, rate_limit_hit
+from conversations.turns import scheduler
 from digitorn_site.api.asyncviews import async_endpoint
 from digitorn_site.api.envelope import ok_response
 from digitorn_site.asyncdb import db
@@ -39,23 +40,23 @@ from digitorn_site.principals import Principal
 
 async def accept(
     app_id: str, principal: Principal, body: dict, session_id: str | None = None
-) -> tuple[services.Enqueued, RateLimitState]:
+) -> tuple[queue.Enqueued, RateLimitState]:
     """What every message-taking POST does once the body is valid: app, rate limit, enqueue. The
     session comes from the path (``session_id``) or from the body (/chat, /chat/stream)."""
     await db(app_exists)(app_id=app_id)
     limit = await db(rate_limit_hit)(app_id=app_id)
-    enqueued = await db(services.message_enqueue)(
+    enqueued = await db(queue.message_enqueue)(
         app_id=app_id, session_id=session_id or body["session_id"], principal=principal.name, message=body["message"]
     )
     return enqueued, limit
 
 
-def start(enqueued: services.Enqueued) -> None:
-    engine.ensure_recovery()
-    engine.schedule_advance(enqueued.session_pk)
+def start(enqueued: queue.Enqueued) -> None:
+    scheduler.ensure_recovery()
+    scheduler.schedule_advance(enqueued.session_pk)
 
 
-async def _wait_done(enqueued: services.Enqueued) -> dict:
+async def _wait_done(enqueued: queue.Enqueued) -> dict:
     """The turn's `result` payload (its last event), read from the event log."""
     try:
         async for event in follow(session_pk=enqueued.session_pk, after=enqueued.after_seq):
@@ -90,7 +91,7 @@ async def run(request: HttpRequest, principal: Principal, app_id: str, body: dic
     limit = await db(rate_limit_hit)(app_id=app_id)
     session_id = f"run-{uuid.uuid4().hex}"
     # input_type is metadata (the original's): the agent gets the input as it was sent.
-    enqueued = await db(services.message_enqueue)(
+    enqueued = await db(queue.message_enqueue)(
         app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input"
     )
     start(enqueued)
@@ -100,7 +101,7 @@ async def run(request: HttpRequest, principal: Principal, app_id: str, body: dic
         # A one-shot run leaves no session behind (its tool executions stay in the audit log).
         try:
             await asyncio.shield(
-                db(services.session_delete)(app_id=app_id, session_id=session_id, principal=principal.name)
+                db(sessions.session_delete)(app_id=app_id, session_id=session_id, principal=principal.name)
             )
         except DigitornError:
             pass
@@ -133,7 +134,7 @@ async def session_messages(
         )
         replaced = enqueued is not None
         if enqueued is None:
-            enqueued = await db(services.message_enqueue)(
+            enqueued = await db(queue.message_enqueue)(
                 app_id=app_id, session_id=session_id, principal=principal.name, message=body["message"]
             )
     else:

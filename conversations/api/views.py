@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 from apps_registry.selectors import app_exists
 from apps_registry.services import app_rate_limit_set
-from conversations import engine, selectors, services, session_ops
+from conversations import selectors, session_ops, sessions
 from conversations.api import serializers as s
 from conversations.ratelimit import rate_limit_usage
 from digitorn_site.api.base import ApiView
@@ -30,7 +30,7 @@ class SessionDetailView(ApiView):
         return ok(selectors.session_detail(app_id=app_id, session_id=session_id, principal=self.principal.name))
 
     def delete(self, request, app_id: str, session_id: str):
-        services.session_delete(app_id=app_id, session_id=session_id, principal=self.principal.name)
+        sessions.session_delete(app_id=app_id, session_id=session_id, principal=self.principal.name)
         return ok({"session_id": session_id, "deleted": True})
 
 
@@ -49,11 +49,7 @@ class SessionCancelView(ApiView):
     required_scope = "apps:run"
 
     def post(self, request, app_id: str, session_id: str):
-        result = services.session_cancel(app_id=app_id, session_id=session_id, principal=self.principal.name)
-        if result["status"] == "cancelled":
-            # The suspended or queued turn ended here; the next queued message may start.
-            session = services.session_resolve(app_id=app_id, session_id=session_id, principal=self.principal.name)
-            engine.schedule_advance(session.pk)
+        result = sessions.session_cancel(app_id=app_id, session_id=session_id, principal=self.principal.name)
         return ok({"session_id": session_id, **result})
 
 
