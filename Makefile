@@ -35,6 +35,7 @@ system-deps:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: $(STAMP) system-deps lint
 	DIGITORN_DATA_DIR=$$(mktemp -d) $(BIN)/pytest -q -m "not scaleout"

@@ -6,8 +6,8 @@ class ConversationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from conversations import delegation, receivers, tasks
-        from conversations.turns import scheduler, wakeup
+        from conversations import receivers, tasks
+        from conversations.turns import delegation, scheduler, wakeup
         from tooling import ports
 
         # What runs a session's queue, for the code below it (turn state, delegation, sessions)

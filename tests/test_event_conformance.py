@@ -219,7 +219,7 @@ def test_the_contract_check_itself_rejects_drift():
 
 def session_stream(session_pk: int, session_id: str, count: int) -> list[tuple[str, dict]]:
     """The first ``count`` frames of the persistent stream's generator, pings skipped."""
-    from conversations.sse import _session_frames, _StreamGuard
+    from conversations.api.sse import _session_frames, _StreamGuard
 
     async def go() -> list[str]:
         out: list[str] = []

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 class Delegator(Protocol):
-    """What ``agent_spawn`` and ``run_parallel`` use of ``conversations.delegation`` (see there)."""
+    """What ``agent_spawn`` and ``run_parallel`` use of ``conversations.turns.delegation`` (see there)."""
 
     CURRENT: ContextVar[Any]
     DelegationCall: type

@@ -5,7 +5,7 @@ process's sync threads, and each step runs on the executor's threads, so a worke
 concurrently instead of queueing behind its one sync thread. Turns they start run as tasks on this
 worker's event loop; a response that waits reads the turn's ``result`` from the event log, so the
 database stays the one source of truth. The streams (/chat/stream, /events, /notifications) are in
-``conversations.sse``.
+``conversations.api.sse``.
 
 What the extra fields of a message do here (the original's ``SessionMessageRequest``):
 - ``queue_mode``: ``async`` (default) answers 202 at once; ``wait`` answers 200 with the turn's

@@ -1,7 +1,6 @@
 from django.urls import path
 
-from conversations import sse
-from conversations.api import async_views, views
+from conversations.api import async_views, sse, views
 
 urlpatterns = [
     path("<app_id:app_id>/run", async_views.run, name="app-run"),

@@ -1,4 +1,4 @@
-"""REST views of the conversation endpoints (the async ones: ``async_views`` and ``conversations.sse``)."""
+"""REST views of the conversation endpoints (the async ones: ``async_views`` and ``conversations.api.sse``)."""
 
 from __future__ import annotations
 

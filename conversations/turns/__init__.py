@@ -3,6 +3,6 @@
 transcript helpers they share (``context``).
 
 Import order, lowest first (no module imports one above it): context, wakeup, state, runner,
-scheduler. ``wakeup`` starts a queue through the callables ``ConversationsConfig.ready()``
+scheduler (``delegation``, agent runs, sits between state and runner). ``wakeup`` starts a queue through the callables ``ConversationsConfig.ready()``
 registers, so ``state`` and ``delegation`` can schedule work without importing the loop.
 """

@@ -22,7 +22,6 @@ from django.conf import settings
 from apps_registry.selectors import app_runtime
 from conversations import hooks
 from conversations.brains import BrainError, brain_for
-from conversations.delegation import CURRENT, DelegationCall, wait_deadline, wait_outcome
 from conversations.events import db, error_data, main_loop
 from conversations.models import Message, Turn
 from conversations.turn_events import DONE, THINKING, TOOL, Carry, model_call_events, status_data
@@ -37,6 +36,7 @@ from conversations.turns.context import (
     to_brain,
     unanswered_calls,
 )
+from conversations.turns.delegation import CURRENT, DelegationCall, wait_deadline, wait_outcome
 from conversations.turns.state import (
     ClaimedTurn,
     transcript_load,

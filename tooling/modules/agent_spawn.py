@@ -5,7 +5,7 @@ content; ``spawn`` starts a run and returns its ``task_id`` at once, ``status`` 
 ``cancel`` / ``list`` follow runs, ``run_parallel{jobs: [{agent, task}]}`` starts several and waits
 for all (results in input order). A run is a real turn of the other agent, with its own brain,
 tools and policy (its per-agent ``modules``), in a session of its own whose events appear on the
-caller's session stream tagged with its ``agent_id`` (``conversations.delegation``).
+caller's session stream tagged with its ``agent_id`` (``conversations.turns.delegation``).
 
 From an agent turn a blocking call suspends the turn until the runs end (no thread is held); from
 ``POST /tools/{name}/execute`` a run gets a session of its own (follow it with its ``session_id``)
