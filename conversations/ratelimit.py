@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from django.conf import settings
 from django.db import transaction
 
+from apps_registry.selectors import app_rate_limit
 from conversations.models import RateLimitHit
 from digitorn_site import fastsql
 from digitorn_site.errors import RateLimitError
@@ -144,7 +145,6 @@ def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
 
 
 def _effective_limit(app_id: str) -> int:
-    from apps_registry.selectors import app_rate_limit
 
     return int(app_rate_limit(app_id=app_id))
 

@@ -14,10 +14,14 @@ from django.db.models import Count
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from approvals.models import ApprovalRequest
+from apps_registry.models import App
+from conversations.models import Event, Message, Session, Turn
 from digitorn_site import fastsql
 from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import error_response, ok
 from digitorn_site.errors import MethodNotAllowedError
+from tooling.models import BackgroundTask, ToolExecution
 
 STARTED_AT = time.time()
 
@@ -52,10 +56,6 @@ def _by_status(model) -> dict[str, int]:
 
 
 def metrics_snapshot() -> dict:
-    from approvals.models import ApprovalRequest
-    from apps_registry.models import App
-    from conversations.models import Event, Message, Session, Turn
-    from tooling.models import BackgroundTask, ToolExecution
 
     turns = _by_status(Turn)
     return {
@@ -77,7 +77,6 @@ def metrics_snapshot() -> dict:
 
 
 def sessions_snapshot() -> dict:
-    from conversations.models import Session
 
     per_app = [
         {"app_id": row["app_id"], "sessions": row["n"]}
