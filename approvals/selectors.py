@@ -26,3 +26,21 @@ def approval_list_pending(*, app_id: str, principal: str) -> list[ApprovalReques
     if not is_admin(principal):
         rows = rows.filter(principal=principal)
     return list(rows.order_by("created_at", "id"))
+
+
+def approval_request_payload(request: ApprovalRequest) -> dict:
+    """The original's ``ApprovalRequest.to_dict()``: the `approval_request` event's payload and the
+    pending list's entry (times in epoch seconds; ``tool_params`` are the masked params people see)."""
+    return {
+        "request_id": request.request_id,
+        "session_id": request.session_id,
+        "agent_id": request.agent_id,
+        "user_id": request.principal,
+        "app_id": request.app_id,
+        "tool_name": request.tool_name,
+        "tool_params": request.params,
+        "risk_level": request.risk_level,
+        "description": request.reason,
+        "created_at": request.created_at.timestamp(),
+        "expires_at": request.expires_at.timestamp() if request.expires_at else None,
+    }

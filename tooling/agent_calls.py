@@ -69,34 +69,14 @@ def agent_tool_call(
                 agent_id=agent_id,
             )
             return {"status": "ok" if result.get("success") else "error", "result": result}
+        # Both paths go through the same gate: a resumed call must present its approval.
+        common = dict(app=app, params=params, caller=f"agent:{agent_id}", principal=principal,
+                      session_id=session_id, agent_id=agent_id, approval_request_id=approval_request_id,
+                      origin_ref=call["id"], cancel_check=cancel_check)
         if call["name"] in DISCOVERY_META_TOOL_NAMES:
-            outcome = meta_tool_invoke(
-                app=app,
-                name=call["name"],
-                params=params,
-                caller=f"agent:{agent_id}",
-                principal=principal,
-                session_id=session_id,
-                agent_id=agent_id,
-                # execute_tool goes through the same gate: a resumed call must present its approval.
-                approval_request_id=approval_request_id,
-                origin_ref=call["id"],
-                cancel_check=cancel_check,
-            )
+            outcome = meta_tool_invoke(name=call["name"], **common)
         else:
-            outcome = tool_invoke(
-                app=app,
-                tool_name=call["name"],
-                params=params,
-                caller=f"agent:{agent_id}",
-                principal=principal,
-                session_id=session_id,
-                agent_id=agent_id,
-                approval_request_id=approval_request_id,
-                origin="agent",
-                origin_ref=call["id"],
-                cancel_check=cancel_check,
-            )
+            outcome = tool_invoke(tool_name=call["name"], origin="agent", **common)
     except DigitornError as exc:
         # Bad params, unknown tool (with its did-you-mean): the model reads the message and retries.
         return {"status": "error", "result": {"success": False, "data": None, "error": exc.message}}

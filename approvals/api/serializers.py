@@ -7,6 +7,7 @@ from typing import Any
 from rest_framework import serializers
 
 from approvals.models import ApprovalRequest
+from approvals.selectors import approval_request_payload
 from digitorn_site.api.fields import StrictBooleanField, StrictCharField
 
 MESSAGE_ALIASES = ("message", "response", "answer", "value", "reply", "user_response")
@@ -43,20 +44,7 @@ def _epoch(value) -> float | None:
 def pending_item(request: ApprovalRequest) -> dict[str, Any]:
     """The original's pending entry (``tool_name``, ``tool_params``, ``description``, ``user_id``, epoch
     ``created_at``); ``expires_at`` and ``origin`` are this project's additions."""
-    return {
-        "request_id": request.request_id,
-        "session_id": request.session_id,
-        "agent_id": request.agent_id,
-        "user_id": request.principal,
-        "app_id": request.app_id,
-        "tool_name": request.tool_name,
-        "tool_params": request.params,
-        "risk_level": request.risk_level,
-        "description": request.reason,
-        "origin": request.origin,
-        "created_at": _epoch(request.created_at),
-        "expires_at": _epoch(request.expires_at),
-    }
+    return {**approval_request_payload(request), "origin": request.origin}
 
 
 def request_detail(request: ApprovalRequest) -> dict[str, Any]:

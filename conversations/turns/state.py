@@ -18,7 +18,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from approvals.selectors import approval_get
+from approvals.selectors import approval_get, approval_request_payload
 from conversations.events import event_append
 from conversations.models import Message, Notification, Session, Turn
 from conversations.turn_events import THINKING, agent_event_data, append_carried, status_data
@@ -325,21 +325,8 @@ def turn_record_pending(*, turn_pk: int, call_id: str, name: str, params: dict, 
 
 
 def approval_request_data(request: Any) -> dict:
-    """The `approval_request` event's payload, the original's ``ApprovalRequest.to_dict()`` (times in
-    epoch seconds; ``tool_params`` are the masked params people see)."""
-    return {
-        "request_id": request.request_id,
-        "session_id": request.session_id,
-        "agent_id": request.agent_id,
-        "user_id": request.principal,
-        "app_id": request.app_id,
-        "tool_name": request.tool_name,
-        "tool_params": request.params,
-        "risk_level": request.risk_level,
-        "description": request.reason,
-        "created_at": request.created_at.timestamp(),
-        "expires_at": request.expires_at.timestamp() if request.expires_at else None,
-    }
+    """The `approval_request` event's payload: the approvals app's one shape for a request."""
+    return approval_request_payload(request)
 
 
 def turn_suspend(*, turn_pk: int, worker: str, active_seconds: float, usage: dict | None = None) -> bool:
