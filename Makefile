@@ -35,16 +35,19 @@ system-deps:
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/lint-imports
 
 test: $(STAMP) system-deps lint
 	DIGITORN_DATA_DIR=$$(mktemp -d) $(BIN)/pytest -q -m "not scaleout"
 
 # The end-to-end suite again on throwaway PostgreSQL + Redis (installed from Debian packages when
 # missing), 2 ASGI and 2 Celery worker processes per daemon, plus the database-restart fault test.
+# First the in-process tests marked scaleout (fastsql's parity with the ORM) on that PostgreSQL.
 test-scaleout: $(STAMP) system-deps
 	@set -euo pipefail; dir=$$(mktemp -d); chmod 755 "$$dir"; \
 	  trap 'scripts/scaleout_services.sh stop "$$dir/s"' EXIT; \
 	  eval "$$(scripts/scaleout_services.sh start "$$dir/s")"; \
+	  DIGITORN_DATA_DIR=$$(mktemp -d) $(BIN)/pytest -q -m "scaleout and not e2e" tests/test_sql_parity.py; \
 	  DIGITORN_TEST_CELERY_WORKERS=2 DIGITORN_TEST_DB_RESTART="scripts/scaleout_services.sh restart-pg $$dir/s" \
 	  DIGITORN_DATA_DIR=$$(mktemp -d) $(BIN)/pytest -q -m e2e tests/e2e
 

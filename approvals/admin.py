@@ -16,6 +16,7 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from approvals.models import ApprovalRequest
+from approvals.services import approval_decide
 from digitorn_site.errors import DigitornError
 from digitorn_site.principals import ADMIN_PRINCIPAL
 
@@ -74,8 +75,6 @@ class ApprovalRequestAdmin(admin.ModelAdmin):
         )
 
     def _decide(self, request: HttpRequest, queryset: QuerySet[ApprovalRequest], *, approved: bool) -> None:
-        from approvals.services import approval_decide
-
         verb = "approved" if approved else "denied"
         operator = request.user.get_username() or "an operator"
         decided = []

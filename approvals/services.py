@@ -9,10 +9,11 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from approvals import selectors
 from approvals.models import ApprovalRequest
 from digitorn_site import signals
 from digitorn_site.errors import ConflictError, NotFoundError
-from digitorn_site.principals import ADMIN_PRINCIPAL
+from digitorn_site.principals import may_see
 
 Status = ApprovalRequest.Status
 
@@ -94,7 +95,8 @@ def _expire_due_locked() -> int:
     return len(due)
 
 
-def _expire_one_if_due(*, request_id: str) -> None:
+def approval_expire_if_due(*, request_id: str) -> None:
+    """Expire this one request if it is pending past its deadline (a plain read when it is not)."""
     if ApprovalRequest.objects.filter(
         request_id=request_id, status=Status.PENDING, expires_at__lte=timezone.now()
     ).exists():
@@ -113,11 +115,29 @@ def _expire_one_locked(*, request_id: str) -> None:
         _expire(request, now)
 
 
+def approval_current(*, request_id: str) -> ApprovalRequest | None:
+    """The request as it stands now: an overdue pending one is expired (with its signal) first."""
+    approval_expire_if_due(request_id=request_id)
+    return selectors.approval_get(request_id=request_id)
+
+
+def approval_current_for(*, app_id: str, request_id: str, principal: str) -> ApprovalRequest | None:
+    """:func:`approval_current` if the request belongs to this app and principal (admin: any)."""
+    approval_expire_if_due(request_id=request_id)
+    return selectors.approval_get_for(app_id=app_id, request_id=request_id, principal=principal)
+
+
+def approvals_pending(*, app_id: str, principal: str) -> list[ApprovalRequest]:
+    """The pending list as it stands now: overdue requests are expired (with their signals) first."""
+    approvals_expire_due()
+    return selectors.approval_list_pending(app_id=app_id, principal=principal)
+
+
 def approval_decide(
     *, app_id: str, request_id: str, approved: bool, message: str, principal: str
 ) -> ApprovalRequest:
     # An overdue request is expired (and committed, with its signal) before the decision is refused.
-    _expire_one_if_due(request_id=request_id)
+    approval_expire_if_due(request_id=request_id)
     return _decide(
         app_id=app_id, request_id=request_id, approved=approved, message=message, principal=principal
     )
@@ -126,7 +146,7 @@ def approval_decide(
 @transaction.atomic
 def _decide(*, app_id: str, request_id: str, approved: bool, message: str, principal: str) -> ApprovalRequest:
     request = ApprovalRequest.objects.select_for_update().filter(request_id=request_id, app_id=app_id).first()
-    if request is None or (principal != ADMIN_PRINCIPAL and request.principal != principal):
+    if request is None or not may_see(principal, request.principal):
         raise NotFoundError(f"No approval request '{request_id}' for app '{app_id}' belongs to you.")
     if request.status != Status.PENDING:
         when = f" at {request.decided_at.isoformat()}" if request.decided_at else ""

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from celery import shared_task
 
+from approvals.services import approvals_expire_due
+
 
 @shared_task(name="approvals.tasks.expire_due", ignore_result=True)
 def expire_due() -> int:
-    from approvals.services import approvals_expire_due
-
     return approvals_expire_due()

@@ -17,6 +17,18 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 
 from apps_registry.models import ApiKey, App, AppSecret
+from apps_registry.selectors import app_detail, app_rate_limit
+from apps_registry.services import (
+    MAX_SECRET_BYTES,
+    SECRET_KEY_PATTERN,
+    api_key_create,
+    api_key_revoke,
+    app_rate_limit_set,
+    app_recompile,
+    app_undeploy,
+    secret_delete,
+    secret_set,
+)
 from digitorn_site.errors import DigitornError
 from digitorn_site.principals import SCOPES
 
@@ -133,7 +145,6 @@ class AppAdmin(admin.ModelAdmin):
 
     @admin.display(description="policy")
     def policy_detail(self, obj: App) -> str:
-        from apps_registry.selectors import app_detail
 
         policy = app_detail(obj)["policy"]
         if policy is None:
@@ -160,7 +171,6 @@ class AppAdmin(admin.ModelAdmin):
 
     @admin.display(description="effective rpm")
     def effective_rpm(self, obj: App) -> int:
-        from apps_registry.selectors import app_rate_limit
 
         return app_rate_limit(app_id=obj.app_id)
 
@@ -173,7 +183,6 @@ class AppAdmin(admin.ModelAdmin):
         return format_html("<pre style='white-space:pre-wrap'>{}</pre>", obj.raw_yaml)
 
     def save_model(self, request: HttpRequest, obj: App, form: forms.ModelForm, change: bool) -> None:
-        from apps_registry.services import app_rate_limit_set
 
         if "rate_limit_rpm" in form.changed_data:
             try:
@@ -182,19 +191,16 @@ class AppAdmin(admin.ModelAdmin):
                 _report_error(self, request, f"Quota of '{obj.app_id}' not changed", err)
 
     def delete_model(self, request: HttpRequest, obj: App) -> None:
-        from apps_registry.services import app_undeploy
 
         app_undeploy(app_id=obj.app_id)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[App]) -> None:
-        from apps_registry.services import app_undeploy
 
         for app_id in list(queryset.values_list("app_id", flat=True)):
             app_undeploy(app_id=app_id)
 
     @admin.action(description="Redeploy (recompile from the stored YAML)")
     def redeploy(self, request: HttpRequest, queryset: QuerySet[App]) -> None:
-        from apps_registry.services import app_recompile
 
         done = []
         for app in queryset:
@@ -225,7 +231,6 @@ class AppSecretForm(forms.ModelForm):
         fields = ("app", "key")
 
     def clean_key(self) -> str:
-        from apps_registry.services import SECRET_KEY_PATTERN
 
         key = self.cleaned_data["key"]
         if not SECRET_KEY_PATTERN.match(key):
@@ -235,7 +240,6 @@ class AppSecretForm(forms.ModelForm):
         return key
 
     def clean_value(self) -> str:
-        from apps_registry.services import MAX_SECRET_BYTES
 
         value = self.cleaned_data["value"]
         if len(value.encode()) > MAX_SECRET_BYTES:
@@ -271,7 +275,6 @@ class AppSecretAdmin(admin.ModelAdmin):
         return form
 
     def save_model(self, request: HttpRequest, obj: AppSecret, form: forms.ModelForm, change: bool) -> None:
-        from apps_registry.services import secret_set
 
         saved = secret_set(app_id=obj.app_id, key=obj.key, value=form.cleaned_data["value"])
         # The admin logs and redirects with this instance; point it at the row the service wrote.
@@ -282,12 +285,10 @@ class AppSecretAdmin(admin.ModelAdmin):
         obj._state.adding = False
 
     def delete_model(self, request: HttpRequest, obj: AppSecret) -> None:
-        from apps_registry.services import secret_delete
 
         secret_delete(app_id=obj.app_id, key=obj.key)
 
     def delete_queryset(self, request: HttpRequest, queryset: QuerySet[AppSecret]) -> None:
-        from apps_registry.services import secret_delete
 
         for app_id, key in list(queryset.values_list("app_id", "key")):
             secret_delete(app_id=app_id, key=key)
@@ -350,7 +351,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ApiKey, form: forms.ModelForm, change: bool) -> None:
         if change:
             return
-        from apps_registry.services import api_key_create
 
         key, raw = api_key_create(
             name=form.cleaned_data["name"],
@@ -369,7 +369,6 @@ class ApiKeyAdmin(admin.ModelAdmin):
 
     @admin.action(description="Revoke selected API keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
-        from apps_registry.services import api_key_revoke
 
         revoked = []
         for key in queryset:

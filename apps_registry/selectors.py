@@ -19,7 +19,7 @@ from digitorn_site.errors import MissingSecretError, NotFoundError, ValidationEr
 # Parsing the stored JSON on every request is wasteful; the cache is keyed by the row's
 # updated_at so a redeploy, a quota change or a secret change is seen at once by every worker.
 _compiled_cache: dict[str, tuple[object, CompiledApp]] = {}
-# The same, keyed by updated_at as a raw cursor returns it (naive on SQLite), for app_compiled().
+# The same, keyed by the updated_at of _app_head (the one-column read), for app_compiled().
 _head_cache: dict[str, tuple[object, CompiledApp]] = {}
 
 
@@ -31,10 +31,10 @@ def _app_head(app_id: str) -> tuple[object, int | None]:
     the 2-core bench machine (query compilation, decoding the compiled manifest's JSON); the
     compiled app itself comes from the cache while updated_at is unchanged.
     """
-    row = fastsql.fetchone(f"SELECT updated_at, rate_limit_rpm FROM {fastsql.table(App)} WHERE app_id = %s", [app_id])
-    if row is None:
+    head = fastsql.app_head(app_id)
+    if head is None:
         raise NotFoundError(f"App '{app_id}' is not deployed.")
-    return row[0], row[1]
+    return head
 
 
 def app_exists(*, app_id: str) -> None:

@@ -6,11 +6,12 @@ class ConversationsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from conversations import receivers
-        from digitorn_site import signals
+        from conversations import receivers, tasks
+        from conversations.turns import delegation, scheduler, wakeup
+        from tooling import ports
 
-        signals.approval_decided.connect(receivers.on_approval_decided, dispatch_uid="conversations.approval_decided")
-        signals.background_task_finished.connect(
-            receivers.on_background_task_finished, dispatch_uid="conversations.background_task_finished"
-        )
-        signals.app_undeployed.connect(receivers.on_app_undeployed, dispatch_uid="conversations.app_undeployed")
+        # What runs a session's queue, for the code below it (turn state, delegation, sessions)
+        # that schedules one: on an event loop, else through Celery.
+        wakeup.connect(advance=scheduler.advance_session, offload=tasks.advance_session_task.delay)
+        ports.set_delegator(delegation)  # agent_spawn and run_parallel (tooling) reach delegation here
+        receivers.connect()

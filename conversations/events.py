@@ -20,62 +20,39 @@ import json
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from asgiref.sync import SyncToAsync, sync_to_async
+from asgiref.sync import SyncToAsync
 from django.conf import settings
-from django.db import close_old_connections, connection, transaction
+from django.db import transaction
 
 from conversations.models import Event, Session
 from digitorn_site import fastsql
+from digitorn_site.asyncdb import db
 
 log = logging.getLogger("digitorn.events")
 
 GROUP_PREFIX = "digitorn.session."
 
 
-def db(fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
-    """Run a sync ORM function in a worker thread; off SQLite, give its connection back after
-    (to the pool on PostgreSQL: an executor thread must not keep one between calls)."""
-
-    def call(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            if not settings.IS_SQLITE:
-                close_old_connections()
-
-    return sync_to_async(call, thread_sensitive=False)
-
-
 # --- writing ---------------------------------------------------------------------------------
 
 
 def _next_seq(session_pk: int) -> int:
-    table = fastsql.table(Session)
-    with connection.cursor() as cursor:
-        cursor.execute(f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = %s RETURNING last_seq", [session_pk])
-        row = cursor.fetchone()
-    if row is None:
+    seq = fastsql.session_next_seq(session_pk)
+    if seq is None:
         raise Session.DoesNotExist(f"session {session_pk} is gone")
-    return int(row[0])
+    return seq
 
 
 def _next_stream_seq(session_pk: int) -> tuple[int, int]:
     """The next seq of the stream the session's events go to: its own, or its parent's for the
     session of a delegated run (one statement either way); returns (stream session pk, seq)."""
-    table = fastsql.table(Session)
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"UPDATE {table} SET last_seq = last_seq + 1 WHERE id = "
-            f"COALESCE((SELECT parent_id FROM {table} WHERE id = %s), %s) RETURNING id, last_seq",
-            [session_pk, session_pk],
-        )
-        row = cursor.fetchone()
-    if row is None:
+    found = fastsql.stream_next_seq(session_pk)
+    if found is None:
         raise Session.DoesNotExist(f"session {session_pk} is gone")
-    return int(row[0]), int(row[1])
+    return found
 
 
 def event_append(*, session: Session, type: str, data: dict, correlation_id: str = "") -> Event:
@@ -89,9 +66,7 @@ def event_append(*, session: Session, type: str, data: dict, correlation_id: str
         if session_pk != session.pk:
             # A delegated run's event: on its parent's stream, tagged with the run (agent_id, task_id,
             # parent_id) and under the correlation id of the turn the delegation started from.
-            tags = fastsql.fetchone(f"SELECT delegation FROM {fastsql.table(Session)} WHERE id = %s", [session.pk])
-            tags = tags[0] if tags else None
-            tags = json.loads(tags) if isinstance(tags, str) else (tags or {})
+            tags = fastsql.session_delegation(session.pk) or {}
             data = {**data, **{k: v for k, v in tags.items() if k != "correlation_id"}}
             correlation_id = tags.get("correlation_id") or correlation_id
         else:
@@ -303,10 +278,7 @@ def _poll_births() -> list[BirthKey]:
         keys = [key for key in _births if key not in _born]
     if not keys:
         return []
-    table = fastsql.table(Session)
-    with connection.cursor() as cursor:
-        cursor.execute(f"SELECT MAX(id) FROM {table}")
-        max_id = cursor.fetchone()[0]
+    max_id = fastsql.sessions_max_pk()
     now = time.monotonic()
     if max_id == _birth_state["max_id"] and now - _birth_state["checked_at"] < BIRTH_RECHECK_SECONDS:
         return []
@@ -315,22 +287,14 @@ def _poll_births() -> list[BirthKey]:
     for app_id, principal, session_id in keys:
         groups.setdefault((app_id, principal), []).append(session_id)
     found: list[BirthKey] = []
-    with connection.cursor() as cursor:
-        for (app_id, principal), sids in groups.items():
-            for start in range(0, len(sids), 500):
-                chunk = sids[start : start + 500]
-                cursor.execute(
-                    f"SELECT id, session_id FROM {table} WHERE app_id = %s AND principal = %s "
-                    f"AND session_id IN ({', '.join(['%s'] * len(chunk))})",
-                    [app_id, principal, *chunk],
-                )
-                rows = cursor.fetchall()
-                with _lock:
-                    for pk, session_id in rows:
-                        key = (app_id, principal, session_id)
-                        if key in _births:  # its streams may have left meanwhile
-                            _born[key] = pk
-                            found.append(key)
+    for (app_id, principal), sids in groups.items():
+        rows = fastsql.sessions_named(app_id, principal, sids)
+        with _lock:
+            for pk, session_id in rows:
+                key = (app_id, principal, session_id)
+                if key in _births:  # its streams may have left meanwhile
+                    _born[key] = pk
+                    found.append(key)
     return found
 
 
@@ -341,17 +305,9 @@ def _poll_once() -> tuple[list[int], list[BirthKey]]:
     if not pks:
         return [], born
     changed: list[int] = []
-    # Raw SQL: this runs every poll interval for every watched session of the worker; compiling the
-    # ORM query each time cost more than running it.
-    table = fastsql.table(Session)
-    rows: list[tuple[int, int]] = []
-    with connection.cursor() as cursor:
-        for start in range(0, len(pks), 500):
-            chunk = pks[start : start + 500]
-            cursor.execute(
-                f"SELECT id, last_seq FROM {table} WHERE id IN ({', '.join(['%s'] * len(chunk))})", chunk
-            )
-            rows.extend(cursor.fetchall())
+    # Raw SQL (fastsql): this runs every poll interval for every watched session of the worker;
+    # compiling the ORM query each time cost more than running it.
+    rows = fastsql.sessions_last_seq(pks)
     seen = set()
     for pk, last_seq in rows:
         seen.add(pk)
@@ -421,8 +377,7 @@ READ_PAGE = 500
 
 def events_floor(*, session_pk: int) -> int | None:
     """The lowest seq still stored for the session (older ones were pruned), None when it has none."""
-    row = fastsql.fetchone(f"SELECT MIN(seq) FROM {fastsql.table(Event)} WHERE session_id = %s", [session_pk])
-    return None if row is None or row[0] is None else int(row[0])
+    return fastsql.events_min_seq(session_pk)
 
 
 def cursor_expired(*, session_pk: int, last_seq: int, cursor: int) -> int | None:
@@ -439,8 +394,8 @@ def cursor_expired(*, session_pk: int, last_seq: int, cursor: int) -> int | None
 def events_after(*, session_pk: int, after: int, limit: int = READ_PAGE) -> list[Event] | None:
     """Events with seq > after, oldest first; None when the session no longer exists."""
     # Raw SQL (fastsql): every open stream runs this on every wake-up.
-    events = fastsql.select(Event, "session_id = %s AND seq > %s", [session_pk, after], order_by="seq", limit=limit)
-    if not events and fastsql.fetchone(f"SELECT 1 FROM {fastsql.table(Session)} WHERE id = %s", [session_pk]) is None:
+    events = fastsql.events_after(session_pk, after, limit)
+    if not events and not fastsql.session_exists(session_pk):
         return None
     return events
 

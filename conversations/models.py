@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.utils import timezone
 
 
 class Session(models.Model):
@@ -116,8 +117,6 @@ class Turn(models.Model):
         indexes = [models.Index(fields=["session", "status"])]
 
     def lease_expired(self, now=None) -> bool:
-        from django.utils import timezone
-
         return self.lease_expires_at is None or self.lease_expires_at <= (now or timezone.now())
 
 

@@ -11,12 +11,12 @@ from __future__ import annotations
 import math
 import time
 import uuid
-import zlib
 from dataclasses import dataclass
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 
+from apps_registry.selectors import app_rate_limit
 from conversations.models import RateLimitHit
 from digitorn_site import fastsql
 from digitorn_site.errors import RateLimitError
@@ -121,9 +121,7 @@ def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
     # Writes take SQLite's write lock at BEGIN (IMMEDIATE transactions), so concurrent workers
     # serialise before they count; a read-only usage query needs no lock.
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_advisory_xact_lock(%s)", [zlib.crc32(app_id.encode()) & 0x7FFFFFFF])
+        fastsql.ratelimit_lock(app_id)
         now = time.time()
         hits = RateLimitHit.objects.filter(app_id=app_id)
         if record and now - _pruned_at.get(app_id, 0.0) >= PRUNE_EVERY_SECONDS:
@@ -131,17 +129,14 @@ def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
             _pruned_at[app_id] = now
         # Raw count and insert: they run on every request, inside the write transaction, where
         # the ORM's statement compilation cost more than the statements (~0.6 ms each).
-        table = fastsql.table(RateLimitHit)
-        current, oldest_at = fastsql.fetchone(
-            f"SELECT COUNT(*), MIN(at) FROM {table} WHERE app_id = %s AND at > %s", [app_id, now - WINDOW_SECONDS]
-        )
+        current, oldest_at = fastsql.ratelimit_window(app_id, now - WINDOW_SECONDS)
         allowed = current < limit
         if record and not allowed:
             # A full window is the moment the table is at its largest: prune whatever the clock.
             hits.filter(at__lte=now - WINDOW_SECONDS).delete()
             _pruned_at[app_id] = now
         if record and allowed:
-            fastsql.execute(f"INSERT INTO {table} (app_id, at) VALUES (%s, %s)", [app_id, now])
+            fastsql.ratelimit_insert(app_id, now)
             current += 1
             oldest_at = oldest_at if oldest_at is not None else now
     return RateLimitState(
@@ -150,7 +145,6 @@ def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
 
 
 def _effective_limit(app_id: str) -> int:
-    from apps_registry.selectors import app_rate_limit
 
     return int(app_rate_limit(app_id=app_id))
 

@@ -11,9 +11,11 @@ from typing import Any
 from django.db.models import Count, Exists, OuterRef, Subquery
 from django.db.models.functions import Coalesce, Substr
 
+from apps_registry.selectors import app_compiled
 from conversations.models import Event, Message, Notification, Session, Turn
-from conversations.services import session_resolve, sessions_purge_expired
+from conversations.sessions import session_resolve, sessions_purge_expired
 from digitorn_site.principals import ADMIN_PRINCIPAL
+from tooling.models import MemoryEntry
 
 TITLE_CHARS = 80  # the original's title: the first 80 characters of the first user message
 PREVIEW_CHARS = 200  # and its last_message_preview
@@ -119,8 +121,6 @@ def _context(session: Session, message_count: int) -> dict[str, Any]:
     how full it is, and how many compactions the session went through."""
     window = None
     try:
-        from apps_registry.selectors import app_compiled
-
         window = max(int(app_compiled(app_id=session.app_id).runtime.context_window_messages or 0), 4)
     except Exception:  # noqa: BLE001 - an undeployed app's session still answers
         window = None
@@ -226,8 +226,6 @@ def notifications_active(*, app_id: str, principal: str, session_id: str | None 
 
 def session_memory(*, app_id: str, session_id: str, principal: str) -> dict:
     """The session's working memory: the notes its agent kept with the memory module."""
-    from tooling.models import MemoryEntry
-
     session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
     entries = [
         {"key": e.key, "value": e.value, "created_at": epoch(e.created_at), "updated_at": epoch(e.updated_at)}

@@ -1,8 +1,8 @@
 """Session operations the original Digitorn's clients call besides chatting: replace the queued
 message, compact the context now, fork, undo the last turn, list the workspace.
 
-Writes here follow ``services.py``'s rules (keyword-only, one transaction, the session row locked
-first); none of them runs while a turn of the session is active, so the agent loop never sees its
+Writes here follow the session services' rules (``sessions.py``: keyword-only, one transaction, the
+session row locked first); none of them runs while a turn of the session is active, so the agent loop never sees its
 transcript change under it.
 """
 
@@ -16,12 +16,16 @@ from typing import Any
 from django.db import transaction
 from django.utils import timezone
 
+from apps_registry.selectors import app_compiled
 from conversations.models import Message, Session, Turn
-from conversations.services import ACTIVE, Enqueued, session_resolve
+from conversations.queue import Enqueued
+from conversations.sessions import session_resolve
+from conversations.turns.context import recap
+from conversations.turns.state import ACTIVE
 from digitorn_site.errors import ConflictError
+from tooling.modules._workspace import workspace_root
 
 COMPACT_KEEP = 4  # messages kept verbatim after a manual compaction (the original refuses below 4)
-RECAP_ITEM_CHARS = 300
 WORKSPACE_MAX_ENTRIES = 1000
 WORKSPACE_MAX_DEPTH = 8
 
@@ -72,24 +76,6 @@ def message_replace_last(*, app_id: str, session_id: str, principal: str, messag
 # --- compact ------------------------------------------------------------------------------------
 
 
-def _clip(text: str) -> str:
-    text = " ".join((text or "").split())
-    return text if len(text) <= RECAP_ITEM_CHARS else text[: RECAP_ITEM_CHARS - 1] + "…"
-
-
-def _recap(older: list[Message]) -> str:
-    lines = ["Recap of earlier messages of this conversation (compacted on request):"]
-    for m in older:
-        if m.role == Message.Role.ASSISTANT and m.tool_calls:
-            names = ", ".join(str(c.get("name", "?")) for c in m.tool_calls)
-            lines.append(f"- assistant called {names}" + (f": {_clip(m.content)}" if m.content else ""))
-        elif m.role == Message.Role.TOOL:
-            lines.append(f"- {m.name} returned: {_clip(m.content)}")
-        else:
-            lines.append(f"- {m.role}: {_clip(m.content)}")
-    return "\n".join(lines)
-
-
 def session_compact(*, app_id: str, session_id: str, principal: str) -> dict[str, Any]:
     """Fold every message but the last few into one system recap, now (the original's ``compact``:
     ``{before, after, freed}``). The kept tail never starts inside a tool call/result pair."""
@@ -108,7 +94,7 @@ def session_compact(*, app_id: str, session_id: str, principal: str) -> dict[str
         # The recap takes the place of the oldest message, so transcript order (by id) holds.
         head = older[0]
         Message.objects.filter(pk=head.pk).update(
-            role=Message.Role.SYSTEM, content=_recap(older), tool_calls=None, tool_call_id="", name=""
+            role=Message.Role.SYSTEM, content=recap(older, on_request=True), tool_calls=None, tool_call_id="", name=""
         )
         Message.objects.filter(pk__in=[m.pk for m in older[1:]]).delete()
         Session.objects.filter(pk=session.pk).update(last_active=timezone.now())
@@ -180,10 +166,8 @@ def session_undo(*, app_id: str, session_id: str, principal: str) -> dict[str, A
 def session_workspace(*, app_id: str, session_id: str, principal: str) -> dict[str, Any]:
     """The files of the workspace the session's tools work in (the app's filesystem workspace),
     relative paths only, without following links; capped at ``WORKSPACE_MAX_ENTRIES``."""
-    from apps_registry.selectors import app_compiled
-
-    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal)
-    app = app_compiled(app_id=app_id)
+    app = app_compiled(app_id=app_id)  # once: session_resolve reads its idle timeout from it
+    session = session_resolve(app_id=app_id, session_id=session_id, principal=principal, compiled=app)
     files: list[dict[str, Any]] = []
     truncated = False
     root = _workspace_root(app)
@@ -205,8 +189,6 @@ def _workspace_root(app: Any) -> Path | None:
     config = modules.get("filesystem") or modules.get("shell") or {}
     configured = config.get("workspace") if isinstance(config, dict) else None
     try:
-        from tooling.modules._workspace import workspace_root
-
         return workspace_root(app.app_id, configured)
     except Exception:  # noqa: BLE001 - a misconfigured workspace lists as unavailable, the tools say why
         return None

@@ -5,18 +5,20 @@ from __future__ import annotations
 from asgiref.sync import async_to_sync
 from celery import shared_task
 
-from conversations import services
+from conversations.retention import retention_prune
+from conversations.turns.scheduler import advance_session
+from conversations.turns.state import turns_recoverable
 
 
 @shared_task(name="conversations.tasks.advance_session_task", ignore_result=True)
 def advance_session_task(session_pk: int) -> None:
-    async_to_sync(services.advance_session)(session_pk=session_pk)
+    async_to_sync(advance_session)(session_pk=session_pk)
 
 
 @shared_task(name="conversations.tasks.recover_leases", ignore_result=True)
 def recover_leases() -> int:
     """Periodic: sessions whose turn lost its worker (expired lease) or whose queue nobody runs."""
-    pks = services.turns_recoverable()
+    pks = turns_recoverable()
     for pk in pks:
         advance_session_task.delay(pk)
     return len(pks)
@@ -24,5 +26,5 @@ def recover_leases() -> int:
 
 @shared_task(name="conversations.tasks.prune_retention", ignore_result=True)
 def prune_retention() -> dict[str, int]:
-    """Periodic: expired sessions, old events and old audit rows (see services.retention_prune)."""
-    return services.retention_prune()
+    """Periodic: expired sessions, old events and old audit rows (see retention.retention_prune)."""
+    return retention_prune()

@@ -15,7 +15,3 @@ class DigitornSiteConfig(AppConfig):
 
         if celery.workers_health not in health_checks._checks:
             health_checks.register(celery.workers_health)
-
-        from tooling.background import connect_receivers
-
-        connect_receivers()

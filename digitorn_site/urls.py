@@ -6,7 +6,8 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from apps_registry.api.views import AppListView
 from digitorn_site import converters
-from digitorn_site.api import metrics, views
+from digitorn_site.api import config, metrics, views
+from tooling.api.modules import ModuleListView
 
 register_converter(converters.AppIdConverter, "app_id")
 register_converter(converters.NameConverter, "name")
@@ -27,6 +28,8 @@ urlpatterns = [
     path("api/metrics", metrics.MetricsView.as_view(), name="metrics"),
     path("api/metrics/prometheus", metrics.PrometheusMetricsView.as_view(), name="metrics-prometheus"),
     path("api/metrics/sessions", metrics.SessionMetricsView.as_view(), name="metrics-sessions"),
+    path("api/config", config.ConfigView.as_view(), name="config"),
+    path("api/modules", ModuleListView.as_view(), name="module-list"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     # Clients call the list as /api/apps (no slash); APPEND_SLASH cannot redirect a POST, so both answer.

@@ -5,6 +5,14 @@ and a known admin key, and stops it at the end of the module, failing if any of 
 left. ``daemon_factory`` starts extra daemons with custom settings (environment, workers, flags),
 each stopped when the test ends. ``app_yaml`` writes app manifests to temporary files.
 
+For the in-process tests (Django test clients, no daemon): ``admin_key`` installs ``helpers.ADMIN_KEY``
+as the daemon's admin key, ``admin_client`` is a test client using it (it replaces pytest-django's
+fixture of that name, a logged-in Django admin user, which no test here uses), ``alice``/``bob``
+are clients of fresh API keys with the run scopes, ``deployed_app`` deploys manifests through the
+real service and undeploys them after the test, and ``ws`` is an empty workspace directory. Plain
+helpers (``client_for``, ``assert_envelope_error``, ``scripted_manifest``, ...) are in
+``tests/helpers.py``; stand-in HTTP servers in ``tests/httpkit.py``.
+
 Mark tests that use a daemon with ``@pytest.mark.e2e``. With ``DATABASE_URL``/``REDIS_URL`` set in
 the environment (the scale-out CI leg) the daemons use them; otherwise the embedded defaults.
 """
@@ -15,10 +23,13 @@ import itertools
 import json
 import os
 import secrets
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +39,11 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import pytest
 import yaml
+from django.test import Client, override_settings
+
+from apps_registry import services as registry
+from digitorn_site.errors import NotFoundError
+from tests import helpers
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "digitorn_site.cli.main"]
@@ -36,15 +52,50 @@ _SCRUBBED_PREFIXES = ("DIGITORN_", "DJANGO_", "CELERY_")
 _PASSTHROUGH = ("DATABASE_URL", "REDIS_URL")
 
 
-def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
-    """``predicate()``'s first truthy value, checked every ``interval`` s; AssertionError after ``timeout``."""
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.2) -> Any:
+    """``predicate()``'s first truthy value, checked every ``interval`` s; after ``timeout``, its last
+    (falsy) value, for the caller to assert on with its own message."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return predicate()
+
+
+def poll(predicate: Callable[[], Any], timeout: float = 30.0, what: str = "condition", interval: float = 0.1) -> Any:
+    """``predicate()``'s first truthy value, checked every ``interval`` s; AssertionError after ``timeout``."""
+    value = wait_for(predicate, timeout, interval)
+    if not value:
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+    return value
+
+
+def pids_running(marker: str) -> list[int]:
+    """Live processes whose command line contains ``marker`` (the unique sleep of a test)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if marker in cmdline and state not in ("Z", "X") and "/proc" not in cmdline:
+            found.append(int(entry.name))
+    return found
+
+
+def unique_sleep(seconds: int = 30) -> str:
+    """A sleep argument no other process uses, so the test can find (and count) its process."""
+    return f"{seconds}.{uuid.uuid4().int % 10**6:06d}"
+
+
+def bearer(key: str) -> dict[str, str]:
+    """The ``Authorization`` header of API key ``key``."""
+    return {"Authorization": f"Bearer {key}"}
 
 
 def free_port() -> int:
@@ -130,6 +181,13 @@ class Daemon:
         return [c["pid"] for c in state.get("children", [])
                 if c.get("role") == role and c.get("pid") and _proc_alive(c["pid"], c.get("starttime"))]
 
+    def kill_children(self, role: str) -> set[int]:
+        """SIGKILL every live child of ``role`` ("asgi", "celery"); returns their pids."""
+        killed = set(self.child_pids(role))
+        for pid in killed:
+            os.kill(pid, signal.SIGKILL)
+        return killed
+
     def log_tail(self, lines: int = 60) -> str:
         try:
             return "\n".join((self.data_dir / "logs" / "daemon.log").read_text(errors="replace").splitlines()[-lines:])
@@ -169,6 +227,29 @@ class Daemon:
         assert response.status_code == 200, response.text
         return response.json()["data"]
 
+    def chat(self, app_id: str, text: str, session_id: str, timeout: float = 120) -> str:
+        """The answer of one ``/chat`` turn (asserts HTTP 200)."""
+        response = self.client.post(f"/api/apps/{app_id}/chat", json={"session_id": session_id, "message": text},
+                                    timeout=timeout)
+        assert response.status_code == 200, response.text
+        return response.json()["data"]["content"]
+
+    def execute(self, app_id: str, tool: str, params: dict, timeout: float = 120) -> dict:
+        """The envelope of a direct tool call (asserts HTTP 200): the tool's result flattened into
+        ``{success, data, error}``."""
+        response = self.client.post(f"/api/apps/{app_id}/tools/{tool}/execute", json={"params": params},
+                                    timeout=timeout)
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def create_superuser(self, username: str, email: str, password: str) -> subprocess.CompletedProcess:
+        """``manage.py createsuperuser`` against this daemon's database."""
+        return subprocess.run(
+            [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", username, "--email", email],
+            cwd=str(PROJECT_ROOT), env={**self.env, "DJANGO_SUPERUSER_PASSWORD": password},
+            capture_output=True, text=True, timeout=120,
+        )
+
     # --- lifecycle ------------------------------------------------------------------------
     def stop(self) -> subprocess.CompletedProcess | None:
         """``digitorn stop``; asserts that no process of the daemon is left."""
@@ -185,6 +266,48 @@ class Daemon:
         for cleanup in self.cleanups:
             cleanup()
         return result
+
+
+class ReconnectingStream(threading.Thread):
+    """Follows a session's persistent stream like an SDK does: on any drop, reconnect with
+    Last-Event-ID and carry on. Records every framed event it receives (``opened`` is set once
+    connected; set ``stop`` to end it)."""
+
+    def __init__(self, url: str, key: str, path: str):
+        super().__init__(daemon=True)
+        self.url, self.key, self.path = url, key, path
+        self.events: list[dict] = []
+        self.connects = 0
+        self.stop = threading.Event()
+        self.opened = threading.Event()
+
+    def run(self) -> None:
+        from digitorn_site.cli.sse import parse_sse_lines
+
+        last_id: str | None = None
+        while not self.stop.is_set():
+            headers = {"Authorization": f"Bearer {self.key}"}
+            if last_id is not None:
+                headers["Last-Event-ID"] = last_id
+            try:
+                with httpx.stream("GET", self.url + self.path, headers=headers,
+                                  timeout=httpx.Timeout(5.0, read=30.0)) as response:
+                    if response.status_code != 200:
+                        time.sleep(0.3)
+                        continue
+                    self.connects += 1
+                    self.opened.set()
+                    for event in parse_sse_lines(response.iter_lines()):
+                        if event.id is not None:
+                            last_id = event.id
+                            self.events.append({"id": int(event.id), "event": event.event, "data": event.data})
+                        if self.stop.is_set():
+                            return
+            except (httpx.HTTPError, OSError):
+                time.sleep(0.3)
+
+    def dones(self) -> list[dict]:
+        return [e["data"] for e in self.events if e["event"] == "result"]
 
 
 def _state_processes(state: dict[str, Any]) -> list[tuple[int, int | None]]:
@@ -363,3 +486,61 @@ def cli_env(tmp_path) -> Callable[..., dict[str, str]]:
         return daemon_env(data_dir, extra.pop("key", "dg_test_nodaemon"), extra)
 
     return make
+
+
+# --- in-process tests (Django test clients) -------------------------------------------------------
+
+
+@pytest.fixture
+def ws(tmp_path) -> Path:
+    """An empty workspace directory (``<tmp>/ws``); modules that need files in it override this."""
+    root = tmp_path / "ws"
+    root.mkdir()
+    return root
+
+
+@pytest.fixture
+def admin_key() -> Iterator[str]:
+    """``helpers.ADMIN_KEY`` is the admin key for the test (``DIGITORN_API_KEY``)."""
+    with override_settings(DIGITORN_API_KEY=helpers.ADMIN_KEY):
+        yield helpers.ADMIN_KEY
+
+
+@pytest.fixture
+def admin_client(admin_key) -> Client:
+    """A Django test client authenticated with the admin key."""
+    return helpers.admin_client()
+
+
+@pytest.fixture
+def alice() -> Client:
+    """A client of user ``alice`` with the ``apps:read`` and ``apps:run`` scopes."""
+    return helpers.client_for("alice", ["apps:read", "apps:run"])
+
+
+@pytest.fixture
+def bob() -> Client:
+    """A client of user ``bob`` with the ``apps:read`` and ``apps:run`` scopes."""
+    return helpers.client_for("bob", ["apps:read", "apps:run"])
+
+
+@pytest.fixture
+def deployed_app() -> Iterator[Callable[..., Any]]:
+    """``deployed_app(manifest, force=False, **app_deploy_kwargs) -> App``: ``manifest`` (YAML/JSON
+    text, or a dict) deployed through ``apps_registry.services.app_deploy``; every app it deployed
+    is undeployed when the test ends (unless the test already did)."""
+    app_ids: list[str] = []
+
+    def deploy(manifest: str | bytes | dict, *, force: bool = False, **kwargs: Any):
+        text = manifest if isinstance(manifest, str | bytes) else json.dumps(manifest)
+        app = registry.app_deploy(text=text, force=force, **kwargs)
+        if app.app_id not in app_ids:
+            app_ids.append(app.app_id)
+        return app
+
+    yield deploy
+    for app_id in reversed(app_ids):
+        try:
+            registry.app_undeploy(app_id=app_id)
+        except NotFoundError:
+            pass

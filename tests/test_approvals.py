@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 from django.db import connection
-from django.test import Client, override_settings
+from django.test import Client
 from django.utils import timezone
 
 from approvals import selectors, services
@@ -24,33 +24,21 @@ from apps_registry import services as apps_services
 from apps_registry.manifest.compiled import CompiledApp, Runtime
 from digitorn_site import signals
 from digitorn_site.errors import ConflictError, NotFoundError
+from tests.helpers import admin_client, client_for, scripted_app
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_KEY = "dg_test_admin_key_for_approvals"
 
-MANIFEST = """\
-schema_version: 2
-app: {{app_id: {app_id}, name: {app_id}}}
-runtime: {{approval_timeout: {timeout}}}
-agents:
-  - id: assistant
-    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
-tools:
-  modules:
-    filesystem: {{workspace: "{ws}"}}
-    shell: {{workspace: "{ws}"}}
-  capabilities:
-    default_policy: auto
-    grant: [filesystem]
-    approve:
-      - {{module: shell, reason: "commands change the machine"}}
-"""
+pytestmark = pytest.mark.usefixtures("admin_key")
 
 
-@pytest.fixture(autouse=True)
-def admin_key():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield
+def manifest(ws: Path) -> dict:
+    """App ``appr``: the shell needs an approval, which expires after 300 s."""
+    return scripted_app(
+        "appr", {"filesystem": {"workspace": str(ws)}, "shell": {"workspace": str(ws)}},
+        runtime={"approval_timeout": 300},
+        capabilities={"default_policy": "auto", "grant": ["filesystem"],
+                      "approve": [{"module": "shell", "reason": "commands change the machine"}]},
+    )
 
 
 @pytest.fixture
@@ -143,7 +131,7 @@ def test_expiry_on_access_and_by_sweep(decided, django_capture_on_commit_callbac
     overdue(stale_b)
     # Listing expires overdue rows before answering.
     with django_capture_on_commit_callbacks(execute=True):
-        listed = selectors.approval_list_pending(app_id="appr", principal="alice")
+        listed = services.approvals_pending(app_id="appr", principal="alice")
     assert [r.request_id for r in listed] == [fresh.request_id]
     stale_a.refresh_from_db()
     assert stale_a.status == "expired"
@@ -182,7 +170,7 @@ def test_cancel_by_session_and_app():
 
 @pytest.mark.django_db
 def test_undeploy_cancels_pending_requests(tmp_path, django_capture_on_commit_callbacks):
-    apps_services.app_deploy(text=MANIFEST.format(app_id="appr", timeout=300, ws=tmp_path))
+    apps_services.app_deploy(text=json.dumps(manifest(tmp_path)))
     request = create()
     with django_capture_on_commit_callbacks(execute=True):
         apps_services.app_undeploy(app_id="appr")
@@ -206,21 +194,9 @@ def post(client: Client, url: str, body) -> object:
 
 
 @pytest.fixture
-def deployed(tmp_path) -> str:
-    apps_services.app_deploy(text=MANIFEST.format(app_id="appr", timeout=300, ws=tmp_path))
+def deployed(tmp_path, deployed_app) -> str:
+    deployed_app(manifest(tmp_path))
     return "appr"
-
-
-@pytest.fixture
-def alice():
-    _, raw = apps_services.api_key_create(name="alice-key", owner="alice", scopes=["apps:read", "apps:run"])
-    return Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
-
-
-@pytest.fixture
-def bob():
-    _, raw = apps_services.api_key_create(name="bob-key", owner="bob", scopes=["apps:read", "apps:run"])
-    return Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
 
 
 @pytest.mark.django_db
@@ -239,7 +215,7 @@ def test_http_list_decide_conflict_and_ownership(deployed, alice, bob):
     assert pending[0]["tool_params"] == {"command": "true"} and pending[0]["user_id"] == "alice"
     assert isinstance(pending[0]["created_at"], float) and pending[0]["expires_at"] > pending[0]["created_at"]
     assert bob.get(f"/api/apps/{deployed}/approvals").json()["data"]["pending"] == []
-    admin = Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+    admin = admin_client()
     assert len(admin.get(f"/api/apps/{deployed}/approvals").json()["data"]["pending"]) == 1
 
     other = post(bob, f"/api/apps/{deployed}/approve", {"request_id": request_id, "approved": True})
@@ -283,8 +259,7 @@ def test_http_approve_bad_input_is_400(deployed, alice, body, needle):
 def test_http_unknown_app_and_scopes(deployed, alice):
     assert alice.get("/api/apps/ghost/approvals").status_code == 404
     assert post(alice, "/api/apps/ghost/approve", {"request_id": "req-x", "approved": True}).status_code == 404
-    _, raw = apps_services.api_key_create(name="viewer", owner="alice", scopes=["apps:read"])
-    viewer = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
+    viewer = client_for("alice", ["apps:read"])
     assert viewer.get(f"/api/apps/{deployed}/approvals").status_code == 200
     response = post(viewer, f"/api/apps/{deployed}/approve", {"request_id": "req-x", "approved": True})
     assert response.status_code == 403 and "apps:run" in response.json()["error"]
@@ -334,8 +309,8 @@ def worker(tmp_path):
 def test_approved_direct_call_runs_on_a_worker_exactly_once(tmp_path, worker):
     ws = tmp_path / "ws"
     ws.mkdir()
-    apps_services.app_deploy(text=MANIFEST.format(app_id="appr", timeout=300, ws=ws))
-    admin = Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+    apps_services.app_deploy(text=json.dumps(manifest(ws)))
+    admin = admin_client()
     response = post(admin, "/api/apps/appr/tools/shell.run/execute", {"params": {"command": "echo run >> log.txt; echo done"}})
     assert response.status_code == 202
     request_id = response.json()["data"]["request_id"]

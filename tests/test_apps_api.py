@@ -7,12 +7,11 @@ import os
 from pathlib import Path
 
 import pytest
-from django.test import Client, override_settings
+from django.test import Client
 
 from apps_registry import services
 from apps_registry.models import App, AppSecret
-
-ADMIN_KEY = "dg_test_admin_key_for_lifecycle"
+from tests.helpers import ADMIN_KEY, admin_client, assert_envelope_error, client_for, post_json
 
 MANIFEST = """\
 schema_version: 2
@@ -30,14 +29,8 @@ pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("admin_key")]
 
 
 @pytest.fixture
-def admin_key():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield ADMIN_KEY
-
-
-@pytest.fixture
 def client() -> Client:
-    return Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+    return admin_client()
 
 
 @pytest.fixture
@@ -45,22 +38,6 @@ def manifest(tmp_path: Path) -> Path:
     path = tmp_path / "demo.yaml"
     path.write_text(MANIFEST)
     return path
-
-
-def post_json(client: Client, url: str, body, **extra):
-    data = body if isinstance(body, str | bytes) else json.dumps(body)
-    return client.post(url, data=data, content_type="application/json", **extra)
-
-
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert body["success"] is False
-    assert body["data"] is None
-    assert body["error_code"] == code
-    assert isinstance(body["error"], str) and body["error"]
-    return body
 
 
 def test_deploy_list_get_undeploy(client, manifest):
@@ -99,14 +76,14 @@ def test_deploy_list_get_undeploy(client, manifest):
     assert (undeployed["app_id"], undeployed["undeployed"], undeployed["deleted"]) == ("demo", True, True)
     assert undeployed["message"]
     assert not App.objects.filter(pk="demo").exists()
-    assert_error(client.get("/api/apps/demo"), 404, "RESOURCE_NOT_FOUND")
-    assert_error(client.delete("/api/apps/demo"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(client.get("/api/apps/demo"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(client.delete("/api/apps/demo"), 404, "RESOURCE_NOT_FOUND")
 
 
 def test_redeploy_needs_force_and_keeps_secrets(client, manifest):
     assert post_json(client, "/api/apps/deploy", {"yaml_path": str(manifest)}).status_code == 200
     services.secret_set(app_id="demo", key="TOKEN", value="s3cr3t-value")
-    body = assert_error(post_json(client, "/api/apps/deploy", {"yaml_path": str(manifest)}), 409, "CONFLICT")
+    body = assert_envelope_error(post_json(client, "/api/apps/deploy", {"yaml_path": str(manifest)}), 409, "CONFLICT")
     assert "force" in body["error"]
     manifest.write_text(MANIFEST.replace('"1.2"', '"1.3"'))
     response = post_json(client, "/api/apps/deploy", {"yaml_path": str(manifest), "force": True})
@@ -124,9 +101,9 @@ def test_upload_deploy_and_limits(client, tmp_path):
     assert response.json()["data"]["app_id"] == "demo"
 
     big = SimpleUploadedFile("big.yaml", b"a: " + b"x" * (5 * 1024 * 1024), content_type="application/x-yaml")
-    assert_error(client.post("/api/apps/deploy/upload", {"file": big}), 413, "PAYLOAD_TOO_LARGE")
-    assert_error(client.post("/api/apps/deploy/upload", {}), 400, "VALIDATION_ERROR")
-    assert_error(post_json(client, "/api/apps/deploy/upload", {"file": "x"}), 415, "UNSUPPORTED_MEDIA_TYPE")
+    assert_envelope_error(client.post("/api/apps/deploy/upload", {"file": big}), 413, "PAYLOAD_TOO_LARGE")
+    assert_envelope_error(client.post("/api/apps/deploy/upload", {}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(post_json(client, "/api/apps/deploy/upload", {"file": "x"}), 415, "UNSUPPORTED_MEDIA_TYPE")
     # The failed uploads changed nothing.
     assert list(App.objects.values_list("app_id", flat=True)) == ["demo"]
 
@@ -148,7 +125,7 @@ def test_upload_deploy_and_limits(client, tmp_path):
     ],
 )
 def test_deploy_bad_input(client, body, status, code, needle):
-    body = assert_error(post_json(client, "/api/apps/deploy", body), status, code)
+    body = assert_envelope_error(post_json(client, "/api/apps/deploy", body), status, code)
     assert needle in body["error"]
     assert App.objects.count() == 0
 
@@ -156,18 +133,18 @@ def test_deploy_bad_input(client, body, status, code, needle):
 def test_deploy_directory_symlink_and_data_dir(client, tmp_path, manifest, settings):
     folder = tmp_path / "dir.yaml"
     folder.mkdir()
-    assert "directory" in assert_error(
+    assert "directory" in assert_envelope_error(
         post_json(client, "/api/apps/deploy", {"yaml_path": str(folder)}), 400, "VALIDATION_ERROR"
     )["error"]
     link = tmp_path / "link.yaml"
     link.symlink_to(manifest)
-    assert "symbolic link" in assert_error(
+    assert "symbolic link" in assert_envelope_error(
         post_json(client, "/api/apps/deploy", {"yaml_path": str(link)}), 400, "VALIDATION_ERROR"
     )["error"]
     inside = Path(settings.DATA_DIR) / "sneaky.yaml"
     inside.write_text(MANIFEST)
     try:
-        assert_error(post_json(client, "/api/apps/deploy", {"yaml_path": str(inside)}), 400, "VALIDATION_ERROR")
+        assert_envelope_error(post_json(client, "/api/apps/deploy", {"yaml_path": str(inside)}), 400, "VALIDATION_ERROR")
     finally:
         inside.unlink()
     assert App.objects.count() == 0
@@ -187,7 +164,7 @@ def test_deploy_directory_symlink_and_data_dir(client, tmp_path, manifest, setti
 def test_deploy_bad_yaml(client, tmp_path, text, needle):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
-    body = assert_error(post_json(client, "/api/apps/deploy", {"yaml_path": str(path)}), 400, "INVALID_MANIFEST")
+    body = assert_envelope_error(post_json(client, "/api/apps/deploy", {"yaml_path": str(path)}), 400, "INVALID_MANIFEST")
     assert needle in body["error"]
     assert body["details"]["errors"]
     assert App.objects.count() == 0
@@ -195,38 +172,37 @@ def test_deploy_bad_yaml(client, tmp_path, text, needle):
 
 def test_oversized_json_body_is_413(client):
     body = json.dumps({"yaml_path": "/x.yaml", "pad": "x" * (2 * 1024 * 1024)})
-    assert_error(post_json(client, "/api/apps/deploy", body), 413, "PAYLOAD_TOO_LARGE")
+    assert_envelope_error(post_json(client, "/api/apps/deploy", body), 413, "PAYLOAD_TOO_LARGE")
 
 
 def test_json_404_and_405(client):
-    assert_error(client.get("/api/nope"), 404, "RESOURCE_NOT_FOUND")
-    assert_error(client.get("/api/apps/deploy"), 405, "METHOD_NOT_ALLOWED")
-    assert_error(client.put("/api/apps/"), 405, "METHOD_NOT_ALLOWED")
+    assert_envelope_error(client.get("/api/nope"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(client.get("/api/apps/deploy"), 405, "METHOD_NOT_ALLOWED")
+    assert_envelope_error(client.put("/api/apps/"), 405, "METHOD_NOT_ALLOWED")
 
 
 def test_auth_missing_wrong_and_scopes(manifest):
     anonymous = Client()
-    assert_error(anonymous.get("/api/apps/"), 401, "UNAUTHORIZED")
-    assert_error(Client(HTTP_AUTHORIZATION="Bearer wrong").get("/api/apps/"), 401, "UNAUTHORIZED")
-    assert_error(Client(HTTP_X_API_KEY="wrong").get("/api/apps/"), 401, "UNAUTHORIZED")
+    assert_envelope_error(anonymous.get("/api/apps/"), 401, "UNAUTHORIZED")
+    assert_envelope_error(Client(HTTP_AUTHORIZATION="Bearer wrong").get("/api/apps/"), 401, "UNAUTHORIZED")
+    assert_envelope_error(Client(HTTP_X_API_KEY="wrong").get("/api/apps/"), 401, "UNAUTHORIZED")
     # ?token= is for SSE streams only.
-    assert_error(anonymous.get(f"/api/apps/?token={ADMIN_KEY}"), 401, "UNAUTHORIZED")
+    assert_envelope_error(anonymous.get(f"/api/apps/?token={ADMIN_KEY}"), 401, "UNAUTHORIZED")
     assert Client(HTTP_X_API_KEY=ADMIN_KEY).get("/api/apps/").status_code == 200
 
-    _, reader = services.api_key_create(name="reader", scopes=["apps:read"])
-    reader_client = Client(HTTP_AUTHORIZATION=f"Bearer {reader}")
+    reader_client = client_for("reader", ["apps:read"])
     assert reader_client.get("/api/apps/").status_code == 200
-    body = assert_error(post_json(reader_client, "/api/apps/deploy", {"yaml_path": str(manifest)}), 403, "FORBIDDEN")
+    body = assert_envelope_error(post_json(reader_client, "/api/apps/deploy", {"yaml_path": str(manifest)}), 403, "FORBIDDEN")
     assert "apps:deploy" in body["error"]
     assert App.objects.count() == 0
 
     key, deployer = services.api_key_create(name="ci", scopes=["apps:read", "apps:deploy"])
     deployer_client = Client(HTTP_AUTHORIZATION=f"Bearer {deployer}")
     assert post_json(deployer_client, "/api/apps/deploy", {"yaml_path": str(manifest)}).status_code == 200
-    assert_error(deployer_client.put("/api/apps/demo/secrets/K", data='{"value": "v"}',
+    assert_envelope_error(deployer_client.put("/api/apps/demo/secrets/K", data='{"value": "v"}',
                                      content_type="application/json"), 403, "FORBIDDEN")
     services.api_key_revoke(prefix=key.prefix)
-    assert_error(deployer_client.get("/api/apps/"), 401, "UNAUTHORIZED")
+    assert_envelope_error(deployer_client.get("/api/apps/"), 401, "UNAUTHORIZED")
 
 
 def test_health_is_public(client):
@@ -250,13 +226,13 @@ def test_secrets_endpoints(client, manifest):
     assert client.get("/api/apps/demo/secrets/OTHER").json()["data"]["exists"] is False
     row = AppSecret.objects.get(app_id="demo", key="API_KEY")
     assert "sk-live-abc123" not in row.ciphertext
-    assert_error(client.put("/api/apps/demo/secrets/bad-name", data='{"value": "v"}',
+    assert_envelope_error(client.put("/api/apps/demo/secrets/bad-name", data='{"value": "v"}',
                             content_type="application/json"), 400, "VALIDATION_ERROR")
-    assert_error(client.put("/api/apps/demo/secrets/K", data='{"value": 5}',
+    assert_envelope_error(client.put("/api/apps/demo/secrets/K", data='{"value": 5}',
                             content_type="application/json"), 400, "VALIDATION_ERROR")
     deleted = client.delete("/api/apps/demo/secrets/API_KEY")
     assert deleted.status_code == 200 and deleted.json()["data"]["status"] == "deleted"
-    assert_error(client.delete("/api/apps/demo/secrets/API_KEY"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(client.delete("/api/apps/demo/secrets/API_KEY"), 404, "RESOURCE_NOT_FOUND")
 
 
 def test_secrets_before_deploy_are_used_by_the_deploy(client, tmp_path):
@@ -275,7 +251,7 @@ def test_secrets_before_deploy_are_used_by_the_deploy(client, tmp_path):
 
     assert app_runtime(app_id="demo").description == "tok-early"
     assert client.get("/api/apps/ghost/secrets").json()["data"] == {"app_id": "ghost", "keys": []}
-    assert_error(client.delete("/api/apps/ghost/secrets/K"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(client.delete("/api/apps/ghost/secrets/K"), 404, "RESOURCE_NOT_FOUND")
 
 
 def test_missing_secret_listed_then_resolved(client, tmp_path):

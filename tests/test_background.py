@@ -17,51 +17,38 @@ import uuid
 from pathlib import Path
 
 import pytest
-from conftest import poll
+from conftest import pids_running, poll, unique_sleep
 from django.conf import settings
 from django.db import connection
-from django.test import Client, override_settings
+from django.test import Client
 
 from approvals.models import ApprovalRequest
 from approvals.services import approval_decide
 from apps_registry import services as apps_services
 from apps_registry.selectors import app_runtime
 from digitorn_site import signals
+from tests.helpers import SAY_HELLO, assert_envelope_error, client_for, scripted_app
 from tooling import background
 from tooling.models import BackgroundTask, ToolExecution
 
 ROOT = Path(__file__).resolve().parent.parent
-ADMIN_KEY = "dg_test_admin_key_background_tasks"
 LEASE_SECONDS = "4"
 
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
 
 
-def manifest(app_id: str, workspace: Path, capabilities: str = "") -> str:
-    return f"""\
-schema_version: 2
-app: {{app_id: {app_id}, name: {app_id}}}
-agents:
-  - id: assistant
-    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
-  - id: reader
-    modules: [filesystem]
-    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
-tools:
-  modules:
-    filesystem: {{workspace: "{workspace}"}}
-    shell: {{workspace: "{workspace}", max_timeout: 120}}
-{capabilities}"""
+def manifest(app_id: str, workspace: Path, capabilities: dict | None = None) -> dict:
+    modules = {"filesystem": {"workspace": str(workspace)}, "shell": {"workspace": str(workspace), "max_timeout": 120}}
+    reader = {"id": "reader", "modules": ["filesystem"], "brain": SAY_HELLO}
+    return scripted_app(app_id, modules, agents=[reader], capabilities=capabilities)
 
 
-STRICT_CAPABILITIES = """\
-  capabilities:
-    default_policy: auto
-    grant: [filesystem]
-    deny: [filesystem.delete]
-    approve:
-      - {module: shell, actions: [run], reason: "commands change the machine"}
-"""
+STRICT_CAPABILITIES = {
+    "default_policy": "auto",
+    "grant": ["filesystem"],
+    "deny": ["filesystem.delete"],
+    "approve": [{"module": "shell", "actions": ["run"], "reason": "commands change the machine"}],
+}
 
 
 # --- the worker process -------------------------------------------------------------------------
@@ -130,30 +117,9 @@ def worker(django_db_setup, django_db_blocker, tmp_path_factory):
     w.stop()
 
 
-@pytest.fixture(autouse=True)
-def admin_key():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield
-
-
 @pytest.fixture
-def admin() -> Client:
-    return Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
-
-
-def client_for(owner: str, scopes: list[str]) -> Client:
-    _, raw = apps_services.api_key_create(name=f"{owner}-{uuid.uuid4().hex[:6]}", owner=owner, scopes=scopes)
-    return Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
-
-
-@pytest.fixture
-def alice() -> Client:
-    return client_for("alice", ["apps:read", "apps:run"])
-
-
-@pytest.fixture
-def bob() -> Client:
-    return client_for("bob", ["apps:read", "apps:run"])
+def admin(admin_client) -> Client:
+    return admin_client
 
 
 @pytest.fixture
@@ -164,14 +130,14 @@ def workspace(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def dev_app(workspace: Path) -> str:
-    apps_services.app_deploy(text=manifest("bgdev", workspace))
+def dev_app(workspace: Path, deployed_app) -> str:
+    deployed_app(manifest("bgdev", workspace))
     return "bgdev"
 
 
 @pytest.fixture
-def strict_app(workspace: Path) -> str:
-    apps_services.app_deploy(text=manifest("bgstrict", workspace, STRICT_CAPABILITIES))
+def strict_app(workspace: Path, deployed_app) -> str:
+    deployed_app(manifest("bgstrict", workspace, STRICT_CAPABILITIES))
     return "bgstrict"
 
 
@@ -198,39 +164,6 @@ def get(client: Client, app_id: str, task_id: str) -> dict:
     response = client.get(f"/api/apps/{app_id}/background-tasks/{task_id}")
     assert response.status_code == 200, response.content
     return response.json()["data"]
-
-
-def assert_error(response, status: int, code: str) -> str:
-    assert response.status_code == status, response.content
-    assert response["Content-Type"].startswith("application/json")
-    body = response.json()
-    assert body["success"] is False and body["data"] is None
-    assert body["error_code"] == code
-    assert isinstance(body["error"], str) and body["error"]
-    return body["error"]
-
-
-def pids_running(marker: str) -> list[int]:
-    """Processes whose command line contains ``marker`` (the unique sleep of a test)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = next(
-                line for line in (entry / "status").read_text().splitlines() if line.startswith("State:")
-            )
-        except (OSError, StopIteration):
-            continue
-        if marker in cmdline and "Z" not in state.split()[1] and "/proc" not in cmdline:
-            found.append(int(entry.name))
-    return found
-
-
-def unique_sleep(seconds: int = 30) -> str:
-    """A sleep argument no other process uses, so the test can find (and count) its process."""
-    return f"{seconds}.{uuid.uuid4().int % 10**6:06d}"
 
 
 # --- launch, wait, get, list ---------------------------------------------------------------------
@@ -300,13 +233,13 @@ def test_list_filters_and_ownership(worker, admin, alice, bob, dev_app):
     assert both["total"] == 2
 
     # Another principal's task does not exist for you; the admin sees every task.
-    assert_error(
+    assert_envelope_error(
         bob.get(f"/api/apps/{dev_app}/background-tasks/{mine['task_id']}"), 404, "RESOURCE_NOT_FOUND"
     )
-    assert_error(
+    assert_envelope_error(
         bob.delete(f"/api/apps/{dev_app}/background-tasks/{mine['task_id']}"), 404, "RESOURCE_NOT_FOUND"
     )
-    assert_error(
+    assert_envelope_error(
         post(bob, f"/api/apps/{dev_app}/background-tasks/{mine['task_id']}/wait", {}),
         404,
         "RESOURCE_NOT_FOUND",
@@ -318,42 +251,42 @@ def test_list_filters_and_ownership(worker, admin, alice, bob, dev_app):
 
 def test_bad_input_gets_the_envelope(admin, dev_app, strict_app):
     url = f"/api/apps/{dev_app}/background-tasks"
-    error = assert_error(post(admin, url, {"tool": "shell.rnu", "params": {}}), 404, "RESOURCE_NOT_FOUND")
+    error = assert_envelope_error(post(admin, url, {"tool": "shell.rnu", "params": {}}), 404, "RESOURCE_NOT_FOUND")["error"]
     assert "shell.run" in error  # did you mean
-    assert_error(post(admin, url, {"tool": "nosuch.tool"}), 404, "RESOURCE_NOT_FOUND")
-    assert "tool" in assert_error(post(admin, url, {"params": {}}), 400, "VALIDATION_ERROR")
-    assert "params" in assert_error(
+    assert_envelope_error(post(admin, url, {"tool": "nosuch.tool"}), 404, "RESOURCE_NOT_FOUND")
+    assert "tool" in assert_envelope_error(post(admin, url, {"params": {}}), 400, "VALIDATION_ERROR")["error"]
+    assert "params" in assert_envelope_error(
         post(admin, url, {"tool": "shell.run", "params": [1]}), 400, "VALIDATION_ERROR"
-    )
-    assert "tool" in assert_error(post(admin, url, {"tool": 5}), 400, "VALIDATION_ERROR")
-    error = assert_error(post(admin, url, {"tool": "shell.run", "params": {}}), 400, "VALIDATION_ERROR")
+    )["error"]
+    assert "tool" in assert_envelope_error(post(admin, url, {"tool": 5}), 400, "VALIDATION_ERROR")["error"]
+    error = assert_envelope_error(post(admin, url, {"tool": "shell.run", "params": {}}), 400, "VALIDATION_ERROR")["error"]
     assert "command" in error
-    error = assert_error(
+    error = assert_envelope_error(
         post(admin, url, {"tool": "shell.run", "params": {"command": 3}}), 400, "VALIDATION_ERROR"
-    )
+    )["error"]
     assert "params.command" in error
-    assert_error(post(admin, url, "{not json"), 400, "VALIDATION_ERROR")
-    assert_error(post(admin, url, "[1, 2]"), 400, "VALIDATION_ERROR")
-    assert_error(admin.get(f"{url}?status=bogus"), 400, "VALIDATION_ERROR")
-    assert_error(admin.get(f"{url}?limit=0"), 400, "VALIDATION_ERROR")
-    assert_error(admin.put(url, data="{}", content_type="application/json"), 405, "METHOD_NOT_ALLOWED")
+    assert_envelope_error(post(admin, url, "{not json"), 400, "VALIDATION_ERROR")
+    assert_envelope_error(post(admin, url, "[1, 2]"), 400, "VALIDATION_ERROR")
+    assert_envelope_error(admin.get(f"{url}?status=bogus"), 400, "VALIDATION_ERROR")
+    assert_envelope_error(admin.get(f"{url}?limit=0"), 400, "VALIDATION_ERROR")
+    assert_envelope_error(admin.put(url, data="{}", content_type="application/json"), 405, "METHOD_NOT_ALLOWED")
 
     # A blocked tool is refused at launch and leaves no row behind.
     blocked = f"/api/apps/{strict_app}/background-tasks"
-    error = assert_error(
+    error = assert_envelope_error(
         post(admin, blocked, {"tool": "filesystem.delete", "params": {"path": "x"}}), 403, "FORBIDDEN"
-    )
+    )["error"]
     assert "blocked" in error
     assert not BackgroundTask.objects.filter(app_id=strict_app).exists()
 
     # Unknown app, unknown task, wrong method.
-    assert_error(
+    assert_envelope_error(
         post(admin, "/api/apps/ghost/background-tasks", {"tool": "shell.run"}), 404, "RESOURCE_NOT_FOUND"
     )
-    assert_error(admin.get(f"{url}/task-nope"), 404, "RESOURCE_NOT_FOUND")
-    assert_error(post(admin, f"{url}/task-nope/wait", {}), 404, "RESOURCE_NOT_FOUND")
-    assert_error(admin.put(f"{url}/task-nope", data="{}"), 405, "METHOD_NOT_ALLOWED")
-    assert_error(admin.get(f"{url}/task-nope/wait"), 405, "METHOD_NOT_ALLOWED")
+    assert_envelope_error(admin.get(f"{url}/task-nope"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(post(admin, f"{url}/task-nope/wait", {}), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(admin.put(f"{url}/task-nope", data="{}"), 405, "METHOD_NOT_ALLOWED")
+    assert_envelope_error(admin.get(f"{url}/task-nope/wait"), 405, "METHOD_NOT_ALLOWED")
 
     # /wait validates its timeout before looking anything up.
     task = BackgroundTask.objects.create(
@@ -361,25 +294,25 @@ def test_bad_input_gets_the_envelope(admin, dev_app, strict_app):
     )
     wait_url = f"{url}/{task.task_id}/wait"
     for bad in ({"timeout": "abc"}, {"timeout": True}, {"timeout": -1}, {"timeout": [1]}):
-        assert "timeout" in assert_error(post(admin, wait_url, bad), 400, "VALIDATION_ERROR")
-    assert_error(post(admin, wait_url, "NaN"), 400, "VALIDATION_ERROR")
-    assert_error(post(admin, wait_url, "{oops"), 400, "VALIDATION_ERROR")
-    assert_error(post(admin, wait_url, '{"timeout": NaN}'), 400, "VALIDATION_ERROR")
+        assert "timeout" in assert_envelope_error(post(admin, wait_url, bad), 400, "VALIDATION_ERROR")["error"]
+    assert_envelope_error(post(admin, wait_url, "NaN"), 400, "VALIDATION_ERROR")
+    assert_envelope_error(post(admin, wait_url, "{oops"), 400, "VALIDATION_ERROR")
+    assert_envelope_error(post(admin, wait_url, '{"timeout": NaN}'), 400, "VALIDATION_ERROR")
 
 
 def test_auth_and_scopes(admin, dev_app):
     url = f"/api/apps/{dev_app}/background-tasks"
     anonymous = Client()
-    assert_error(anonymous.get(url), 401, "UNAUTHORIZED")
-    assert_error(anonymous.get(f"{url}/task-x"), 401, "UNAUTHORIZED")
-    assert_error(post(anonymous, f"{url}/task-x/wait", {}), 401, "UNAUTHORIZED")
+    assert_envelope_error(anonymous.get(url), 401, "UNAUTHORIZED")
+    assert_envelope_error(anonymous.get(f"{url}/task-x"), 401, "UNAUTHORIZED")
+    assert_envelope_error(post(anonymous, f"{url}/task-x/wait", {}), 401, "UNAUTHORIZED")
     reader = client_for("carol", ["apps:read"])
     assert reader.get(url).status_code == 200
-    assert "apps:run" in assert_error(
+    assert "apps:run" in assert_envelope_error(
         post(reader, url, {"tool": "shell.run", "params": {"command": "id"}}), 403, "FORBIDDEN"
-    )
-    assert "apps:run" in assert_error(reader.delete(f"{url}/task-x"), 403, "FORBIDDEN")
-    assert "apps:run" in assert_error(post(reader, f"{url}/task-x/wait", {}), 403, "FORBIDDEN")
+    )["error"]
+    assert "apps:run" in assert_envelope_error(reader.delete(f"{url}/task-x"), 403, "FORBIDDEN")["error"]
+    assert "apps:run" in assert_envelope_error(post(reader, f"{url}/task-x/wait", {}), 403, "FORBIDDEN")["error"]
 
 
 # --- cancel ----------------------------------------------------------------------------------------

@@ -15,17 +15,13 @@ from typing import Any
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient, Client
 
 from apps_registry import services as registry
 from conversations import services
-from tests.test_engine import manifest
+from tests.helpers import ADMIN_KEY, HEADERS, admin_client, make_workspace, scripted_manifest
 
-ADMIN_KEY = "dg_test_admin_key_for_conformance"
-AUTH = {"HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}"}
-HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
-
-pytestmark = [pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
 
 STR, INT, FLOAT, BOOL, LIST, DICT, ANY = "str", "int", "float", "bool", "list", "dict", "any"
 NULL = "|null"
@@ -116,6 +112,17 @@ CONTRACT: dict[str, dict[str, Any]] = {
     "GET /api/metrics/sessions": {"total": INT, "by_status": DICT, "apps": LIST},
     "GET /healthz": {"status": STR},
     "GET /readyz": {"status": STR, "database": BOOL},
+    "GET /api/config": {"server": {"auth_enabled": BOOL, "database": STR}, "limits": DICT, "editable": BOOL},
+    "GET /api/modules": {
+        "modules": [{"module_id": STR, "name": STR, "description": STR, "actions": LIST, "action_count": INT}],
+        "total": INT,
+    },
+    "GET /diagnostics": {
+        "app_id": STR, "status": STR, "version": STR, "mode": STR, "deployed_at": FLOAT,
+        "agents": [{"id": STR, "role": STR, "provider": STR, "model": STR, "modules": LIST, "tool_count": INT}],
+        "modules": LIST, "hooks": LIST, "secrets": {"referenced": LIST, "missing": LIST}, "warnings": LIST,
+        "problems": LIST,
+    },  # fmt: skip
 }
 
 
@@ -168,18 +175,10 @@ def test_the_contract_checker_reports_names_and_types():
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def admin_key():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield ADMIN_KEY
-
-
 @pytest.fixture
-def app(tmp_path: Path) -> str:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "README.md").write_text("# Demo project\n")
-    registry.app_deploy(text=manifest("demo", ws, [
+def app(tmp_path: Path, deployed_app) -> str:
+    ws = make_workspace(tmp_path, {"README.md": "# Demo project\n"})
+    deployed_app(scripted_manifest("demo", ws, [
         {"when": "read", "steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "read: {result}"}]},
         {"when": "remember", "steps": [{"call": "memory.remember", "params": {"key": "color", "value": "blue"}},
                                        {"say": "noted"}]},
@@ -190,7 +189,7 @@ def app(tmp_path: Path) -> str:
 
 
 def c() -> Client:
-    return Client(**AUTH)
+    return admin_client()
 
 
 def post(url: str, body: Any = None) -> Any:
@@ -459,3 +458,44 @@ def test_probes():
     ready = anonymous.get("/readyz")
     assert ready.status_code == 200
     check("GET /readyz", ready.json())
+
+
+# --- daemon configuration, modules, diagnostics -----------------------------------------------------
+
+
+def test_config_get_and_patch():
+    data = data_of(c().get("/api/config"))
+    check("GET /api/config", data)
+    assert data["server"]["auth_enabled"] is True and data["limits"]["queue_depth"] >= 1
+    assert ADMIN_KEY not in json.dumps(data)  # no key, whatever else it shows
+    refused = c().patch("/api/config", data='{"logging": {"level": "warning"}}', content_type="application/json")
+    assert refused.status_code == 400 and refused.json()["error_code"] == "VALIDATION_ERROR"
+    assert Client().get("/api/config").status_code == 401
+
+
+def test_modules_list_also_at_the_top_level():
+    response = c().get("/api/modules")
+    data = data_of(response)
+    check("GET /api/modules", data, nonempty=("modules",))
+    ids = [m["module_id"] for m in data["modules"]]
+    assert "filesystem" in ids and "shell" in ids and "bash" not in ids  # an alias is not a second module
+    # The original's clients read `modules` at the top of the body (additive beside the envelope).
+    assert response.json()["modules"] == data["modules"]
+
+
+def test_diagnostics(app):
+    data = data_of(c().get("/api/apps/demo/diagnostics"))
+    check("GET /diagnostics", data, nonempty=("agents",))
+    assert data["status"] == "healthy" and data["agents"][0]["tool_count"] > 0
+    missing = c().get("/api/apps/ghost/diagnostics")
+    assert missing.status_code == 404 and missing.json()["success"] is False
+
+
+def test_diagnostics_names_a_missing_secret(tmp_path):
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    doc = json.loads(scripted_manifest("needs", ws, [{"steps": [{"say": "hi"}]}]))
+    doc["agents"][0]["system_prompt"] = "token {{secret.API_TOKEN}}"
+    registry.app_deploy(text=json.dumps(doc), force=True)
+    data = data_of(c().get("/api/apps/needs/diagnostics"))
+    assert data["status"] == "degraded" and data["secrets"] == {"referenced": ["API_TOKEN"], "missing": ["API_TOKEN"]}

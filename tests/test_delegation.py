@@ -9,9 +9,10 @@ from pathlib import Path
 import pytest
 from asgiref.sync import async_to_sync
 
-from apps_registry import services as registry
-from conversations import engine, services
+from conversations import services
 from conversations.models import Event, Message, Session, Turn
+from conversations.turns import scheduler as engine
+from tests.helpers import ADMIN_KEY, admin_client, deploy, make_workspace
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -85,14 +86,7 @@ def manifest(app_id: str, ws: Path, *, coordinator_extra: dict | None = None, co
 
 @pytest.fixture
 def ws(tmp_path: Path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "README.md").write_text("# Demo project about otters\n")
-    return root
-
-
-def deploy(text: str):
-    return registry.app_deploy(text=text, force=True)
+    return make_workspace(tmp_path, {"README.md": "# Demo project about otters\n"})
 
 
 def send(app_id: str, message: str, session_id: str = "s1") -> services.Enqueued:
@@ -110,8 +104,13 @@ def run(session_pk: int) -> None:
     async_to_sync(_drive)(session_pk)
 
 
-def stream(session_pk: int) -> list[Event]:
-    return list(Event.objects.filter(session_id=session_pk).order_by("seq"))
+# Progress events (issue 15) ride along every turn; the assertions below are about the others.
+PROGRESS = {"status", "in_token", "out_token", "stream_done", "agent_event"}
+
+
+def stream(session_pk: int, *, progress: bool = False) -> list[Event]:
+    rows = list(Event.objects.filter(session_id=session_pk).order_by("seq"))
+    return rows if progress else [e for e in rows if e.type not in PROGRESS]
 
 
 def result_of(enq: services.Enqueued) -> dict:
@@ -145,7 +144,12 @@ def test_blocking_delegation_returns_the_child_answer(ws):
     assert all(e.correlation_id == enq.correlation_id for e in evs)
     assert all(e.data["task_id"] == child.correlation_id and e.data["parent_id"] == enq.correlation_id for e in tagged)
     assert tagged[-1].data["status"] == "completed" and "otters" in tagged[-1].data["content"]
-    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    every = stream(enq.session_pk, progress=True)
+    assert [e.seq for e in every] == list(range(1, len(every) + 1))
+    # agent_event: the run spawned, then completed (the original's clients follow agents by it).
+    agent_events = [e.data for e in every if e.type == "agent_event"]
+    assert [(a["event"], a["agent_id"], a["task_id"]) for a in agent_events] == [
+        ("spawned", "researcher", child.correlation_id), ("completed", "researcher", child.correlation_id)]
     # The child's session has no stream of its own and is not listed among the user's sessions.
     assert not Event.objects.filter(session=child.session).exists()
     from conversations.selectors import session_list
@@ -445,11 +449,11 @@ def test_a_spawn_cut_by_a_crash_finds_its_run_again(ws):
 
 
 def test_agent_spawn_through_the_execute_endpoint(ws):
-    from django.test import Client, override_settings
+    from django.test import override_settings
 
     deploy(manifest("api", ws))
-    with override_settings(DIGITORN_API_KEY="dg_test_admin_key_0123456789"):
-        client = Client(HTTP_AUTHORIZATION="Bearer dg_test_admin_key_0123456789")
+    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
+        client = admin_client()
 
         def execute(tool: str, params: dict) -> dict:
             response = client.post(f"/api/apps/api/tools/{tool}/execute", data=json.dumps({"params": params}),

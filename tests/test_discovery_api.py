@@ -6,74 +6,54 @@ import json
 from pathlib import Path
 
 import pytest
-from django.test import Client, override_settings
+from django.test import Client
 
 from approvals.models import ApprovalRequest
 from apps_registry import services as apps_services
+from tests.helpers import admin_client, assert_envelope_error, client_for, make_workspace, scripted_app
 from tooling.models import ToolExecution
 
-ADMIN_KEY = "dg_test_admin_key_for_discovery"
 SECRET = "tok-5ecret-value-9876"
 
-pytestmark = [pytest.mark.django_db]
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("admin_key")]
 
 
-def manifest(app_id: str, workspace: Path, capabilities: str = "") -> str:
-    return f"""\
-schema_version: 2
-app: {{app_id: {app_id}, name: {app_id}}}
-agents:
-  - id: assistant
-    brain: {{provider: scripted, config: {{rules: [{{when: "", steps: [{{say: "hello"}}]}}]}}}}
-tools:
-  modules:
-    filesystem: {{workspace: "{workspace}"}}
-    shell: {{workspace: "{workspace}", env: {{TOKEN: "{{{{secret.API_TOKEN}}}}"}}}}
-    memory: {{}}
-{capabilities}"""
+def manifest(app_id: str, workspace: Path, capabilities: dict | None = None) -> dict:
+    return scripted_app(app_id, {
+        "filesystem": {"workspace": str(workspace)},
+        "shell": {"workspace": str(workspace), "env": {"TOKEN": "{{secret.API_TOKEN}}"}},
+        "memory": {},
+    }, capabilities=capabilities)
 
 
-GATED = """\
-  capabilities:
-    default_policy: auto
-    grant: [filesystem, memory]
-    deny: [filesystem.delete]
-    approve:
-      - {module: shell, actions: [run], reason: "commands change the machine"}
-"""
-
-
-@pytest.fixture(autouse=True)
-def admin_key():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield
+GATED = {
+    "default_policy": "auto",
+    "grant": ["filesystem", "memory"],
+    "deny": ["filesystem.delete"],
+    "approve": [{"module": "shell", "actions": ["run"], "reason": "commands change the machine"}],
+}
 
 
 @pytest.fixture
 def client() -> Client:
-    return Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+    return admin_client()
 
 
 @pytest.fixture
 def ws(tmp_path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    (root / "README.md").write_text("# project\n")
-    (root / "src").mkdir()
-    (root / "src" / "main.py").write_text("print('hi')\n")
-    return root
+    return make_workspace(tmp_path, {"README.md": "# project\n", "src/main.py": "print('hi')\n"})
 
 
 @pytest.fixture
-def dev_app(ws) -> str:
-    apps_services.app_deploy(text=manifest("devapp", ws))
+def dev_app(ws, deployed_app) -> str:
+    deployed_app(manifest("devapp", ws))
     apps_services.secret_set(app_id="devapp", key="API_TOKEN", value=SECRET)
     return "devapp"
 
 
 @pytest.fixture
-def gated_app(ws) -> str:
-    apps_services.app_deploy(text=manifest("gated", ws, GATED))
+def gated_app(ws, deployed_app) -> str:
+    deployed_app(manifest("gated", ws, GATED))
     apps_services.secret_set(app_id="gated", key="API_TOKEN", value=SECRET)
     return "gated"
 
@@ -81,13 +61,6 @@ def gated_app(ws) -> str:
 def execute(client: Client, app_id: str, tool: str, body) -> object:
     data = body if isinstance(body, str) else json.dumps(body)
     return client.post(f"/api/apps/{app_id}/tools/{tool}/execute", data=data, content_type="application/json")
-
-
-def error_of(response, status: int, code: str) -> str:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert body["success"] is False and body["error_code"] == code, body
-    return body["error"]
 
 
 # -- search --------------------------------------------------------------------------------------
@@ -124,7 +97,7 @@ def test_search_empty_query_is_an_empty_answer(client, dev_app, params):
     ],
 )
 def test_search_bad_input_is_400(client, dev_app, params, needle):
-    message = error_of(client.get(f"/api/apps/{dev_app}/tools/search", params), 400, "VALIDATION_ERROR")
+    message = assert_envelope_error(client.get(f"/api/apps/{dev_app}/tools/search", params), 400, "VALIDATION_ERROR")["error"]
     assert needle in message
 
 
@@ -149,15 +122,15 @@ def test_categories_and_category_pages(client, gated_app):
     assert page["total_tools"] == 10 and "filesystem.delete" not in [t["name"] for t in page["tools"]]
     assert set(page["tools"][0]) == {"name", "description", "risk_level", "tags"}
 
-    assert "1 page" in error_of(
+    assert "1 page" in assert_envelope_error(
         client.get(f"/api/apps/{gated_app}/tools/categories/filesystem", {"page": 2}), 404, "RESOURCE_NOT_FOUND"
-    )
-    assert "page" in error_of(
+    )["error"]
+    assert "page" in assert_envelope_error(
         client.get(f"/api/apps/{gated_app}/tools/categories/filesystem", {"page": 0}), 400, "VALIDATION_ERROR"
-    )
-    assert "Did you mean 'filesystem'" in error_of(
+    )["error"]
+    assert "Did you mean 'filesystem'" in assert_envelope_error(
         client.get(f"/api/apps/{gated_app}/tools/categories/filesytem"), 404, "RESOURCE_NOT_FOUND"
-    )
+    )["error"]
 
 
 def test_tool_schema_with_policy(client, gated_app):
@@ -168,10 +141,10 @@ def test_tool_schema_with_policy(client, gated_app):
     assert data["irreversible"] is False and data["examples"] == []
     shell = client.get(f"/api/apps/{gated_app}/tools/shell__run").json()["data"]
     assert (shell["name"], shell["policy"], shell["risk_level"]) == ("shell.run", "approve", "high")
-    assert "blocked" in error_of(client.get(f"/api/apps/{gated_app}/tools/filesystem.delete"), 404, "RESOURCE_NOT_FOUND")
-    assert "Did you mean 'filesystem.read'" in error_of(
+    assert "blocked" in assert_envelope_error(client.get(f"/api/apps/{gated_app}/tools/filesystem.delete"), 404, "RESOURCE_NOT_FOUND")["error"]
+    assert "Did you mean 'filesystem.read'" in assert_envelope_error(
         client.get(f"/api/apps/{gated_app}/tools/filesystem.raed"), 404, "RESOURCE_NOT_FOUND"
-    )
+    )["error"]
 
 
 def test_index(client, gated_app):
@@ -190,8 +163,8 @@ def test_index(client, gated_app):
 
 def test_unknown_app_is_404_everywhere(client):
     for url in ("/tools/search?query=x", "/tools/categories", "/tools/categories/filesystem", "/tools/filesystem.read", "/index"):
-        assert "not deployed" in error_of(client.get(f"/api/apps/ghost{url}"), 404, "RESOURCE_NOT_FOUND")
-    assert "not deployed" in error_of(execute(client, "ghost", "filesystem.read", {"params": {}}), 404, "RESOURCE_NOT_FOUND")
+        assert "not deployed" in assert_envelope_error(client.get(f"/api/apps/ghost{url}"), 404, "RESOURCE_NOT_FOUND")["error"]
+    assert "not deployed" in assert_envelope_error(execute(client, "ghost", "filesystem.read", {"params": {}}), 404, "RESOURCE_NOT_FOUND")["error"]
 
 
 # -- direct execution ----------------------------------------------------------------------------
@@ -234,7 +207,7 @@ def test_execute_masks_secrets(client, dev_app):
     ],
 )
 def test_execute_bad_input_is_400(client, dev_app, body, needle):
-    assert needle in error_of(execute(client, dev_app, "filesystem.read", body), 400, "VALIDATION_ERROR")
+    assert needle in assert_envelope_error(execute(client, dev_app, "filesystem.read", body), 400, "VALIDATION_ERROR")["error"]
 
 
 def test_execute_empty_body_means_no_params(client, dev_app):
@@ -247,7 +220,7 @@ def test_execute_honours_deny_grant_and_approve(client, gated_app, ws):
     assert execute(client, gated_app, "filesystem.write", {"params": {"path": "w.txt", "content": "x"}}).status_code == 200
     assert (ws / "w.txt").read_text() == "x"
     # deny → 403, nothing deleted
-    message = error_of(execute(client, gated_app, "filesystem.delete", {"params": {"path": "w.txt"}}), 403, "FORBIDDEN")
+    message = assert_envelope_error(execute(client, gated_app, "filesystem.delete", {"params": {"path": "w.txt"}}), 403, "FORBIDDEN")["error"]
     assert "blocked by policy" in message and (ws / "w.txt").exists()
     # approve → 202 with a request id, nothing ran yet
     response = execute(client, gated_app, "shell.run", {"params": {"command": "echo $TOKEN > ran.txt"}})
@@ -261,19 +234,18 @@ def test_execute_honours_deny_grant_and_approve(client, gated_app, ws):
 
 
 def test_execute_with_a_missing_secret_is_409(client, ws):
-    apps_services.app_deploy(text=manifest("nosecret", ws))
-    assert "API_TOKEN" in error_of(
+    apps_services.app_deploy(text=json.dumps(manifest("nosecret", ws)))
+    assert "API_TOKEN" in assert_envelope_error(
         execute(client, "nosecret", "filesystem.ls", {"params": {}}), 409, "MISSING_SECRET"
-    )
+    )["error"]
 
 
 def test_unknown_tool_execute_is_404(client, dev_app):
-    assert "Did you mean" in error_of(execute(client, dev_app, "filesystem.reed", {"params": {}}), 404, "RESOURCE_NOT_FOUND")
+    assert "Did you mean" in assert_envelope_error(execute(client, dev_app, "filesystem.reed", {"params": {}}), 404, "RESOURCE_NOT_FOUND")["error"]
 
 
 def test_scopes(dev_app):
-    _, read_only = apps_services.api_key_create(name="viewer", scopes=["apps:read"])
-    viewer = Client(HTTP_AUTHORIZATION=f"Bearer {read_only}")
+    viewer = client_for("viewer", ["apps:read"])
     assert viewer.get(f"/api/apps/{dev_app}/tools/categories").status_code == 200
-    assert "apps:run" in error_of(execute(viewer, dev_app, "filesystem.ls", {"params": {}}), 403, "FORBIDDEN")
-    error_of(Client().get(f"/api/apps/{dev_app}/index"), 401, "UNAUTHORIZED")
+    assert "apps:run" in assert_envelope_error(execute(viewer, dev_app, "filesystem.ls", {"params": {}}), 403, "FORBIDDEN")["error"]
+    assert_envelope_error(Client().get(f"/api/apps/{dev_app}/index"), 401, "UNAUTHORIZED")

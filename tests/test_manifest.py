@@ -19,10 +19,7 @@ import yaml
 from apps_registry.manifest import CompiledApp, CompileResult, compile_manifest
 from apps_registry.manifest.loader import MAX_DEPTH, MAX_MANIFEST_BYTES
 from digitorn_site.errors import ManifestError, ValidationError
-from tooling import registry as _registry
-
-# The modules this build has, as the compiler lists them (aliases such as `bash` left out).
-AVAILABLE = ", ".join(sorted(m for m in _registry.known_actions() if m not in _registry.MODULE_ALIASES))
+from tests.helpers import AVAILABLE_MODULES
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -347,7 +344,7 @@ BROKEN: list[tuple[str, str, str, str]] = [
         "unknown module",
         variant(("tools.modules.filesytem", {})),
         "tools.modules.filesytem",
-        f"module 'filesytem' is not available in this build (available: {AVAILABLE}); "
+        f"module 'filesytem' is not available in this build (available: {AVAILABLE_MODULES}); "
         "did you mean 'filesystem'?",
     ),
     (
@@ -433,7 +430,7 @@ BROKEN: list[tuple[str, str, str, str]] = [
     ("legacy key beside app: folded, bad value still named", variant(("execution", {"max_turns": 0}),
      ("runtime", DELETE)), "execution.max_turns", "must be >= 1"),
     ("unavailable module", variant(("tools.modules.lsp", {})), "tools.modules.lsp",
-     f"module 'lsp' is not available in this build (available: {AVAILABLE})"),
+     f"module 'lsp' is not available in this build (available: {AVAILABLE_MODULES})"),
 ]
 
 
@@ -501,7 +498,7 @@ def test_a_missing_key_points_at_its_enclosing_block():
         (
             variant(("tools.modules.Filesystem", {})),
             "tools.modules.Filesystem",
-            f"module 'Filesystem' is not available in this build (available: {AVAILABLE}); "
+            f"module 'Filesystem' is not available in this build (available: {AVAILABLE_MODULES}); "
             "did you mean 'filesystem'?",
         ),
         (

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 import pytest
-from django.test import Client, override_settings
 
 from approvals.policy import resolve_policy
 from apps_registry.manifest import compile_manifest
@@ -22,24 +21,10 @@ from apps_registry.models import App, AppSecret
 from conversations.brains import brain_for
 from conversations.brains.fallback import FallbackBrain
 from digitorn_site import crypto
-from digitorn_site.errors import ManifestError
-from tooling import registry as _registry
-
-# The modules this build has, as the compiler lists them (aliases such as `bash` left out).
-AVAILABLE = ", ".join(sorted(m for m in _registry.known_actions() if m not in _registry.MODULE_ALIASES))
+from tests.helpers import AVAILABLE_MODULES, client_for, compiles, manifest_errors
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTED = "{provider: scripted, config: {rules: [{steps: [{say: hi}]}]}}"
-
-
-def compiles(text: str, **kwargs):
-    return compile_manifest(text, environ=kwargs.pop("environ", {}), **kwargs)
-
-
-def errors_of(text: str, **kwargs) -> list[dict]:
-    with pytest.raises(ManifestError) as info:
-        compile_manifest(text, environ=kwargs.pop("environ", {}), **kwargs)
-    return info.value.errors
 
 
 def same(a, b) -> None:
@@ -228,9 +213,12 @@ def test_hook_on_keys_are_read_as_text():
         "      condition: {type: always}\n      action: {type: log}\n"
         f"agents: [{{id: a, brain: {SCRIPTED}}}]\n"
     )
-    assert "runtime.hooks: accepted, not yet acted on by this daemon" in compiles(text).warnings
+    # Acted on since issue 15 (conversations.hooks runs `log` on turn_end): compiled, no warning.
+    result = compiles(text)
+    assert [h["id"] for h in result.app.runtime.hooks] == ["c"] and result.app.runtime.hooks[0]["on"] == "turn_end"
+    assert not any(w.startswith("runtime.hooks") for w in result.warnings)
     bad = text.replace("turn_end", "turn_ends")
-    assert "did you mean 'turn_end'" in errors_of(bad)[0]["message"]
+    assert "did you mean 'turn_end'" in manifest_errors(bad)[0]["message"]
 
 
 # -- warnings: accepted, not acted on ------------------------------------------------------------
@@ -263,7 +251,7 @@ def test_accepted_keys_not_acted_on_are_listed_in_warnings(block: str, path: str
 
 BROKEN = [
     ("tools: {modules: {lsp: {}}}", "tools.modules.lsp",
-     f"module 'lsp' is not available in this build (available: {AVAILABLE})"),
+     f"module 'lsp' is not available in this build (available: {AVAILABLE_MODULES})"),
     ("tools: {modules: {shel: {}}}", "tools.modules.shel", "did you mean 'shell'?"),
     ("agents: [{id: a, brain: {provider: deepsek, model: m}}]", "agents[0].brain.provider", "did you mean 'deepseek'?"),
     ("agents: [{id: a, brain: {provider: github_copilot, model: m}}]", "agents[0].brain.provider",
@@ -299,7 +287,7 @@ BROKEN = [
 def test_each_error_names_the_path_and_what_is_wrong(block: str, path: str, fragment: str):
     head = "" if block.startswith("app:") else "app: {app_id: x}\n"
     tail = "" if "agents:" in block else f"\nagents: [{{id: a, brain: {SCRIPTED}}}]"
-    errors = errors_of(head + block + tail + "\n")
+    errors = manifest_errors(head + block + tail + "\n")
     assert any(e["path"] == path and fragment in e["message"] for e in errors), errors
 
 
@@ -375,11 +363,11 @@ def test_missing_bundle_file_warns_and_the_daemons_credentials_are_errors(monkey
     assert any("no file prompts/x.md" in w for w in missing.warnings)
     assert any("upload them in the 'assets'" in w for w in compiles(base % "{{asset.y}}").warnings)
     for name in ("DIGITORN_API_KEY", "DJANGO_SECRET_KEY", "DATABASE_URL", "REDIS_URL", "DIGITORN_ENCRYPTION_KEYS"):
-        message = errors_of(base % ("{{env." + name + "}}"), environ={name: "x"})[0]["message"]
+        message = manifest_errors(base % ("{{env." + name + "}}"), environ={name: "x"})[0]["message"]
         assert "daemon's own credentials" in message and "'x'" not in message
     monkeypatch.setenv("DIGITORN_MANIFEST_ENV", "OPENAI_*, PWD")
     monkeypatch.setenv("HOME", "/root")
-    assert "DIGITORN_MANIFEST_ENV" in errors_of(base % "{{env.HOME}}", environ=None)[0]["message"]
+    assert "DIGITORN_MANIFEST_ENV" in manifest_errors(base % "{{env.HOME}}", environ=None)[0]["message"]
     monkeypatch.setenv("OPENAI_KEY", "k")
     assert compile_manifest(base % "{{env.OPENAI_KEY}}").app.env_refs == ("OPENAI_KEY",)
 
@@ -406,13 +394,10 @@ def test_per_agent_actions_constraints_and_hidden_gate_the_tools():
 
 # -- the deploy API --------------------------------------------------------------------------------
 
-ADMIN_KEY = "dg_test_admin_key_for_language"
-
 
 @pytest.fixture
-def client():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+def client(admin_client):
+    return admin_client
 
 
 @pytest.mark.django_db
@@ -437,7 +422,7 @@ def test_upload_with_assets_and_secrets_and_the_summary_fields(client):
     assert response.status_code == 200, response.content
     data = response.json()["data"]
     assert data["workspace_mode"] == "none" and data["greeting"] == "Hello"
-    assert "runtime.hooks: accepted, not yet acted on by this daemon" in data["warnings"]
+    assert not any(w.startswith("runtime.hooks") for w in data["warnings"])  # run since issue 15
     assert "sk-uploaded-123" not in response.content.decode()
     row = AppSecret.objects.get(app_id="up", key="K")
     assert crypto.decrypt(row.ciphertext) == "sk-uploaded-123"
@@ -461,12 +446,9 @@ def test_bad_assets_are_refused_with_400(client, assets):
 
 @pytest.mark.django_db
 def test_a_non_admin_key_cannot_deploy_a_manifest_that_reads_the_environment(client, tmp_path):
-    from apps_registry.services import api_key_create
-
-    _, raw = api_key_create(name="dep", scopes=["apps:deploy", "apps:read"])
+    other = client_for("dep", ["apps:deploy", "apps:read"])
     path = tmp_path / "env.yaml"
     path.write_text(f"app: {{app_id: envy, name: '{{{{env.HOME ?? \"h\"}}}}'}}\nagents: [{{id: a, brain: {SCRIPTED}}}]\n")
-    other = Client(HTTP_AUTHORIZATION=f"Bearer {raw}")
     response = other.post("/api/apps/deploy", {"yaml_path": str(path)}, content_type="application/json")
     assert response.status_code == 403 and "admin" in response.json()["error"]
     assert client.post("/api/apps/deploy", {"yaml_path": str(path)}, content_type="application/json").status_code == 200

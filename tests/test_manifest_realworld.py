@@ -8,23 +8,11 @@ from __future__ import annotations
 import json
 
 import pytest
-from django.test import Client, override_settings
 
-from apps_registry.manifest import compile_manifest
 from apps_registry.models import App
-from digitorn_site.errors import ManifestError
+from tests.helpers import compiles, manifest_errors
 
 BRAIN = "{provider: openai, model: gpt-4o-mini, config: {api_key: '{{secret.K}}'}}"
-
-
-def compiles(text: str, **kwargs):
-    return compile_manifest(text, environ=kwargs.pop("environ", {}), **kwargs)
-
-
-def errors_of(text: str, **kwargs) -> list[dict]:
-    with pytest.raises(ManifestError) as info:
-        compile_manifest(text, environ=kwargs.pop("environ", {}), **kwargs)
-    return info.value.errors
 
 
 # -- an agent's own module list names a module the app does not declare --------------------------
@@ -58,7 +46,7 @@ def test_a_module_only_an_agent_lists_is_loaded_for_that_agent_with_a_warning():
 
 def test_a_module_this_build_lacks_listed_only_by_an_agent_is_one_clear_error():
     text = AGENT_LISTS_UNDECLARED.replace("[memory, filesystem]", "[memory, scheduler]")
-    errors = errors_of(text)
+    errors = manifest_errors(text)
     assert [e["path"] for e in errors] == ["agents[0].modules[1]"], errors
     assert errors[0]["message"].startswith("module 'scheduler' is not available in this build (available: ")
 
@@ -69,7 +57,7 @@ def test_a_module_this_build_lacks_named_only_in_capabilities_is_one_clear_error
         "tools: {modules: {memory: {}}, capabilities: {grant: [{module: memory}, {module: lsp, actions: [diagnostics]},"
         " {module: lsp}]}}\n"
     )
-    errors = errors_of(text)
+    errors = manifest_errors(text)
     assert [e["path"] for e in errors] == ["tools.capabilities.grant[1].module"], errors
     assert "module 'lsp' is not available in this build" in errors[0]["message"]
 
@@ -86,7 +74,7 @@ def test_mcp_servers_written_as_a_list_of_names_is_the_mapping_without_settings(
 
 def test_mcp_servers_listing_a_name_twice_is_still_refused():
     head = f"app: {{app_id: gh2}}\nagents: [{{id: a, brain: {BRAIN}}}]\n"
-    errors = errors_of(head + "tools: {modules: {mcp: {config: {servers: [github, github]}}}}\n")
+    errors = manifest_errors(head + "tools: {modules: {mcp: {config: {servers: [github, github]}}}}\n")
     assert errors and errors[0]["path"].startswith("tools.modules.mcp.config.servers"), errors
 
 
@@ -98,7 +86,7 @@ def test_a_hook_keyed_true_is_the_hook_keyed_on():
     as_true = compiles(base + hook.format(key="true") + "\n")
     as_on = compiles(base + hook.format(key="on") + "\n")
     assert as_true.app.to_dict()["runtime"] == as_on.app.to_dict()["runtime"]
-    errors = errors_of(base + hook.format(key="true").replace("tool_end", "tool_ending") + "\n")
+    errors = manifest_errors(base + hook.format(key="true").replace("tool_end", "tool_ending") + "\n")
     assert errors[0]["path"] == "runtime.hooks[0].on" and "unknown hook event 'tool_ending'" in errors[0]["message"]
 
 
@@ -122,7 +110,7 @@ def test_an_unset_env_reference_in_a_formatted_setting_is_a_warning_not_an_error
     result = compiles(MCP_URL_FROM_ENV)
     assert any("ZAP_MCP_URL is not set" in w for w in result.warnings), result.warnings
     # Set to a value of the wrong form, the format is still checked.
-    errors = errors_of(MCP_URL_FROM_ENV, environ={"ZAP_MCP_URL": "not-a-url"})
+    errors = manifest_errors(MCP_URL_FROM_ENV, environ={"ZAP_MCP_URL": "not-a-url"})
     assert any(e["path"] == "tools.modules.mcp.config.servers.mail.url" for e in errors), errors
 
 
@@ -136,14 +124,14 @@ def test_a_provider_this_build_lacks_is_one_error_per_brain_even_with_its_backen
         "- {id: b, brain: {provider: openai, model: m, config: {api_key: x},"
         " fallback: {provider: github_copilot, backend: github_copilot, model: m, config: {api_key: x}}}}\n"
     )
-    errors = errors_of(text)
+    errors = manifest_errors(text)
     assert [e["path"] for e in errors] == ["agents[0].brain.provider", "agents[1].brain.fallback.provider"], errors
     assert all(e["message"].startswith("provider 'github_copilot' is not available in this build") for e in errors)
 
 
 def test_a_backend_this_build_lacks_under_a_known_provider_is_one_error():
-    errors = errors_of("app: {app_id: cop2}\nagents: [{id: a, brain: {provider: openai, backend: github_copilot,"
-                       " model: m, config: {api_key: x}}}]\n")
+    errors = manifest_errors("app: {app_id: cop2}\nagents: [{id: a, brain: {provider: openai, backend: github_copilot,"
+                             " model: m, config: {api_key: x}}}]\n")
     assert [e["path"] for e in errors] == ["agents[0].brain.backend"], errors
     assert "backend 'github_copilot' is not available in this build" in errors[0]["message"]
 
@@ -156,11 +144,11 @@ def test_a_lacking_module_is_one_error_whatever_its_settings_say():
         "tools:\n  modules:\n    scheduler:\n      config:\n"
         "        ops_token: '{{env.DIGITORN_API_KEY}}'\n        bad: '{{sys.nope}}'\n"
     )
-    errors = errors_of(text)
+    errors = manifest_errors(text)
     assert [e["path"] for e in errors] == ["tools.modules.scheduler"], errors
     assert "module 'scheduler' is not available in this build" in errors[0]["message"]
     # Declared by a module this build has, the same reference is still refused.
-    errors = errors_of(text.replace("scheduler:", "http:"))
+    errors = manifest_errors(text.replace("scheduler:", "http:"))
     assert any("DIGITORN_API_KEY" in e["message"] for e in errors), errors
 
 
@@ -173,20 +161,17 @@ def test_grants_of_actions_the_originals_git_has_are_warnings_and_typos_still_er
                    " approve: [{module: git, actions: [push, pr_create]}]}}\n")
     result = compiles(text)
     assert any("has no action 'stash'" in w for w in result.warnings), result.warnings
-    errors = errors_of(text.replace("stash", "statsu"))
+    errors = manifest_errors(text.replace("stash", "statsu"))
     assert errors[0]["path"] == "tools.capabilities.grant[0].actions[3]"
     assert "did you mean 'status'?" in errors[0]["message"]
 
 
 # -- the HTTP upload agrees --------------------------------------------------------------------------------
 
-ADMIN_KEY = "dg_test_admin_key_for_realworld"
-
 
 @pytest.fixture
-def client():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield Client(HTTP_AUTHORIZATION=f"Bearer {ADMIN_KEY}")
+def client(admin_client):
+    return admin_client
 
 
 def _upload(client, text: str):
@@ -230,5 +215,5 @@ def test_an_unset_env_reference_as_a_brain_base_url_is_a_warning_not_an_error():
             " config: {base_url: '{{env.MY_LLM_URL}}', api_key: x}}}]\n")
     result = compiles(text)
     assert any("MY_LLM_URL is not set" in w for w in result.warnings), result.warnings
-    errors = errors_of(text, environ={"MY_LLM_URL": "localhost:11434"})
+    errors = manifest_errors(text, environ={"MY_LLM_URL": "localhost:11434"})
     assert errors[0]["path"] == "agents[0].brain.config.base_url" and "http:// or https://" in errors[0]["message"]

@@ -13,10 +13,9 @@ from django.test import AsyncClient
 from conversations import services
 from conversations.models import Turn
 from tests import test_sessions_api as base
-from tests.test_sessions_api import HEADERS, assert_error
+from tests.helpers import HEADERS, admin_client, assert_envelope_error
 
-admin_key = base.admin_key  # fixtures shared with the sessions tests
-app = base.app
+app = base.app  # the sessions tests' apps
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
 
@@ -35,22 +34,22 @@ def send(body, url="/api/apps/demo/sessions/m1/messages", raw: bytes | None = No
 def test_message_cap_is_one_mib_of_utf8(app):
     # 1 MiB of ASCII passes (the old cap was 100,000 characters); the body is over the 1 MiB JSON limit.
     assert send({"message": "a" * MIB}).status_code == 202
-    body = assert_error(send({"message": "a" * (MIB + 1)}), 400, "VALIDATION_ERROR")
+    body = assert_envelope_error(send({"message": "a" * (MIB + 1)}), 400, "VALIDATION_ERROR")
     assert "bytes" in body["error"]
     # Counted in bytes: 300,000 four-byte characters are 1.2 MB.
-    assert_error(send({"message": "😀" * 300_000}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(send({"message": "😀" * 300_000}), 400, "VALIDATION_ERROR")
 
 
 def test_images_are_validated_then_ignored(app):
     accepted = send({"message": "look", "images": [PNG]})
     assert accepted.status_code == 202, accepted.content
     assert accepted.json()["data"]["ignored"] == ["images"]
-    body = assert_error(send({"message": "x", "images": [{**PNG, "mime": "audio/wav"}]}), 415, "UNSUPPORTED_MEDIA_TYPE")
+    body = assert_envelope_error(send({"message": "x", "images": [{**PNG, "mime": "audio/wav"}]}), 415, "UNSUPPORTED_MEDIA_TYPE")
     assert "images[0].mime" in body["error"]
-    assert_error(send({"message": "x", "images": [PNG] * 11}), 400, "VALIDATION_ERROR")
-    assert_error(send({"message": "x", "images": [{**PNG, "data": "not base64!"}]}), 400, "VALIDATION_ERROR")
-    assert_error(send({"message": "x", "images": "one"}), 400, "VALIDATION_ERROR")
-    assert_error(send({"message": "x", "images": [{"mime": "image/png"}]}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(send({"message": "x", "images": [PNG] * 11}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(send({"message": "x", "images": [{**PNG, "data": "not base64!"}]}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(send({"message": "x", "images": "one"}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(send({"message": "x", "images": [{"mime": "image/png"}]}), 400, "VALIDATION_ERROR")
 
 
 def test_workspace_is_accepted_and_ignored(app):
@@ -62,11 +61,11 @@ def test_client_message_id_is_echoed(app):
     data = send({"message": "hi", "client_message_id": "bubble-7"}).json()["data"]
     assert data["client_message_id"] == "bubble-7" and data["queue_mode"] == "async"
     assert send({"message": "hi"}).json()["data"]["client_message_id"] is None
-    assert_error(send({"message": "hi", "client_message_id": 7}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(send({"message": "hi", "client_message_id": 7}), 400, "VALIDATION_ERROR")
 
 
 def test_unknown_queue_mode_is_400(app):
-    body = assert_error(send({"message": "hi", "queue_mode": "later"}), 400, "VALIDATION_ERROR")
+    body = assert_envelope_error(send({"message": "hi", "queue_mode": "later"}), 400, "VALIDATION_ERROR")
     assert "queue_mode" in body["error"] and "replace_last" in body["error"]
 
 
@@ -103,14 +102,12 @@ def test_run_input_type_is_metadata(app):
     response = async_to_sync(go)({"input": "hello", "input_type": "json"})
     assert response.status_code == 200, response.content
     assert response.json()["data"]["content"] == "ran: hello"  # not "[input_type: json]\nhello"
-    assert_error(async_to_sync(go)({"input": "x", "input_type": "video"}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(async_to_sync(go)({"input": "x", "input_type": "video"}), 400, "VALIDATION_ERROR")
 
 
 def test_other_json_bodies_keep_the_one_mib_limit(app):
-    from django.test import Client
-
     big = json.dumps({"value": "v" * (MIB + 10)})
-    response = Client(HTTP_AUTHORIZATION=HEADERS["Authorization"]).put(
+    response = admin_client().put(
         "/api/apps/demo/secrets/BIG", data=big, content_type="application/json"
     )
-    assert_error(response, 413, "PAYLOAD_TOO_LARGE")
+    assert_envelope_error(response, 413, "PAYLOAD_TOO_LARGE")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from apps_registry.manifest.compiled import Capabilities, CapabilityRule
 from digitorn_site.errors import ValidationError
@@ -20,12 +21,6 @@ from tooling.modules.mcp.pool import POOL
 pytestmark = pytest.mark.django_db
 
 SERVER = str(Path(__file__).with_name("mcp_server.py"))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module", params=["http", "sse"])

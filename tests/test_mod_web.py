@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
+from tests.httpkit import QuietHandler, serving
 from tests.modkit import err, make_app, ok
 
 pytestmark = pytest.mark.django_db
@@ -25,20 +24,9 @@ by the pattern of tides in the deep ocean and by the shape of the coastline.</p>
 </article><footer>Copyright footer text</footer></body></html>"""
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(QuietHandler):
     calls: list[tuple[str, str, dict]] = []
-
-    def log_message(self, *args):
-        pass
-
-    def _send(self, status: int, body: bytes, ctype: str = "text/html; charset=utf-8", headers=None):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+    content_type = "text/html; charset=utf-8"
 
     def do_GET(self):
         url = urlsplit(self.path)
@@ -80,11 +68,8 @@ class Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def server():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serving(Handler) as url:
+        yield url
 
 
 @pytest.fixture

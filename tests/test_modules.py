@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
 
 from apps_registry.manifest.compiled import AgentSpec, CompiledApp, Runtime
+from tests.httpkit import QuietHandler, serving
 from tooling import registry
 from tooling.models import MemoryEntry, ToolExecution
 from tooling.modules.base import SIDE_EFFECTS, ActionSpec, Module, ToolContext, action
@@ -35,13 +34,6 @@ def make_app(workspace: Path, **modules: dict) -> CompiledApp:
         agents=(AgentSpec(id="assistant"),),
         runtime=Runtime(max_tool_result_chars=200_000),
     )
-
-
-@pytest.fixture
-def ws(tmp_path) -> Path:
-    root = tmp_path / "ws"
-    root.mkdir()
-    return root
 
 
 @pytest.fixture
@@ -286,18 +278,7 @@ def test_database_url_config_and_daemon_database_refused(ws, settings):
 # -- http --------------------------------------------------------------------------------------
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def log_message(self, *args):  # keep test output clean
-        pass
-
-    def _send(self, status: int, body: bytes, ctype: str = "application/json", headers: dict | None = None):
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+class _Handler(QuietHandler):
 
     def do_GET(self):
         if self.path.startswith("/json"):
@@ -322,12 +303,8 @@ class _Handler(BaseHTTPRequestHandler):
 
 @pytest.fixture(scope="module")
 def http_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Handler) as url:
+        yield url
 
 
 def test_http_get_post_request_against_a_local_server(app, http_server):

@@ -13,14 +13,14 @@ from apps_registry import services as registry
 from conversations.models import RateLimitHit
 from conversations.ratelimit import WINDOW_SECONDS, rate_limit_hit, rate_limit_usage
 from digitorn_site.errors import RateLimitError
-from tests.test_engine import manifest
+from tests.helpers import scripted_manifest
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
 def app(tmp_path: Path) -> str:
-    registry.app_deploy(text=manifest("rl", tmp_path, [{"steps": [{"say": "x"}]}]), force=True)
+    registry.app_deploy(text=scripted_manifest("rl", tmp_path, [{"steps": [{"say": "x"}]}]), force=True)
     registry.app_rate_limit_set(app_id="rl", rpm=5)
     return "rl"
 
@@ -54,7 +54,7 @@ def test_window_slides(app):
 
 
 def test_apps_have_separate_windows(app, tmp_path):
-    registry.app_deploy(text=manifest("other", tmp_path, [{"steps": [{"say": "x"}]}]), force=True)
+    registry.app_deploy(text=scripted_manifest("other", tmp_path, [{"steps": [{"say": "x"}]}]), force=True)
     registry.app_rate_limit_set(app_id="other", rpm=1)
     rate_limit_hit(app_id="other")
     with pytest.raises(RateLimitError):

@@ -9,26 +9,23 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient, override_settings
+from django.test import AsyncClient
 from django.utils import timezone
 
-from apps_registry import services as registry
 from conversations import services
 from conversations.events import event_append
 from conversations.models import Event, Message, Session, Turn
-from tests.test_engine import manifest
+from tests.helpers import HEADERS, make_workspace, scripted_manifest
 from tests.test_security_holes import _read_until
 from tooling.models import ToolExecution
 
-ADMIN_KEY = "dg_test_admin_key_for_retention"
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def app(tmp_path: Path) -> str:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    registry.app_deploy(text=manifest("keep", ws, [{"steps": [{"say": "echo: {message}"}]}]), force=True)
+def app(tmp_path: Path, deployed_app) -> str:
+    ws = make_workspace(tmp_path)
+    deployed_app(scripted_manifest("keep", ws, [{"steps": [{"say": "echo: {message}"}]}]), force=True)
     return "keep"
 
 
@@ -98,7 +95,7 @@ def test_retention_days_zero_keeps_events_forever(app, settings):
     assert Session.objects.filter(pk=session.pk).exists()
 
 
-@override_settings(DIGITORN_API_KEY=ADMIN_KEY)
+@pytest.mark.usefixtures("admin_key")
 def test_a_cursor_older_than_the_retained_log_gets_a_clear_error_then_the_rest(app):
     session = _session("s")  # seqs 1..3
     for _ in range(2):
@@ -108,7 +105,7 @@ def test_a_cursor_older_than_the_retained_log_gets_a_clear_error_then_the_rest(a
     async def read(since: int) -> list[str]:
         client = AsyncClient()
         response = await client.get(f"/api/apps/keep/sessions/s/events?since={since}",
-                                    headers={"Authorization": f"Bearer {ADMIN_KEY}"})
+                                    headers=HEADERS)
         assert response.status_code == 200
         frames = await _read_until(response.streaming_content, lambda f: f.startswith("id: 5"))
         await response.streaming_content.aclose()

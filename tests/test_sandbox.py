@@ -5,12 +5,13 @@ from __future__ import annotations
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
 from apps_registry.manifest.compiled import CompiledApp
+from tests.httpkit import QuietHandler, serving
 from tooling.services import tool_invoke
 
 pytestmark = pytest.mark.django_db
@@ -230,11 +231,8 @@ def test_shell_output_is_capped_per_stream(tmp_path):
 # -- SSRF --------------------------------------------------------------------------------------
 
 
-class _Hit(BaseHTTPRequestHandler):
+class _Hit(QuietHandler):
     hits = 0
-
-    def log_message(self, *args):
-        pass
 
     def do_GET(self):
         type(self).hits += 1
@@ -247,11 +245,8 @@ class _Hit(BaseHTTPRequestHandler):
 @pytest.fixture
 def loopback_server():
     _Hit.hits = 0
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Hit)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
+    with serving(_Hit) as url:
+        yield urlsplit(url).port
 
 
 SSRF_TARGETS = [

@@ -10,29 +10,25 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient, Client
 
 from apps_registry import services as registry
-from tests.test_engine import manifest
-
-ADMIN_KEY = "dg_test_admin_key_for_security"
-HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+from tests.helpers import (
+    HEADERS,
+    admin_client,
+    assert_envelope_error,
+    key_for,
+    make_workspace,
+    scripted_manifest,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
 
 
 @pytest.fixture
-def admin_key():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield ADMIN_KEY
-
-
-@pytest.fixture
-def app(tmp_path: Path) -> str:
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "README.md").write_text("# Demo project\n")
-    registry.app_deploy(text=manifest("demo", ws, [{"steps": [{"say": "echo: {message}"}]}]), force=True)
+def app(tmp_path: Path, deployed_app) -> str:
+    ws = make_workspace(tmp_path, {"README.md": "# Demo project\n"})
+    deployed_app(scripted_manifest("demo", ws, [{"steps": [{"say": "echo: {message}"}]}]), force=True)
     return "demo"
 
 
@@ -48,13 +44,6 @@ def _async(method: str, url: str, *, body=None, headers=None, raw: str | None = 
     return async_to_sync(go)()
 
 
-def assert_envelope(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert body["success"] is False and body["data"] is None and body["error_code"] == code and body["error"]
-    return body
-
-
 # --- item 8: hostile request bodies and cursors -------------------------------------------------
 
 
@@ -67,23 +56,23 @@ def test_deeply_nested_json_answers_400_everywhere(app, depth):
     nested = _nested(depth)
     # DRF views (tool execution, deploy, quota...), the async message views, the task wait view.
     body = '{"params": {"x": ' + nested + "}}"
-    assert_envelope(
-        Client(HTTP_AUTHORIZATION=HEADERS["Authorization"]).post(
+    assert_envelope_error(
+        admin_client().post(
             "/api/apps/demo/tools/filesystem.read/execute", data=body, content_type="application/json"
         ),
         400,
         "VALIDATION_ERROR",
     )
-    assert_envelope(
+    assert_envelope_error(
         _async("POST", "/api/apps/demo/chat", raw='{"session_id": "s", "message": "x", "extra": ' + nested + "}"),
         400,
         "VALIDATION_ERROR",
     )
-    assert_envelope(
+    assert_envelope_error(
         _async("POST", "/api/apps/demo/sessions/s/messages", raw=nested), 400, "VALIDATION_ERROR"
     )
-    assert_envelope(
-        Client(HTTP_AUTHORIZATION=HEADERS["Authorization"]).post(
+    assert_envelope_error(
+        admin_client().post(
             "/api/apps/demo/background-tasks/nope/wait", data='{"timeout": ' + nested + "}",
             content_type="application/json",
         ),
@@ -102,10 +91,10 @@ def test_shallow_json_still_accepted(app):
 @pytest.mark.parametrize("cursor", [str(2**63), str(2**64 + 5), "9" * 40, "-1", "1e3"])
 def test_event_cursor_out_of_range_answers_400(app, cursor):
     assert _async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "hi"}).status_code == 200
-    assert_envelope(
+    assert_envelope_error(
         _async("GET", "/api/apps/demo/sessions/s/events", headers={"Last-Event-ID": cursor}), 400, "VALIDATION_ERROR"
     )
-    assert_envelope(_async("GET", f"/api/apps/demo/sessions/s/events?since={cursor}"), 400, "VALIDATION_ERROR")
+    assert_envelope_error(_async("GET", f"/api/apps/demo/sessions/s/events?since={cursor}"), 400, "VALIDATION_ERROR")
 
 
 # --- item 2: a secret flowing through tool *parameters* -------------------------------------------
@@ -126,15 +115,15 @@ def _dump() -> str:
 def _secret_app(ws: Path, rules: list, capabilities: dict | None = None) -> None:
     from apps_registry.services import secret_set
 
-    registry.app_deploy(text=manifest("sec", ws, rules, capabilities=capabilities), force=True)
+    registry.app_deploy(text=scripted_manifest("sec", ws, rules, capabilities=capabilities), force=True)
     secret_set(app_id="sec", key="API_TOKEN", value=SECRET)
 
 
 def test_secret_in_tool_params_is_masked_everywhere_but_the_call(tmp_path, caplog):
     from approvals.services import approval_decide
-    from conversations.engine import advance_session
     from conversations.models import Event, Message, Turn
     from conversations.services import message_enqueue
+    from conversations.turns.scheduler import advance_session
 
     ws = tmp_path / "ws"
     ws.mkdir()
@@ -164,7 +153,7 @@ def test_secret_in_tool_params_is_masked_everywhere_but_the_call(tmp_path, caplo
     assert (ws / "gated.txt").read_text().strip() == f"approved-{SECRET}"
     done = Event.objects.filter(session_id=enq.session_pk, type="result").get().data
     assert done["content"] == "done with ***"
-    history = Client(HTTP_AUTHORIZATION=HEADERS["Authorization"]).get("/api/apps/sec/sessions/s1/history")
+    history = admin_client().get("/api/apps/sec/sessions/s1/history")
     assert history.status_code == 200 and "Bearer ***" in history.content.decode()
     assert Message.objects.filter(session_id=enq.session_pk, role="assistant").filter(tool_calls__isnull=False).count() == 2
     assert SECRET not in _dump()
@@ -191,7 +180,7 @@ def test_sealed_params_cannot_be_forged_by_the_model(tmp_path):
 
 def test_tool_execute_is_rate_limited_like_chat(app):
     registry.app_rate_limit_set(app_id="demo", rpm=3)
-    web = Client(HTTP_AUTHORIZATION=HEADERS["Authorization"])
+    web = admin_client()
     url = "/api/apps/demo/tools/filesystem.read/execute"
     for expected_remaining in ("2", "1"):
         response = web.post(url, data={"params": {"path": "README.md"}}, content_type="application/json")
@@ -201,21 +190,15 @@ def test_tool_execute_is_rate_limited_like_chat(app):
     chat = _async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "hi"})
     assert chat.status_code == 200 and chat["X-RateLimit-Remaining"] == "0"
     refused = web.post(url, data={"params": {"path": "README.md"}}, content_type="application/json")
-    body = assert_envelope(refused, 429, "RATE_LIMIT_EXCEEDED")
+    body = assert_envelope_error(refused, 429, "RATE_LIMIT_EXCEEDED")
     assert "quota" in body["error"]
     assert refused["X-RateLimit-Limit"] == "3" and refused["X-RateLimit-Remaining"] == "0"
     assert 1 <= int(refused["Retry-After"]) <= 60
-    assert_envelope(_async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "x"}), 429,
-                    "RATE_LIMIT_EXCEEDED")
+    assert_envelope_error(_async("POST", "/api/apps/demo/chat", body={"session_id": "s", "message": "x"}), 429,
+                          "RATE_LIMIT_EXCEEDED")
 
 
 # --- item 6: session squatting ------------------------------------------------------------------
-
-
-def _key(owner: str, scopes: list[str]) -> str:
-    from apps_registry.services import api_key_create
-
-    return api_key_create(name=f"{owner}-{'-'.join(scopes)}", owner=owner, scopes=scopes)[1]
 
 
 async def _read_until(stream, done, timeout: float = 15.0) -> list[str]:
@@ -243,8 +226,8 @@ async def _read_until(stream, done, timeout: float = 15.0) -> list[str]:
 def test_watching_a_session_id_neither_creates_nor_squats_it(app):
     from conversations.models import Session
 
-    mallory_read, mallory_run = _key("mallory", ["apps:read"]), _key("mallory", ["apps:read", "apps:run"])
-    alice = _key("alice", ["apps:read", "apps:run"])
+    mallory_read, mallory_run = key_for("mallory", ["apps:read"]), key_for("mallory", ["apps:read", "apps:run"])
+    alice = key_for("alice", ["apps:read", "apps:run"])
 
     async def go():
         watch = await AsyncClient().get(f"/api/apps/demo/sessions/target/events?token={mallory_read}")
@@ -261,8 +244,8 @@ def test_watching_a_session_id_neither_creates_nor_squats_it(app):
                   headers={"Authorization": f"Bearer {alice}"})
     assert chat.status_code == 200, chat.content
     as_mallory = {"HTTP_AUTHORIZATION": f"Bearer {mallory_read}"}
-    assert_envelope(Client(**as_mallory).get("/api/apps/demo/sessions/target/history"), 404, "RESOURCE_NOT_FOUND")
-    assert_envelope(Client(**as_mallory).get("/api/apps/demo/sessions/target"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(Client(**as_mallory).get("/api/apps/demo/sessions/target/history"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(Client(**as_mallory).get("/api/apps/demo/sessions/target"), 404, "RESOURCE_NOT_FOUND")
     # Mallory using the same id gets a session of her own (ids are per owner), not Alice's.
     hers = _async("POST", "/api/apps/demo/chat", body={"session_id": "target", "message": "theirs"},
                   headers={"Authorization": f"Bearer {mallory_run}"})
@@ -281,7 +264,7 @@ def test_watching_a_session_id_neither_creates_nor_squats_it(app):
 
 
 def test_a_stream_opened_before_the_session_exists_gets_its_first_turn(app):
-    alice = _key("alice", ["apps:read", "apps:run"])
+    alice = key_for("alice", ["apps:read", "apps:run"])
     auth = {"Authorization": f"Bearer {alice}"}
 
     async def go():
@@ -305,14 +288,14 @@ def test_a_stream_opened_before_the_session_exists_gets_its_first_turn(app):
 @pytest.mark.parametrize("where", ["events", "chat_stream"])
 def test_revoking_a_key_cuts_its_open_streams(app, where, settings, tmp_path):
     from apps_registry.services import api_key_revoke
-    from conversations.engine import db
+    from conversations.events import db
 
     settings.DIGITORN_SSE_AUTH_RECHECK_SECONDS = 0.3
     # The turn waits for an approval nobody gives: its stream stays open until something cuts it.
-    registry.app_deploy(text=manifest("slow", tmp_path, [
+    registry.app_deploy(text=scripted_manifest("slow", tmp_path, [
         {"steps": [{"call": "shell.run", "params": {"command": "true"}}, {"say": "late"}]},
     ], capabilities={"default_policy": "auto", "approve": [{"module": "shell", "reason": "runs commands"}]}), force=True)
-    raw = _key("alice", ["apps:read", "apps:run"])
+    raw = key_for("alice", ["apps:read", "apps:run"])
 
     async def go():
         client = AsyncClient()
@@ -352,12 +335,12 @@ def _crash_mid_call(app_id: str, call: dict):
 
 
 def test_recovery_answers_an_interrupted_side_effect_call_instead_of_rerunning_it(tmp_path):
-    from conversations.engine import advance_session
     from conversations.models import Event, Message
+    from conversations.turns.scheduler import advance_session
 
     ws = tmp_path / "ws"
     ws.mkdir()
-    registry.app_deploy(text=manifest("crash", ws, [{"steps": [
+    registry.app_deploy(text=scripted_manifest("crash", ws, [{"steps": [
         {"call": "shell.run", "params": {"command": "echo ran >> runs.txt"}}, {"say": "after: {result}"},
     ]}]), force=True)
     call = {"id": "call_x", "name": "shell.run", "params": {"command": "echo ran >> runs.txt"}}
@@ -373,13 +356,13 @@ def test_recovery_answers_an_interrupted_side_effect_call_instead_of_rerunning_i
 
 
 def test_recovery_retries_a_read_only_call(tmp_path):
-    from conversations.engine import advance_session
     from conversations.models import Event
+    from conversations.turns.scheduler import advance_session
 
     ws = tmp_path / "ws"
     ws.mkdir()
     (ws / "README.md").write_text("# Demo project\n")
-    registry.app_deploy(text=manifest("crash", ws, [{"steps": [{"say": "unused"}]}]), force=True)
+    registry.app_deploy(text=scripted_manifest("crash", ws, [{"steps": [{"say": "unused"}]}]), force=True)
     enq = _crash_mid_call("crash", {"id": "call_r", "name": "filesystem.read", "params": {"path": "README.md"}})
     async_to_sync(advance_session)(session_pk=enq.session_pk)
     result = Event.objects.get(session_id=enq.session_pk, type="tool_call").data
@@ -388,12 +371,12 @@ def test_recovery_retries_a_read_only_call(tmp_path):
 
 def test_a_started_mark_is_written_before_a_side_effect_tool_runs(tmp_path):
     """A call with side effects leaves its committed "started" mark in the turn's state."""
-    from conversations.engine import advance_session
     from conversations.models import Turn
+    from conversations.turns.scheduler import advance_session
 
     ws = tmp_path / "ws"
     ws.mkdir()
-    registry.app_deploy(text=manifest("crash", ws, [{"steps": [
+    registry.app_deploy(text=scripted_manifest("crash", ws, [{"steps": [
         {"call": "filesystem.write", "params": {"path": "a.txt", "content": "x"}}, {"say": "ok"},
     ]}]), force=True)
     from conversations.services import message_enqueue
@@ -454,7 +437,7 @@ def test_background_task_params_hold_no_secret_at_rest(tmp_path):
 
 
 def test_streamed_tokens_never_split_a_secret_across_events():
-    from conversations.engine import _split_before_secret_prefix
+    from conversations.turns.context import split_before_secret_prefix as _split_before_secret_prefix
     from tooling.services import mask_secrets
 
     chunks = ["the key is Param", "Canary7f3a9c1e5b", "2d4a6c8e0f, done"]

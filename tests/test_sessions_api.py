@@ -7,41 +7,31 @@ from pathlib import Path
 
 import pytest
 from asgiref.sync import async_to_sync
-from django.test import AsyncClient, Client, override_settings
+from django.test import AsyncClient
 
-from apps_registry import services as registry
-from apps_registry.services import api_key_create
 from conversations import services
-from tests.test_engine import manifest
-
-ADMIN_KEY = "dg_test_admin_key_for_sessions"
-AUTH = {"HTTP_AUTHORIZATION": f"Bearer {ADMIN_KEY}"}
-HEADERS = {"Authorization": f"Bearer {ADMIN_KEY}"}
+from tests.helpers import (
+    HEADERS,
+    admin_client,
+    assert_envelope_error,
+    client_for,
+    make_workspace,
+    scripted_manifest,
+)
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("admin_key")]
 
 
 @pytest.fixture
-def admin_key():
-    with override_settings(DIGITORN_API_KEY=ADMIN_KEY):
-        yield ADMIN_KEY
-
-
-@pytest.fixture
-def app(tmp_path: Path):
-    ws = tmp_path / "ws"
-    ws.mkdir()
-    (ws / "README.md").write_text("# Demo project\n")
-    registry.app_deploy(text=manifest("demo", ws, [
+def app(tmp_path: Path, deployed_app):
+    ws = make_workspace(tmp_path, {"README.md": "# Demo project\n"})
+    deployed_app(scripted_manifest("demo", ws, [
         {"when": "read", "steps": [{"call": "filesystem.read", "params": {"path": "README.md"}}, {"say": "read: {result}"}]},
         {"steps": [{"say": "echo: {message}"}]},
     ]), force=True)
-    registry.app_deploy(text=manifest("oneshot", ws, [{"steps": [{"say": "ran: {message}"}]}], mode="one_shot"), force=True)
+    deployed_app(scripted_manifest("oneshot", ws, [{"steps": [{"say": "ran: {message}"}]}], mode="one_shot"),
+                 force=True)
     return "demo"
-
-
-def client() -> Client:
-    return Client(**AUTH)
 
 
 def post(c, url, body, **extra):
@@ -69,13 +59,6 @@ def async_post(url: str, body, **extra):
     return async_to_sync(go)()
 
 
-def assert_error(response, status: int, code: str) -> dict:
-    assert response.status_code == status, response.content
-    body = response.json()
-    assert body["success"] is False and body["error_code"] == code and body["error"]
-    return body
-
-
 def test_chat_returns_the_result_payload_and_history_has_tool_calls(app):
     response = async_post("/api/apps/demo/chat", {"session_id": "s1", "message": "read the readme"})
     assert response.status_code == 200, response.content
@@ -84,7 +67,7 @@ def test_chat_returns_the_result_payload_and_history_has_tool_calls(app):
     assert "Demo project" in data["content"] and data["truncated"] is False
     assert response["X-RateLimit-Limit"] == "60" and response["X-RateLimit-Remaining"] == "59"
 
-    c = client()
+    c = admin_client()
     detail = c.get("/api/apps/demo/sessions/s1").json()["data"]
     assert {"session_id", "app_id", "title", "user_id", "created_at", "last_active", "turn_count", "message_count",
             "last_message_preview", "is_active", "status", "tokens", "context"} <= set(detail)
@@ -103,7 +86,7 @@ def test_chat_returns_the_result_payload_and_history_has_tool_calls(app):
     assert (listing["total"], listing["limit"], listing["offset"]) == (1, 50, 0)
 
     assert c.delete("/api/apps/demo/sessions/s1").json()["data"]["deleted"] is True
-    assert_error(c.get("/api/apps/demo/sessions/s1"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(c.get("/api/apps/demo/sessions/s1"), 404, "RESOURCE_NOT_FOUND")
 
 
 def test_chat_stream_frames(app):
@@ -113,9 +96,11 @@ def test_chat_stream_frames(app):
     assert response["Cache-Control"] == "no-cache" and response["X-Accel-Buffering"] == "no"
     frames = [f for f in text.split("\n\n") if f.strip()]
     types = [line.split(": ", 1)[1] for f in frames for line in f.splitlines() if line.startswith("event: ")]
-    assert types == ["connected", "tool_start", "tool_call", "result"]
+    # `status` frames (issue 15) come along; the turn's other frames keep their order.
+    assert [t for t in types if t != "status"] == ["connected", "tool_start", "tool_call", "result"]
+    assert types[-1] == "result" and "status" in types
     ids = [int(line.split(": ")[1]) for f in frames for line in f.splitlines() if line.startswith("id: ")]
-    assert ids == [1, 2, 3]
+    assert ids == list(range(1, len(types)))  # every logged frame (all but `connected`), gapless
 
 
 def test_run_only_for_one_shot_apps(app):
@@ -123,63 +108,59 @@ def test_run_only_for_one_shot_apps(app):
     assert response.status_code == 200, response.content
     assert response.json()["data"] == {"content": "ran: hello", "tool_calls_count": 0, "turns_used": 1, "truncated": False}
     # One-shot runs leave no session behind.
-    assert client().get("/api/apps/oneshot/sessions").json()["data"]["total"] == 0
-    body = assert_error(async_post("/api/apps/demo/run", {"input": "x"}), 400, "VALIDATION_ERROR")
+    assert admin_client().get("/api/apps/oneshot/sessions").json()["data"]["total"] == 0
+    body = assert_envelope_error(async_post("/api/apps/demo/run", {"input": "x"}), 400, "VALIDATION_ERROR")
     assert "one_shot" in body["error"]
 
 
 def test_bad_input_gets_the_envelope(app):
-    assert_error(async_post("/api/apps/demo/chat", {"session_id": "s1"}), 400, "VALIDATION_ERROR")
-    body = assert_error(async_post("/api/apps/demo/chat", {"session_id": "a/b", "message": "x"}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(async_post("/api/apps/demo/chat", {"session_id": "s1"}), 400, "VALIDATION_ERROR")
+    body = assert_envelope_error(async_post("/api/apps/demo/chat", {"session_id": "a/b", "message": "x"}), 400, "VALIDATION_ERROR")
     assert "session_id" in body["error"]
-    assert_error(async_post("/api/apps/demo/chat", {"session_id": "s", "message": 5}), 400, "VALIDATION_ERROR")
-    assert_error(async_post("/api/apps/nope/chat", {"session_id": "s", "message": "x"}), 404, "RESOURCE_NOT_FOUND")
-    assert_error(async_post("/api/apps/demo/run", {}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(async_post("/api/apps/demo/chat", {"session_id": "s", "message": 5}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(async_post("/api/apps/nope/chat", {"session_id": "s", "message": "x"}), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(async_post("/api/apps/demo/run", {}), 400, "VALIDATION_ERROR")
 
     async def raw():
         return await AsyncClient().post("/api/apps/demo/chat", data="{not json", content_type="application/json", headers=HEADERS)
 
-    assert_error(async_to_sync(raw)(), 400, "VALIDATION_ERROR")
+    assert_envelope_error(async_to_sync(raw)(), 400, "VALIDATION_ERROR")
 
     async def unauth():
         return await AsyncClient().post("/api/apps/demo/chat/stream", data="{}", content_type="application/json")
 
-    assert_error(async_to_sync(unauth)(), 401, "UNAUTHORIZED")
-    c = client()
-    assert_error(post(c, "/api/apps/demo/sessions/s1/messages", {"message": ""}), 400, "VALIDATION_ERROR")
-    assert_error(post(c, "/api/apps/demo/quota", {"rpm": 0}, REQUEST_METHOD="PUT"), 400, "VALIDATION_ERROR")
-    assert_error(c.put("/api/apps/demo/quota", data=json.dumps({"rpm": "ten"}), content_type="application/json"),
-                 400, "VALIDATION_ERROR")
-    assert_error(c.get("/api/apps/demo/sessions/missing/history"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(async_to_sync(unauth)(), 401, "UNAUTHORIZED")
+    c = admin_client()
+    assert_envelope_error(post(c, "/api/apps/demo/sessions/s1/messages", {"message": ""}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(post(c, "/api/apps/demo/quota", {"rpm": 0}, REQUEST_METHOD="PUT"), 400, "VALIDATION_ERROR")
+    assert_envelope_error(c.put("/api/apps/demo/quota", data=json.dumps({"rpm": "ten"}), content_type="application/json"),
+                          400, "VALIDATION_ERROR")
+    assert_envelope_error(c.get("/api/apps/demo/sessions/missing/history"), 404, "RESOURCE_NOT_FOUND")
 
 
 def test_scopes_and_ownership(app):
-    _, read_key = api_key_create(name="reader", owner="bob", scopes=["apps:read"])
-    _, run_key = api_key_create(name="runner", owner="carol", scopes=["apps:read", "apps:run"])
-    reader = Client(HTTP_AUTHORIZATION=f"Bearer {read_key}")
-    runner = Client(HTTP_AUTHORIZATION=f"Bearer {run_key}")
-    assert_error(post(reader, "/api/apps/demo/sessions/b1/messages", {"message": "hi"}), 403, "FORBIDDEN")
+    reader = client_for("bob", ["apps:read"])
+    runner = client_for("carol", ["apps:read", "apps:run"])
+    assert_envelope_error(post(reader, "/api/apps/demo/sessions/b1/messages", {"message": "hi"}), 403, "FORBIDDEN")
     assert post(runner, "/api/apps/demo/sessions/c1/messages", {"message": "hi"}).status_code == 202
     # carol's session is invisible to bob, visible to the admin.
-    assert_error(reader.get("/api/apps/demo/sessions/c1"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(reader.get("/api/apps/demo/sessions/c1"), 404, "RESOURCE_NOT_FOUND")
     assert reader.get("/api/apps/demo/sessions").json()["data"]["total"] == 0
-    assert client().get("/api/apps/demo/sessions/c1").status_code == 200
-    assert_error(runner.put("/api/apps/demo/quota", data='{"rpm": 5}', content_type="application/json"),
-                 403, "FORBIDDEN")
+    assert admin_client().get("/api/apps/demo/sessions/c1").status_code == 200
+    assert_envelope_error(runner.put("/api/apps/demo/quota", data='{"rpm": 5}', content_type="application/json"),
+                          403, "FORBIDDEN")
 
 
 def test_an_admin_scoped_key_sees_what_the_admin_sees(app):
     """"Admin sees everything" is one rule: the admin scope, for sessions as for background tasks."""
-    _, run_key = api_key_create(name="runner", owner="carol", scopes=["apps:read", "apps:run"])
-    _, ops_key = api_key_create(name="ops", owner="dave", scopes=["admin"])
-    runner = Client(HTTP_AUTHORIZATION=f"Bearer {run_key}")
-    ops = Client(HTTP_AUTHORIZATION=f"Bearer {ops_key}")
+    runner = client_for("carol", ["apps:read", "apps:run"])
+    ops = client_for("dave", ["admin"])
     assert post(runner, "/api/apps/demo/sessions/c9/messages", {"message": "hi"}).status_code == 202
     assert ops.get("/api/apps/demo/sessions/c9").status_code == 200
     assert "c9" in {s["session_id"] for s in ops.get("/api/apps/demo/sessions").json()["data"]["sessions"]}
     # ...and carol still does not see what the admin-scoped key creates.
     assert post(ops, "/api/apps/demo/sessions/d9/messages", {"message": "hi"}).status_code == 202
-    assert_error(runner.get("/api/apps/demo/sessions/d9"), 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(runner.get("/api/apps/demo/sessions/d9"), 404, "RESOURCE_NOT_FOUND")
 
 
 def test_messages_202_and_queue_full(app, settings):
@@ -187,7 +168,7 @@ def test_messages_202_and_queue_full(app, settings):
     from digitorn_site.api.auth import ADMIN_PRINCIPAL
 
     settings.DIGITORN_QUEUE_DEPTH = 2
-    c = client()
+    c = admin_client()
     first = post(c, "/api/apps/demo/sessions/q1/messages", {"message": "one"})
     assert first.status_code == 202, first.content
     queued = first.json()["data"]
@@ -199,12 +180,12 @@ def test_messages_202_and_queue_full(app, settings):
     assert second["position"] == 1 and second["queue_depth"] == 2
     for text in ("one", "two"):
         message_enqueue(app_id="demo", session_id="q3", principal=ADMIN_PRINCIPAL, message=text)
-    body = assert_error(post(c, "/api/apps/demo/sessions/q3/messages", {"message": "three"}), 429, "QUEUE_FULL")
+    body = assert_envelope_error(post(c, "/api/apps/demo/sessions/q3/messages", {"message": "three"}), 429, "QUEUE_FULL")
     assert "limit is 2" in body["error"]
 
 
 def test_quota_get_put_delete_and_429(app):
-    c = client()
+    c = admin_client()
     usage = c.get("/api/apps/demo/quota").json()["data"]
     assert usage == {"app_id": "demo", "current": 0, "limit": 60, "remaining": 60, "window_seconds": 60}
     assert c.put("/api/apps/demo/quota", data='{"rpm": 2}', content_type="application/json").json()["data"]["limit"] == 2
@@ -212,9 +193,9 @@ def test_quota_get_put_delete_and_429(app):
         ok = post(c, f"/api/apps/demo/sessions/r{i}/messages", {"message": "hi"})
         assert ok.status_code == 202 and ok["X-RateLimit-Remaining"] == str(1 - i)
     limited = post(c, "/api/apps/demo/sessions/r9/messages", {"message": "hi"})
-    assert_error(limited, 429, "RATE_LIMIT_EXCEEDED")
+    assert_envelope_error(limited, 429, "RATE_LIMIT_EXCEEDED")
     assert int(limited["Retry-After"]) >= 1 and limited["X-RateLimit-Remaining"] == "0"
-    assert_error(async_post("/api/apps/demo/chat", {"session_id": "x", "message": "hi"}), 429, "RATE_LIMIT_EXCEEDED")
+    assert_envelope_error(async_post("/api/apps/demo/chat", {"session_id": "x", "message": "hi"}), 429, "RATE_LIMIT_EXCEEDED")
     assert c.get("/api/apps/demo/quota").json()["data"]["current"] == 2
     reset = c.delete("/api/apps/demo/quota").json()["data"]
     assert reset["limit"] == 60 and reset["remaining"] == 58
@@ -223,7 +204,7 @@ def test_quota_get_put_delete_and_429(app):
 def test_cancel_and_notifications_endpoints(app):
     from digitorn_site.api.auth import ADMIN_PRINCIPAL
 
-    c = client()
+    c = admin_client()
     # Queued by the service, which starts nothing: the cancel below finds it still queued.
     services.message_enqueue(app_id="demo", session_id="n1", principal=ADMIN_PRINCIPAL, message="hi")
     cancelled = post(c, "/api/apps/demo/sessions/n1/cancel", {}).json()["data"]
@@ -240,7 +221,7 @@ def test_cancel_and_notifications_endpoints(app):
     types = [line[7:] for line in text.splitlines() if line.startswith("event: ")]
     assert types[0] == "notification" and types[-2:] == ["notification_result", "result"]
     assert c.get("/api/apps/demo/notifications/active").json()["data"] == {"active": False}
-    assert_error(async_post("/api/apps/demo/notifications", {}), 400, "VALIDATION_ERROR")
+    assert_envelope_error(async_post("/api/apps/demo/notifications", {}), 400, "VALIDATION_ERROR")
 
 
 def test_session_listing_costs_the_same_queries_for_one_or_many_sessions(app):

@@ -71,13 +71,6 @@ def data_dir_secret(settings, tmp_path):
     return data_dir
 
 
-@pytest.fixture
-def ws(tmp_path):
-    path = tmp_path / "ws"
-    path.mkdir()
-    return path
-
-
 def test_the_data_dir_is_not_visible_to_commands(data_dir_secret, ws):
     for app in (make_app(ws), make_app(None)):  # a workspace of its own, and the default one inside the data dir
         outcome = run(app, f"cat {data_dir_secret}/django-secret.key; ls -a {data_dir_secret}; "

@@ -16,6 +16,7 @@ from django.utils.html import format_html
 
 from digitorn_site.errors import DigitornError
 from digitorn_site.principals import ADMIN_PRINCIPAL
+from tooling.background import background_task_cancel
 from tooling.models import BackgroundTask, MemoryEntry, ToolExecution
 
 
@@ -71,8 +72,6 @@ class BackgroundTaskAdmin(ReadOnlyAdmin):
 
     @admin.action(description="Cancel selected tasks")
     def cancel(self, request: HttpRequest, queryset: QuerySet[BackgroundTask]) -> None:
-        from tooling.background import background_task_cancel
-
         cancelled = []
         for task in queryset:
             try:

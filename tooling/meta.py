@@ -9,15 +9,20 @@ and correct, never as exceptions.
 
 from __future__ import annotations
 
+import contextvars
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from approvals.policy import resolve_policy
+from django.db import connection
+
+from approvals.policy import resolve_policy, resolve_policy_detail
 from digitorn_site.errors import DigitornError
-from tooling import registry
+from tooling import ports, registry
 from tooling.index import ToolSpec, cached_index
+from tooling.services import ToolOutcome, tool_invoke
 
 CATEGORY_PAGE_SIZE = 20
 RUN_PARALLEL_MAX = 50  # the original's bound on run_parallel's actions
@@ -209,8 +214,6 @@ def meta_tool_invoke(
     approval_request_id: str | None = None,
     cancel_check: Callable[[], bool] | None = None,
 ) -> Any:
-    from tooling.services import ToolOutcome, tool_invoke
-
     params = params if isinstance(params, dict) else {}
     if name == "run_parallel":
         return _run_parallel(app=app, params=params, caller=caller, principal=principal, session_id=session_id,
@@ -261,14 +264,6 @@ def _run_parallel(
     """``run_parallel{actions: [{name, params}]}``: each action through ``tool_invoke`` (the gate
     applies to each target), at most ``RUN_PARALLEL_THREADS`` at a time; ``{results, total,
     succeeded, failed}`` with results in input order, each ``{name, success, data, error, status}``."""
-    import contextvars
-    from concurrent.futures import ThreadPoolExecutor
-
-    from django.db import connection
-
-    from approvals.policy import resolve_policy_detail
-    from tooling.services import ToolOutcome, tool_invoke
-
     started = time.monotonic()
     actions = params.get("actions")
     if not isinstance(actions, list) or not 1 <= len(actions) <= RUN_PARALLEL_MAX or set(params) - {"actions"}:
@@ -294,14 +289,15 @@ def _run_parallel(
             return f"'{spec.name}' needs a human's approval: call it on its own, not inside run_parallel"
         return None
 
-    def one(position: int, action: dict) -> dict[str, Any]:
-        from conversations.delegation import CURRENT, DelegationCall
+    delegation = ports.delegator()
 
+    def one(position: int, action: dict) -> dict[str, Any]:
         # An agent_spawn.spawn among the actions is told apart from its siblings by its position
         # (a delegation is found again by its call id after a crash).
-        outer = CURRENT.get()
-        token = CURRENT.set(
-            DelegationCall(turn_pk=outer.turn_pk, call_id=f"{outer.call_id}/{position}", loop=outer.loop)
+        current = delegation.CURRENT
+        outer = current.get()
+        token = current.set(
+            delegation.DelegationCall(turn_pk=outer.turn_pk, call_id=f"{outer.call_id}/{position}", loop=outer.loop)
         ) if outer is not None else None
         try:
             outcome = tool_invoke(app=app, tool_name=action["name"], params=action.get("params") or {},
@@ -316,7 +312,7 @@ def _run_parallel(
                     "error": f"{type(exc).__name__}: {exc}"}
         finally:
             if token is not None:
-                CURRENT.reset(token)
+                current.reset(token)
             if threaded:
                 connection.close()  # a pool thread must not keep its own database connection
 

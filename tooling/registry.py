@@ -14,6 +14,7 @@ from functools import cache
 from typing import Any
 
 from digitorn_site.errors import NotFoundError
+from tooling import modules as package
 from tooling.modules.base import ActionSpec, Module
 
 # Tools an agent may call besides module.action: discovery (tooling.meta) and background tasks
@@ -30,8 +31,6 @@ MODULE_ALIASES = {"bash": "shell"}
 
 @cache
 def all_modules() -> dict[str, type[Module]]:
-    import tooling.modules as package
-
     found: dict[str, type[Module]] = {}
     for info in pkgutil.iter_modules(package.__path__):
         if info.name.startswith("_") or info.name == "base":

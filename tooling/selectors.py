@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from digitorn_site.errors import NotFoundError, ValidationError
+from tooling import registry
 from tooling.index import ToolIndex, ToolSpec, cached_index
 from tooling.meta import CATEGORY_PAGE_SIZE, category_page, visible_tools
 from tooling.meta import meta_tools as _meta_tools
@@ -65,8 +67,6 @@ def params_summary(parameters: dict[str, Any]) -> str:
 
 def _examples(tool: ToolSpec) -> list[Any]:
     """Examples a module declares on its action (``ActionSpec.examples``), else none."""
-    from tooling import registry
-
     cls = registry.all_modules().get(tool.module)
     spec = getattr(cls, "actions", {}).get(tool.action) if cls is not None else None
     return list(getattr(spec, "examples", ()) or ())
@@ -84,8 +84,6 @@ def tool_search_result(app: Any, *, query: str, max_results: int = 10) -> dict[s
     """Best first; an empty query is an empty answer (the original's), not an error."""
     if not query or not query.strip():
         return {"query": query, "mode": cached_index(app).mode, "count": 0, "tools": []}
-    from digitorn_site.errors import ValidationError
-
     index = cached_index(app)
     try:
         hits = index.search(query, max_results)
@@ -120,8 +118,6 @@ def tool_categories_result(app: Any) -> dict[str, Any]:
 
 
 def tool_category_result(app: Any, *, category: str, page: int = 1) -> dict[str, Any]:
-    from digitorn_site.errors import NotFoundError
-
     found = cached_index(app).category(category)
     tools, total_pages = category_page(list(found.tools), page=page)
     if page > total_pages:
@@ -173,20 +169,3 @@ def tool_index_result(app: Any) -> dict[str, Any]:
         "categories": categories,
     }
 
-
-def background_task_counts(*, app_id: str, principal: str, is_admin: bool) -> dict[str, int]:
-    """The list's ``running`` / ``completed`` / ``failed`` counts over the caller's tasks of the app
-    (queued and waiting-approval tasks count as running: they have not finished)."""
-    from django.db.models import Count, Q
-
-    from tooling.models import BackgroundTask
-
-    rows = BackgroundTask.objects.filter(app_id=app_id)
-    if not is_admin:
-        rows = rows.filter(principal=principal)
-    S = BackgroundTask.Status
-    return rows.aggregate(
-        running=Count("id", filter=Q(status__in=[S.QUEUED, S.WAITING_APPROVAL, S.RUNNING])),
-        completed=Count("id", filter=Q(status=S.COMPLETED)),
-        failed=Count("id", filter=Q(status=S.FAILED)),
-    )

@@ -1,9 +1,10 @@
 """The one tool-invocation path: resolve → validate → gate → run → mask → truncate → record.
 
-Agents, background tasks, meta-tools and the REST endpoint all call :func:`tool_invoke`. It is
-synchronous and is never wrapped in a transaction as a whole: a tool may run a subprocess for
-minutes and must not hold the database's write lock meanwhile; each write it makes (an approval
-request, a memory row, the execution row) is its own short transaction.
+Agents, background tasks, meta-tools and the REST endpoint all call :func:`tool_invoke`; its gate
+(:func:`tool_gate`, :func:`gate_approval_request`) is also what refuses a background task at launch.
+:func:`tool_invoke` is synchronous and is never wrapped in a transaction as a whole: a tool may run a
+subprocess for minutes and must not hold the database's write lock meanwhile; each write it makes
+(an approval request, a memory row, the execution row) is its own short transaction.
 """
 
 from __future__ import annotations
@@ -16,13 +17,21 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from celery import current_app
+from django.utils.crypto import salted_hmac
 from jsonschema import Draft202012Validator
 
 from approvals.models import ApprovalRequest
 from approvals.policy import resolve_policy_detail
+from approvals.services import (
+    approval_current,
+    approval_request_create,
+    approval_result_claim,
+    approval_result_store,
+)
 from digitorn_site import fastsql
-from digitorn_site.errors import NotFoundError, ValidationError
-from tooling import registry
+from digitorn_site.errors import DigitornError, NotFoundError, ValidationError
+from tooling import ports, registry
 from tooling.index import ToolSpec, cached_index
 from tooling.models import ToolExecution
 from tooling.modules.base import ToolContext, ToolError
@@ -30,6 +39,8 @@ from tooling.modules.base import ToolContext, ToolError
 log = logging.getLogger("digitorn.tooling")
 
 MASK = "***"
+# Published by name: the Celery adapter (tooling.approval_tasks) imports this module, not the reverse.
+RUN_APPROVED_DIRECT_CALL_TASK = "tooling.approval_tasks.run_approved_direct_call"
 TRUNCATION_MARKER = "\n…[truncated: {shown} of {total} characters shown]"
 
 
@@ -81,8 +92,6 @@ SEAL_MARKER = re.compile(r"\{\{sealed-secret:([0-9a-f]{32})\}\}")
 
 
 def _seal_tag(secret: str) -> str:
-    from django.utils.crypto import salted_hmac
-
     return salted_hmac("digitorn.sealed-secret", secret, algorithm="sha256").hexdigest()[:32]
 
 
@@ -225,6 +234,62 @@ def _finish(
     return outcome
 
 
+# -- the gate -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ToolGate:
+    """What the app's policy says about one call, decided before anything runs or is queued."""
+
+    spec: ToolSpec
+    params: dict[str, Any]  # validated, alias parameters renamed
+    policy: str  # auto | approve | block
+    reason: str
+
+    @property
+    def tool(self) -> str:
+        return self.spec.name
+
+
+def tool_gate(*, app: Any, tool_name: str, params: Any, agent_id: str | None) -> ToolGate:
+    """The one gate of every tool call (``tool_invoke``, a background task's launch): resolve the
+    name (aliases, did-you-mean: NotFoundError), validate the parameters (ValidationError naming the
+    field), read the policy. A caller refuses a ``block`` in its own words and asks for approval
+    with :func:`gate_approval_request` on ``approve``."""
+    spec = cached_index(app).resolve(tool_name)
+    params = validate_params(spec, params)
+    decision = resolve_policy_detail(app, agent_id, spec.module, spec.action, spec.risk_level)
+    return ToolGate(spec=spec, params=params, policy=decision.policy, reason=decision.reason)
+
+
+def gate_approval_request(
+    *,
+    app: Any,
+    gate: ToolGate,
+    params: dict,
+    principal: str,
+    session_id: str | None,
+    agent_id: str | None,
+    origin: str,
+    origin_ref: str,
+) -> ApprovalRequest:
+    """The approval request an ``approve`` decision opens: people see ``params`` masked, and what
+    runs once approved is stored sealed (no secret value at rest)."""
+    return approval_request_create(
+        app=app,
+        tool_name=gate.tool,
+        params=mask_secrets(params, app.secret_values),
+        call_params=seal_secrets(params, app.secret_values),
+        risk_level=gate.spec.risk_level,
+        reason=gate.reason,
+        principal=principal,
+        session_id=session_id,
+        agent_id=agent_id or "",
+        origin=origin,
+        origin_ref=origin_ref,
+    )
+
+
 # -- the path -----------------------------------------------------------------------------------
 
 
@@ -292,9 +357,8 @@ def tool_invoke(
     were approved (the request's ``call_params``) are what runs.
     """
     started = time.monotonic()
-    index = cached_index(app)
-    spec = index.resolve(tool_name)
-    params = validate_params(spec, params)
+    gate = tool_gate(app=app, tool_name=tool_name, params=params, agent_id=agent_id)
+    spec, params = gate.spec, gate.params
     finish = {
         "app": app,
         "caller": caller,
@@ -303,22 +367,19 @@ def tool_invoke(
         "started": started,
     }
 
-    decision = resolve_policy_detail(app, agent_id, spec.module, spec.action, spec.risk_level)
-    if decision.policy == "block":
+    if gate.policy == "block":
         outcome = ToolOutcome(
             status="blocked",
             tool=spec.name,
             success=False,
-            error=f"'{spec.name}' is blocked by policy: {decision.reason}.",
+            error=f"'{spec.name}' is blocked by policy: {gate.reason}.",
             risk_level=spec.risk_level,
         )
         return _finish(outcome, **finish)
 
-    if decision.policy == "approve":
+    if gate.policy == "approve":
         if approval_request_id:
-            from approvals.selectors import approval_get
-
-            request = approval_get(request_id=approval_request_id)
+            request = approval_current(request_id=approval_request_id)
             if request is None or request.app_id != app.app_id or request.tool_name != spec.name:
                 raise NotFoundError(
                     f"approval_request_id: no approval request '{approval_request_id}' for tool '{spec.name}' "
@@ -348,18 +409,13 @@ def tool_invoke(
             # Stored sealed (no plaintext at rest): the app's secret values go back in memory only.
             params = unseal_secrets(request.call_params, app.secret_values)
         else:
-            from approvals.services import approval_request_create
-
-            request = approval_request_create(
+            request = gate_approval_request(
                 app=app,
-                tool_name=spec.name,
-                params=mask_secrets(params, app.secret_values),
-                call_params=seal_secrets(params, app.secret_values),
-                risk_level=spec.risk_level,
-                reason=decision.reason,
+                gate=gate,
+                params=params,
                 principal=principal,
                 session_id=session_id,
-                agent_id=agent_id or "",
+                agent_id=agent_id,
                 origin=origin,
                 origin_ref=origin_ref,
             )
@@ -367,7 +423,7 @@ def tool_invoke(
                 status="pending_approval",
                 tool=spec.name,
                 success=False,
-                error=f"'{spec.name}' needs approval: {decision.reason}.",
+                error=f"'{spec.name}' needs approval: {gate.reason}.",
                 request_id=request.request_id,
                 risk_level=spec.risk_level,
             )
@@ -392,17 +448,12 @@ def tool_invoke(
 
 def direct_call_on_decision(*, request_id: str, approved: bool, message: str = "") -> None:
     """A decided request of a direct ``/execute`` call: approved → run it on a worker; else record why not."""
-    from approvals.selectors import approval_get
-    from approvals.services import approval_result_store
-
-    request = approval_get(request_id=request_id)
+    request = approval_current(request_id=request_id)
     if request is None or request.origin != ApprovalRequest.Origin.DIRECT or request.result is not None:
         return
     if approved:
-        from tooling.approval_tasks import run_approved_direct_call
-
         try:
-            run_approved_direct_call.delay(request_id)
+            current_app.send_task(RUN_APPROVED_DIRECT_CALL_TASK, args=[request_id])
         except Exception as exc:  # noqa: BLE001 - runs on commit of the decision; the decision stands
             log.exception("could not queue approved direct call %s", request_id)
             approval_result_store(
@@ -429,15 +480,11 @@ def direct_call_on_decision(*, request_id: str, approved: bool, message: str = "
 
 def direct_call_run(*, request_id: str) -> dict[str, Any] | None:
     """Run an approved direct call once (a redelivered message finds it claimed and does nothing)."""
-    from approvals.selectors import approval_get
-    from approvals.services import approval_result_claim, approval_result_store
-    from apps_registry.selectors import app_runtime  # the adapter looks the app up, as API views do
-
     if not approval_result_claim(request_id=request_id):
         return None
-    request = approval_get(request_id=request_id)
+    request = approval_current(request_id=request_id)
     try:
-        app = app_runtime(app_id=request.app_id)
+        app = ports.resolve_app(request.app_id)  # the worker looks the app up, as API views do
         outcome = tool_invoke(
             app=app,
             tool_name=request.tool_name,
@@ -450,8 +497,6 @@ def direct_call_run(*, request_id: str) -> dict[str, Any] | None:
         )
         result = {"status": outcome.status, **outcome.as_result()}
     except Exception as exc:  # noqa: BLE001 - the caller polls this row; it must end in a final state
-        from digitorn_site.errors import DigitornError
-
         if not isinstance(exc, DigitornError):
             log.exception("approved direct call %s failed", request_id)
         message = exc.message if isinstance(exc, DigitornError) else f"{type(exc).__name__}: {exc}"

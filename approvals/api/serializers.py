@@ -7,23 +7,8 @@ from typing import Any
 from rest_framework import serializers
 
 from approvals.models import ApprovalRequest
-
-
-class StrictBooleanField(serializers.BooleanField):
-    """JSON true/false only: a decision must not hinge on how "no" or "0" is coerced."""
-
-    def to_internal_value(self, data: Any) -> bool:
-        if not isinstance(data, bool):
-            raise serializers.ValidationError(f"must be true or false, got {type(data).__name__} {data!r}.")
-        return data
-
-
-class StrictCharField(serializers.CharField):
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            raise serializers.ValidationError(f"must be a string, got {type(data).__name__}.")
-        return super().to_internal_value(data)
-
+from approvals.selectors import approval_request_payload
+from digitorn_site.api.fields import StrictBooleanField, StrictCharField
 
 MESSAGE_ALIASES = ("message", "response", "answer", "value", "reply", "user_response")
 
@@ -31,6 +16,8 @@ MESSAGE_ALIASES = ("message", "response", "answer", "value", "reply", "user_resp
 class DecisionSerializer(serializers.Serializer):
     """The original's body: ``request_id`` (or ``approval_id``), ``approved``, and the human's words under
     any of its six names (the first non-empty one wins)."""
+
+    body_example = '{"request_id": "req-…", "approved": true}'
 
     request_id = StrictCharField(max_length=64, required=False)
     approval_id = StrictCharField(max_length=64, required=False, help_text="alias of request_id")
@@ -57,20 +44,7 @@ def _epoch(value) -> float | None:
 def pending_item(request: ApprovalRequest) -> dict[str, Any]:
     """The original's pending entry (``tool_name``, ``tool_params``, ``description``, ``user_id``, epoch
     ``created_at``); ``expires_at`` and ``origin`` are this project's additions."""
-    return {
-        "request_id": request.request_id,
-        "session_id": request.session_id,
-        "agent_id": request.agent_id,
-        "user_id": request.principal,
-        "app_id": request.app_id,
-        "tool_name": request.tool_name,
-        "tool_params": request.params,
-        "risk_level": request.risk_level,
-        "description": request.reason,
-        "origin": request.origin,
-        "created_at": _epoch(request.created_at),
-        "expires_at": _epoch(request.expires_at),
-    }
+    return {**approval_request_payload(request), "origin": request.origin}
 
 
 def request_detail(request: ApprovalRequest) -> dict[str, Any]:

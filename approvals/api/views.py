@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from approvals import selectors, services
+from approvals import services
 from approvals.api.serializers import DecisionSerializer, decision_result, pending_item, request_detail
 from apps_registry.selectors import app_get
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import ok
-from digitorn_site.api.views import ApiView
-from digitorn_site.errors import NotFoundError, ValidationError
+from digitorn_site.errors import NotFoundError
 
 
 class ApprovalListView(ApiView):
@@ -15,7 +15,7 @@ class ApprovalListView(ApiView):
 
     def get(self, request, app_id: str):
         app_get(app_id=app_id)
-        pending = selectors.approval_list_pending(app_id=app_id, principal=request.user.name)
+        pending = services.approvals_pending(app_id=app_id, principal=request.user.name)
         return ok({"pending": [pending_item(r) for r in pending]})
 
 
@@ -23,7 +23,7 @@ class ApprovalDetailView(ApiView):
     required_scope = "apps:read"
 
     def get(self, request, app_id: str, request_id: str):
-        found = selectors.approval_get_for(app_id=app_id, request_id=request_id, principal=request.user.name)
+        found = services.approval_current_for(app_id=app_id, request_id=request_id, principal=request.user.name)
         if found is None:
             raise NotFoundError(f"No approval request '{request_id}' for app '{app_id}' belongs to you.")
         return ok(request_detail(found))
@@ -34,13 +34,7 @@ class ApproveView(ApiView):
     request_serializer = DecisionSerializer
 
     def post(self, request, app_id: str):
-        if not isinstance(request.data, dict):
-            raise ValidationError(
-                'The body must be a JSON object: {"request_id": "req-…", "approved": true}.'
-            )
-        serializer = DecisionSerializer(data=request.data)
-        serializer.is_valid(raise_exception=True)
-        args = serializer.validated_data
+        args = self.parse(DecisionSerializer)
         app_get(app_id=app_id)
         decided = services.approval_decide(
             app_id=app_id,

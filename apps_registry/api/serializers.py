@@ -1,22 +1,6 @@
 from rest_framework import serializers
 
-
-class StrictBooleanField(serializers.BooleanField):
-    """Only JSON true/false: "yes" or 1 for a flag is more often a client bug than intent."""
-
-    def to_internal_value(self, data):
-        if isinstance(data, bool):
-            return data
-        self.fail("invalid", input=data)
-
-
-class StrictCharField(serializers.CharField):
-    """No silent coercion of numbers or lists to strings."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            raise serializers.ValidationError(f"must be a string, got {type(data).__name__}.")
-        return super().to_internal_value(data)
+from digitorn_site.api.fields import StrictBooleanField, StrictCharField
 
 
 class DeploySerializer(serializers.Serializer):

@@ -4,9 +4,10 @@ from django.conf import settings
 
 from apps_registry import selectors, services
 from apps_registry.api.serializers import DeploySerializer, SecretValueSerializer, UploadSerializer
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import ok
-from digitorn_site.api.views import ApiView
 from digitorn_site.errors import PayloadTooLargeError, UnsupportedMediaTypeError, ValidationError
+from digitorn_site.principals import is_admin
 
 
 class AppListView(ApiView):
@@ -26,7 +27,7 @@ class DeployView(ApiView):
             yaml_path=body["yaml_path"],
             force=body["force"],
             secrets=services.secrets_parse(body.get("secrets")),
-            admin="admin" in self.principal.scopes,
+            admin=is_admin(self.principal),
         )
         return ok(selectors.app_summary(app))
 
@@ -62,7 +63,7 @@ class DeployUploadView(ApiView):
             force=body["force"],
             secrets=services.secrets_parse(body["secrets"]),
             assets=services.assets_parse(body["assets"]) if body["assets"] else None,
-            admin="admin" in self.principal.scopes,
+            admin=is_admin(self.principal),
         )
         return ok(selectors.app_summary(app))
 

@@ -87,6 +87,9 @@ class Runtime:
     context: dict[str, Any] = field(default_factory=dict)
     workdir: str = ""
     workdir_mode: str = "auto"  # none | required | fixed | auto
+    # runtime.hooks (legacy execution.hooks): {id, on, condition: {type, …}, action: {type, …}, cooldown,
+    # max_fires, enabled}, as conversations.hooks evaluates them
+    hooks: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -237,5 +240,7 @@ def _runtime(data: dict[str, Any]) -> Runtime:
     data = dict(data)
     if "direct_modules" in data:
         data["direct_modules"] = tuple(data["direct_modules"] or ())
+    if "hooks" in data:
+        data["hooks"] = tuple(data["hooks"] or ())
     known = Runtime.__dataclass_fields__
     return Runtime(**{k: v for k, v in data.items() if k in known})

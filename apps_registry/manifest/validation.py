@@ -80,6 +80,30 @@ HOOK_EVENTS = (
     "session_start", "session_end", "pre_compact", "error", "approval_request", "agent_spawn",
     "agent_complete", "activation",
 )
+# What conversations.hooks acts on (the others are accepted with a warning).
+HOOK_EVENTS_FIRED = ("session_start", "turn_start", "user_prompt", "turn_end")
+HOOK_ACTIONS_RUN = ("log", "notify", "inject_message")
+
+
+def _compiled_hook(block: dict[str, Any], on: str) -> dict[str, Any]:
+    """A hook as the engine reads it: JSON-safe plain data (the compiled app is stored as JSON)."""
+
+    def number(value: Any, default: float) -> float:
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else default
+
+    condition = block.get("condition") if isinstance(block.get("condition"), dict) else {"type": "always"}
+    action = block.get("action") if isinstance(block.get("action"), dict) else {"type": "inject_message"}
+    return {
+        "id": block["id"],
+        "on": on,
+        "condition": dict(condition),
+        "action": dict(action),
+        "cooldown": max(number(block.get("cooldown"), 0.0), 0.0),
+        "max_fires": int(max(number(block.get("max_fires"), 0), 0)),
+        "enabled": block.get("enabled") is not False,
+    }
+
+
 AGENT_HONOURED = ("id", "name", "system_prompt", "brain", "modules", "max_turns", "role", "specialty", "delegate_to")
 AGENT_NOT_ACTED = (
     "plan_first", "skills", "capabilities", "pool", "hooks", "context", "max_tool_iterations",
@@ -488,8 +512,7 @@ class Checker:
         if mode in ("background", "pipeline"):
             self.warn(p("mode"), f"mode {mode!r} compiles, but this daemon does not run {mode} apps yet")
         self.not_acted(block, path, [k for k in RUNTIME_NOT_ACTED if k != "hooks"])
-        if _get(block, "hooks") is not MISSING:
-            self._hooks(block["hooks"], p("hooks"))
+        hooks = self._hooks(block["hooks"], p("hooks")) if _get(block, "hooks") is not MISSING else []
         tool_injection = self.choice(
             _get(block, "tool_injection"), p("tool_injection"), INJECTION_MODES, default=None, what="tool injection mode"
         )
@@ -521,6 +544,7 @@ class Checker:
             workdir_mode=self.choice(
                 _get(block, "workdir_mode"), p("workdir_mode"), WORKDIR_MODES, default="auto", what="workdir mode"
             ),
+            hooks=tuple(hooks),
         )
         return mode, runtime
 
@@ -577,10 +601,12 @@ class Checker:
             return default
         return value
 
-    def _hooks(self, raw: Any, path: Path) -> None:
+    def _hooks(self, raw: Any, path: Path) -> list[dict[str, Any]]:
+        """runtime.hooks, compiled for conversations.hooks (which says which actions it runs)."""
+        compiled: list[dict[str, Any]] = []
         if not isinstance(raw, list):
             self._type_error(path, raw, "a list of hooks")
-            return
+            return compiled
         for index, item in enumerate(raw):
             where = (*path, index)
             if isinstance(item, dict) and "true" in item and "on" not in item:
@@ -596,12 +622,22 @@ class Checker:
                     self._type_error((*where, "on"), on, "an event name")
                 elif on not in HOOK_EVENTS:
                     self.error((*where, "on"), f"unknown hook event {on!r}; {did_you_mean(on, HOOK_EVENTS)}")
+            shapes_ok = True
             for key in ("condition", "action"):
                 value = block.get(key)
                 if value is not None and not isinstance(value, dict):
                     self._type_error((*where, key), value, "a mapping with a 'type'")
-        if raw:
-            self.warn(path, NOT_ACTED)
+                    shapes_ok = False
+            action = block.get("action") or {}
+            if shapes_ok and isinstance(on, str) and on in HOOK_EVENTS and isinstance(block.get("id"), str):
+                kind = action.get("type") if isinstance(action, dict) else None
+                if kind not in HOOK_ACTIONS_RUN:
+                    self.warn((*where, "action"), f"action {kind!r}: the hook fires (a `hook` event) but this "
+                              f"daemon runs only the actions {', '.join(HOOK_ACTIONS_RUN)}")
+                if on not in HOOK_EVENTS_FIRED:
+                    self.warn((*where, "on"), f"{NOT_ACTED}: hooks fire on {', '.join(HOOK_EVENTS_FIRED)}")
+                compiled.append(_compiled_hook(block, on))
+        return compiled
 
     def declared_modules(self, top: dict[str, Any]) -> list[str]:
         tools = top.get("tools")

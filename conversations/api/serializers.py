@@ -7,26 +7,11 @@ from collections.abc import Mapping
 
 from rest_framework import serializers
 
+from digitorn_site.api.fields import StrictCharField, StrictIntegerField
 from digitorn_site.converters import NameConverter
-from digitorn_site.errors import ValidationError
+from digitorn_site.errors import UnsupportedMediaTypeError
 
 SESSION_ID = re.compile(rf"^{NameConverter.regex}$")
-
-
-class StrictCharField(serializers.CharField):
-    """No silent coercion of numbers or lists to strings."""
-
-    def to_internal_value(self, data):
-        if not isinstance(data, str):
-            raise serializers.ValidationError(f"must be a string, got {type(data).__name__}.")
-        return super().to_internal_value(data)
-
-
-class StrictIntegerField(serializers.IntegerField):
-    def to_internal_value(self, data):
-        if isinstance(data, bool) or not isinstance(data, int):
-            raise serializers.ValidationError(f"must be an integer, got {type(data).__name__}.")
-        return super().to_internal_value(data)
 
 
 def _session_id(value: str) -> str:
@@ -85,6 +70,21 @@ class ImageListField(serializers.ListField):
         super().__init__(child=ImageSerializer(), max_length=MAX_IMAGES, required=False, default=list, **kwargs)
 
 
+def _refuse_non_images(data: Mapping) -> None:
+    """415 for an attachment that is not an image (the original's answer, BUG-091/092: audio sent
+    in ``images``), before the field-by-field validation."""
+    images = data.get("images")
+    if not isinstance(images, list):
+        return
+    for index, image in enumerate(images):
+        mime = image.get("mime") if isinstance(image, Mapping) else None
+        if isinstance(mime, str) and not mime.lower().startswith("image/"):
+            raise UnsupportedMediaTypeError(
+                f"images[{index}].mime: '{mime[:100]}' is not an image type; send image/* only.",
+                details={"images": {str(index): {"mime": [f"'{mime[:100]}' is not image/*."]}}},
+            )
+
+
 class _MessageBody(serializers.Serializer):
     """Fields every message-taking POST accepts (the original's ``SessionMessageRequest``)."""
 
@@ -94,6 +94,11 @@ class _MessageBody(serializers.Serializer):
     )
     queue_mode = StrictCharField(required=False, default="async", help_text="async (default) | wait | replace_last")
     client_message_id = StrictCharField(max_length=200, required=False, allow_blank=True, default="")
+
+    def to_internal_value(self, data):
+        if isinstance(data, Mapping):  # a 415 for a non-image comes before any field's 400
+            _refuse_non_images(data)
+        return super().to_internal_value(data)
 
     def validate_queue_mode(self, value: str) -> str:
         if value not in QUEUE_MODES:
@@ -143,34 +148,3 @@ class HistoryQuerySerializer(serializers.Serializer):
 
 class NotificationsSerializer(serializers.Serializer):
     session_id = StrictCharField(validators=[_session_id])
-
-
-def _refuse_non_images(data: Mapping) -> None:
-    """415 for an attachment that is not an image (the original's answer, BUG-091/092: audio sent
-    in ``images``), before the field-by-field validation."""
-    from digitorn_site.errors import UnsupportedMediaTypeError
-
-    images = data.get("images")
-    if not isinstance(images, list):
-        return
-    for index, image in enumerate(images):
-        mime = image.get("mime") if isinstance(image, Mapping) else None
-        if isinstance(mime, str) and not mime.lower().startswith("image/"):
-            raise UnsupportedMediaTypeError(
-                f"images[{index}].mime: '{mime[:100]}' is not an image type; send image/* only.",
-                details={"images": {str(index): {"mime": [f"'{mime[:100]}' is not image/*."]}}},
-            )
-
-
-def validate(serializer_class: type[serializers.Serializer], data) -> dict:
-    """For the plain async views (DRF's exception handler is not in their path)."""
-    if not isinstance(data, Mapping):
-        raise ValidationError(f"The request body must be a JSON object, got {type(data).__name__}.")
-    if issubclass(serializer_class, _MessageBody):
-        _refuse_non_images(data)
-    serializer = serializer_class(data=data)
-    if not serializer.is_valid():
-        from digitorn_site.api.exceptions import to_digitorn_error
-
-        raise to_digitorn_error(serializers.ValidationError(serializer.errors))
-    return dict(serializer.validated_data)

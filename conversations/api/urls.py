@@ -1,11 +1,10 @@
 from django.urls import path
 
-from conversations import sse
-from conversations.api import message_views, views
+from conversations.api import async_views, sse, views
 
 urlpatterns = [
-    path("<app_id:app_id>/run", sse.run, name="app-run"),
-    path("<app_id:app_id>/chat", sse.chat, name="chat"),
+    path("<app_id:app_id>/run", async_views.run, name="app-run"),
+    path("<app_id:app_id>/chat", async_views.chat, name="chat"),
     path("<app_id:app_id>/chat/stream", sse.chat_stream, name="chat-stream"),
     path("<app_id:app_id>/sessions", views.SessionListView.as_view(), name="session-list"),
     path("<app_id:app_id>/sessions/<name:session_id>", views.SessionDetailView.as_view(), name="session-detail"),
@@ -17,7 +16,7 @@ urlpatterns = [
     path("<app_id:app_id>/sessions/<name:session_id>/events", sse.session_events, name="session-events"),
     path(
         "<app_id:app_id>/sessions/<name:session_id>/messages",
-        message_views.session_messages,
+        async_views.session_messages,
         name="session-messages",
     ),
     path("<app_id:app_id>/sessions/<name:session_id>/cancel", views.SessionCancelView.as_view(), name="session-cancel"),

@@ -1,18 +1,16 @@
-"""REST views of the conversation endpoints (the async ones live in ``conversations.sse``)."""
+"""REST views of the conversation endpoints (the async ones: ``async_views`` and ``conversations.api.sse``)."""
 
 from __future__ import annotations
 
-from conversations import engine, selectors, services, session_ops
+from collections.abc import Callable
+
+from apps_registry.selectors import app_exists
+from apps_registry.services import app_rate_limit_set
+from conversations import selectors, session_ops, sessions
 from conversations.api import serializers as s
 from conversations.ratelimit import rate_limit_usage
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import ok
-from digitorn_site.api.views import ApiView
-
-
-def _app_exists(app_id: str) -> None:
-    from apps_registry.selectors import app_exists
-
-    app_exists(app_id=app_id)
 
 
 class SessionListView(ApiView):
@@ -20,7 +18,7 @@ class SessionListView(ApiView):
     query_serializer = s.SessionListQuerySerializer
 
     def get(self, request, app_id: str):
-        _app_exists(app_id)
+        app_exists(app_id=app_id)
         query = self.parse(s.SessionListQuerySerializer, request.query_params.dict())
         return ok(selectors.session_list(app_id=app_id, principal=self.principal.name, **query))
 
@@ -32,7 +30,7 @@ class SessionDetailView(ApiView):
         return ok(selectors.session_detail(app_id=app_id, session_id=session_id, principal=self.principal.name))
 
     def delete(self, request, app_id: str, session_id: str):
-        services.session_delete(app_id=app_id, session_id=session_id, principal=self.principal.name)
+        sessions.session_delete(app_id=app_id, session_id=session_id, principal=self.principal.name)
         return ok({"session_id": session_id, "deleted": True})
 
 
@@ -51,11 +49,7 @@ class SessionCancelView(ApiView):
     required_scope = "apps:run"
 
     def post(self, request, app_id: str, session_id: str):
-        result = services.session_cancel(app_id=app_id, session_id=session_id, principal=self.principal.name)
-        if result["status"] == "cancelled":
-            # The suspended or queued turn ended here; the next queued message may start.
-            session = services.session_resolve(app_id=app_id, session_id=session_id, principal=self.principal.name)
-            engine.schedule_advance(session.pk)
+        result = sessions.session_cancel(app_id=app_id, session_id=session_id, principal=self.principal.name)
         return ok({"session_id": session_id, **result})
 
 
@@ -70,41 +64,22 @@ class SessionAbortView(SessionCancelView):
         return response
 
 
-class SessionCompactView(ApiView):
-    required_scope = "apps:run"
+def _session_operation(name: str, method: str, scope: str, operation: Callable[..., dict]) -> type[ApiView]:
+    """A view that answers ``operation(app_id, session_id, principal)`` under one method and scope: the
+    original's session operations all have that shape. ``name`` is the class name the OpenAPI
+    operationId is derived from (``SessionCompactView`` → ``session_compact_post``)."""
 
-    def post(self, request, app_id: str, session_id: str):
-        return ok(session_ops.session_compact(app_id=app_id, session_id=session_id, principal=self.principal.name))
+    def handler(self, request, app_id: str, session_id: str):
+        return ok(operation(app_id=app_id, session_id=session_id, principal=self.principal.name))
 
-
-class SessionForkView(ApiView):
-    required_scope = "apps:run"
-
-    def post(self, request, app_id: str, session_id: str):
-        return ok(session_ops.session_fork(app_id=app_id, session_id=session_id, principal=self.principal.name))
+    return type(name, (ApiView,), {"required_scope": scope, method: handler, "__module__": __name__})
 
 
-class SessionUndoView(ApiView):
-    required_scope = "apps:run"
-
-    def post(self, request, app_id: str, session_id: str):
-        return ok(session_ops.session_undo(app_id=app_id, session_id=session_id, principal=self.principal.name))
-
-
-class SessionMemoryView(ApiView):
-    required_scope = "apps:read"
-
-    def get(self, request, app_id: str, session_id: str):
-        return ok(selectors.session_memory(app_id=app_id, session_id=session_id, principal=self.principal.name))
-
-
-class SessionWorkspaceView(ApiView):
-    required_scope = "apps:read"
-
-    def get(self, request, app_id: str, session_id: str):
-        return ok(
-            session_ops.session_workspace(app_id=app_id, session_id=session_id, principal=self.principal.name)
-        )
+SessionCompactView = _session_operation("SessionCompactView", "post", "apps:run", session_ops.session_compact)
+SessionForkView = _session_operation("SessionForkView", "post", "apps:run", session_ops.session_fork)
+SessionUndoView = _session_operation("SessionUndoView", "post", "apps:run", session_ops.session_undo)
+SessionMemoryView = _session_operation("SessionMemoryView", "get", "apps:read", selectors.session_memory)
+SessionWorkspaceView = _session_operation("SessionWorkspaceView", "get", "apps:read", session_ops.session_workspace)
 
 
 class QuotaView(ApiView):
@@ -112,19 +87,15 @@ class QuotaView(ApiView):
     request_serializer = {"PUT": s.QuotaSerializer}
 
     def get(self, request, app_id: str):
-        _app_exists(app_id)
+        app_exists(app_id=app_id)
         return ok(rate_limit_usage(app_id=app_id).usage())
 
     def put(self, request, app_id: str):
-        from apps_registry.services import app_rate_limit_set
-
         body = self.parse(s.QuotaSerializer)
         app_rate_limit_set(app_id=app_id, rpm=body["rpm"])
         return ok(rate_limit_usage(app_id=app_id).usage())
 
     def delete(self, request, app_id: str):
-        from apps_registry.services import app_rate_limit_set
-
         app_rate_limit_set(app_id=app_id, rpm=None)
         return ok(rate_limit_usage(app_id=app_id).usage())
 
@@ -136,7 +107,7 @@ class UserQuotaView(ApiView):
     required_scope = "apps:deploy"
 
     def get(self, request, app_id: str, user_id: str):
-        _app_exists(app_id)
+        app_exists(app_id=app_id)
         usage = rate_limit_usage(app_id=app_id).usage()
         return ok(
             {

@@ -14,6 +14,7 @@ from django.conf import settings
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.permissions import BasePermission
 
+from apps_registry.selectors import api_key_lookup
 from digitorn_site.errors import ForbiddenError, UnauthorizedError
 from digitorn_site.principals import ADMIN_PRINCIPAL, SCOPES, Principal, principal_for
 
@@ -46,8 +47,6 @@ def principal_for_key(raw_key: str) -> Principal | None:
     admin_key = bootstrap_admin_key()
     if admin_key and hmac.compare_digest(raw_key.encode(), admin_key.encode()):
         return Principal(name=ADMIN_PRINCIPAL, scopes=frozenset({"admin"}))
-    from apps_registry.selectors import api_key_lookup
-
     key = api_key_lookup(raw_key=raw_key)
     if key is None:
         return None

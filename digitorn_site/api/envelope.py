@@ -34,5 +34,9 @@ def error_response(error: DigitornError) -> JsonResponse:
     return response
 
 
-def ok_response(data: Any = None, status: int = 200) -> JsonResponse:
-    return JsonResponse({"success": True, "data": data, "error": None}, status=status)
+def ok_response(data: Any = None, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
+    """``ok`` for plain Django views (the async endpoints)."""
+    response = JsonResponse({"success": True, "data": data, "error": None}, status=status)
+    for name, value in (headers or {}).items():
+        response[name] = value
+    return response

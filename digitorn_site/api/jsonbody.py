@@ -3,11 +3,13 @@
 ``json.loads`` raises ``RecursionError`` (not ``ValueError``) on arrays or objects nested about a
 thousand deep, which every caller let escape as a 500; a body nested a few hundred deep parses but
 then breaks whatever walks it recursively (schema validation, secret masking, JSONField encoding).
-Every JSON body the API reads goes through :func:`loads_body`, which answers both with a 400.
+Every JSON body the API reads goes through :func:`loads_body`, which answers both with a 400: the
+REST views through :class:`DepthLimitedJSONParser`, the plain async views through :func:`request_json`.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from rest_framework.exceptions import ParseError
@@ -42,8 +44,6 @@ def _too_deep() -> str:
 
 def loads_body(raw: bytes | str) -> Any:
     """The parsed body; ValidationError (400) when it is not JSON or nests too deep."""
-    import json
-
     try:
         data = json.loads(raw)
     except RecursionError:
@@ -53,6 +53,15 @@ def loads_body(raw: bytes | str) -> Any:
     if json_depth_exceeds(data):
         raise ValidationError(_too_deep())
     return data
+
+
+def request_json(request) -> Any:
+    """The JSON body of a plain (non-DRF) view; an empty body (or only white space) reads as ``{}``,
+    so endpoints whose fields are all optional need no body. Whether it is an object is for
+    ``base.parse`` to say, with the rest of the validation."""
+    if not request.body.strip():
+        return {}
+    return loads_body(request.body)
 
 
 class DepthLimitedJSONParser(JSONParser):

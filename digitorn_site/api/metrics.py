@@ -10,22 +10,25 @@ from __future__ import annotations
 
 import time
 
-from django.db import connection
 from django.db.models import Count
 from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
+from approvals.models import ApprovalRequest
+from apps_registry.models import App
+from conversations.models import Event, Message, Session, Turn
+from digitorn_site import fastsql
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import error_response, ok
-from digitorn_site.api.views import ApiView
 from digitorn_site.errors import MethodNotAllowedError
+from tooling.models import BackgroundTask, ToolExecution
 
 STARTED_AT = time.time()
 
 
 def _db_ok() -> bool:
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        fastsql.ping()
     except Exception:  # noqa: BLE001 - a probe reports, never raises
         return False
     return True
@@ -53,10 +56,6 @@ def _by_status(model) -> dict[str, int]:
 
 
 def metrics_snapshot() -> dict:
-    from approvals.models import ApprovalRequest
-    from apps_registry.models import App
-    from conversations.models import Event, Message, Session, Turn
-    from tooling.models import BackgroundTask, ToolExecution
 
     turns = _by_status(Turn)
     return {
@@ -78,7 +77,6 @@ def metrics_snapshot() -> dict:
 
 
 def sessions_snapshot() -> dict:
-    from conversations.models import Session
 
     per_app = [
         {"app_id": row["app_id"], "sessions": row["n"]}

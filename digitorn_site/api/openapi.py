@@ -11,6 +11,8 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 
+from digitorn_site.api.base import ApiView
+
 
 class ApiKeyScheme(OpenApiAuthenticationExtension):
     target_class = "digitorn_site.api.auth.ApiKeyAuthentication"
@@ -52,7 +54,5 @@ class ViewAttributeSchema(AutoSchema):
 
     def get_description(self):
         # The base class's docstring says nothing about a particular endpoint.
-        from digitorn_site.api.views import ApiView
-
         doc = self.view.__class__.__doc__
         return doc.strip() if doc and doc is not ApiView.__doc__ else ""

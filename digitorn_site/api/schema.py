@@ -5,6 +5,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from digitorn_site.converters import APP_ID_PATTERN, NameConverter
+
 ERROR_SCHEMA = {
     "type": "object",
     "required": ["success", "data", "error", "error_code"],
@@ -110,6 +112,7 @@ _TASK = {
 SSE_EVENT_TYPES = [
     "connected", "tool_start", "tool_call", "result", "error", "hook", "approval_request", "approval_resolved",
     "notification", "notification_result", "message_queued", "token", "agent_spawn", "agent_result",
+    "memory_update", "status", "in_token", "out_token", "stream_done", "hook_notification", "agent_event",
 ]
 _SSE_EVENT = {
     "type": "object",
@@ -136,8 +139,6 @@ def _json_ok(data: dict[str, Any] | None, description: str = "") -> dict[str, An
 
 def _plain_view_paths() -> dict[str, dict[str, Any]]:
     """The plain async views (SSE streams, turn waits, task waits): drf-spectacular only sees DRF views."""
-    from digitorn_site.converters import APP_ID_PATTERN, NameConverter
-
     app = _path_param("app_id", APP_ID_PATTERN)
     session = _path_param("session_id", NameConverter.regex)
     task = _path_param("task_id", NameConverter.regex)
@@ -300,6 +301,23 @@ DATA_SCHEMAS: dict[str, dict[str, Any]] = {
                                   truncated=_B, files={"type": "array", "items": _obj(
                                       ["path", "type"], path=_S, type=_S, size={"type": "integer", "nullable": True},
                                       modified_at=_N)}),
+    "config_get": _obj(["server", "limits", "editable"], server=_obj(["auth_enabled", "database"], auth_enabled=_B,
+                                                                      database=_S, debug=_B),
+                       limits={"type": "object"}, editable=_B),
+    "module_list_get": _obj(["modules", "total"], total=_I, modules={"type": "array", "items": _obj(
+        ["module_id", "name", "description", "actions", "action_count"], module_id=_S, name=_S, description=_S,
+        actions={"type": "array", "items": _S}, action_count=_I, aliases={"type": "array", "items": _S})}),
+    "app_diagnostics_get": _obj(
+        ["app_id", "status", "version", "mode", "agents", "modules", "secrets", "warnings", "problems"],
+        app_id=_S, status={"type": "string", "enum": ["healthy", "degraded"]}, version=_S, mode=_S, deployed_at=_N,
+        agents={"type": "array", "items": _obj(["id", "provider", "tool_count"], id=_S, role=_S, provider=_S,
+                                               model=_S, modules={"type": "array", "items": _S}, tool_count=_I,
+                                               tools_error=_NS)},
+        modules={"type": "array", "items": _S}, hooks={"type": "array", "items": _S},
+        secrets=_obj(["referenced", "missing"], referenced={"type": "array", "items": _S},
+                     missing={"type": "array", "items": _S}),
+        warnings={"type": "array", "items": _S}, problems={"type": "array", "items": _S},
+    ),
 }
 
 

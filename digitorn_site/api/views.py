@@ -1,43 +1,26 @@
-"""The base view every REST endpoint derives from, and the public/health/fallback views."""
+"""The public views (health) and the fallback views Django answers errors with.
+
+The base of every REST endpoint is ``digitorn_site.api.base.ApiView``.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from django.conf import settings
+from django.core.exceptions import DisallowedHost
 from django.db import connection
 from django.http import JsonResponse
 from django.views.decorators.csrf import csrf_exempt
-from rest_framework import serializers
-from rest_framework.parsers import FormParser, MultiPartParser
-from rest_framework.views import APIView
 
+from digitorn_site import fastsql
 from digitorn_site.api.envelope import error_response, ok_response
-from digitorn_site.api.jsonbody import DepthLimitedJSONParser
-from digitorn_site.errors import DigitornError, MethodNotAllowedError, NotFoundError, ValidationError
-from digitorn_site.principals import Principal
-
-
-class ApiView(APIView):
-    """Thin base: API-key auth, scope permission, JSON only, the envelope via the exception handler."""
-
-    required_scope: str | dict[str, str] | None = None
-    # JSON nested thousands deep must answer 400, not escape DRF's parser as a RecursionError (500).
-    parser_classes = [DepthLimitedJSONParser, MultiPartParser, FormParser]
-
-    def parse(self, serializer_class: type[serializers.Serializer], data=None) -> dict:
-        """Validate the body (or ``data``) with a serializer; errors leave as 400 naming the field."""
-        if data is None:
-            data = self.request.data
-        if not isinstance(data, Mapping):
-            raise ValidationError(f"The request body must be a JSON object, got {type(data).__name__}.")
-        serializer = serializer_class(data=data)
-        serializer.is_valid(raise_exception=True)
-        return dict(serializer.validated_data)
-
-    @property
-    def principal(self) -> Principal:
-        return self.request.user
+from digitorn_site.api.exceptions import to_digitorn_error
+from digitorn_site.errors import (
+    DigitornError,
+    ForbiddenError,
+    MethodNotAllowedError,
+    NotFoundError,
+    ValidationError,
+)
 
 
 @csrf_exempt  # a POST must get the JSON 405 below, not the CSRF middleware's HTML 403
@@ -47,8 +30,7 @@ def health(request) -> JsonResponse:
         return error_response(MethodNotAllowedError(f'Method "{request.method}" not allowed.'))
     db_ok = True
     try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
+        fastsql.ping()
     except Exception:  # noqa: BLE001 - health reports, never raises
         db_ok = False
     data = {
@@ -71,10 +53,6 @@ def server_error(request) -> JsonResponse:
 
 
 def bad_request(request, exception=None) -> JsonResponse:
-    from django.core.exceptions import DisallowedHost
-
-    from digitorn_site.api.exceptions import to_digitorn_error
-
     error = to_digitorn_error(exception) if exception is not None else None
     if error is None and isinstance(exception, DisallowedHost):
         # Django's message names the Host and ALLOWED_HOSTS: what an operator behind a proxy must fix.
@@ -85,6 +63,4 @@ def bad_request(request, exception=None) -> JsonResponse:
 
 
 def permission_denied(request, exception=None) -> JsonResponse:
-    from digitorn_site.errors import ForbiddenError
-
     return error_response(ForbiddenError())

@@ -214,6 +214,10 @@ class Chat:
     def _on_hook(self, data: dict) -> None:
         self.say(f"· hook {data.get('hook_id', '')}")
 
+    def _on_hook_notification(self, data: dict) -> None:  # a manifest hook's `notify` action
+        self._end_tokens()
+        self.say(f"· {data.get('title', 'notice')}: {_short(data.get('message', ''))}")
+
     def _on_notification(self, data: dict) -> None:
         self.say(f"· notification: task {data.get('task_id')} ({data.get('tool_name')}) {data.get('status')}")
 

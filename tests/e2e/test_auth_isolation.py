@@ -19,6 +19,9 @@ import time
 
 import httpx
 import pytest
+from conftest import bearer
+
+from tests.helpers import assert_envelope_error
 
 pytestmark = pytest.mark.e2e
 
@@ -99,17 +102,6 @@ def _request(daemon, method: str, path: str, *, headers: dict | None = None, par
         return client.request(method, path, headers=headers, params=params, **kwargs)
 
 
-def _assert_envelope(response: httpx.Response, status: int, code: str) -> dict:
-    assert response.status_code == status, f"{response.request.method} {response.request.url}: " \
-                                           f"{response.status_code} {response.text[:300]}"
-    assert response.headers["content-type"].startswith("application/json"), response.headers
-    body = response.json()
-    assert body["success"] is False and body["data"] is None
-    assert body["error_code"] == code, body
-    assert body["error"], body
-    return body
-
-
 @pytest.fixture(scope="module")
 def deployed(daemon, tmp_path_factory):
     """The app the routes point at: a scripted agent that lists, or writes (which needs approval)."""
@@ -150,10 +142,6 @@ def keys(deployed) -> dict[str, str]:
     return made
 
 
-def _as(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 # --- 401 on every endpoint ---------------------------------------------------------------------
 
 
@@ -165,7 +153,7 @@ def test_the_reference_lists_36_endpoints():
 @pytest.mark.parametrize("route", ROUTES, ids=_route_id)
 def test_missing_key_is_refused_with_401(deployed, route):
     method, path = route
-    body = _assert_envelope(_request(deployed, method, path), 401, "UNAUTHORIZED")
+    body = assert_envelope_error(_request(deployed, method, path), 401, "UNAUTHORIZED")
     assert "key" in body["error"].lower()
 
 
@@ -174,7 +162,7 @@ def test_wrong_key_is_refused_with_401(deployed, route):
     method, path = route
     for headers in ({"Authorization": "Bearer dg_00000000_not-a-real-key"}, {"X-API-Key": "wrong"},
                     {"Authorization": f"Bearer {deployed.key}x"}):
-        _assert_envelope(_request(deployed, method, path, headers=headers), 401, "UNAUTHORIZED")
+        assert_envelope_error(_request(deployed, method, path, headers=headers), 401, "UNAUTHORIZED")
 
 
 def test_health_is_the_only_public_endpoint(deployed):
@@ -186,7 +174,7 @@ def test_health_is_the_only_public_endpoint(deployed):
 def test_query_token_is_refused_off_the_sse_stream(deployed, route):
     """A valid key in ?token= does not authenticate a non-SSE endpoint (it would leak into logs)."""
     method, path = route
-    _assert_envelope(_request(deployed, method, path, params={"token": deployed.key}), 401, "UNAUTHORIZED")
+    assert_envelope_error(_request(deployed, method, path, params={"token": deployed.key}), 401, "UNAUTHORIZED")
 
 
 def test_query_token_opens_the_sse_stream(deployed, keys):
@@ -200,19 +188,19 @@ def test_query_token_opens_the_sse_stream(deployed, keys):
     assert first["event"] == "connected"
     assert first["data"] == {"session_id": "tok-1"}
     # Watching created nothing; the first message does, and the session belongs to its sender.
-    ghost = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=_as(keys["alice"]), timeout=10)
-    _assert_envelope(ghost, 404, "RESOURCE_NOT_FOUND")
+    ghost = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=bearer(keys["alice"]), timeout=10)
+    assert_envelope_error(ghost, 404, "RESOURCE_NOT_FOUND")
     sent = deployed.client.post(f"/api/apps/{APP}/sessions/tok-1/messages", json={"message": "list"},
-                                headers=_as(keys["alice"]))
+                                headers=bearer(keys["alice"]))
     assert sent.status_code == 202, sent.text
-    mine = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=_as(keys["alice"]), timeout=10)
+    mine = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=bearer(keys["alice"]), timeout=10)
     assert mine.status_code == 200, mine.text
-    theirs = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=_as(keys["bob"]), timeout=10)
-    _assert_envelope(theirs, 404, "RESOURCE_NOT_FOUND")
+    theirs = httpx.get(f"{deployed.url}/api/apps/{APP}/sessions/tok-1", headers=bearer(keys["bob"]), timeout=10)
+    assert_envelope_error(theirs, 404, "RESOURCE_NOT_FOUND")
 
 
 def test_wrong_query_token_on_the_sse_stream_is_401(deployed):
-    _assert_envelope(
+    assert_envelope_error(
         _request(deployed, "GET", f"/api/apps/{APP}/sessions/s-1/events", params={"token": "dg_bad"}),
         401, "UNAUTHORIZED",
     )
@@ -223,8 +211,8 @@ def test_wrong_query_token_on_the_sse_stream_is_401(deployed):
 
 @pytest.mark.parametrize("path", ["/api/health", "/api/apps/", f"/api/apps/{APP}/sessions/s-1/events", "/admin/", "/ui/"])
 def test_foreign_host_header_gets_a_json_400(deployed, path):
-    response = httpx.get(f"{deployed.url}{path}", headers={"Host": "evil.example", **_as(deployed.key)}, timeout=10)
-    body = _assert_envelope(response, 400, "VALIDATION_ERROR")
+    response = httpx.get(f"{deployed.url}{path}", headers={"Host": "evil.example", **bearer(deployed.key)}, timeout=10)
+    body = assert_envelope_error(response, 400, "VALIDATION_ERROR")
     assert "evil.example" in body["error"] and "ALLOWED_HOSTS" in body["error"], body
 
 
@@ -240,7 +228,7 @@ def test_loopback_host_names_are_accepted(deployed):
 @pytest.fixture(scope="module")
 def alices(deployed, keys) -> dict[str, str]:
     """Alice's session with a finished turn, a session whose turn waits for approval, and a task."""
-    alice = _as(keys["alice"])
+    alice = bearer(keys["alice"])
     api = deployed.client
     done = api.post(f"/api/apps/{APP}/chat", json={"session_id": "alice-s", "message": "list"}, headers=alice)
     assert done.status_code == 200 and done.json()["data"]["content"] == "listed", done.text
@@ -262,16 +250,16 @@ def alices(deployed, keys) -> dict[str, str]:
 def _same_as_missing(deployed, bob: dict, method: str, path: str, real_id: str, body: dict | None = None) -> None:
     """Bob's answer for Alice's id is a 404 worded exactly like the one for an id that never existed."""
     theirs = deployed.client.request(method, path, headers=bob, json=body)
-    _assert_envelope(theirs, 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(theirs, 404, "RESOURCE_NOT_FOUND")
     ghost = "ghost-000000"
     missing = deployed.client.request(method, path.replace(real_id, ghost), headers=bob,
                                       json=json.loads(json.dumps(body).replace(real_id, ghost)) if body else None)
-    _assert_envelope(missing, 404, "RESOURCE_NOT_FOUND")
+    assert_envelope_error(missing, 404, "RESOURCE_NOT_FOUND")
     assert theirs.json()["error"].replace(real_id, "<id>") == missing.json()["error"].replace(ghost, "<id>")
 
 
 def test_another_principal_cannot_read_or_touch_a_session(deployed, keys, alices):
-    bob = _as(keys["bob"])
+    bob = bearer(keys["bob"])
     sid = alices["session"]
     base = f"/api/apps/{APP}/sessions/{sid}"
     _same_as_missing(deployed, bob, "GET", base, sid)
@@ -310,18 +298,18 @@ def test_another_principal_cannot_read_or_touch_a_session(deployed, keys, alices
     # Bob's history of that id is his; Alice's session is intact, with its one exchange.
     bobs = deployed.client.get(f"{base}/history", headers=bob).json()["data"]["messages"]
     assert "list" not in [m["content"] for m in bobs] and "hijack" in [m["content"] for m in bobs]
-    history = deployed.client.get(f"{base}/history", headers=_as(keys["alice"]))
+    history = deployed.client.get(f"{base}/history", headers=bearer(keys["alice"]))
     assert history.status_code == 200
     contents = [m["content"] for m in history.json()["data"]["messages"]]
     assert "hijack" not in contents and "list" in contents
     assert deployed.client.delete(base, headers=bob).status_code == 200  # deletes Bob's, not Alice's
-    assert deployed.client.get(f"{base}/history", headers=_as(keys["alice"])).status_code == 200
+    assert deployed.client.get(f"{base}/history", headers=bearer(keys["alice"])).status_code == 200
     # The admin sees every principal's sessions.
     assert deployed.client.get(base).status_code == 200
 
 
 def test_another_principal_cannot_see_or_decide_an_approval(deployed, keys, alices):
-    bob = _as(keys["bob"])
+    bob = bearer(keys["bob"])
     rid = alices["request_id"]
     assert deployed.client.get(f"/api/apps/{APP}/approvals", headers=bob).json()["data"]["pending"] == []
     _same_as_missing(deployed, bob, "GET", f"/api/apps/{APP}/approvals/{rid}", rid)
@@ -329,12 +317,12 @@ def test_another_principal_cannot_see_or_decide_an_approval(deployed, keys, alic
                      body={"request_id": rid, "approved": True, "message": "sure"})
     _same_as_missing(deployed, bob, "POST", f"/api/apps/{APP}/sessions/{alices['waiting']}/cancel", alices["waiting"])
     # Still pending for Alice: Bob's attempts changed nothing.
-    pending = deployed.client.get(f"/api/apps/{APP}/approvals", headers=_as(keys["alice"])).json()["data"]["pending"]
+    pending = deployed.client.get(f"/api/apps/{APP}/approvals", headers=bearer(keys["alice"])).json()["data"]["pending"]
     assert [p["request_id"] for p in pending] == [rid]
 
 
 def test_another_principal_cannot_see_wait_or_cancel_a_task(deployed, keys, alices):
-    bob = _as(keys["bob"])
+    bob = bearer(keys["bob"])
     tid = alices["task_id"]
     base = f"/api/apps/{APP}/background-tasks/{tid}"
     _same_as_missing(deployed, bob, "GET", base, tid)
@@ -343,14 +331,14 @@ def test_another_principal_cannot_see_wait_or_cancel_a_task(deployed, keys, alic
     listed = deployed.client.get(f"/api/apps/{APP}/background-tasks", headers=bob).json()["data"]
     assert tid not in {t["task_id"] for t in listed["tasks"]}
     # Alice's task ran to completion; Bob's DELETE did not cancel it.
-    waited = deployed.client.post(f"{base}/wait", json={"timeout": 30}, headers=_as(keys["alice"]))
+    waited = deployed.client.post(f"{base}/wait", json={"timeout": 30}, headers=bearer(keys["alice"]))
     assert waited.status_code == 200, waited.text
     assert waited.json()["data"]["status"] == "completed", waited.json()
 
 
 def test_owner_can_approve_and_the_turn_finishes(deployed, keys, alices):
     """The positive control: the same calls Bob was refused work for Alice."""
-    alice = _as(keys["alice"])
+    alice = bearer(keys["alice"])
     decided = deployed.client.post(f"/api/apps/{APP}/approve", headers=alice,
                                    json={"request_id": alices["request_id"], "approved": True})
     assert decided.status_code == 200, decided.text
@@ -405,10 +393,10 @@ def test_watching_a_session_id_does_not_squat_it(deployed, keys):
         assert next(iter(parse_sse_lines(response.iter_lines()))).as_dict()["event"] == "connected"
         # While the squatter still watches, the owner's chat on that id works.
         chat = deployed.client.post(f"/api/apps/{APP}/chat", json={"session_id": "squat-1", "message": "list"},
-                                    headers=_as(keys["alice"]))
+                                    headers=bearer(keys["alice"]))
         assert chat.status_code == 200 and chat.json()["data"]["content"] == "listed", chat.text
-    _assert_envelope(deployed.client.get(f"/api/apps/{APP}/sessions/squat-1/history", headers=_as(watcher)),
+    assert_envelope_error(deployed.client.get(f"/api/apps/{APP}/sessions/squat-1/history", headers=bearer(watcher)),
                      404, "RESOURCE_NOT_FOUND")
     again = deployed.client.post(f"/api/apps/{APP}/sessions/squat-1/messages", json={"message": "list"},
-                                 headers=_as(keys["alice"]))
+                                 headers=bearer(keys["alice"]))
     assert again.status_code == 202, again.text

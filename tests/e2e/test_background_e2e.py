@@ -8,11 +8,9 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
-from pathlib import Path
 
 import pytest
-from conftest import DEFAULT_CELERY_WORKERS, poll, start_daemon
+from conftest import DEFAULT_CELERY_WORKERS, pids_running, poll, start_daemon, unique_sleep
 
 pytestmark = pytest.mark.e2e
 
@@ -87,25 +85,6 @@ def wait(bg, app_id: str, task_id: str, timeout: float = 60) -> dict:
     )
     assert response.status_code == 200, response.text
     return response.json()["data"]
-
-
-def pids_running(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except (OSError, IndexError):
-            continue
-        if marker in cmdline and state not in ("Z", "X"):
-            found.append(int(entry.name))
-    return found
-
-
-def unique_sleep(seconds: int = 30) -> str:
-    return f"{seconds}.{uuid.uuid4().int % 10**6:06d}"
 
 
 def test_health_reports_the_celery_worker_and_scheduler(bg):
@@ -200,10 +179,8 @@ def test_sigkill_of_the_worker_leaves_no_task_running_and_runs_nothing_twice(bg,
     )
 
     # Every Celery worker process dies (one or, on the scale-out leg, two): whichever ran the task.
-    killed = set(bg.child_pids("celery"))
+    killed = bg.kill_children("celery")
     assert killed
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)
     try:
         # The supervisor restarts the workers; they (and beat) sweep the expired lease.
         poll(

@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,7 +18,6 @@ import pytest
 
 pytestmark = pytest.mark.e2e
 
-PROJECT_ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 WAIT_SECONDS = 30
@@ -214,11 +211,7 @@ def test_content_is_escaped_not_rendered(daemon, browser, ui_app):
 def _admin_web(daemon) -> httpx.Client:
     """A superuser made with `manage.py createsuperuser`, logged in to the daemon's admin."""
     password = "browser-test-" + os.urandom(8).hex()
-    created = subprocess.run(
-        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "ui-ops", "--email", "o@example.com"],
-        cwd=str(PROJECT_ROOT), env={**daemon.env, "DJANGO_SUPERUSER_PASSWORD": password},
-        capture_output=True, text=True, timeout=120,
-    )
+    created = daemon.create_superuser("ui-ops", "o@example.com", password)
     assert created.returncode == 0, created.stderr
     web = httpx.Client(base_url=daemon.url, timeout=30.0)
     token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', web.get("/admin/login/").text).group(1)

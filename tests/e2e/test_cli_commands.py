@@ -174,6 +174,8 @@ def _chat_app(app_yaml, app_id: str):
         ],
         capabilities={"default_policy": "auto",
                       "approve": [{"module": "filesystem", "actions": ["write"], "reason": "writes files"}]},
+        runtime={"hooks": [{"id": "hello", "on": "session_start",
+                            "action": {"type": "notify", "title": "welcome", "message": "hooks run"}}]},
     )
 
 
@@ -189,8 +191,9 @@ def test_cli_chat_over_a_pipe_shows_tools_and_answers(daemon, app_yaml):
     assert "→ filesystem.ls" in out
     assert "← filesystem.ls ok" in out and "readme.md" in out
     assert "listed:" in out
-    # The order of the transcript is the order of the turn.
-    assert out.index("echo: hello there") < out.index("→ filesystem.ls") < out.index("listed:")
+    # The order of the transcript is the order of the turn; a `notify` hook's notice is printed.
+    assert out.index("· welcome: hooks run") < out.index("echo: hello there") < out.index("→ filesystem.ls")
+    assert out.index("→ filesystem.ls") < out.index("listed:") and out.count("· welcome") == 1
 
     history = daemon.client.get("/api/apps/chatty/sessions/pipe-1/history").json()["data"]
     contents = [m["content"] for m in history["messages"] if m["role"] == "user"]
@@ -368,7 +371,6 @@ def test_harness_sse_helper_follows_a_turn_to_done(daemon, app_yaml):
 
 
 def test_chat_reconnects_when_the_asgi_workers_die_between_turns(daemon, app_yaml):
-    import signal
 
     daemon.deploy(_chat_app(app_yaml, "resilient"))
     term = Pty(daemon, "chat", "resilient", "--session", "res-1")
@@ -376,9 +378,7 @@ def test_chat_reconnects_when_the_asgi_workers_die_between_turns(daemon, app_yam
     term.send("first")
     term.expect("echo: first")
     term.expect("you> ")
-    old = daemon.child_pids("asgi")
-    for pid in old:
-        os.kill(pid, signal.SIGKILL)
+    old = daemon.kill_children("asgi")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         current = daemon.child_pids("asgi")

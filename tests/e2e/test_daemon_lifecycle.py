@@ -10,7 +10,6 @@ import socket
 import stat
 import subprocess
 import sys
-import time
 
 import httpx
 import pytest
@@ -22,19 +21,10 @@ from conftest import (
     daemon_env,
     free_port,
     isolated_backends,
+    wait_for,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-def _wait_for(predicate, timeout: float = 30.0, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    return predicate()
 
 
 def test_start_two_workers_serves_health_and_records_every_process(daemon):
@@ -144,7 +134,7 @@ def test_killed_child_is_restarted_and_service_continues(daemon, name):
         child = next((c for c in state.get("children", []) if c["name"] == name), None)
         return child if child and child["pid"] not in (None, victim) and child["restarts"] > restarts else None
 
-    child = _wait_for(restarted, timeout=30)
+    child = wait_for(restarted, timeout=30)
     assert child, f"{name} was not restarted:\n{daemon.log_tail()}"
     assert _proc_alive(child["pid"], child["starttime"])
     for _ in range(10):
@@ -202,10 +192,10 @@ def test_embedded_daemon_is_three_processes_with_the_scheduler_in_the_celery_wor
     def tick():
         return running.client.get("/api/health").json()["data"]["scheduler"]["last_tick"]
 
-    first = _wait_for(tick, timeout=60)
+    first = wait_for(tick, timeout=60)
     assert first, running.log_tail()
     # The sweep is scheduled every 10 s: a later tick can only come from the scheduler.
-    assert _wait_for(lambda: (tick() or "") > first, timeout=60), running.log_tail()
+    assert wait_for(lambda: (tick() or "") > first, timeout=60), running.log_tail()
     assert "periodic scheduler running in this worker" in running.log_tail(400)
 
 
@@ -310,7 +300,7 @@ def test_supervisor_sigkill_takes_its_children_down(daemon_factory):
     running = daemon_factory(workers=1)
     processes = running.processes()
     os.kill(running.pid_state()["pid"], signal.SIGKILL)
-    gone = _wait_for(lambda: not any(_proc_alive(p, s) for p, s in processes), timeout=30)
+    gone = wait_for(lambda: not any(_proc_alive(p, s) for p, s in processes), timeout=30)
     assert gone, f"children outlived their supervisor: {[p for p, s in processes if _proc_alive(p, s)]}"
 
     # The next start in that data dir clears the stale pid file and serves again on the same port.
@@ -363,7 +353,7 @@ def test_foreground_start_serves_until_sigterm_then_cleans_up(tmp_path):
             except httpx.HTTPError:
                 return False
 
-        assert _wait_for(healthy, timeout=90), "foreground daemon never answered /api/health"
+        assert wait_for(healthy, timeout=90), "foreground daemon never answered /api/health"
         state = json.loads((data_dir / "daemon.json").read_text())
         assert state["pid"] == proc.pid  # the foreground process is the supervisor itself
         children = [(c["pid"], c["starttime"]) for c in state["children"]]

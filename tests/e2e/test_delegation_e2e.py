@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import poll
+from tests.conftest import AppYaml, ReconnectingStream, poll
 from tests.llm_server import LLMServer, Reply
 
 pytestmark = pytest.mark.e2e
 
 
 def test_coordinator_delegates_to_a_researcher_with_a_local_llm(daemon, tmp_path_factory):
-    from tests.conftest import AppYaml
-
     apps = AppYaml(tmp_path_factory.mktemp("team-apps"))
     (apps.workspace / "notes.txt").write_text("remember the milk\n")
     with LLMServer() as llm:
@@ -89,8 +87,6 @@ tools:
 
 
 def test_cycle_at_run_time_and_cancel_through_the_daemon(daemon, tmp_path_factory):
-    from tests.conftest import AppYaml
-
     apps = AppYaml(tmp_path_factory.mktemp("cycle-apps"))
     daemon.deploy(apps(CYCLE_APP.replace("WS", str(apps.workspace)), "cycle.yaml"), force=True)
     response = daemon.client.post("/api/apps/cycle-team/chat", json={"session_id": "c1", "message": "hello"},
@@ -121,11 +117,7 @@ def test_killed_workers_mid_delegation_recover_the_run_and_its_parent(daemon_fac
     """SIGKILL of every ASGI worker while a delegated run executes a shell step: the run is a turn
     like any other (leased, recovered, its cut call answered "interrupted", not run twice) and the
     parent waiting for it resumes and ends with exactly one `result`."""
-    import os
-    import signal
     import time
-
-    from tests.e2e.test_faults import ReconnectingStream
 
     d = daemon_factory(workers=2, env={"DIGITORN_LEASE_SECONDS": "3"})
     workspace = app_yaml.workspace
@@ -151,8 +143,7 @@ def test_killed_workers_mid_delegation_recover_the_run_and_its_parent(daemon_fac
         response = d.client.post("/api/apps/deleg-crash/sessions/k1/messages", json={"message": "go"})
         assert response.status_code == 202, response.text
         poll(lambda: (workspace / "runs.txt").exists(), 30, "the run's shell step to start")
-        for pid in set(d.child_pids("asgi")):
-            os.kill(pid, signal.SIGKILL)
+        d.kill_children("asgi")
         poll(lambda: len(stream.dones()) == 1, 90,
              f"the parent to finish after recovery (events so far: {[e['event'] for e in stream.events]})")
         time.sleep(1.0)  # a re-run would have appended by now

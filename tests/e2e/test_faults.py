@@ -6,16 +6,12 @@ from __future__ import annotations
 
 import os
 import shlex
-import signal
 import subprocess
-import threading
 import time
 
 import httpx
 import pytest
-from conftest import poll
-
-from digitorn_site.cli.sse import parse_sse_lines
+from conftest import ReconnectingStream, poll
 
 pytestmark = pytest.mark.e2e
 
@@ -31,45 +27,6 @@ SLOW_APP = {
     }],
     "tools": {"modules": {"shell": {}}},
 }
-
-
-class ReconnectingStream(threading.Thread):
-    """Follows a session's persistent stream like an SDK does: on any drop, reconnect with
-    Last-Event-ID and carry on. Records every framed event it receives."""
-
-    def __init__(self, url: str, key: str, path: str):
-        super().__init__(daemon=True)
-        self.url, self.key, self.path = url, key, path
-        self.events: list[dict] = []
-        self.connects = 0
-        self.stop = threading.Event()
-        self.opened = threading.Event()
-
-    def run(self) -> None:
-        last_id: str | None = None
-        while not self.stop.is_set():
-            headers = {"Authorization": f"Bearer {self.key}"}
-            if last_id is not None:
-                headers["Last-Event-ID"] = last_id
-            try:
-                with httpx.stream("GET", self.url + self.path, headers=headers,
-                                  timeout=httpx.Timeout(5.0, read=30.0)) as response:
-                    if response.status_code != 200:
-                        time.sleep(0.3)
-                        continue
-                    self.connects += 1
-                    self.opened.set()
-                    for event in parse_sse_lines(response.iter_lines()):
-                        if event.id is not None:
-                            last_id = event.id
-                            self.events.append({"id": int(event.id), "event": event.event, "data": event.data})
-                        if self.stop.is_set():
-                            return
-            except (httpx.HTTPError, OSError):
-                time.sleep(0.3)
-
-    def dones(self) -> list[dict]:
-        return [e["data"] for e in self.events if e["event"] == "result"]
 
 
 def assert_clean_log(events: list[dict]) -> None:
@@ -93,9 +50,7 @@ def test_asgi_workers_killed_mid_turn_with_a_queued_message(daemon_factory, app_
 
         # The first turn is inside its tool call (the second waits behind it): kill every ASGI worker.
         poll(lambda: any(e["event"] == "tool_start" for e in stream.events), 30, "the first tool call")
-        killed = set(d.child_pids("asgi"))
-        for pid in killed:
-            os.kill(pid, signal.SIGKILL)
+        killed = d.kill_children("asgi")
         poll(lambda: (now := set(d.child_pids("asgi"))) and not now & killed, 60, "the ASGI workers' restart")
 
         # The expired lease is recovered and both messages finish, each exactly once.
@@ -138,9 +93,7 @@ def test_a_killed_worker_does_not_run_a_side_effect_tool_twice(daemon_factory, a
         response = d.client.post("/api/apps/once/sessions/k1/messages", json={"message": "go"})
         assert response.status_code == 202, response.text
         poll(lambda: (workspace / "runs.txt").exists(), 30, "the shell step to start")
-        killed = set(d.child_pids("asgi"))
-        for pid in killed:
-            os.kill(pid, signal.SIGKILL)
+        d.kill_children("asgi")
         poll(lambda: len(stream.dones()) == 1, 90,
              f"the turn to finish after recovery (events so far: {[e['event'] for e in stream.events]})")
         time.sleep(1.0)  # a re-run would have appended by now

@@ -12,14 +12,11 @@ from __future__ import annotations
 import json
 
 import pytest
+from conftest import bearer
 
 pytestmark = pytest.mark.e2e
 
 OPENAI_VALUE = "sk-daemon-openai-0123456789abcdef"
-
-
-def _as(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")
@@ -57,14 +54,14 @@ def _leaks(daemon, text: str) -> bool:
 def test_env_in_the_app_name_is_refused_and_never_stored(setup, tmp_path):
     daemon, deployer = setup
     path = _manifest(tmp_path, "steal-name", "{{env.DIGITORN_API_KEY}}", "hi")
-    response = daemon.client.post("/api/apps/deploy", json={"yaml_path": path}, headers=_as(deployer))
+    response = daemon.client.post("/api/apps/deploy", json={"yaml_path": path}, headers=bearer(deployer))
     assert response.status_code == 403, response.text
     assert not _leaks(daemon, response.text)
     # Not even an admin may read the daemon's own credentials.
     response = daemon.client.post("/api/apps/deploy", json={"yaml_path": path})
     assert response.status_code == 400, response.text
     assert "daemon's own credentials" in response.text and not _leaks(daemon, response.text)
-    listed = daemon.client.get("/api/apps/", headers=_as(deployer))
+    listed = daemon.client.get("/api/apps/", headers=bearer(deployer))
     assert listed.status_code == 200 and not _leaks(daemon, listed.text)
 
 
@@ -73,7 +70,7 @@ def test_secret_fallback_never_reaches_the_daemon_key(setup, tmp_path, admin):
     daemon, deployer = setup
     app_id = f"steal-secret-{int(admin)}"
     path = _manifest(tmp_path, app_id, "x", "{{secret.DIGITORN_API_KEY}} {{secret.OPENAI_API_KEY}}")
-    headers = {} if admin else _as(deployer)
+    headers = {} if admin else bearer(deployer)
     response = daemon.client.post("/api/apps/deploy", json={"yaml_path": path}, headers=headers)
     assert response.status_code == 200, response.text
     chat = daemon.client.post(

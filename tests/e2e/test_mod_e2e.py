@@ -7,13 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-import yaml
+from conftest import AppYaml
 
+from tests.httpkit import QuietHandler, serving
 from tests.pdf_factory import make_pdf
 
 pytestmark = pytest.mark.e2e
@@ -27,30 +26,20 @@ PAGE = (b"<html><head><title>Harbor notes</title></head><body><article><h1>Harbo
         b"</article></body></html>")
 
 
-class _Web(BaseHTTPRequestHandler):
-    def log_message(self, *args):
-        pass
-
+class _Web(QuietHandler):
     def do_GET(self):
         if self.path.startswith("/search"):
             body = json.dumps({"results": [{"title": "Harbor", "url": "https://harbor.example/", "content": "ferries"}]})
             ctype = "application/json"
         else:
             body, ctype = PAGE.decode(), "text/html"
-        data = body.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
+        self._send(200, body.encode(), ctype)
 
 
 @pytest.fixture(scope="module")
 def web():
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Web)
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
+    with serving(_Web) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -95,23 +84,17 @@ def suite(daemon, tmp_path_factory, web):
             "mcp": {"servers": {"notes": {"command": sys.executable, "args": [MCP_SERVER, "stdio"], "timeout": 30}}},
         }},
     }
-    path = root / "modsuite.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    daemon.deploy(path, force=True)
+    daemon.deploy(AppYaml(root)(manifest, "modsuite.yaml"), force=True)
     return ws
 
 
 def chat(daemon, text: str, session: str = "mods") -> str:
-    response = daemon.client.post(f"/api/apps/{APP}/chat", json={"session_id": session, "message": text}, timeout=120)
-    assert response.status_code == 200, response.text
-    return response.json()["data"]["content"]
+    return daemon.chat(APP, text, session)
 
 
 def execute(daemon, tool: str, params: dict) -> dict:
     """The tool's outcome: the execute answer is the tool's result flattened into the envelope."""
-    response = daemon.client.post(f"/api/apps/{APP}/tools/{tool}/execute", json={"params": params}, timeout=120)
-    assert response.status_code == 200, response.text
-    body = response.json()
+    body = daemon.execute(APP, tool, params)
     return {"success": body["success"], "data": body["data"], "error": body["error"]}
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 
 import pytest
-import yaml
+from conftest import AppYaml
 
 pytestmark = pytest.mark.e2e
 
@@ -45,23 +45,17 @@ def suite(daemon, tmp_path_factory):
             "rag": {"chunk_size": 400, "chunk_overlap": 40},
         }},
     }
-    path = root / "ragsuite.yaml"
-    path.write_text(yaml.safe_dump(manifest, sort_keys=False))
-    daemon.deploy(path, force=True)
+    daemon.deploy(AppYaml(root)(manifest, "ragsuite.yaml"), force=True)
     return ws
 
 
 def chat(daemon, text: str, session: str = "rag") -> str:
-    response = daemon.client.post(f"/api/apps/{APP}/chat", json={"session_id": session, "message": text}, timeout=120)
-    assert response.status_code == 200, response.text
-    return response.json()["data"]["content"]
+    return daemon.chat(APP, text, session)
 
 
 def execute(daemon, tool: str, params: dict) -> dict:
-    response = daemon.client.post(f"/api/apps/{APP}/tools/{tool}/execute", json={"params": params}, timeout=120)
-    assert response.status_code == 200, response.text
     # The tool's result is flattened into the envelope: {success, data, error} (HTTP 200 either way).
-    return response.json()
+    return daemon.execute(APP, tool, params)
 
 
 def test_index_and_query_through_a_turn(daemon, suite):

@@ -16,10 +16,8 @@ import re
 import secrets
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +25,7 @@ import httpx
 import pytest
 
 from digitorn_site.cli.sse import parse_sse_lines
+from tests.httpkit import QuietHandler, serving
 
 pytestmark = pytest.mark.e2e
 
@@ -114,33 +113,21 @@ class Recorder:
         return events
 
 
-class _Api(BaseHTTPRequestHandler):
+class _Api(QuietHandler):
     """A stand-in web API: records the Authorization header it was sent, answers without it."""
 
     seen: list[str] = []
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's naming
         type(self).seen.append(self.headers.get("Authorization", ""))
-        body = b'{"user": "leak-check"}'
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
+        self._send(200, b'{"user": "leak-check"}', "application/json")
 
 
 @pytest.fixture
 def api_server():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Api)
     _Api.seen = []
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with serving(_Api) as url:
+        yield url
 
 
 def _manifest(workspace: Path, api: str) -> str:
@@ -165,11 +152,7 @@ def _manifest(workspace: Path, api: str) -> str:
 
 def _admin_session(daemon, rec: Recorder) -> httpx.Client:
     password = "leak-test-" + secrets.token_urlsafe(12)
-    created = subprocess.run(
-        [sys.executable, "manage.py", "createsuperuser", "--noinput", "--username", "ops", "--email", "ops@example.com"],
-        cwd=str(PROJECT_ROOT), env={**daemon.env, "DJANGO_SUPERUSER_PASSWORD": password},
-        capture_output=True, text=True, timeout=120,
-    )
+    created = daemon.create_superuser("ops", "ops@example.com", password)
     rec.add("createsuperuser", created.stdout + created.stderr)
     assert created.returncode == 0, created.stderr
     web = httpx.Client(base_url=daemon.url, timeout=30.0)

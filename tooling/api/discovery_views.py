@@ -5,11 +5,12 @@ from __future__ import annotations
 from rest_framework.response import Response
 
 from apps_registry.selectors import app_compiled, app_runtime
+from conversations.ratelimit import rate_limit_hit
+from digitorn_site.api.base import ApiView
 from digitorn_site.api.envelope import ok
-from digitorn_site.api.views import ApiView
 from digitorn_site.errors import ForbiddenError
 from tooling import selectors
-from tooling.api.serializers import CategoryPageSerializer, ExecuteSerializer, SearchQuerySerializer, parse
+from tooling.api.serializers import CategoryPageSerializer, ExecuteSerializer, SearchQuerySerializer
 from tooling.services import tool_invoke
 
 
@@ -18,7 +19,7 @@ class ToolSearchView(ApiView):
     query_serializer = SearchQuerySerializer
 
     def get(self, request, app_id: str):
-        args = parse(SearchQuerySerializer, request.query_params)
+        args = self.parse(SearchQuerySerializer, request.query_params)
         app = app_compiled(app_id=app_id)
         return ok(selectors.tool_search_result(app, query=args["query"], max_results=args["max_results"]))
 
@@ -35,7 +36,7 @@ class ToolCategoryView(ApiView):
     query_serializer = CategoryPageSerializer
 
     def get(self, request, app_id: str, category: str):
-        args = parse(CategoryPageSerializer, request.query_params)
+        args = self.parse(CategoryPageSerializer, request.query_params)
         return ok(
             selectors.tool_category_result(app_compiled(app_id=app_id), category=category, page=args["page"])
         )
@@ -53,9 +54,7 @@ class ToolExecuteView(ApiView):
     request_serializer = ExecuteSerializer
 
     def post(self, request, app_id: str, tool_name: str):
-        from conversations.ratelimit import rate_limit_hit
-
-        args = parse(ExecuteSerializer, request.data)
+        args = self.parse(ExecuteSerializer)
         app = app_runtime(app_id=app_id)
         # The same per-app sliding window as chat: a direct call spends the app's budget too
         # (429 with Retry-After and X-RateLimit-* when the window is full).

@@ -1,27 +1,17 @@
-"""Input shapes of the discovery and direct-execution endpoints."""
+"""Input shapes of the discovery, direct-execution and background-task endpoints."""
 
 from __future__ import annotations
 
+import json
+import math
 from typing import Any
 
-from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from digitorn_site.errors import ValidationError
+from digitorn_site.api.fields import ObjectField, StrictCharField
 
-
-@extend_schema_field(OpenApiTypes.OBJECT)
-class ObjectField(serializers.Field):
-    def to_internal_value(self, data: Any) -> dict:
-        if not isinstance(data, dict):
-            raise serializers.ValidationError(
-                f"must be an object of tool parameters, got {type(data).__name__}."
-            )
-        return data
-
-    def to_representation(self, value: Any) -> Any:
-        return value
+LIST_LIMIT_MAX = 500
+DEFAULT_WAIT_SECONDS = 60.0
 
 
 class SearchQuerySerializer(serializers.Serializer):
@@ -38,9 +28,40 @@ class ExecuteSerializer(serializers.Serializer):
     params = ObjectField(required=False, default=dict)
 
 
-def parse(serializer_class: type[serializers.Serializer], data: Any) -> dict[str, Any]:
-    if not isinstance(data, dict) and not hasattr(data, "getlist"):
-        raise ValidationError(f"The request body must be a JSON object, not {type(data).__name__}.")
-    serializer = serializer_class(data=data)
-    serializer.is_valid(raise_exception=True)
-    return dict(serializer.validated_data)
+class LaunchSerializer(serializers.Serializer):
+    body_example = '{"tool": "module.action", "params": {...}}'
+
+    tool = StrictCharField(max_length=200)
+    params = ObjectField(required=False, default=dict)
+    session_id = StrictCharField(max_length=200, required=False, allow_null=True, allow_blank=True, default=None)
+
+
+class ListQuerySerializer(serializers.Serializer):
+    status = serializers.CharField(required=False, allow_blank=True, default="")
+    session_id = serializers.CharField(required=False, allow_blank=True, default="")
+    limit = serializers.IntegerField(required=False, min_value=1, max_value=LIST_LIMIT_MAX, default=100)
+
+
+class SecondsField(serializers.Field):
+    """A JSON number of seconds, zero or more (not ``true``, not ``"30"``, not NaN)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        if (
+            isinstance(data, bool)
+            or not isinstance(data, int | float)
+            or (isinstance(data, float) and not math.isfinite(data))
+        ):
+            raise serializers.ValidationError(f"must be a number of seconds, got {json.dumps(data)[:100]}.")
+        if data < 0:
+            raise serializers.ValidationError("must be zero or more seconds.")
+        # An integer too large for a float is merely a very long wait (the view caps it anyway).
+        return float(min(data, 10**9))
+
+    def to_representation(self, value: Any) -> Any:
+        return value
+
+
+class WaitSerializer(serializers.Serializer):
+    body_example = '{"timeout": 30}'
+
+    timeout = SecondsField(required=False, allow_null=True, default=DEFAULT_WAIT_SECONDS)

@@ -5,7 +5,7 @@ content; ``spawn`` starts a run and returns its ``task_id`` at once, ``status`` 
 ``cancel`` / ``list`` follow runs, ``run_parallel{jobs: [{agent, task}]}`` starts several and waits
 for all (results in input order). A run is a real turn of the other agent, with its own brain,
 tools and policy (its per-agent ``modules``), in a session of its own whose events appear on the
-caller's session stream tagged with its ``agent_id`` (``conversations.delegation``).
+caller's session stream tagged with its ``agent_id`` (``conversations.turns.delegation``).
 
 From an agent turn a blocking call suspends the turn until the runs end (no thread is held); from
 ``POST /tools/{name}/execute`` a run gets a session of its own (follow it with its ``session_id``)
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from tooling import ports
 from tooling.modules.base import Module, ToolError, action
 
 MAX_JOBS = 50
@@ -48,24 +49,19 @@ class AgentSpawnModule(Module):
     }
 
     # -- plumbing ------------------------------------------------------------------------------
+    # Delegation is the conversations app's (a layer above): reached through tooling.ports.
     def _app(self):
-        from apps_registry.selectors import app_runtime
-
-        return app_runtime(app_id=self.context.app_id)
+        return ports.resolve_app(self.context.app_id)
 
     def _call(self, fn, **kwargs: Any) -> Any:
-        from conversations.delegation import DelegationError
-
         try:
             return fn(**kwargs)
-        except DelegationError as exc:
+        except ports.delegator().DelegationError as exc:
             raise ToolError(exc.message) from None
 
     def _spawn(self, agent: str | None, task: str, description: str, index: int = 0) -> dict[str, Any]:
-        from conversations import delegation
-
         return self._call(
-            delegation.spawn,
+            ports.delegator().spawn,
             app=self._app(),
             principal=self.context.principal,
             session_id=self.context.session_id,
@@ -78,10 +74,8 @@ class AgentSpawnModule(Module):
         )
 
     def _task(self, task_id: str):
-        from conversations import delegation
-
         return self._call(
-            delegation.task_get,
+            ports.delegator().task_get,
             app_id=self.context.app_id,
             principal=self.context.principal,
             session_id=self.context.session_id,
@@ -92,8 +86,7 @@ class AgentSpawnModule(Module):
               extra: dict[str, Any] | None = None) -> dict[str, Any]:
         """The runs' results when they have all ended; otherwise (in a turn) a wait the engine
         suspends on, or (from the API) where they stand now."""
-        from conversations import delegation
-
+        delegation = ports.delegator()
         wait = {"tasks": tasks, "form": form, **(extra or {})}
         answer = delegation.wait_outcome(wait)
         if answer is None:
@@ -155,9 +148,7 @@ class AgentSpawnModule(Module):
         tags=("multi-agent", "delegation"),
     )
     def status(self, task_id: str) -> dict[str, Any]:
-        from conversations.delegation import snapshot
-
-        return snapshot(self._task(task_id))
+        return ports.delegator().snapshot(self._task(task_id))
 
     @action(
         description="Wait for delegated runs to end and get their results (task_id for one, task_ids for several).",
@@ -188,9 +179,7 @@ class AgentSpawnModule(Module):
         tags=("multi-agent", "delegation"),
     )
     def cancel(self, task_id: str) -> dict[str, Any]:
-        from conversations.delegation import cancel
-
-        return cancel(self._task(task_id))
+        return ports.delegator().cancel(self._task(task_id))
 
     @action(
         name="list",
@@ -199,9 +188,7 @@ class AgentSpawnModule(Module):
         tags=("multi-agent", "delegation"),
     )
     def list_runs(self) -> dict[str, Any]:
-        from conversations.delegation import tasks_list
-
-        return tasks_list(app_id=self.context.app_id, principal=self.context.principal,
+        return ports.delegator().tasks_list(app_id=self.context.app_id, principal=self.context.principal,
                           session_id=self.context.session_id)
 
     @action(

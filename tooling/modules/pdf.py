@@ -19,6 +19,7 @@ from typing import Any
 
 from tooling.modules._workspace import Beneath, module_workspace
 from tooling.modules.base import Module, ToolError, action
+from tooling.modules.filesystem import _read_all
 
 DEFAULT_MAX_FILE_BYTES = 20 * 1024 * 1024
 DEFAULT_MAX_PAGES = 200
@@ -81,8 +82,6 @@ class PdfModule(Module):
     def _open(self, path: str) -> tuple[Any, str]:
         """A pypdf reader for a workspace file, or a ToolError saying why not."""
         import io
-
-        from tooling.modules.filesystem import _read_all
 
         cap = int(self.config.get("max_file_bytes") or DEFAULT_MAX_FILE_BYTES)
         # Opened from the workspace's directory descriptor in one step (no check-then-open window for a

@@ -46,6 +46,7 @@ from django.db.models import Sum
 from tooling.models import RagChunk, RagDocument
 from tooling.modules._workspace import Beneath, Target, module_workspace
 from tooling.modules.base import Module, ToolError, action
+from tooling.search import STOPWORDS, default_embedder, stem, words
 
 log = logging.getLogger(__name__)
 
@@ -103,8 +104,6 @@ def chunk_text(text: str, size: int, overlap: int) -> list[tuple[int, int, str]]
 
 
 def _terms(text: str) -> list[str]:
-    from tooling.search import STOPWORDS, stem, words
-
     return [stem(w) for w in words(text) if w not in STOPWORDS]
 
 
@@ -136,8 +135,6 @@ def _bm25(query: str, chunks: list[tuple[str, int]]) -> list[float]:
 
 
 def _embedder():
-    from tooling.search import default_embedder
-
     return default_embedder()
 
 

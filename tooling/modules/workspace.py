@@ -25,6 +25,7 @@ from tooling.modules._workspace import (
     resolve_in,
 )
 from tooling.modules.base import Module, ToolError, action
+from tooling.modules.filesystem import _glob_regex, _read_all, _write_all, compile_pattern
 
 DEFAULT_MAX_FILE_BYTES = 1024 * 1024
 DEFAULT_MAX_RESULTS = 1000
@@ -78,8 +79,6 @@ class WorkspaceModule(Module):
             return self.root / target.rel
 
     def _read_text(self, resolved: Path, path: str) -> str:
-        from tooling.modules.filesystem import _read_all
-
         with Beneath(self.root) as ws:
             target = ws.resolve(path, field="params.path")
             if not target.exists or target.is_dir or target.is_root:
@@ -99,8 +98,6 @@ class WorkspaceModule(Module):
         return data.decode("utf-8", errors="replace")
 
     def _write(self, path: str, content: str) -> Path:
-        from tooling.modules.filesystem import _write_all
-
         with Beneath(self.root) as ws:
             target = ws.resolve(path, field="params.path", make_parents=True)
             if target.is_root or target.is_dir:
@@ -192,8 +189,6 @@ class WorkspaceModule(Module):
         tags=("workspace", "files", "search"),
     )
     def glob(self, pattern: str) -> dict[str, Any]:
-        from tooling.modules.filesystem import _glob_regex
-
         regex = _glob_regex(pattern.lstrip("/").removeprefix("./"))
         limit = int(self.config.get("max_results") or DEFAULT_MAX_RESULTS)
         matches = []
@@ -218,8 +213,6 @@ class WorkspaceModule(Module):
         tags=("workspace", "files", "search"),
     )
     def grep(self, pattern: str, path: str = "") -> dict[str, Any]:
-        from tooling.modules.filesystem import compile_pattern
-
         regex = compile_pattern(pattern, False)  # RE2: linear time, no catastrophic backtracking
         base = resolve_in(self.root, path or ".")
         limit = int(self.config.get("max_results") or DEFAULT_MAX_RESULTS)

@@ -8,7 +8,7 @@
   const SESSION_STORAGE = "digitorn.session.";
   const EVENT_TYPES = [
     "connected", "message_queued", "tool_start", "tool_call", "result", "token", "error", "hook",
-    "approval_request", "approval_resolved", "notification", "notification_result",
+    "approval_request", "approval_resolved", "notification", "notification_result", "hook_notification",
   ];
 
   const $ = (id) => document.getElementById(id);
@@ -308,6 +308,9 @@
         break;
       case "hook":
         addEntry("note", "hook: " + (data.hook_id || "runtime"));
+        break;
+      case "hook_notification":  // a manifest hook's `notify` action
+        addEntry("notification", data.title || "notice", data.message || "");
         break;
       case "approval_request":
         renderApproval(data);

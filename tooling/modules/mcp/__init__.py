@@ -442,14 +442,6 @@ def _virtual_class(server_id: str) -> type[Module]:
     return type(f"McpServer_{server_id}", (McpServerModule,), {"server_id": server_id, "__module__": __name__})
 
 
-def _on_app_undeployed(sender: Any, *, app_id: str, **kwargs: Any) -> None:
-    _pool().stop(app_id)
-
-
-def _connect_signals() -> None:
-    from digitorn_site import signals
-
-    signals.app_undeployed.connect(_on_app_undeployed, dispatch_uid="tooling.modules.mcp.app_undeployed")
-
-
-_connect_signals()
+def stop_app_connections(app_id: str) -> int:
+    """Close an undeployed app's MCP connections (``tooling.receivers`` calls it on undeploy)."""
+    return _pool().stop(app_id)

@@ -4,8 +4,8 @@ A delegated run is a turn like any other (leases, recovery, approvals), in a ses
 whose ``parent`` is the root session: its own transcript and queue, its events on the root's
 stream tagged ``{agent_id, task_id, parent_id}`` (``events.event_append``). Its ``task_id`` is its
 turn's correlation id. The tool module ``agent_spawn`` calls these functions; a call that must wait
-for runs does not hold a thread: it leaves a wait in ``CURRENT`` and the engine suspends the turn
-until the runs have ended (``waits_ready``), then answers the call with ``wait_result``.
+for runs does not hold a thread: it leaves a wait in ``CURRENT`` and the runner suspends the turn
+until the runs have ended (``turns.state.waits_ready``), then answers the call with ``wait_result``.
 
 Limits: a run may delegate ``max_depth`` levels deep (default 3) and one turn may start at most
 ``max_children`` runs (default 5); a delegated agent may only delegate to its own ``delegate_to``
@@ -26,13 +26,15 @@ from django.utils import timezone
 
 from conversations.events import event_append
 from conversations.models import Session, Turn
+from conversations.turn_events import agent_event_data
+from conversations.turns.state import ACTIVE, tasks_active, turn_finish_and_peek
+from conversations.turns.wakeup import schedule_advance, start_task
 from digitorn_site.principals import ADMIN_PRINCIPAL
 
 DEFAULT_MAX_DEPTH = 3
 DEFAULT_MAX_CHILDREN = 5
 MAX_WAIT_SECONDS = 3600
 TASK_PREVIEW_CHARS = 200
-ACTIVE = (Turn.Status.QUEUED, Turn.Status.RUNNING, Turn.Status.WAITING_APPROVAL)
 FINISHED_STATUS = {Turn.Status.DONE: "completed", Turn.Status.FAILED: "failed", Turn.Status.CANCELLED: "cancelled"}
 
 
@@ -46,7 +48,7 @@ class DelegationError(Exception):
 
 @dataclass
 class DelegationCall:
-    """The tool call of an agent turn being run (set by the engine around the call, in its thread)."""
+    """The tool call of an agent turn being run (set by the runner around the call, in its thread)."""
 
     turn_pk: int
     call_id: str
@@ -168,7 +170,7 @@ def spawn(
 
     with transaction.atomic():
         if parent is not None:
-            # The parent's session row first (the lock order of conversations.services).
+            # The parent's session row first (the lock order of conversations.turns.state).
             Session.objects.select_for_update().filter(pk=parent.session_id).first()
             count = Turn.objects.filter(parent_turn=parent).count()
             if count >= max_children:
@@ -219,6 +221,9 @@ def spawn(
             },
             correlation_id=task_id,
         )
+        event_append(session=session, type="agent_event", correlation_id=task_id,
+                     data=agent_event_data("spawned", agent_id=target, task_id=task_id,
+                                           parent_agent=caller.id if caller is not None else None, depth=depth))
         session_pk = session.pk
         loop = call.loop if call is not None else None
         transaction.on_commit(lambda: _schedule(session_pk, loop))
@@ -231,12 +236,10 @@ def spawn(
 
 
 def _schedule(session_pk: int, loop: Any = None) -> None:
-    from conversations import engine
-
     if loop is not None and loop.is_running():
-        loop.call_soon_threadsafe(engine._start_task, loop, session_pk)
+        loop.call_soon_threadsafe(start_task, loop, session_pk)
         return
-    engine.schedule_advance(session_pk)
+    schedule_advance(session_pk)
 
 
 def snapshot(turn: Turn) -> dict[str, Any]:
@@ -314,8 +317,6 @@ def tasks_list(*, app_id: str, principal: str, session_id: str | None) -> dict[s
 
 def cancel(turn: Turn) -> dict[str, Any]:
     """Stop a run (and, through it, the runs it started) at its next step boundary."""
-    from conversations import services
-
     if turn.status not in ACTIVE:
         return {"task_id": turn.correlation_id, "status": FINISHED_STATUS.get(turn.status, turn.status),
                 "cancelled": False}
@@ -325,7 +326,7 @@ def cancel(turn: Turn) -> dict[str, Any]:
         finished_now = turn.status != Turn.Status.RUNNING or turn.lease_expired()
         session_pk = turn.session_id
         if finished_now:
-            services.turn_finish_and_peek(turn_pk=turn.pk, content="Cancelled by the agent that delegated it.",
+            turn_finish_and_peek(turn_pk=turn.pk, content="Cancelled by the agent that delegated it.",
                                           cancelled=True)
         else:
             transaction.on_commit(lambda: _schedule(session_pk))
@@ -333,7 +334,7 @@ def cancel(turn: Turn) -> dict[str, Any]:
 
 
 def request_wait(tasks: list[str], *, form: str, timeout: Any = None) -> dict[str, Any]:
-    """Ask the engine to suspend the current call until ``tasks`` have ended (or ``timeout``)."""
+    """Ask the runner to suspend the current call until ``tasks`` have ended (or ``timeout``)."""
     wait: dict[str, Any] = {"tasks": list(tasks), "form": form}
     if timeout is not None:
         wait["deadline"] = time.time() + float(timeout)
@@ -341,19 +342,6 @@ def request_wait(tasks: list[str], *, form: str, timeout: Any = None) -> dict[st
     if call is not None:
         call.wait = wait
     return wait
-
-
-def _active(tasks: list[str]) -> set[str]:
-    return set(Turn.objects.filter(correlation_id__in=tasks, status__in=ACTIVE).values_list("correlation_id", flat=True))
-
-
-def waits_ready(waits: dict[str, Any] | None) -> bool:
-    """Every wait of a suspended turn can be answered: its runs ended, or its deadline passed."""
-    if not waits:
-        return True
-    now = time.time()
-    pending = [t for w in waits.values() if not (w.get("deadline") and w["deadline"] <= now) for t in w.get("tasks", ())]
-    return not pending or not _active(pending)
 
 
 def wait_deadline(waits: dict[str, Any] | None) -> float | None:
@@ -365,7 +353,7 @@ def wait_outcome(wait: dict[str, Any]) -> dict[str, Any] | None:
     """The tool result of a call waiting for runs, or None while it must wait on."""
     tasks = list(wait.get("tasks") or ())
     expired = bool(wait.get("deadline")) and wait["deadline"] <= time.time()
-    if _active(tasks) and not expired:
+    if tasks_active(tasks) and not expired:
         return None
     turns = {t.correlation_id: t for t in Turn.objects.select_related("parent_turn").filter(correlation_id__in=tasks)}
     snaps = [snapshot(turns[t]) if t in turns else {"task_id": t, "status": "not_found"} for t in tasks]
@@ -398,12 +386,3 @@ def wait_outcome(wait: dict[str, Any]) -> dict[str, Any] | None:
         },
         "error": None,
     }
-
-
-def active_runs(turn: Turn) -> list[tuple[int, int]]:
-    """The active runs this turn started, as ``(turn pk, session pk)`` (a plain read, no lock)."""
-    return list(Turn.objects.filter(parent_turn_id=turn.pk, status__in=ACTIVE).values_list("pk", "session_id"))
-
-
-def parent_ended_badly(parent_pk: int) -> bool:
-    return Turn.objects.filter(pk=parent_pk, status__in=(Turn.Status.CANCELLED, Turn.Status.FAILED)).exists()

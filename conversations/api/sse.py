@@ -1,61 +1,58 @@
-"""The async views: SSE streams, the endpoints that wait for a turn (chat, run) and the one that queues
-messages (a sync view would queue behind the worker's one sync thread).
+"""The SSE streams: POST /chat/stream, GET /sessions/{sid}/events and POST /notifications.
 
-DRF has no async views, so these are plain async Django views. They authenticate with
-``authenticate_request`` and answer every failure before a stream starts with the JSON envelope.
-Turns they start run as tasks on this worker's event loop; the response waits on the event log, so
-the database stays the one source of truth (a reconnecting client replays from it).
+Plain async Django views through ``digitorn_site.api.asyncviews`` (DRF has no async views): every
+failure before a stream starts is answered with the JSON envelope; after, with an ``error`` event.
+A stream reads the session's event log, so the database stays the one source of truth (a
+reconnecting client replays from it). The JSON endpoints that take a message (/chat, /run,
+/messages) are in ``conversations.api.async_views``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
-import uuid
 from collections.abc import AsyncIterator
 
-from django.http import HttpRequest, HttpResponse, JsonResponse, StreamingHttpResponse
-from django.views.decorators.csrf import csrf_exempt
+from django.conf import settings
+from django.http import HttpRequest, HttpResponse, StreamingHttpResponse
 
-from conversations import engine, services
+from apps_registry.models import ApiKey
+from apps_registry.selectors import app_exists
+from conversations import notifications, queue, sessions
 from conversations.api import serializers as s
-from conversations.events import SessionGone, cursor_expired, error_data, follow, sse_frame
-from conversations.ratelimit import RateLimitState, rate_limit_hit
-from digitorn_site.api.auth import Principal, authenticate_request
-from digitorn_site.api.envelope import error_response
-from digitorn_site.api.jsonbody import loads_body
-from digitorn_site.errors import (
-    ConflictError,
-    DigitornError,
-    MethodNotAllowedError,
-    NotFoundError,
-    ValidationError,
+from conversations.api.async_views import accept, start
+from conversations.events import (
+    SessionGone,
+    _ring_local,
+    cursor_expired,
+    error_data,
+    follow,
+    ring_birth,
+    sse_frame,
+    wait_born,
 )
+from conversations.turns import scheduler
+from digitorn_site.api.asyncviews import async_endpoint
+from digitorn_site.api.auth import bootstrap_admin_key, raw_key_from
+from digitorn_site.api.base import parse
+from digitorn_site.api.envelope import ok_response
+from digitorn_site.api.jsonbody import request_json
+from digitorn_site.asyncdb import db
+from digitorn_site.errors import NotFoundError, ValidationError
+from digitorn_site.principals import Principal
 
 log = logging.getLogger("digitorn.sse")
 MAX_EVENT_ID = 2**63 - 1
-db = engine.db
-
-
-def _headers(response: HttpResponse, extra: dict[str, str] | None = None) -> HttpResponse:
-    for name, value in (extra or {}).items():
-        response[name] = value
-    return response
 
 
 def _sse_response(stream: AsyncIterator[str], extra: dict[str, str] | None = None) -> StreamingHttpResponse:
     response = StreamingHttpResponse(stream, content_type="text/event-stream")
     response["Cache-Control"] = "no-cache"
     response["X-Accel-Buffering"] = "no"
-    return _headers(response, extra)
-
-
-def _envelope(data, status: int = 200, headers: dict[str, str] | None = None) -> JsonResponse:
-    return _headers(JsonResponse({"success": True, "data": data, "error": None}, status=status), headers)
-
-
-async def _auth(request: HttpRequest, *, scope: str, allow_query_token: bool = False) -> Principal:
-    return await db(authenticate_request)(request, allow_query_token=allow_query_token, scope=scope)
+    for name, value in (extra or {}).items():
+        response[name] = value
+    return response
 
 
 # --- streams end when their key does ---------------------------------------------------------
@@ -85,18 +82,11 @@ _guard_tasks: dict[asyncio.AbstractEventLoop, asyncio.Task] = {}
 
 
 def _recheck_seconds() -> float:
-    from django.conf import settings
-
     return float(getattr(settings, "DIGITORN_SSE_AUTH_RECHECK_SECONDS", 2.0))
 
 
 def _keys_still_valid(key_ids: list[int], raw_admin_keys: list[str]) -> tuple[set[int], set[str]]:
     """The key ids that are still live, and the admin keys that still are the bootstrap key."""
-    import hmac
-
-    from apps_registry.models import ApiKey
-    from digitorn_site.api.auth import bootstrap_admin_key
-
     live = set(ApiKey.objects.filter(pk__in=key_ids, revoked_at__isnull=True).values_list("pk", flat=True)) if key_ids else set()
     admin = bootstrap_admin_key()
     admins = {raw for raw in raw_admin_keys if admin and hmac.compare_digest(raw.encode(), admin.encode())}
@@ -104,8 +94,6 @@ def _keys_still_valid(key_ids: list[int], raw_admin_keys: list[str]) -> tuple[se
 
 
 async def _guard_loop() -> None:
-    from conversations.events import _ring_local, ring_birth
-
     check = db(_keys_still_valid)
     while True:
         await asyncio.sleep(_recheck_seconds())
@@ -131,8 +119,6 @@ async def _guard_loop() -> None:
 
 
 def _guard_open(request: HttpRequest, principal: Principal) -> _StreamGuard:
-    from digitorn_site.api.auth import raw_key_from
-
     guard = _StreamGuard(raw_key_from(request, allow_query_token=True), principal.key_id)
     _guards.add(guard)
     loop = asyncio.get_running_loop()
@@ -149,45 +135,8 @@ def _revoked_frame() -> str:
     )
 
 
-def _body(request: HttpRequest) -> dict:
-    if not request.body:
-        return {}
-    data = loads_body(request.body)
-    if not isinstance(data, dict):
-        raise ValidationError(f"The request body must be a JSON object, got {type(data).__name__}.")
-    return data
-
-
-def _require(request: HttpRequest, method: str) -> None:
-    if request.method != method:
-        raise MethodNotAllowedError(f'Method "{request.method}" not allowed; use {method}.')
-
-
-def _app_exists(app_id: str) -> None:
-    from apps_registry.selectors import app_exists
-
-    app_exists(app_id=app_id)
-
-
-def _app_compiled(app_id: str):
-    from apps_registry.selectors import app_compiled
-
-    return app_compiled(app_id=app_id)
-
-
-async def _wait_done(enqueued: services.Enqueued) -> dict:
-    """The turn's `result` payload (its last event), read from the event log."""
-    try:
-        async for event in follow(session_pk=enqueued.session_pk, after=enqueued.after_seq):
-            if event is not None and event.type == "result" and event.correlation_id == enqueued.correlation_id:
-                return event.data
-    except SessionGone:
-        raise ConflictError("The session was deleted (or its app undeployed) while the turn was running.")
-    raise ConflictError("The event stream ended before the turn finished.")  # pragma: no cover
-
-
 async def _turn_frames(
-    enqueued: services.Enqueued, first: list[str], guard: _StreamGuard | None = None
+    enqueued: queue.Enqueued, first: list[str], guard: _StreamGuard | None = None
 ) -> AsyncIterator[str]:
     """Frames of one turn: the opening ones, then its events until its `result`; pings while idle."""
     if guard is not None:
@@ -216,92 +165,15 @@ async def _turn_frames(
             _guards.discard(guard)
 
 
-def _start(enqueued: services.Enqueued) -> None:
-    engine.ensure_recovery()
-    engine.schedule_advance(enqueued.session_pk)
+# --- POST /{app}/chat/stream -------------------------------------------------------------------
 
 
-# --- POST /{app}/chat -------------------------------------------------------------------------
-
-
-async def _accept(
-    request: HttpRequest, app_id: str, serializer: type, session_id: str | None = None
-) -> tuple[services.Enqueued, RateLimitState, Principal]:
-    """What every message-taking POST does first: auth, body, app, rate limit, enqueue. The session
-    comes from the path (``session_id``) or from the body (/chat, /chat/stream)."""
-    _require(request, "POST")
-    principal = await _auth(request, scope="apps:run")
-    body = s.validate(serializer, _body(request))
-    await db(_app_exists)(app_id)
-    limit = await db(rate_limit_hit)(app_id=app_id)
-    enqueued = await db(services.message_enqueue)(
-        app_id=app_id, session_id=session_id or body["session_id"], principal=principal.name, message=body["message"]
-    )
-    return enqueued, limit, principal
-
-
-@csrf_exempt
-async def chat(request: HttpRequest, app_id: str) -> HttpResponse:
-    try:
-        enqueued, limit, _ = await _accept(request, app_id, s.ChatSerializer)
-        _start(enqueued)
-        payload = await _wait_done(enqueued)
-    except DigitornError as err:
-        return error_response(err)
-    return _envelope(payload, headers=limit.headers())
-
-
-# --- POST /{app}/sessions/{sid}/messages ---------------------------------------------------------
-
-
-
-@csrf_exempt
-async def chat_stream(request: HttpRequest, app_id: str) -> HttpResponse:
-    try:
-        enqueued, limit, principal = await _accept(request, app_id, s.ChatSerializer)
-    except DigitornError as err:
-        return error_response(err)
-    _start(enqueued)
+@async_endpoint({"POST": "apps:run"}, body=s.ChatSerializer)
+async def chat_stream(request: HttpRequest, principal: Principal, app_id: str, body: dict) -> HttpResponse:
+    enqueued, limit = await accept(app_id, principal, body)
+    start(enqueued)
     first = [sse_frame(type="connected", data={"session_id": enqueued.session_id, "correlation_id": enqueued.correlation_id})]
     return _sse_response(_turn_frames(enqueued, first, _guard_open(request, principal)), limit.headers())
-
-
-# --- POST /{app}/run --------------------------------------------------------------------------
-
-
-@csrf_exempt
-async def run(request: HttpRequest, app_id: str) -> HttpResponse:
-    try:
-        _require(request, "POST")
-        principal = await _auth(request, scope="apps:run")
-        body = s.validate(s.RunSerializer, _body(request))
-        compiled = await db(_app_compiled)(app_id)
-        if compiled.mode != "one_shot":
-            raise ValidationError(
-                f"App '{app_id}' runs in '{compiled.mode}' mode; /run is for one_shot apps. "
-                f"Use POST /api/apps/{app_id}/chat with a session_id instead."
-            )
-        limit = await db(rate_limit_hit)(app_id=app_id)
-        session_id = f"run-{uuid.uuid4().hex}"
-        # input_type is metadata (the original's): the agent gets the input as it was sent.
-        enqueued = await db(services.message_enqueue)(
-            app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input"
-        )
-        _start(enqueued)
-        try:
-            payload = await _wait_done(enqueued)
-        finally:
-            # A one-shot run leaves no session behind (its tool executions stay in the audit log).
-            try:
-                await asyncio.shield(
-                    db(services.session_delete)(app_id=app_id, session_id=session_id, principal=principal.name)
-                )
-            except DigitornError:
-                pass
-    except DigitornError as err:
-        return error_response(err)
-    data = {k: payload[k] for k in ("content", "tool_calls_count", "turns_used", "truncated")}
-    return _envelope(data, headers=limit.headers())
 
 
 # --- GET /{app}/sessions/{sid}/events -----------------------------------------------------------
@@ -327,10 +199,6 @@ async def _session_born(app_id: str, session_id: str, principal: str, guard: _St
     while waiting, then its pk once. Watching a session id must not create it: a watcher would
     otherwise own the id (or, before ids were per owner, squat another principal's). The wait is
     the event poller's shared lookup (events.wait_born), no query of its own per stream."""
-    from django.conf import settings
-
-    from conversations.events import wait_born
-
     key = (app_id, principal, session_id)
     guard.birth = key  # a revoked key rings it
     loop = asyncio.get_running_loop()
@@ -385,21 +253,16 @@ async def _session_frames(
         _guards.discard(guard)
 
 
-@csrf_exempt
-async def session_events(request: HttpRequest, app_id: str, session_id: str) -> HttpResponse:
+@async_endpoint({"GET": "apps:read"}, allow_query_token=True)
+async def session_events(request: HttpRequest, principal: Principal, app_id: str, session_id: str) -> HttpResponse:
+    cursor = _cursor(request)
+    await db(app_exists)(app_id=app_id)
     try:
-        _require(request, "GET")
-        principal = await _auth(request, scope="apps:read", allow_query_token=True)
-        cursor = _cursor(request)
-        await db(_app_exists)(app_id)
-        try:
-            # Watching never creates the session (issue #10): a missing one is waited for below.
-            session = await db(services.session_resolve)(app_id=app_id, session_id=session_id, principal=principal.name)
-        except NotFoundError:
-            session = None
-    except DigitornError as err:
-        return error_response(err)
-    engine.ensure_recovery()
+        # Watching never creates the session (issue #10): a missing one is waited for below.
+        session = await db(sessions.session_resolve)(app_id=app_id, session_id=session_id, principal=principal.name)
+    except NotFoundError:
+        session = None
+    scheduler.ensure_recovery()
     after = (session.last_seq if session is not None else 0) if cursor is None else cursor
     expired = None
     if session is not None and cursor is not None:
@@ -415,30 +278,22 @@ async def session_events(request: HttpRequest, app_id: str, session_id: str) -> 
 # --- POST /{app}/notifications ----------------------------------------------------------------
 
 
-@csrf_exempt
-async def notifications_drain(request: HttpRequest, app_id: str) -> HttpResponse:
+@async_endpoint({"POST": "apps:run"})
+async def notifications_drain(request: HttpRequest, principal: Principal, app_id: str) -> HttpResponse:
+    data = request_json(request)
+    if isinstance(data, dict) and "session_id" not in data and request.GET.get("session_id"):
+        data["session_id"] = request.GET["session_id"]
+    body = parse(s.NotificationsSerializer, data)
+    await db(app_exists)(app_id=app_id)
     try:
-        _require(request, "POST")
-        principal = await _auth(request, scope="apps:run")
-        data = _body(request)
-        if "session_id" not in data and request.GET.get("session_id"):
-            data["session_id"] = request.GET["session_id"]
-        body = s.validate(s.NotificationsSerializer, data)
-        await db(_app_exists)(app_id)
-        from digitorn_site.errors import NotFoundError
-
-        try:
-            enqueued, summaries = await db(services.notifications_drain)(
-                app_id=app_id, session_id=body["session_id"], principal=principal.name
-            )
-        except NotFoundError:
-            # The original's answer for a session it does not know: nothing to drain (CLIs poll this).
-            enqueued, summaries = None, []
-    except DigitornError as err:
-        return error_response(err)
+        enqueued, summaries = await db(notifications.notifications_drain)(
+            app_id=app_id, session_id=body["session_id"], principal=principal.name
+        )
+    except NotFoundError:
+        # The original's answer for a session it does not know: nothing to drain (CLIs poll this).
+        return ok_response({"notifications": 0})
     if enqueued is None:
-        return _envelope({"notifications": 0})
-    _start(enqueued)
+        return ok_response({"notifications": 0})
+    start(enqueued)
     first = [sse_frame(type="notification", data=summary) for summary in summaries]
     return _sse_response(_turn_frames(enqueued, first, _guard_open(request, principal)))
-
