@@ -576,3 +576,27 @@ def test_path_deploy_applies_and_stores_secrets(client, tmp_path):
     bad = client.post("/api/apps/deploy", {"yaml_path": str(path), "secrets": {"bad key": "x"}, "force": True},
                       content_type="application/json")
     assert bad.status_code == 400 and bad.json()["error_code"] == "VALIDATION_ERROR"
+
+
+def test_granting_agent_spawn_loads_it_like_the_original():
+    """The original offers the delegation tool to an app that declares *or grants* agent_spawn
+    (coordinator apps often only grant it): the coordinator gets it, an agent listing its own
+    modules keeps just those, and no "rule has no effect" warning is left."""
+    text = """
+app: {app_id: coord, name: Coord}
+modules: {filesystem: {}}
+agents:
+  - {id: main, role: coordinator, brain: {provider: scripted, config: {rules: [{steps: [{say: hi}]}]}}}
+  - {id: researcher, role: specialist, brain: {provider: scripted, config: {rules: [{steps: [{say: hi}]}]}}, modules: [filesystem]}
+capabilities:
+  default_policy: auto
+  grant: [{module: filesystem}, {module: agent_spawn}]
+"""
+    result = compiles(text)
+    assert "agent_spawn" in result.app.modules
+    main, researcher = result.app.agents
+    assert researcher.modules == ("filesystem",)
+    assert not any("agent_spawn" in w and "no effect" in w for w in result.warnings)
+    # Without the grant nothing is loaded.
+    plain = compiles(text.replace(", {module: agent_spawn}", ""))
+    assert "agent_spawn" not in plain.app.modules

@@ -1422,6 +1422,27 @@ def _declare_agent_modules(top: dict[str, Any], catalog: Mapping[str, Any], prob
     return {**top, "tools": {**tools, "modules": {**(modules or {}), **added}}, "agents": out_agents}
 
 
+def _declare_granted_agent_spawn(top: dict[str, Any], catalog: Mapping[str, Any]) -> dict[str, Any]:
+    """``capabilities.grant: [{module: agent_spawn}]`` loads the delegation module even when
+    ``tools.modules`` does not declare it: the original offers the agent tool to an app that
+    declares *or grants* ``agent_spawn`` (Go ``appAgentSpawnEnabled``), and coordinator apps often
+    only grant it. Agents with a module list of their own still see only what they list."""
+    tools = top.get("tools") if isinstance(top.get("tools"), dict) else {}
+    modules = tools.get("modules")
+    capabilities = tools.get("capabilities")
+    if "agent_spawn" not in catalog or not isinstance(capabilities, dict):
+        return top
+    if modules is not None and (not isinstance(modules, dict) or "agent_spawn" in modules):
+        return top
+    grants = capabilities.get("grant")
+    granted = isinstance(grants, list) and any(
+        isinstance(rule, dict) and rule.get("module") == "agent_spawn" for rule in grants
+    )
+    if not granted:
+        return top
+    return {**top, "tools": {**tools, "modules": {**(modules or {}), "agent_spawn": {}}}}
+
+
 def _split_tool(name: str) -> tuple[str, str]:
     """``module.action`` or ``module__action`` (the wire form LLM providers need) -> (module, action);
     the dotted form wins, as in ``conversations.brains.base.canonical_tool_name``."""
@@ -1513,6 +1534,7 @@ def build_app(
     checker.not_acted(top, (), (*EXTRA_TOP_KEYS, "flow", "templates"))
     app = checker.app(top)
     mode, runtime = checker.runtime(top)
+    top = _declare_granted_agent_spawn(top, checker.catalog)
     top = _declare_agent_modules(top, checker.catalog, problems)
     declared = checker.declared_modules(top)
     modules, capabilities, constraints, approval_timeout = checker.tools(top, declared)
