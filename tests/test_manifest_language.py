@@ -600,3 +600,18 @@ capabilities:
     # Without the grant nothing is loaded.
     plain = compiles(text.replace(", {module: agent_spawn}", ""))
     assert "agent_spawn" not in plain.app.modules
+
+
+def test_a_scripted_call_may_use_the_originals_action_names():
+    """``filesystem.glob`` / ``shell.bash`` (the original's names) in a scripted rule call the tools
+    this build has under another name, as grants and a model's calls already accept them."""
+    text = """
+app: {app_id: names, name: Names}
+modules: {filesystem: {}, shell: {}}
+agents:
+  - id: main
+    brain: {provider: scripted, config: {rules: [{steps: [{call: filesystem.glob, params: {pattern: "*.py"}},
+                                                         {call: shell.bash, params: {command: ls}}, {say: done}]}]}}
+"""
+    steps = compiles(text).app.agents[0].brain.config["rules"][0]["steps"]
+    assert [s.get("call") for s in steps[:2]] == ["filesystem.find", "shell.run"]

@@ -1131,6 +1131,9 @@ class Checker:
             else:
                 self.error(path, self._undeclared(module, tools))
             return raw
+        # The original's name of an action this build has under another name (glob -> find,
+        # bash -> run), as grants and agent calls accept it.
+        action = ORIGINAL_ACTION_NAMES.get(module, {}).get(action, action)
         actions = self.catalog.get(module)
         if actions is not None and action not in actions:
             self.error(
