@@ -215,15 +215,20 @@ def turn_record_reply(
     return message
 
 
+def _turn_link(turn_pk: int) -> tuple[str, Session]:
+    """The turn's correlation id and its session (a bare instance: only its pk is read)."""
+    row = fastsql.turn_link(turn_pk)
+    if row is None:
+        raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
+    correlation_id, session_pk = row
+    return correlation_id, Session(pk=session_pk)
+
+
 def turn_tool_start(*, turn_pk: int, calls: list[dict], before: list[tuple[str, dict]] | None = None) -> None:
     """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do; ``before``:
     carried progress events (the reply's `stream_done`, `status {tool}`) appended first, in one batch."""
     with transaction.atomic():
-        row = fastsql.turn_link(turn_pk)
-        if row is None:
-            raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
-        correlation_id, session_pk = row
-        session = Session(pk=session_pk)
+        correlation_id, session = _turn_link(turn_pk)
         starts = [("tool_start", {"id": call["id"], "name": call["name"], "params": call.get("params") or {}})
                   for call in calls]
         append_carried(session=session, events=[*(before or ()), *starts], correlation_id=correlation_id)
@@ -256,11 +261,7 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict, p
     """One tool result: the tool message for the model and the `tool_call` event for streams."""
     content = json.dumps(result, default=str)  # outside the transaction: it holds the write lock
     with transaction.atomic():
-        row = fastsql.turn_link(turn_pk)
-        if row is None:
-            raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
-        correlation_id, session_pk = row
-        session = Session(pk=session_pk)
+        correlation_id, session = _turn_link(turn_pk)
         message = fastsql.insert(Message(
             session=session,
             role=Message.Role.TOOL,
