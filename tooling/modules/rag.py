@@ -180,6 +180,18 @@ def _line_at(newlines: list[int], index: int) -> int:
     return bisect.bisect_left(newlines, index) + 1
 
 
+
+# query and search take the same parameters (search covers every knowledge base unless one is named).
+_SEARCH_PARAMS = {
+    "properties": {
+        "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
+        "knowledge_base": _KB_PARAM,
+        "top_k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5},
+        "min_score": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
+    },
+    "required": ["query"],
+}
+
 class RagModule(Module):
     id = "rag"
     description = (
@@ -559,15 +571,7 @@ class RagModule(Module):
     @action(
         description="Retrieve the passages of a knowledge base most relevant to a question, with citations "
         "(source file and lines) and a ready-to-quote context block.",
-        parameters={
-            "properties": {
-                "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
-                "knowledge_base": _KB_PARAM,
-                "top_k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5},
-                "min_score": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
-            },
-            "required": ["query"],
-        },
+        parameters=_SEARCH_PARAMS,
         aliases=("ask_knowledge_base", "retrieve", "semantic_search", "interroger", "base_de_connaissances"),
         tags=("rag", "knowledge", "retrieval", "documents"),
         param_aliases=_KB_ALIAS,
@@ -588,15 +592,7 @@ class RagModule(Module):
     @action(
         description="Semantic search of the indexed documents (every knowledge base unless one is named): "
         "the chunks closest in meaning to the query, with their source.",
-        parameters={
-            "properties": {
-                "query": {"type": "string", "minLength": 1, "maxLength": MAX_QUERY_CHARS},
-                "knowledge_base": _KB_PARAM,
-                "top_k": {"type": "integer", "minimum": 1, "maximum": 50, "default": 5},
-                "min_score": {"type": "number", "minimum": 0, "maximum": 1, "default": 0},
-            },
-            "required": ["query"],
-        },
+        parameters=_SEARCH_PARAMS,
         aliases=("search_documents", "search_knowledge", "rechercher_documents"),
         tags=("rag", "knowledge", "retrieval", "documents"),
         param_aliases=_KB_ALIAS,
