@@ -11,6 +11,11 @@ the state it reports; the doorbell only tells streams "look again". Three ways a
   for missed doorbells): one poller task per process reads ``Session.last_seq`` of every watched
   session every ``DIGITORN_SSE_POLL_SECONDS`` in a single query, so idle streams cost no queries
   of their own.
+
+Handoff: a commit in this process hands the committed events themselves (as stored) to this
+process's streams of that session, which yield them without reading the log when they continue
+the stream's cursor; any doubt (a gap, events out of order, an overflowing buffer, a plain ring
+from the poller or the channel layer) sends the stream back to the database.
 """
 
 from __future__ import annotations
@@ -18,14 +23,17 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
+import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from asgiref.sync import SyncToAsync
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 
 from conversations.models import Event, Session
 from digitorn_site import fastsql
@@ -73,8 +81,41 @@ def event_append(*, session: Session, type: str, data: dict, correlation_id: str
             session.last_seq = seq
         # Raw INSERT (see digitorn_site.fastsql): one to three per turn, inside the write transaction.
         event = fastsql.insert(Event(session_id=session_pk, seq=seq, type=type, data=data, correlation_id=correlation_id))
-        transaction.on_commit(lambda: doorbell_ring(session_pk))
+        announce(session_pk, [event])
     return event
+
+
+class LoggedEvent:
+    """A committed event handed over by the transaction that wrote it: the attributes of
+    :class:`Event` a stream reads, ``data`` parsed back from the JSON text that was stored."""
+
+    __slots__ = ("session_id", "seq", "type", "data", "correlation_id", "created_at")
+
+    def __init__(self, session_id: int, seq: int, type: str, data: Any, correlation_id: str, created_at: Any):
+        self.session_id = session_id
+        self.seq = seq
+        self.type = type
+        self.data = data
+        self.correlation_id = correlation_id
+        self.created_at = created_at
+
+
+def _handoff_enabled() -> bool:
+    # SQLite stores the JSON text json.dumps wrote and gives back json.loads of it, so a handed-over
+    # event is what a replay reads. PostgreSQL's jsonb reorders object keys: streams read the log.
+    return settings.IS_SQLITE
+
+
+def announce(stream_pk: int, rows: list) -> None:
+    """Inside the transaction that inserted ``rows`` (Events of the stream ``stream_pk``, in seq
+    order): once it commits, hand them to this process's streams of that session and ring the
+    others. Their data is serialised now, as it was stored: a caller mutating a dict later changes
+    nothing. Without a local stream nothing is serialised; a plain ring is enough."""
+    if stream_pk in _watches and _handoff_enabled():
+        stored = [(e.seq, e.type, json.dumps(e.data), e.correlation_id, e.created_at) for e in rows]
+        transaction.on_commit(lambda: doorbell_hand(stream_pk, stored))
+    else:
+        transaction.on_commit(lambda: doorbell_ring(stream_pk))
 
 
 # Brain error kinds and error-envelope codes → the original Digitorn's `error` event vocabulary
@@ -110,12 +151,38 @@ def error_data(message: str, *, kind: str, correlation_id: str | None = None) ->
 # --- the doorbell ----------------------------------------------------------------------------
 
 
+# A stream's buffer of handed-over events is bounded: past it, the stream reads the log instead.
+HAND_LIMIT = 1000
+
+
 class _Watch:
-    __slots__ = ("loop", "event")
+    """One stream's doorbell. Its fields are touched on its loop's thread only (other threads go
+    through ``call_soon_threadsafe``)."""
+
+    __slots__ = ("loop", "event", "handed", "stale", "gone")
 
     def __init__(self, loop: asyncio.AbstractEventLoop):
         self.loop = loop
         self.event = asyncio.Event()
+        self.handed: list[LoggedEvent] = []  # committed events handed over, in arrival order
+        self.stale = True  # the log must be read (first read, a plain ring, an overflow)
+        self.gone = False  # the poller found no such session: the read checks it
+
+    def ring(self) -> None:
+        self.stale = True
+        self.event.set()
+
+    def hand(self, events: list[LoggedEvent]) -> None:
+        if len(self.handed) + len(events) > HAND_LIMIT:
+            self.handed = []
+            self.stale = True
+        else:
+            self.handed.extend(events)
+        self.event.set()
+
+    def mark_gone(self) -> None:
+        self.gone = True
+        self.ring()
 
 
 _lock = threading.Lock()
@@ -129,14 +196,19 @@ _known_seq: dict[int, int] = {}
 _background: dict[tuple[asyncio.AbstractEventLoop, str], asyncio.Task] = {}
 _layer_groups: set[int] = set()
 _layer_channel: dict[asyncio.AbstractEventLoop, str] = {}
+# Bumped when a stream or a birth wait starts: the poller then polls even if nothing was committed
+# (it records the new session's baseline).
+_generation = [0]
+# This process's doorbells on the channel layer: its listener skips them (rung here directly).
+_ORIGIN = f"{os.getpid()}-{uuid.uuid4().hex}"
 
 
-def _ring_local(session_pk: int) -> None:
+def _ring_local(session_pk: int, *, gone: bool = False) -> None:
     with _lock:
         watches = list(_watches.get(session_pk, ()))
     for watch in watches:
         try:
-            watch.loop.call_soon_threadsafe(watch.event.set)
+            watch.loop.call_soon_threadsafe(watch.mark_gone if gone else watch.ring)
         except RuntimeError:  # the loop is closed: the stream is gone
             pass
 
@@ -144,13 +216,42 @@ def _ring_local(session_pk: int) -> None:
 def doorbell_ring(session_pk: int) -> None:
     """Wake every stream watching the session: here directly, elsewhere through the channel layer."""
     _ring_local(session_pk)
+    _publish(session_pk)
+
+
+def doorbell_hand(session_pk: int, stored: list[tuple[int, str, str, str, Any]]) -> None:
+    """After the commit of ``stored`` events (seq, type, JSON text, correlation id, created_at):
+    hand them to this process's streams of the session, ring other processes'."""
+    with _lock:
+        watches = list(_watches.get(session_pk, ()))
+        if watches:
+            # The poller need not ring these streams for events they are handed.
+            top = stored[-1][0]
+            known = _known_seq.get(session_pk)
+            if known is None or top > known:
+                _known_seq[session_pk] = top
+    if watches:
+        events = [
+            LoggedEvent(session_pk, seq, type, json.loads(text), correlation_id, created_at)
+            for seq, type, text, correlation_id, created_at in stored
+        ]
+        for watch in watches:
+            try:
+                watch.loop.call_soon_threadsafe(watch.hand, events)
+            except RuntimeError:
+                pass
+    _publish(session_pk)
+
+
+def _publish(session_pk: int) -> None:
     if settings.CHANNEL_LAYERS:
         try:
             from asgiref.sync import async_to_sync
             from channels.layers import get_channel_layer
 
             layer = get_channel_layer()
-            group, message = f"{GROUP_PREFIX}{session_pk}", {"type": "doorbell", "session_pk": session_pk}
+            group = f"{GROUP_PREFIX}{session_pk}"
+            message = {"type": "doorbell", "session_pk": session_pk, "origin": _ORIGIN}
             loop = main_loop()
             if loop is None:  # a Celery worker: no event loop to hand the send to
                 async_to_sync(layer.group_send)(group, message)
@@ -192,6 +293,7 @@ def _watch_add(session_pk: int, loop: asyncio.AbstractEventLoop) -> _Watch:
     watch = _Watch(loop)
     with _lock:
         _watches.setdefault(session_pk, set()).add(watch)
+        _generation[0] += 1
     _ensure_background(loop)
     return watch
 
@@ -233,6 +335,7 @@ async def wait_born(key: BirthKey, *, timeout: float) -> int | None:
     watch = _Watch(loop)
     with _lock:
         _births.setdefault(key, set()).add(watch)
+        _generation[0] += 1
     _ensure_background(loop)
     try:
         if key not in _born:
@@ -298,12 +401,12 @@ def _poll_births() -> list[BirthKey]:
     return found
 
 
-def _poll_once() -> tuple[list[int], list[BirthKey]]:
+def _poll_once() -> tuple[list[int], list[int], list[BirthKey]]:
     born = _poll_births()
     with _lock:
         pks = list(_watches)
     if not pks:
-        return [], born
+        return [], [], born
     changed: list[int] = []
     # Raw SQL (fastsql): this runs every poll interval for every watched session of the worker;
     # compiling the ORM query each time cost more than running it.
@@ -317,28 +420,87 @@ def _poll_once() -> tuple[list[int], list[BirthKey]]:
             changed.append(pk)
             _known_seq[pk] = last_seq
     # A deleted session wakes its streams so they notice and close.
-    changed.extend(pk for pk in pks if pk not in seen)
-    return changed, born
+    gone = [pk for pk in pks if pk not in seen]
+    return changed, gone, born
+
+
+# Even with nothing committed (PRAGMA data_version still), the poller queries at least this often.
+POLL_RECHECK_SECONDS = 1.0
+
+
+class _CommitCounter:
+    """``PRAGMA data_version`` of a SQLite connection of the poller's own: it changes whenever
+    another connection, of any process, commits. While it and the set of streams stay the same,
+    no event can have been written, and the poller skips its query (and its executor thread hop):
+    1,000 idle streams cost a pragma per interval. Always "changed" elsewhere (PostgreSQL) or when
+    it cannot tell."""
+
+    def __init__(self) -> None:
+        self.conn: sqlite3.Connection | None = None
+        self.name: str | None = None
+        self.version: tuple[int, int] | None = None
+
+    def changed(self, generation: int) -> bool:
+        if not settings.IS_SQLITE:
+            return True
+        name = str(connections["default"].settings_dict["NAME"])
+        if not name or name == ":memory:" or name.startswith("file:"):
+            return True
+        try:
+            if self.conn is None or self.name != name:
+                self.close()
+                self.conn = sqlite3.connect(name, timeout=0.5, isolation_level=None, check_same_thread=False)
+                self.name = name
+            data_version = self.conn.execute("PRAGMA data_version").fetchone()[0]
+        except sqlite3.Error:
+            self.close()
+            return True
+        current = (int(data_version), generation)
+        if current == self.version:
+            return False
+        self.version = current
+        return True
+
+    def close(self) -> None:
+        if self.conn is not None:
+            try:
+                self.conn.close()
+            except sqlite3.Error:
+                pass
+        self.conn, self.name, self.version = None, None, None
 
 
 async def _poller() -> None:
     """One query per interval for all watched sessions; catches events written by other processes."""
     interval = settings.DIGITORN_SSE_POLL_SECONDS
     poll = db(_poll_once)
-    while True:
-        await asyncio.sleep(interval)
-        with _lock:
-            idle = not _watches and not _births
-        if idle:
-            continue
-        try:
-            changed, born = await poll()
-            for pk in changed:
-                _ring_local(pk)
-            for key in born:
-                ring_birth(key)
-        except Exception:  # noqa: BLE001 - keep polling; a transient lock must not kill every stream
-            log.warning("event poller failed", exc_info=True)
+    commits = _CommitCounter()
+    polled_at = 0.0
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            with _lock:
+                idle = not _watches and not _births
+                generation = _generation[0]
+            if idle:
+                continue
+            now = time.monotonic()
+            if not commits.changed(generation) and now - polled_at < POLL_RECHECK_SECONDS:
+                continue
+            polled_at = now
+            try:
+                changed, gone, born = await poll()
+                for pk in changed:
+                    _ring_local(pk)
+                for pk in gone:
+                    _ring_local(pk, gone=True)
+                for key in born:
+                    ring_birth(key)
+            except Exception:  # noqa: BLE001 - keep polling; a transient lock must not kill every stream
+                commits.close()  # poll again next interval
+                log.warning("event poller failed", exc_info=True)
+    finally:
+        commits.close()
 
 
 async def _layer_listener() -> None:
@@ -365,7 +527,8 @@ async def _layer_listener() -> None:
             # each one re-read its log twice a second.
             continue
         pk = message.get("session_pk")
-        if isinstance(pk, int):
+        # This process's own doorbells were rung (or handed over) here already.
+        if isinstance(pk, int) and message.get("origin") != _ORIGIN:
             _ring_local(pk)
 
 
@@ -409,42 +572,98 @@ class SessionGone(Exception):
     """The session was deleted (or its app undeployed) while a stream was open."""
 
 
-async def follow(
+async def follow_batches(
     *, session_pk: int, after: int, ping_seconds: float | None = None, stop: Callable[[], bool] | None = None
-) -> AsyncIterator[Event | None]:
-    """Yield every event after ``after`` as it is committed, forever; ``None`` means "send a ping".
-
-    The DB is the source of truth: each wake-up re-reads from the last seq delivered, so an event is
-    never lost or duplicated whichever doorbell (or none) fired. Raises :class:`SessionGone` when the
-    session disappears. Cancelling the consumer unregisters the watch. ``stop`` is checked at each
-    wake-up (ring the session's doorbell to make it look now): once true, the iteration ends.
-    """
+) -> AsyncIterator[list[Event | LoggedEvent] | None]:
+    """:func:`follow`, a wake-up at a time: each item is the non-empty list of the events one
+    wake-up found (in seq order), or ``None`` for a ping. A stream sends each list in one write."""
     loop = asyncio.get_running_loop()
     ping = settings.DIGITORN_SSE_PING_SECONDS if ping_seconds is None else ping_seconds
-    read = db(events_after)
+    read = db(_read_after)
     watch = _watch_add(session_pk, loop)
     cursor = after
+    first = True
     try:
         while True:
             watch.event.clear()
             if stop is not None and stop():
                 return
-            events = await read(session_pk=session_pk, after=cursor)
-            if events is None:
-                raise SessionGone()
-            if events:
-                for event in events:
+            batch: list = []
+            if not watch.stale and watch.handed:
+                # Events this process committed: taken as they are while they continue the cursor.
+                handed, watch.handed = watch.handed, []
+                for event in handed:
+                    if event.seq <= cursor:  # already read from the log
+                        continue
+                    if event.seq != cursor + 1:  # a gap (another process, a callback out of order)
+                        watch.stale = True
+                        break
+                    batch.append(event)
                     cursor = event.seq
-                    yield event
-                # A full page may have more behind it. Otherwise wait: the watch was cleared before
-                # the read, so a commit since then has set it and the wait returns at once; an
-                # immediate re-read would cost a query (and an existence check) per wake-up.
-                if len(events) >= READ_PAGE:
+            more = False
+            if watch.stale:
+                # Everything handed so far is committed, so the read covers it; what is handed
+                # during the read is kept and deduplicated by seq at the next wake-up.
+                watch.stale, watch.handed = False, []
+                # No existence check after an empty read, not even the first: the poller polls
+                # within an interval of a new stream and reports a missing session (``gone``).
+                check, watch.gone = watch.gone, False
+                events = await read(session_pk=session_pk, after=cursor, check=check)
+                if events is None:
+                    raise SessionGone()
+                if first:
+                    first = False
+                    # The poller's baseline for this session: what this read saw (committed seqs
+                    # come in order, so last_seq was the cursor reached when the page was not full).
+                    with _lock:
+                        if session_pk in _watches:
+                            _known_seq.setdefault(session_pk, events[-1].seq if events else cursor)
+                if events:
+                    batch.extend(events)
+                    cursor = events[-1].seq
+                    # A full page may have more behind it: read again at once.
+                    more = len(events) >= READ_PAGE
+                    watch.stale = more
+            if batch:
+                yield batch
+                if more:
                     continue
+            if watch.event.is_set():
+                continue
             try:
                 await asyncio.wait_for(watch.event.wait(), timeout=ping)
             except TimeoutError:
-                # Each ping is also a re-read, a safety net should every doorbell have missed.
+                # A ping only: missed doorbells are the poller's to catch, not a re-read's.
                 yield None
     finally:
         _watch_remove(session_pk, watch)
+
+
+def _read_after(*, session_pk: int, after: int, check: bool) -> list[Event] | None:
+    if check:
+        return events_after(session_pk=session_pk, after=after)
+    return fastsql.events_after(session_pk, after, READ_PAGE)
+
+
+async def follow(
+    *, session_pk: int, after: int, ping_seconds: float | None = None, stop: Callable[[], bool] | None = None
+) -> AsyncIterator[Event | LoggedEvent | None]:
+    """Yield every event after ``after`` as it is committed, forever; ``None`` means "send a ping".
+
+    The DB is the source of truth: events this process commits are handed over and yielded as they
+    were stored when they continue the last seq delivered; otherwise a wake-up re-reads from it, so
+    an event is never lost, duplicated or reordered whichever doorbell (or none) fired. Raises
+    :class:`SessionGone` when the session disappears. Cancelling the consumer unregisters the watch.
+    ``stop`` is checked at each wake-up (ring the session's doorbell to make it look now): once
+    true, the iteration ends.
+    """
+    batches = follow_batches(session_pk=session_pk, after=after, ping_seconds=ping_seconds, stop=stop)
+    try:
+        async for batch in batches:
+            if batch is None:
+                yield None
+            else:
+                for event in batch:
+                    yield event
+    finally:
+        await batches.aclose()

@@ -13,7 +13,7 @@ from typing import Any
 
 from django.db import transaction
 
-from conversations.events import doorbell_ring, event_append
+from conversations.events import announce, event_append
 from conversations.models import Event, Session
 from digitorn_site import fastsql
 
@@ -90,11 +90,12 @@ def append_carried(*, session: Any, events: list[tuple[str, dict]] | None, corre
         else:
             session.last_seq = last
         first = last - len(events) + 1
-        fastsql.insert_many([
+        rows = [
             Event(session_id=stream_pk, seq=first + i, type=type, data={**data, **tags}, correlation_id=correlation_id)
             for i, (type, data) in enumerate(events)
-        ])
-        transaction.on_commit(lambda: doorbell_ring(stream_pk))
+        ]
+        fastsql.insert_many(rows)
+        announce(stream_pk, rows)  # on commit: handed to this process's streams, rung elsewhere
 
 
 def agent_event_data(event: str, *, agent_id: str, task_id: str, **extra: Any) -> dict:

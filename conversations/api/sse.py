@@ -27,7 +27,7 @@ from conversations.events import (
     _ring_local,
     cursor_expired,
     error_data,
-    follow,
+    follow_batches,
     ring_birth,
     sse_frame,
     wait_born,
@@ -142,16 +142,26 @@ async def _turn_frames(
     if guard is not None:
         guard.session_pk = enqueued.session_pk
     try:
-        for frame in first:
-            yield frame
-        async for event in follow(session_pk=enqueued.session_pk, after=enqueued.after_seq, stop=guard):
-            if event is None:
+        if first:
+            yield "".join(first)  # at once, before the first read
+        correlation_id = enqueued.correlation_id
+        async for batch in follow_batches(session_pk=enqueued.session_pk, after=enqueued.after_seq, stop=guard):
+            if batch is None:
                 yield ": ping\n\n"
                 continue
-            if event.correlation_id != enqueued.correlation_id:
-                continue
-            yield sse_frame(type=event.type, data=event.data, seq=event.seq)
-            if event.type == "result":
+            # The frames of one wake-up in one write: clients parse frames, not chunks.
+            frames = []
+            ended = False
+            for event in batch:
+                if event.correlation_id != correlation_id:
+                    continue
+                frames.append(sse_frame(type=event.type, data=event.data, seq=event.seq))
+                if event.type == "result":
+                    ended = True
+                    break
+            if frames:
+                yield "".join(frames)
+            if ended:
                 return
         if guard is not None and guard.revoked:
             yield _revoked_frame()
@@ -238,11 +248,11 @@ async def _session_frames(
                     session_pk, after = pk, 0  # everything the new session logged is new to this stream
         if session_pk is not None:
             guard.session_pk = session_pk
-            async for event in follow(session_pk=session_pk, after=after, stop=guard):
-                if event is None:
+            async for batch in follow_batches(session_pk=session_pk, after=after, stop=guard):
+                if batch is None:
                     yield ": ping\n\n"
-                else:
-                    yield sse_frame(type=event.type, data=event.data, seq=event.seq)
+                else:  # one write per wake-up
+                    yield "".join([sse_frame(type=e.type, data=e.data, seq=e.seq) for e in batch])
         if guard.revoked:
             yield _revoked_frame()
     except SessionGone:
