@@ -333,9 +333,12 @@ async def wait_born(key: BirthKey, *, timeout: float) -> int | None:
     """
     loop = asyncio.get_running_loop()
     watch = _Watch(loop)
+    # No poll forced here (unlike a new stream's baseline): the session's creation is a commit the
+    # poller sees, and its periodic recheck covers one committed just before this wait began. A
+    # waiting stream re-waits after each ping; forcing a poll each time would cost 1,000 streams
+    # a query per interval again.
     with _lock:
         _births.setdefault(key, set()).add(watch)
-        _generation[0] += 1
     _ensure_background(loop)
     try:
         if key not in _born:
