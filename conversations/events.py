@@ -10,7 +10,8 @@ the state it reports; the doorbell only tells streams "look again". Three ways a
 - always (events written by other workers or a Celery worker; with a channel layer, a safety net
   for missed doorbells): one poller task per process reads ``Session.last_seq`` of every watched
   session every ``DIGITORN_SSE_POLL_SECONDS`` in a single query, so idle streams cost no queries
-  of their own.
+  of their own; on SQLite it skips that query while ``PRAGMA data_version`` says nothing was
+  committed (at least one a second regardless).
 
 Handoff: a commit in this process hands the committed events themselves (as stored) to this
 process's streams of that session, which yield them without reading the log when they continue
