@@ -42,13 +42,11 @@ async def accept(
     app_id: str, principal: Principal, body: dict, session_id: str | None = None
 ) -> tuple[queue.Enqueued, RateLimitState]:
     """What every message-taking POST does once the body is valid: app, rate limit, enqueue. The
-    session comes from the path (``session_id``) or from the body (/chat, /chat/stream)."""
-    await db(app_exists)(app_id=app_id)
-    limit = await db(rate_limit_hit)(app_id=app_id)
-    enqueued = await db(queue.message_enqueue)(
+    session comes from the path (``session_id``) or from the body (/chat, /chat/stream). One trip to
+    an executor thread for all of it (``queue.message_accept``), in the same order of checks."""
+    return await db(queue.message_accept)(
         app_id=app_id, session_id=session_id or body["session_id"], principal=principal.name, message=body["message"]
     )
-    return enqueued, limit
 
 
 def start(enqueued: queue.Enqueued) -> None:
