@@ -68,7 +68,7 @@ async def _wait_done(enqueued: queue.Enqueued) -> dict:
 # --- POST /{app}/chat -------------------------------------------------------------------------
 
 
-@async_endpoint({"POST": "apps:run"}, body=s.ChatSerializer)
+@async_endpoint({"POST": "apps:run"}, body=s.ChatSerializer, lean_request=True)
 async def chat(request: HttpRequest, principal: Principal, app_id: str, body: dict) -> HttpResponse:
     enqueued, limit = await accept(app_id, principal, body)
     start(enqueued)
@@ -78,7 +78,7 @@ async def chat(request: HttpRequest, principal: Principal, app_id: str, body: di
 # --- POST /{app}/run --------------------------------------------------------------------------
 
 
-@async_endpoint({"POST": "apps:run"}, body=s.RunSerializer)
+@async_endpoint({"POST": "apps:run"}, body=s.RunSerializer, lean_request=True)
 async def run(request: HttpRequest, principal: Principal, app_id: str, body: dict) -> HttpResponse:
     compiled = await db(app_compiled)(app_id=app_id)
     if compiled.mode != "one_shot":
@@ -119,7 +119,7 @@ def _ignored(body: dict) -> list[str]:
     return ignored
 
 
-@async_endpoint({"POST": "apps:run"}, body=s.MessageSerializer)
+@async_endpoint({"POST": "apps:run"}, body=s.MessageSerializer, lean_request=True)
 async def session_messages(
     request: HttpRequest, principal: Principal, app_id: str, session_id: str, body: dict
 ) -> HttpResponse:

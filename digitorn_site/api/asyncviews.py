@@ -52,11 +52,17 @@ def async_endpoint(
     *,
     body: type[serializers.Serializer] | None = None,
     allow_query_token: bool = False,
+    lean_request: bool = False,
 ) -> Callable[[Handler], Callable[..., Awaitable[HttpResponse]]]:
     """Decorate ``handler(request, principal, **path_kwargs)`` (plus ``body=`` the validated body when a
     ``body`` serializer is given). ``scopes`` maps each allowed method to the scope it needs; checks
     run in that order: method, key, body, then the handler. ``allow_query_token``: ``?token=`` is
-    accepted as the key (SSE GETs: EventSource cannot set headers)."""
+    accepted as the key (SSE GETs: EventSource cannot set headers).
+
+    ``lean_request``: the handler reaches the database only through ``digitorn_site.asyncdb.db``
+    (executor threads), never through the request's own thread (a thread-sensitive
+    ``sync_to_async``); the API's ASGI handler then lends the request no thread and sends Django's
+    request signals from the event loop (``digitorn_site.asgi.ApiASGIHandler._handle_lean``)."""
     allowed = " or ".join(scopes)
 
     def decorate(handler: Handler) -> Callable[..., Awaitable[HttpResponse]]:
@@ -77,6 +83,7 @@ def async_endpoint(
             except Exception as exc:  # noqa: BLE001 - every failure leaves as the envelope
                 return _failure(request, exc)
 
+        view.lean_request = lean_request
         return view
 
     return decorate
