@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -66,12 +67,21 @@ def message_enqueue(
 
 
 def message_accept(
-    *, app_id: str, session_id: str, principal: str, message: str, field_name: str = "message"
+    *,
+    app_id: str,
+    session_id: str,
+    principal: str,
+    message: str,
+    field_name: str = "message",
+    check: Callable[[CompiledApp], None] | None = None,
 ) -> tuple[Enqueued, RateLimitState]:
     """What a message-taking POST does once its body is valid, in the order its errors come:
-    NOT_FOUND app, 429 rate limit, 400 message, QUEUE_FULL. One read of the app's head, and the
-    rate limit's check-and-record in the enqueue's transaction (one write transaction, not two)."""
+    NOT_FOUND app, ``check(compiled)``'s own (the caller's, e.g. /run's mode), 429 rate limit,
+    400 message, QUEUE_FULL. One read of the app's head, and the rate limit's check-and-record in
+    the enqueue's transaction (one write transaction, not two)."""
     compiled, limit = app_with_limit(app_id=app_id)
+    if check is not None:
+        check(compiled)
     with transaction.atomic():
         state = rate_limit_take(app_id=app_id, limit=limit)
         if state.allowed:

@@ -25,7 +25,8 @@ import uuid
 
 from django.http import HttpRequest, HttpResponse
 
-from apps_registry.selectors import app_compiled, app_exists
+from apps_registry.manifest.compiled import CompiledApp
+from apps_registry.selectors import app_exists
 from conversations import queue, session_ops, sessions
 from conversations.api import serializers as s
 from conversations.events import SessionGone, follow
@@ -80,17 +81,18 @@ async def chat(request: HttpRequest, principal: Principal, app_id: str, body: di
 
 @async_endpoint({"POST": "apps:run"}, body=s.RunSerializer, lean_request=True)
 async def run(request: HttpRequest, principal: Principal, app_id: str, body: dict) -> HttpResponse:
-    compiled = await db(app_compiled)(app_id=app_id)
-    if compiled.mode != "one_shot":
-        raise ValidationError(
-            f"App '{app_id}' runs in '{compiled.mode}' mode; /run is for one_shot apps. "
-            f"Use POST /api/apps/{app_id}/chat with a session_id instead."
-        )
-    limit = await db(rate_limit_hit)(app_id=app_id)
+    def one_shot_only(compiled: CompiledApp) -> None:
+        if compiled.mode != "one_shot":
+            raise ValidationError(
+                f"App '{app_id}' runs in '{compiled.mode}' mode; /run is for one_shot apps. "
+                f"Use POST /api/apps/{app_id}/chat with a session_id instead."
+            )
+
     session_id = f"run-{uuid.uuid4().hex}"
     # input_type is metadata (the original's): the agent gets the input as it was sent.
-    enqueued = await db(queue.message_enqueue)(
-        app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input"
+    enqueued, limit = await db(queue.message_accept)(
+        app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input",
+        check=one_shot_only,
     )
     start(enqueued)
     try:
