@@ -102,9 +102,10 @@ def _enqueue(
     """message_enqueue's work, inside the caller's transaction (on SQLite, under its write lock)."""
     if kind == Turn.Kind.MESSAGE:
         message = _validate_message(message, field_name)
-    compiled = compiled or app_compiled(app_id=app_id)
-    if kind == Turn.Kind.MESSAGE:
+        compiled = compiled or app_compiled(app_id=app_id)
         check_runnable(app_id, compiled)
+    else:
+        compiled = compiled or app_compiled(app_id=app_id)  # for the session's idle timeout
     now = timezone.now()
     # The common case in one statement: the caller's own live session, marked active, its row locked
     # (PostgreSQL) and its last seq read. Anything else (no session yet, idle for too long, the

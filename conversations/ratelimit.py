@@ -179,8 +179,9 @@ def rate_limit_take(*, app_id: str, limit: int) -> RateLimitState:
     the window's prune commits and nothing else the transaction did does.
 
     This lets a message's request count and enqueue in one transaction: one write lock on SQLite
-    instead of two. Rolling the transaction back (a later 400 or QUEUE_FULL) also takes the hit
-    back: a refused request is not counted, as a 429 is not."""
+    instead of two. On the database, rolling the transaction back (a later 400 or QUEUE_FULL) also
+    takes the hit back: a refused request is not counted, as a 429 is not. On PostgreSQL the app's
+    advisory lock is then held until the caller commits (its enqueue included)."""
     if settings.REDIS_URL:
         return _hit_redis(app_id, limit, True)
     if not transaction.get_connection().in_atomic_block:
