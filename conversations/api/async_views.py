@@ -121,22 +121,26 @@ def _ignored(body: dict) -> list[str]:
     return ignored
 
 
+def _replace_last(
+    app_id: str, session_id: str, principal: str, message: str
+) -> tuple[queue.Enqueued, RateLimitState, bool]:
+    """replace_last's steps, in one trip to a thread: app, rate limit, overwrite the newest waiting
+    message or else queue this one (each step its own transaction, as before)."""
+    app_exists(app_id=app_id)
+    limit = rate_limit_hit(app_id=app_id)
+    enqueued = session_ops.message_replace_last(app_id=app_id, session_id=session_id, principal=principal, message=message)
+    if enqueued is not None:
+        return enqueued, limit, True
+    return queue.message_enqueue(app_id=app_id, session_id=session_id, principal=principal, message=message), limit, False
+
+
 @async_endpoint({"POST": "apps:run"}, body=s.MessageSerializer, lean_request=True)
 async def session_messages(
     request: HttpRequest, principal: Principal, app_id: str, session_id: str, body: dict
 ) -> HttpResponse:
     replaced = False
     if body["queue_mode"] == "replace_last":
-        await db(app_exists)(app_id=app_id)
-        limit = await db(rate_limit_hit)(app_id=app_id)
-        enqueued = await db(session_ops.message_replace_last)(
-            app_id=app_id, session_id=session_id, principal=principal.name, message=body["message"]
-        )
-        replaced = enqueued is not None
-        if enqueued is None:
-            enqueued = await db(queue.message_enqueue)(
-                app_id=app_id, session_id=session_id, principal=principal.name, message=body["message"]
-            )
+        enqueued, limit, replaced = await db(_replace_last)(app_id, session_id, principal.name, body["message"])
     else:
         enqueued, limit = await accept(app_id, principal, body, session_id=session_id)
     start(enqueued)
