@@ -61,6 +61,19 @@ def app_list() -> list[App]:
 def app_compiled(*, app_id: str) -> CompiledApp:
     """The stored compiled app ({{secret.X}} markers kept): for discovery and policy."""
     stamp, _ = _app_head(app_id)
+    return _compiled_at(app_id, stamp)
+
+
+def app_with_limit(*, app_id: str) -> tuple[CompiledApp, int]:
+    """The compiled app and its requests-per-minute limit (as app_rate_limit), NOT_FOUND unless
+    deployed: one read of the app's head for a message's whole request path, where app_exists,
+    app_rate_limit and app_compiled read it once each."""
+    stamp, rpm = _app_head(app_id)
+    compiled = _compiled_at(app_id, stamp)
+    return compiled, rpm or compiled.runtime.rate_limit_rpm or settings.DIGITORN_DEFAULT_RPM
+
+
+def _compiled_at(app_id: str, stamp: object) -> CompiledApp:
     cached = _head_cache.get(app_id)
     if cached and cached[0] == stamp:
         return cached[1]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -11,10 +13,11 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps_registry.manifest.compiled import CompiledApp
-from apps_registry.selectors import app_compiled
+from apps_registry.selectors import app_compiled, app_with_limit
 from conversations.events import event_append
 from conversations.models import Turn
-from conversations.sessions import check_runnable, not_found, session_resolve
+from conversations.ratelimit import RateLimitState, rate_limit_take, rate_limited
+from conversations.sessions import check_runnable, idle_seconds_for, not_found, session_resolve
 from conversations.turns.state import ACTIVE
 from digitorn_site import fastsql
 from digitorn_site.errors import QueueFullError, ValidationError
@@ -56,40 +59,89 @@ def message_enqueue(
 ) -> Enqueued:
     """Queue a turn in the session (FIFO, serial); 429 QUEUE_FULL beyond DIGITORN_QUEUE_DEPTH waiting.
     ``compiled``: the app, when the caller has it already (else looked up here, once, and passed down)."""
+    with transaction.atomic():
+        return _enqueue(
+            app_id=app_id, session_id=session_id, principal=principal, message=message, kind=kind,
+            field_name=field_name, compiled=compiled,
+        )
+
+
+def message_accept(
+    *,
+    app_id: str,
+    session_id: str,
+    principal: str,
+    message: str,
+    field_name: str = "message",
+    check: Callable[[CompiledApp], None] | None = None,
+) -> tuple[Enqueued, RateLimitState]:
+    """What a message-taking POST does once its body is valid, in the order its errors come:
+    NOT_FOUND app, ``check(compiled)``'s own (the caller's, e.g. /run's mode), 429 rate limit,
+    400 message, QUEUE_FULL. One read of the app's head, and the rate limit's check-and-record in
+    the enqueue's transaction (one write transaction, not two)."""
+    compiled, limit = app_with_limit(app_id=app_id)
+    if check is not None:
+        check(compiled)
+    with transaction.atomic():
+        state = rate_limit_take(app_id=app_id, limit=limit)
+        if state.allowed:
+            # An error here rolls the hit back with the rest: a refused request is not counted.
+            enqueued = _enqueue(
+                app_id=app_id, session_id=session_id, principal=principal, message=message,
+                kind=Turn.Kind.MESSAGE, field_name=field_name, compiled=compiled,
+            )
+    if not state.allowed:
+        raise rate_limited(state)  # after the commit, which keeps the window's prune
+    return enqueued, state
+
+
+def _enqueue(
+    *, app_id: str, session_id: str, principal: str, message: str, kind: str, field_name: str,
+    compiled: CompiledApp | None,
+) -> Enqueued:
+    """message_enqueue's work, inside the caller's transaction (on SQLite, under its write lock)."""
     if kind == Turn.Kind.MESSAGE:
         message = _validate_message(message, field_name)
         compiled = compiled or app_compiled(app_id=app_id)
         check_runnable(app_id, compiled)
-    session = session_resolve(
-        app_id=app_id, session_id=session_id, principal=principal, create=True, compiled=compiled
-    )
-    with transaction.atomic():
-        # One statement locks the row (PostgreSQL; SQLite holds the write lock already), marks the
-        # session active and reads the seq this turn's events will follow.
-        last_seq = fastsql.session_touch(session.pk, timezone.now())
+    else:
+        compiled = compiled or app_compiled(app_id=app_id)  # for the session's idle timeout
+    now = timezone.now()
+    # The common case in one statement: the caller's own live session, marked active, its row locked
+    # (PostgreSQL) and its last seq read. Anything else (no session yet, idle for too long, the
+    # admin reaching another principal's) takes session_resolve's way, then the same touch by pk.
+    idle = idle_seconds_for(app_id, compiled)
+    touched = fastsql.session_touch_named(app_id, principal, session_id, now, now - timedelta(seconds=idle))
+    if touched is None:
+        session = session_resolve(
+            app_id=app_id, session_id=session_id, principal=principal, create=True, compiled=compiled
+        )
+        last_seq = fastsql.session_touch(session.pk, now)
         if last_seq is None:
             raise not_found(app_id, session_id)
-        session.last_seq = last_seq
-        waiting, ahead = fastsql.turn_queue_counts(session.pk, queued=Turn.Status.QUEUED, active=ACTIVE)
-        if waiting >= settings.DIGITORN_QUEUE_DEPTH:
-            raise QueueFullError(
-                f"Session '{session_id}' already has {waiting} messages waiting (the limit is "
-                f"{settings.DIGITORN_QUEUE_DEPTH}); wait for the running turn to finish or cancel it."
-            )
-        turn = fastsql.insert(Turn(
-            session=session, correlation_id=uuid.uuid4().hex, kind=kind, content=message, status=Turn.Status.QUEUED
-        ))
-        after_seq = session.last_seq
-        enqueued = Enqueued(
-            session_pk=session.pk,
-            session_id=session.session_id,
-            correlation_id=turn.correlation_id,
-            position=ahead,
-            queue_depth=waiting + 1,
-            after_seq=after_seq,
+        session_pk = session.pk
+    else:
+        session_pk, last_seq = touched
+    waiting, ahead = fastsql.turn_queue_counts(session_pk, queued=Turn.Status.QUEUED, active=ACTIVE)
+    if waiting >= settings.DIGITORN_QUEUE_DEPTH:
+        raise QueueFullError(
+            f"Session '{session_id}' already has {waiting} messages waiting (the limit is "
+            f"{settings.DIGITORN_QUEUE_DEPTH}); wait for the running turn to finish or cancel it."
         )
-        if ahead:
-            event_append(
-                session=session, type="message_queued", data=enqueued.payload(), correlation_id=turn.correlation_id
-            )
+    turn = fastsql.insert(Turn(
+        session_id=session_pk, correlation_id=uuid.uuid4().hex, kind=kind, content=message, status=Turn.Status.QUEUED
+    ))
+    enqueued = Enqueued(
+        session_pk=session_pk,
+        session_id=session_id,
+        correlation_id=turn.correlation_id,
+        position=ahead,
+        queue_depth=waiting + 1,
+        after_seq=last_seq,
+    )
+    if ahead:
+        session = fastsql.session_get(session_pk)
+        event_append(
+            session=session, type="message_queued", data=enqueued.payload(), correlation_id=turn.correlation_id
+        )
     return enqueued

@@ -121,24 +121,29 @@ def _hit_db(app_id: str, limit: int, record: bool) -> RateLimitState:
     # Writes take SQLite's write lock at BEGIN (IMMEDIATE transactions), so concurrent workers
     # serialise before they count; a read-only usage query needs no lock.
     with transaction.atomic():
-        fastsql.ratelimit_lock(app_id)
-        now = time.time()
-        hits = RateLimitHit.objects.filter(app_id=app_id)
-        if record and now - _pruned_at.get(app_id, 0.0) >= PRUNE_EVERY_SECONDS:
-            hits.filter(at__lte=now - WINDOW_SECONDS).delete()
-            _pruned_at[app_id] = now
-        # Raw count and insert: they run on every request, inside the write transaction, where
-        # the ORM's statement compilation cost more than the statements (~0.6 ms each).
-        current, oldest_at = fastsql.ratelimit_window(app_id, now - WINDOW_SECONDS)
-        allowed = current < limit
-        if record and not allowed:
-            # A full window is the moment the table is at its largest: prune whatever the clock.
-            hits.filter(at__lte=now - WINDOW_SECONDS).delete()
-            _pruned_at[app_id] = now
-        if record and allowed:
-            fastsql.ratelimit_insert(app_id, now)
-            current += 1
-            oldest_at = oldest_at if oldest_at is not None else now
+        return _hit_in_transaction(app_id, limit, record)
+
+
+def _hit_in_transaction(app_id: str, limit: int, record: bool) -> RateLimitState:
+    """The check-and-record; the caller holds a transaction (see the module's docstring)."""
+    fastsql.ratelimit_lock(app_id)
+    now = time.time()
+    hits = RateLimitHit.objects.filter(app_id=app_id)
+    if record and now - _pruned_at.get(app_id, 0.0) >= PRUNE_EVERY_SECONDS:
+        hits.filter(at__lte=now - WINDOW_SECONDS).delete()
+        _pruned_at[app_id] = now
+    # Raw count and insert: they run on every request, inside the write transaction, where
+    # the ORM's statement compilation cost more than the statements (~0.6 ms each).
+    current, oldest_at = fastsql.ratelimit_window(app_id, now - WINDOW_SECONDS)
+    allowed = current < limit
+    if record and not allowed:
+        # A full window is the moment the table is at its largest: prune whatever the clock.
+        hits.filter(at__lte=now - WINDOW_SECONDS).delete()
+        _pruned_at[app_id] = now
+    if record and allowed:
+        fastsql.ratelimit_insert(app_id, now)
+        current += 1
+        oldest_at = oldest_at if oldest_at is not None else now
     return RateLimitState(
         app_id=app_id, limit=limit, current=current, allowed=allowed, reset_seconds=_reset_after(oldest_at, now)
     )
@@ -149,17 +154,39 @@ def _effective_limit(app_id: str) -> int:
     return int(app_rate_limit(app_id=app_id))
 
 
+def rate_limited(state: RateLimitState) -> RateLimitError:
+    """The 429 of a full window (with its X-RateLimit-* and Retry-After headers)."""
+    return RateLimitError(
+        f"Rate limit of {state.limit} requests per minute reached for app '{state.app_id}'; "
+        f"retry in {max(state.reset_seconds, 1)} s or raise it with PUT /api/apps/{state.app_id}/quota.",
+        headers=state.headers(),
+    )
+
+
 def rate_limit_hit(*, app_id: str) -> RateLimitState:
     """Count one request against the app's window; raises RateLimitError (429, with headers) when full."""
     limit = _effective_limit(app_id)
     state = _hit_redis(app_id, limit, True) if settings.REDIS_URL else _hit_db(app_id, limit, True)
     if not state.allowed:
-        raise RateLimitError(
-            f"Rate limit of {limit} requests per minute reached for app '{app_id}'; "
-            f"retry in {max(state.reset_seconds, 1)} s or raise it with PUT /api/apps/{app_id}/quota.",
-            headers=state.headers(),
-        )
+        raise rate_limited(state)
     return state
+
+
+def rate_limit_take(*, app_id: str, limit: int) -> RateLimitState:
+    """rate_limit_hit's check-and-record with a limit the caller looked up, in the caller's
+    transaction (on the database; with REDIS_URL, on Redis). It does not raise: a refused request
+    gets ``allowed=False``; the caller raises :func:`rate_limited` once its transaction is over, so
+    the window's prune commits and nothing else the transaction did does.
+
+    This lets a message's request count and enqueue in one transaction: one write lock on SQLite
+    instead of two. On the database, rolling the transaction back (a later 400 or QUEUE_FULL) also
+    takes the hit back: a refused request is not counted, as a 429 is not. On PostgreSQL the app's
+    advisory lock is then held until the caller commits (its enqueue included)."""
+    if settings.REDIS_URL:
+        return _hit_redis(app_id, limit, True)
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("rate_limit_take must run inside a transaction")  # pragma: no cover
+    return _hit_in_transaction(app_id, limit, True)
 
 
 def rate_limit_usage(*, app_id: str) -> RateLimitState:

@@ -6,13 +6,19 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
+import asyncio  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
+from contextlib import closing  # noqa: E402
 
-from asgiref.sync import SyncToAsync, ThreadSensitiveContext  # noqa: E402
+from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
 from django.conf import settings  # noqa: E402
 from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from django.core import signals  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
+from django.db import connections  # noqa: E402
+from django.urls import Resolver404, get_resolver, set_script_prefix  # noqa: E402
 
 
 class _RequestThreads:
@@ -62,6 +68,10 @@ class ApiASGIHandler(ASGIHandler):
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             raise ValueError(f"Django can only handle ASGI/HTTP connections, not {scope['type']}.")
+        match = _lean_match(scope)
+        if match is not None:
+            async with ThreadSensitiveContext():
+                return await self._handle_lean(scope, receive, send, match)
         executors = SyncToAsync.context_to_thread_executor
         # A plain context (no executor= argument), as Django's own: a task the request starts that
         # outlives it (a turn) still gets a thread of its own for a thread-sensitive call, instead
@@ -76,6 +86,67 @@ class ApiASGIHandler(ASGIHandler):
             finally:
                 if owned and (executor := executors.pop(context, None)) is not None:
                     _request_threads.release(executor)
+
+    def resolve_request(self, request):
+        # A lean request was resolved once already, before it was made (see _lean_match).
+        if request.resolver_match is not None and not hasattr(request, "urlconf"):
+            return request.resolver_match
+        return super().resolve_request(request)
+
+    async def _handle_lean(self, scope, receive, send, match) -> None:
+        """Django's ``ASGIHandler.handle`` for a view marked ``lean_request`` (an async view whose
+        database work all goes through executor threads, never the request's own thread).
+
+        Django sends ``request_started`` and closes the response (``request_finished``) through the
+        request's thread: two trips to a thread and back per request, whose receivers
+        (close_old_connections, reset_queries) look after that thread's connection, which such a
+        view never uses. Here they run on the event loop's thread (which has no connection), so the
+        request borrows no thread at all. Everything else is Django's: the body read, the
+        middleware chain, the disconnect listener, the response sent (chunked or streamed).
+        """
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        with closing(body_file):
+            set_script_prefix(get_script_prefix(scope))
+            signals.request_started.send(sender=self.__class__, scope=scope)
+            request, error_response = self.create_request(scope, body_file)
+            if request is None:
+                body_file.close()
+                await ASGIHandler.send_response(self, error_response, send)
+                error_response.close()
+                return
+            request.resolver_match = match
+
+            class RequestProcessed(Exception):
+                pass
+
+            response = None
+            try:
+                try:
+                    async with asyncio.TaskGroup() as tg:
+                        tg.create_task(self.listen_for_disconnect(receive))
+                        response = await self.run_get_response(request)
+                        await ASGIHandler.send_response(self, response, send)
+                        raise RequestProcessed
+                except* (RequestProcessed, RequestAborted):
+                    pass
+            except BaseExceptionGroup as exception_group:
+                if len(exception_group.exceptions) == 1:
+                    raise exception_group.exceptions[0]
+                raise
+            if SyncToAsync.thread_sensitive_context.get() in SyncToAsync.context_to_thread_executor:
+                # The view used a thread of its own after all: close on it, Django's way, so its
+                # connection is looked after (given back to the pool on PostgreSQL).
+                if response is None:
+                    await signals.request_finished.asend(sender=self.__class__)
+                else:
+                    await sync_to_async(response.close)()
+            elif response is None:
+                signals.request_finished.send(sender=self.__class__)
+            else:
+                response.close()
 
     async def send_response(self, response, send):
         if not response.streaming:
@@ -105,6 +176,32 @@ def _release_request_thread() -> ThreadSensitiveContext | None:
     if executor is not None:
         _request_threads.release(executor)
     return context
+
+
+def _lean_match(scope):
+    """The URL match of a request for a view marked ``lean_request``, else None (Django's way).
+
+    Only when the signals' receivers are all synchronous (an async one would need Django's
+    ``asend``), the app is served at the root (the path is then the path_info), and the event
+    loop's thread holds no open database connection for the receivers to look at (it never does
+    under the server; a test that runs the loop in its own thread may)."""
+    if scope.get("root_path") or _has_async_receivers() or _loop_thread_connected():
+        return None
+    try:
+        match = get_resolver().resolve(scope["path"])
+    except Resolver404:
+        return None
+    return match if getattr(match.func, "lean_request", False) else None
+
+
+def _loop_thread_connected() -> bool:
+    return any(conn.connection is not None for conn in connections.all(initialized_only=True))
+
+
+def _has_async_receivers() -> bool:
+    return any(
+        signal._live_receivers(ApiASGIHandler)[1] for signal in (signals.request_started, signals.request_finished)
+    )
 
 
 api_asgi_app = ApiASGIHandler()

@@ -751,3 +751,29 @@ def events_min_seq(session_pk: int) -> int | None:
     """The lowest seq still stored for the session, None when it has none."""
     value = _events_min_seq().one(session_pk)[0]
     return None if value is None else int(value)
+
+
+# --- acc ------------------------------------------------------------------------------------------
+
+
+@_statement
+def _session_touch_named() -> _Stmt:
+    return _Stmt(
+        f"UPDATE {_table(_SESSION)} SET {_col(_SESSION, 'last_active')} = %s "
+        f"WHERE {_col(_SESSION, 'app_id')} = %s AND {_col(_SESSION, 'principal')} = %s "
+        f"AND {_col(_SESSION, 'session_id')} = %s AND {_col(_SESSION, 'last_active')} >= %s "
+        f"RETURNING {_col(_SESSION, 'id')}, {_col(_SESSION, 'last_seq')}",
+        [
+            _field(_SESSION, "last_active"), _field(_SESSION, "app_id"), _field(_SESSION, "principal"),
+            _field(_SESSION, "session_id"), _field(_SESSION, "last_active"),
+        ],
+        [(_SESSION, "id"), (_SESSION, "last_seq")],
+    )
+
+
+def session_touch_named(app_id: str, principal: str, session_id: str, now, active_since) -> tuple[int, int] | None:
+    """session_touch for the principal's own session of that id, found by its key, when it was
+    active at or after ``active_since`` (not idle-expired): (pk, last_seq), or None when there is
+    no such session (missing, idle too long, or the admin reaching another's: the caller resolves)."""
+    row = _session_touch_named().one(now, app_id, principal, session_id, active_since)
+    return None if row is None else (int(row[0]), int(row[1]))

@@ -16,9 +16,9 @@ from digitorn_site import asgi
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def get(path: str) -> list[dict]:
+async def get(path: str, *, method: str = "GET", body: bytes = b"", headers: tuple = ()) -> list[dict]:
     sent: list[dict] = []
-    pending = [{"type": "http.request", "body": b"", "more_body": False}]
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def receive() -> dict:
         if pending:
@@ -30,9 +30,9 @@ async def get(path: str) -> list[dict]:
         sent.append(message)
 
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": method,
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
-        "root_path": "", "headers": [(b"host", b"testserver")],
+        "root_path": "", "headers": [(b"host", b"testserver"), *headers],
         "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
     }
     await asgi.application(scope, receive, send)
@@ -78,3 +78,26 @@ def test_kept_threads_are_bounded():
         pool.release(executor)
     assert pool.idle == borrowed[:2]
     assert all(executor._shutdown for executor in borrowed[2:])
+
+
+def test_lean_views_borrow_no_thread(threads_seen, admin_key):
+    """A view marked lean_request (the message-taking POSTs) gets no request thread: Django's request
+    signals are sent from the event loop's thread, and no kept thread is lent. The loop runs in a
+    thread of its own, as under the server (whose loop thread holds no database connection)."""
+    idle_before = list(asgi._request_threads.idle)
+    out: dict = {}
+
+    def serve() -> None:
+        out["sent"] = asyncio.run(get(
+            "/api/apps/not-deployed/chat", method="POST", body=b'{"message": "hi", "session_id": "s"}',
+            headers=((b"authorization", f"Bearer {admin_key}".encode()), (b"content-type", b"application/json")),
+        ))
+
+    loop_thread = threading.Thread(target=serve, name="loop")
+    loop_thread.start()
+    loop_thread.join()
+    start, body = out["sent"][0], out["sent"][1]
+    assert start["status"] == 404 and b'"error_code":"RESOURCE_NOT_FOUND"' in body["body"].replace(b" ", b"")
+    assert [kind for kind, _ in threads_seen] == ["started", "finished"]
+    assert {thread for _, thread in threads_seen} == {loop_thread}
+    assert asgi._request_threads.idle == idle_before  # nothing borrowed, nothing given back

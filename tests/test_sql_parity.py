@@ -176,6 +176,21 @@ def case_session_touch(w: World) -> None:
     assert fastsql.session_touch(10**9, now) is None
 
 
+def case_session_touch_named(w: World) -> None:
+    now = timezone.now() + timedelta(microseconds=1)
+    s1_active = Session.objects.get(pk=w.s1.pk).last_active
+    # Idle since before ``active_since``: not touched, nothing changed.
+    assert fastsql.session_touch_named("parity", "alice", "s", now, s1_active + timedelta(microseconds=1)) is None
+    assert Session.objects.get(pk=w.s1.pk).last_active == s1_active
+    with transaction.atomic():
+        got = fastsql.session_touch_named("parity", "alice", "s", now, s1_active)
+    row = Session.objects.get(pk=w.s1.pk)
+    assert _typed(got) == _typed([row.pk, row.last_seq]) and row.last_active == now
+    assert Session.objects.get(pk=w.s1b.pk).last_active != now  # bob's session of the same id: untouched
+    assert fastsql.session_touch_named("parity", "carol", "s", now, s1_active) is None
+    assert fastsql.session_touch_named("parity", "alice", "missing", now, s1_active) is None
+
+
 def case_session_mark(w: World) -> None:
     now = timezone.now()
     assert fastsql.session_mark(w.s1.pk, status=Session.Status.RUNNING, last_active=now) == 1

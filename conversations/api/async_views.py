@@ -25,7 +25,8 @@ import uuid
 
 from django.http import HttpRequest, HttpResponse
 
-from apps_registry.selectors import app_compiled, app_exists
+from apps_registry.manifest.compiled import CompiledApp
+from apps_registry.selectors import app_exists
 from conversations import queue, session_ops, sessions
 from conversations.api import serializers as s
 from conversations.events import SessionGone, follow
@@ -42,13 +43,11 @@ async def accept(
     app_id: str, principal: Principal, body: dict, session_id: str | None = None
 ) -> tuple[queue.Enqueued, RateLimitState]:
     """What every message-taking POST does once the body is valid: app, rate limit, enqueue. The
-    session comes from the path (``session_id``) or from the body (/chat, /chat/stream)."""
-    await db(app_exists)(app_id=app_id)
-    limit = await db(rate_limit_hit)(app_id=app_id)
-    enqueued = await db(queue.message_enqueue)(
+    session comes from the path (``session_id``) or from the body (/chat, /chat/stream). One trip to
+    an executor thread for all of it (``queue.message_accept``), in the same order of checks."""
+    return await db(queue.message_accept)(
         app_id=app_id, session_id=session_id or body["session_id"], principal=principal.name, message=body["message"]
     )
-    return enqueued, limit
 
 
 def start(enqueued: queue.Enqueued) -> None:
@@ -70,7 +69,7 @@ async def _wait_done(enqueued: queue.Enqueued) -> dict:
 # --- POST /{app}/chat -------------------------------------------------------------------------
 
 
-@async_endpoint({"POST": "apps:run"}, body=s.ChatSerializer)
+@async_endpoint({"POST": "apps:run"}, body=s.ChatSerializer, lean_request=True)
 async def chat(request: HttpRequest, principal: Principal, app_id: str, body: dict) -> HttpResponse:
     enqueued, limit = await accept(app_id, principal, body)
     start(enqueued)
@@ -80,19 +79,20 @@ async def chat(request: HttpRequest, principal: Principal, app_id: str, body: di
 # --- POST /{app}/run --------------------------------------------------------------------------
 
 
-@async_endpoint({"POST": "apps:run"}, body=s.RunSerializer)
+@async_endpoint({"POST": "apps:run"}, body=s.RunSerializer, lean_request=True)
 async def run(request: HttpRequest, principal: Principal, app_id: str, body: dict) -> HttpResponse:
-    compiled = await db(app_compiled)(app_id=app_id)
-    if compiled.mode != "one_shot":
-        raise ValidationError(
-            f"App '{app_id}' runs in '{compiled.mode}' mode; /run is for one_shot apps. "
-            f"Use POST /api/apps/{app_id}/chat with a session_id instead."
-        )
-    limit = await db(rate_limit_hit)(app_id=app_id)
+    def one_shot_only(compiled: CompiledApp) -> None:
+        if compiled.mode != "one_shot":
+            raise ValidationError(
+                f"App '{app_id}' runs in '{compiled.mode}' mode; /run is for one_shot apps. "
+                f"Use POST /api/apps/{app_id}/chat with a session_id instead."
+            )
+
     session_id = f"run-{uuid.uuid4().hex}"
     # input_type is metadata (the original's): the agent gets the input as it was sent.
-    enqueued = await db(queue.message_enqueue)(
-        app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input"
+    enqueued, limit = await db(queue.message_accept)(
+        app_id=app_id, session_id=session_id, principal=principal.name, message=body["input"], field_name="input",
+        check=one_shot_only,
     )
     start(enqueued)
     try:
@@ -121,22 +121,26 @@ def _ignored(body: dict) -> list[str]:
     return ignored
 
 
-@async_endpoint({"POST": "apps:run"}, body=s.MessageSerializer)
+def _replace_last(
+    app_id: str, session_id: str, principal: str, message: str
+) -> tuple[queue.Enqueued, RateLimitState, bool]:
+    """replace_last's steps, in one trip to a thread: app, rate limit, overwrite the newest waiting
+    message or else queue this one (each step its own transaction, as before)."""
+    app_exists(app_id=app_id)
+    limit = rate_limit_hit(app_id=app_id)
+    enqueued = session_ops.message_replace_last(app_id=app_id, session_id=session_id, principal=principal, message=message)
+    if enqueued is not None:
+        return enqueued, limit, True
+    return queue.message_enqueue(app_id=app_id, session_id=session_id, principal=principal, message=message), limit, False
+
+
+@async_endpoint({"POST": "apps:run"}, body=s.MessageSerializer, lean_request=True)
 async def session_messages(
     request: HttpRequest, principal: Principal, app_id: str, session_id: str, body: dict
 ) -> HttpResponse:
     replaced = False
     if body["queue_mode"] == "replace_last":
-        await db(app_exists)(app_id=app_id)
-        limit = await db(rate_limit_hit)(app_id=app_id)
-        enqueued = await db(session_ops.message_replace_last)(
-            app_id=app_id, session_id=session_id, principal=principal.name, message=body["message"]
-        )
-        replaced = enqueued is not None
-        if enqueued is None:
-            enqueued = await db(queue.message_enqueue)(
-                app_id=app_id, session_id=session_id, principal=principal.name, message=body["message"]
-            )
+        enqueued, limit, replaced = await db(_replace_last)(app_id, session_id, principal.name, body["message"])
     else:
         enqueued, limit = await accept(app_id, principal, body, session_id=session_id)
     start(enqueued)

@@ -22,7 +22,7 @@ from django.http import HttpRequest, HttpResponse
 from django.views.decorators.csrf import csrf_exempt
 from rest_framework import serializers
 
-from digitorn_site.api.auth import authenticate_request
+from digitorn_site.api.auth import authenticate_request, bootstrap_principal
 from digitorn_site.api.base import parse
 from digitorn_site.api.envelope import error_response
 from digitorn_site.api.exceptions import to_digitorn_error
@@ -52,11 +52,17 @@ def async_endpoint(
     *,
     body: type[serializers.Serializer] | None = None,
     allow_query_token: bool = False,
+    lean_request: bool = False,
 ) -> Callable[[Handler], Callable[..., Awaitable[HttpResponse]]]:
     """Decorate ``handler(request, principal, **path_kwargs)`` (plus ``body=`` the validated body when a
     ``body`` serializer is given). ``scopes`` maps each allowed method to the scope it needs; checks
     run in that order: method, key, body, then the handler. ``allow_query_token``: ``?token=`` is
-    accepted as the key (SSE GETs: EventSource cannot set headers)."""
+    accepted as the key (SSE GETs: EventSource cannot set headers).
+
+    ``lean_request``: the handler reaches the database only through ``digitorn_site.asyncdb.db``
+    (executor threads), never through the request's own thread (a thread-sensitive
+    ``sync_to_async``); the API's ASGI handler then lends the request no thread and sends Django's
+    request signals from the event loop (``digitorn_site.asgi.ApiASGIHandler._handle_lean``)."""
     allowed = " or ".join(scopes)
 
     def decorate(handler: Handler) -> Callable[..., Awaitable[HttpResponse]]:
@@ -67,15 +73,17 @@ def async_endpoint(
                 scope = scopes.get(request.method)
                 if scope is None:
                     raise MethodNotAllowedError(f'Method "{request.method}" not allowed; use {allowed}.')
-                principal: Principal = await db(authenticate_request)(
-                    request, allow_query_token=allow_query_token, scope=scope
-                )
+                # The bootstrap admin key needs no lookup: no trip to a thread for it.
+                principal: Principal = bootstrap_principal(
+                    request, allow_query_token=allow_query_token
+                ) or await db(authenticate_request)(request, allow_query_token=allow_query_token, scope=scope)
                 if body is not None:
                     kwargs["body"] = parse(body, request_json(request))
                 return await handler(request, principal, **kwargs)
             except Exception as exc:  # noqa: BLE001 - every failure leaves as the envelope
                 return _failure(request, exc)
 
+        view.lean_request = lean_request
         return view
 
     return decorate
