@@ -48,16 +48,31 @@ def module_workspace(module) -> Path:
     return root
 
 
+_data_dir_memo: tuple[str, Path] | None = None
+
+
+def real_data_dir() -> Path:
+    """The daemon's data dir with its links resolved, memoised per value of the setting: the daemon
+    owns that folder and does not re-link it while it runs (every tool call asked for it, one to
+    three times, each a realpath walking every component)."""
+    global _data_dir_memo
+    configured = str(settings.DATA_DIR)
+    memo = _data_dir_memo
+    if memo is None or memo[0] != configured:
+        memo = _data_dir_memo = (configured, Path(os.path.realpath(configured)))
+    return memo[1]
+
+
 def workspace_root(app_id: str, configured: str | None) -> Path:
     """The real, existing workspace folder for an app (created when it is the default one)."""
-    data_dir = Path(os.path.realpath(settings.DATA_DIR))
+    data_dir = real_data_dir()
     if configured:
         root = Path(os.path.realpath(os.path.expanduser(str(configured))))
     else:
         root = Path(os.path.realpath(default_workspace(app_id)))
         root.mkdir(parents=True, exist_ok=True)
-    own = Path(os.path.realpath(default_workspace(app_id)))
-    if root.is_relative_to(data_dir) and not root.is_relative_to(own):
+    # The app's own folder, only needed (and resolved) for a root inside the data dir.
+    if root.is_relative_to(data_dir) and not root.is_relative_to(Path(os.path.realpath(default_workspace(app_id)))):
         raise ToolError(
             f"config.workspace: '{configured}' is inside the daemon's data dir; use a folder outside "
             f"{data_dir} or leave workspace unset for the app's own folder."
@@ -76,7 +91,7 @@ def workspace_root(app_id: str, configured: str | None) -> Path:
 
 def is_protected(path: Path, root: Path) -> bool:
     """True for paths inside the daemon's data dir that are not inside this workspace's own folder."""
-    data_dir = Path(os.path.realpath(settings.DATA_DIR))
+    data_dir = real_data_dir()
     if root.is_relative_to(data_dir):
         # The workspace is the app's own folder under the data dir: containment already applies.
         return False
@@ -160,7 +175,7 @@ class Beneath:
         self.root = root
         self.fd = os.open(root, _DIR_FLAGS)
         self._fds: list[int] = []
-        data_dir = Path(os.path.realpath(settings.DATA_DIR))
+        data_dir = real_data_dir()
         try:
             st = os.stat(data_dir)
             # A workspace inside the data dir is the app's own folder (workspace_root checks), and
