@@ -589,10 +589,18 @@ class TurnRunner:
         )
 
     async def _invoke_and_record(self, call: dict, approval_request_id: str | None) -> None:
-        """One call run and recorded in a single thread hop (two transactions: the tool's, then ours)."""
-        outcome, message = await self._db(_invoke_and_record_sync)(
+        """One call run and recorded in a single thread hop (two transactions: the tool's, then ours).
+
+        The writes decided before (the reply asking for it, its started mark) go in the transaction
+        of its tool_start, committed before it runs."""
+        if approval_request_id is None:
+            prelude, self._deferred = self._deferred, []
+            run = db(_invoke_and_record_sync)
+        else:
+            prelude, run = [], self._db(_invoke_and_record_sync)
+        outcome, message = await run(
             turn_pk=self.claim.turn_pk, before=self._carried() if approval_request_id is None else None,
-            **self._invoke_kwargs(call, approval_request_id)
+            prelude=prelude, **self._invoke_kwargs(call, approval_request_id)
         )
         if outcome["status"] == "wait":
             self.waits[call["id"]] = outcome["wait"]
@@ -689,7 +697,8 @@ def claim_and_prepare(*, session_pk: int, worker: str) -> tuple[ClaimedTurn | No
 
 
 def _invoke_and_record_sync(
-    *, turn_pk: int, before: list[tuple[str, dict]] | None = None, **kwargs: Any
+    *, turn_pk: int, before: list[tuple[str, dict]] | None = None, prelude: list[Callable[[], Any]] = (),
+    **kwargs: Any,
 ) -> tuple[dict, Message | None]:
     call = kwargs["call"]
     secrets = kwargs["app"].secret_values
@@ -697,7 +706,7 @@ def _invoke_and_record_sync(
     if kwargs["approval_request_id"] is None:
         # A call resumed after its approval had its tool_start before the request.
         turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}],
-                        before=before, link=link)
+                        before=before, link=link, prelude=prelude)
     outcome = _invoke_sync(**kwargs)
     if outcome["status"] == "wait":
         turn_record_wait(turn_pk=turn_pk, call_id=call["id"], wait=outcome["wait"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -195,8 +196,9 @@ def turn_record_reply(
     Returns the message so the runner can extend its in-memory transcript instead of re-reading it;
     ``message``: the unsaved instance to write (the runner's transcript already holds it, it gets
     its pk here), with ``session_pk`` the turn's session (known to the runner: no read for it).
+    Inside a caller's transaction it joins it (the runner writes it with the calls' tool_start).
     """
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):
         session_pk = session_pk or _turn_session_pk(turn_pk)
         if session_pk is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
@@ -234,11 +236,15 @@ def _turn_link(turn_pk: int, link: tuple[str, int] | None = None) -> tuple[str, 
 
 def turn_tool_start(
     *, turn_pk: int, calls: list[dict], before: list[tuple[str, dict]] | None = None,
-    link: tuple[str, int] | None = None,
+    link: tuple[str, int] | None = None, prelude: Sequence[Callable[[], Any]] = (),
 ) -> None:
     """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do; ``before``:
-    carried progress events (the reply's `stream_done`, `status {tool}`) appended first, in one batch."""
+    carried progress events (the reply's `stream_done`, `status {tool}`) appended first, in one batch.
+    ``prelude``: writes decided before (the reply asking for these calls, their started marks), made
+    in this transaction first: all of them are committed before the calls run, or none is."""
     with transaction.atomic():
+        for write in prelude:
+            write()
         correlation_id, session = _turn_link(turn_pk, link)
         starts = [("tool_start", {"id": call["id"], "name": call["name"], "params": call.get("params") or {}})
                   for call in calls]
@@ -308,7 +314,7 @@ def turn_calls_started(*, turn_pk: int, call_ids: list[str]) -> None:
     """
     if not call_ids:
         return
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # joins a caller's transaction (turn_tool_start's prelude)
         turn = _locked_turn(turn_pk)
         state = dict(turn.state or {})
         state["started_calls"] = {**state.get("started_calls", {}), **{cid: timezone.now().timestamp() for cid in call_ids}}
