@@ -95,3 +95,22 @@ def test_writes_given_the_turns_link_still_find_a_deleted_session(ws):
 ])
 def test_workspace_containment_as_strings_matches_paths(path, base):
     assert _within(path, base) == Path(path).is_relative_to(base)
+
+
+def test_a_reply_of_several_read_calls_starts_them_together_after_the_reply(ws):
+    """Read-only calls of one reply: the reply, then every tool_start, then their results, in order."""
+    deploy(scripted_manifest("hops", ws, [{"steps": [
+        {"calls": [{"call": "filesystem.read", "params": {"path": "README.md"}},
+                   {"call": "filesystem.ls", "params": {"path": "."}}]},
+        {"say": "both read"},
+    ]}]))
+    enq = _send("hops", "read both")
+    async_to_sync(advance_session)(session_pk=enq.session_pk)
+    evs = list(Event.objects.filter(session_id=enq.session_pk).order_by("seq"))
+    assert [e.seq for e in evs] == list(range(1, len(evs) + 1))
+    types = [e.type for e in evs if e.type in ("tool_start", "tool_call", "result")]
+    assert types == ["tool_start", "tool_start", "tool_call", "tool_call", "result"]
+    messages = list(Message.objects.filter(session_id=enq.session_pk).order_by("id"))
+    assert [m.role for m in messages] == ["user", "assistant", "tool", "tool", "assistant"]
+    assert [c["name"] for c in messages[1].tool_calls] == ["filesystem.read", "filesystem.ls"]
+    assert Turn.objects.get(correlation_id=enq.correlation_id).result["content"] == "both read"

@@ -477,10 +477,12 @@ class TurnRunner:
                 await self._invoke_and_record(call, None)
                 return
             self._mark_started(batch)
-            # The batch carries the plaintext the calls need; the events carry the masked form.
-            await self._db(turn_tool_start)(
+            # The batch carries the plaintext the calls need; the events carry the masked form. The
+            # reply asking for them and their started marks go in the tool_start's transaction.
+            prelude, self._deferred = self._deferred, []
+            await db(turn_tool_start)(
                 turn_pk=self.claim.turn_pk, calls=[{**c, "params": self.mask(c["params"])} for c in batch],
-                before=self._carried(), link=self._link(),
+                before=self._carried(), link=self._link(), prelude=prelude,
             )
             outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
             for call, outcome in zip(batch, outcomes, strict=True):
