@@ -15,6 +15,7 @@ import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -41,6 +42,7 @@ from conversations.turns.state import (
     ClaimedTurn,
     transcript_load,
     turn_calls_started,
+    turn_claim,
     turn_compacted,
     turn_emit,
     turn_finish_and_peek,
@@ -77,8 +79,13 @@ class _Stop(Exception):
 
 
 class TurnRunner:
-    def __init__(self, claim: ClaimedTurn, *, compacted_upto: int = 0):
+    def __init__(self, claim: ClaimedTurn, *, compacted_upto: int = 0, prepared: Any = None):
         self.claim = claim
+        # What _prepare returned (or raised) in the claim's thread hop (claim_and_prepare), if it ran.
+        self._prepared = prepared
+        # Writes already decided but not yet run: the next thread hop of the turn runs them first,
+        # each in its own transaction as before (see _db).
+        self._deferred: list[Callable[[], Any]] = []
         self.finished = False
         self.more = True
         self.cancelled = claim.cancel_requested
@@ -129,9 +136,26 @@ class TurnRunner:
     def active_seconds(self) -> float:
         return self.active_before + (time.monotonic() - self.started)
 
+    def _db(self, fn: Callable[..., Any]) -> Callable[..., Awaitable[Any]]:
+        """``db(fn)`` that first runs the deferred writes in the same thread hop (one executor round
+        trip instead of two); each keeps its own transaction, committed before ``fn`` starts, so a
+        turn killed in between is recovered as if the hops had been separate."""
+        if not self._deferred:
+            return db(fn)
+        deferred, self._deferred = self._deferred, []
+
+        def run(*args: Any, **kwargs: Any) -> Any:
+            for write in deferred:
+                write()
+            return fn(*args, **kwargs)
+
+        return db(run)
+
+    deferred_db = _db  # for the scheduler recording a failure of the turn after the runner stopped
+
     async def emit(self, type: str, data: dict) -> None:
         # error, hook and token events may quote model output or tool input: masked like the rest.
-        await db(turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=self.mask(data), before=self._carried())
+        await self._db(turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=self.mask(data), before=self._carried())
 
     def _carried(self) -> list[tuple[str, dict]]:
         return [(type, self.mask(data)) for type, data in self.carry.take()]
@@ -141,7 +165,7 @@ class TurnRunner:
         events = self._carried()
         if events:
             type, data = events[-1]
-            await db(turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=data, before=events[:-1])
+            await self._db(turn_emit)(turn_pk=self.claim.turn_pk, type=type, data=data, before=events[:-1])
 
     async def _fire_hooks(self, event: str) -> None:
         """The manifest's hooks for ``event`` (conversations.hooks); their events ride the next write."""
@@ -149,7 +173,7 @@ class TurnRunner:
         if app is None or agent is None or self.claim.depth > 0 or not hooks.wants_any(app, event):
             return
         try:
-            carried, injected = await db(hooks.fire)(
+            carried, injected = await self._db(hooks.fire)(
                 app=app, event=event, session_pk=self.claim.session_pk, turn_pk=self.claim.turn_pk,
                 correlation_id=self.claim.correlation_id, tool_calls=self.claim.tool_calls_count,
                 transcript=self.transcript, context=agent.brain.context or getattr(app.runtime, "context", None),
@@ -188,7 +212,7 @@ class TurnRunner:
             except _Stop as stop:
                 await self._fire_hooks("turn_end")
                 self.carry.add("status", status_data(DONE, self.claim.correlation_id))
-                payload, self.more = await db(turn_finish_and_peek)(
+                payload, self.more = await self._db(turn_finish_and_peek)(
                     turn_pk=self.claim.turn_pk,
                     content=self.mask(stop.content),
                     truncated=stop.truncated,
@@ -199,11 +223,12 @@ class TurnRunner:
                     usage=self.usage,
                     error=stop.error,
                     events=self._carried(),
+                    session_pk=self.claim.session_pk,
                 )
                 self.finished = payload is not None
                 if self.finished and self.injected_at_end:
                     # turn_end's inject_message: read by the model at the session's next turn.
-                    await db(hooks.inject_messages)(session_pk=self.claim.session_pk,
+                    await self._db(hooks.inject_messages)(session_pk=self.claim.session_pk,
                                                    correlation_id=self.claim.correlation_id,
                                                    messages=self.injected_at_end)
         finally:
@@ -214,9 +239,14 @@ class TurnRunner:
                 pass
 
     async def _setup(self) -> None:
-        self.app, self.agent, self.transcript, tools = await db(_prepare)(
-            self.claim.app_id, self.claim.agent_id, self.claim.session_pk, RECAP_MAX_ITEMS
-        )
+        prepared, self._prepared = self._prepared, None
+        if prepared is None:
+            prepared = await self._db(_prepare)(
+                self.claim.app_id, self.claim.agent_id, self.claim.session_pk, RECAP_MAX_ITEMS
+            )
+        if isinstance(prepared, BaseException):
+            raise prepared  # raised in the claim's hop (claim_and_prepare): handled as if raised here
+        self.app, self.agent, self.transcript, tools = prepared
         if self.agent is None:
             why = f"App '{self.claim.app_id}' declares no agents; add one under 'agents:' in its manifest."
             raise _Stop(why, error=why)
@@ -290,11 +320,16 @@ class TurnRunner:
             shown, sealed = self._shown_calls(calls)
             # The call's in/out_token and stream_done and `status {tool}` ride with the first tool_start.
             self.carry.add("status", status_data(TOOL, self.claim.correlation_id))
-            self._remember(
-                await db(turn_record_reply)(
-                    turn_pk=self.claim.turn_pk, text=self.mask(reply.text or ""), tool_calls=shown, sealed=sealed
-                )
-            )
+            # The reply is written at the start of the next thread hop (the first call's), in its own
+            # transaction as before: the transcript holds the message now, its pk once it is written.
+            text = self.mask(reply.text or "")
+            message = Message(session_id=self.claim.session_pk, role=Message.Role.ASSISTANT, content=text,
+                              tool_calls=shown, correlation_id=self.claim.correlation_id)
+            self._deferred.append(partial(
+                turn_record_reply, turn_pk=self.claim.turn_pk, text=text, tool_calls=shown, sealed=sealed,
+                message=message, session_pk=self.claim.session_pk,
+            ))
+            self._remember(message)
 
     def _shown_calls(self, calls: list[dict]) -> tuple[list[dict], dict[str, Any]]:
         """The calls as stored and emitted (secrets masked), and the sealed parameters of those
@@ -382,7 +417,7 @@ class TurnRunner:
             system.append({"role": "system", "content": self.delegation_note})
         if "memory" in self.app.modules:
             # The original renders working memory (goal, tasks, facts) into the prompt every turn.
-            memory = await db(working_memory_text)(self.app.app_id, self.claim.session_id)
+            memory = await self._db(working_memory_text)(self.app.app_id, self.claim.session_id)
             if memory:
                 system.append({"role": "system", "content": memory})
         # runtime.context / brain.context (the original's ContextConfig): compact to keep_recent when
@@ -408,7 +443,7 @@ class TurnRunner:
                 upto = older[-1].pk
                 if upto != self.compacted_upto:
                     self.compacted_upto = upto
-                    await db(turn_compacted)(
+                    await self._db(turn_compacted)(
                         turn_pk=self.claim.turn_pk,
                         upto=upto,
                         data={
@@ -435,11 +470,19 @@ class TurnRunner:
         async def flush_batch() -> None:
             if not batch:
                 return
-            await self._mark_started(batch)
-            # The batch carries the plaintext the calls need; the events carry the masked form.
+            if len(batch) == 1:
+                # One call: tool_start, the call and its result in one thread hop (three transactions).
+                call = batch.pop()
+                self._mark_started([call])
+                await self._invoke_and_record(call, None)
+                return
+            self._mark_started(batch)
+            # The batch carries the plaintext the calls need; the events carry the masked form. The
+            # reply asking for them and their started marks go in the tool_start's transaction.
+            prelude, self._deferred = self._deferred, []
             await db(turn_tool_start)(
                 turn_pk=self.claim.turn_pk, calls=[{**c, "params": self.mask(c["params"])} for c in batch],
-                before=self._carried(),
+                before=self._carried(), link=self._link(), prelude=prelude,
             )
             outcomes = await asyncio.gather(*(self._invoke(c, None) for c in batch))
             for call, outcome in zip(batch, outcomes, strict=True):
@@ -450,13 +493,13 @@ class TurnRunner:
             self._check()
             if call["id"] in self.waits:
                 await flush_batch()
-                answer = await db(wait_outcome)(self.waits[call["id"]])
+                answer = await self._db(wait_outcome)(self.waits[call["id"]])
                 if answer is None:
                     waiting = True
                     continue
                 self.waits.pop(call["id"], None)
                 self._remember(
-                    await db(turn_record_wait_result)(
+                    await self._db(turn_record_wait_result)(
                         turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=self.mask(answer),
                         params=self.mask(call["params"]),
                     )
@@ -475,7 +518,7 @@ class TurnRunner:
                     continue
                 await flush_batch()
                 if decision.get("approved"):
-                    await self._mark_started([call])
+                    self._mark_started([call])
                     await self._invoke_and_record(call, request_id)
                 else:
                     why = decision.get("message") or decision.get("status") or "denied"
@@ -487,13 +530,13 @@ class TurnRunner:
                 batch.append(call)
                 continue
             await flush_batch()
-            await self._mark_started([call])
+            self._mark_started([call])
             await self._invoke_and_record(call, None)
         await flush_batch()
         if waiting or self.waits or any(rid not in decisions for rid in pending.values()):
             self._check()
             await self._flush_carry()  # nothing else of this turn is written before it suspends
-            suspended = await db(turn_suspend)(
+            suspended = await self._db(turn_suspend)(
                 turn_pk=self.claim.turn_pk, worker=WORKER_ID, active_seconds=self.active_seconds(), usage=self.usage
             )
             if suspended:
@@ -509,25 +552,30 @@ class TurnRunner:
         loop = asyncio.get_running_loop()
         loop.call_later(max(deadline - time.time(), 0.0) + 0.05, schedule_advance, self.claim.session_pk)
 
+    def _link(self) -> tuple[str, int]:
+        """The turn's (correlation id, session pk): what the state writes would otherwise re-read."""
+        return self.claim.correlation_id, self.claim.session_pk
+
     def _read_only(self, call: dict) -> bool:
         return call_is_read_only(self.app, call["name"], call.get("params"))
 
-    async def _mark_started(self, calls: list[dict]) -> None:
+    def _mark_started(self, calls: list[dict]) -> None:
         """Commit the "started" mark of the calls that have side effects, before they run."""
         ids = [c["id"] for c in calls if not self._read_only(c)]
         if ids:
-            await db(turn_calls_started)(turn_pk=self.claim.turn_pk, call_ids=ids)
+            # Committed in its own transaction at the start of the hop that runs the calls (the next one).
+            self._deferred.append(partial(turn_calls_started, turn_pk=self.claim.turn_pk, call_ids=ids))
             self.started_calls.update(ids)
 
     async def _record(self, call: dict, outcome: dict) -> None:
         if outcome["status"] == "wait":
             self.waits[call["id"]] = outcome["wait"]
-            await db(turn_record_wait)(turn_pk=self.claim.turn_pk, call_id=call["id"], wait=outcome["wait"])
+            await self._db(turn_record_wait)(turn_pk=self.claim.turn_pk, call_id=call["id"], wait=outcome["wait"])
             return
         if outcome["status"] == "pending_approval":
             self.started_calls.discard(call["id"])
             self.pending[call["id"]] = outcome["request_id"]
-            await db(turn_record_pending)(
+            await self._db(turn_record_pending)(
                 turn_pk=self.claim.turn_pk,
                 call_id=call["id"],
                 name=call["name"],
@@ -536,17 +584,25 @@ class TurnRunner:
             )
             return
         self._remember(
-            await db(turn_record_result)(
+            await self._db(turn_record_result)(
                 turn_pk=self.claim.turn_pk, call_id=call["id"], name=call["name"], result=self.mask(outcome["result"]),
-                params=self.mask(call["params"]),
+                params=self.mask(call["params"]), link=self._link(),
             )
         )
 
     async def _invoke_and_record(self, call: dict, approval_request_id: str | None) -> None:
-        """One call run and recorded in a single thread hop (two transactions: the tool's, then ours)."""
-        outcome, message = await db(_invoke_and_record_sync)(
+        """One call run and recorded in a single thread hop (two transactions: the tool's, then ours).
+
+        The writes decided before (the reply asking for it, its started mark) go in the transaction
+        of its tool_start, committed before it runs."""
+        if approval_request_id is None:
+            prelude, self._deferred = self._deferred, []
+            run = db(_invoke_and_record_sync)
+        else:
+            prelude, run = [], self._db(_invoke_and_record_sync)
+        outcome, message = await run(
             turn_pk=self.claim.turn_pk, before=self._carried() if approval_request_id is None else None,
-            **self._invoke_kwargs(call, approval_request_id)
+            prelude=prelude, **self._invoke_kwargs(call, approval_request_id)
         )
         if outcome["status"] == "wait":
             self.waits[call["id"]] = outcome["wait"]
@@ -557,7 +613,7 @@ class TurnRunner:
             self._remember(message)
 
     async def _invoke(self, call: dict, approval_request_id: str | None) -> dict:
-        return await db(_invoke_sync)(**self._invoke_kwargs(call, approval_request_id))
+        return await self._db(_invoke_sync)(**self._invoke_kwargs(call, approval_request_id))
 
     def _invoke_kwargs(self, call: dict, approval_request_id: str | None) -> dict:
         return dict(
@@ -630,15 +686,29 @@ def _prepare(app_id: str, agent_id: str, session_pk: int, extra: int) -> tuple[A
     return app, agent, transcript, agent_tools(app, agent.id)
 
 
+def claim_and_prepare(*, session_pk: int, worker: str) -> tuple[ClaimedTurn | None, Any]:
+    """The claim and the turn's _prepare in one thread hop: the claim commits first (its own
+    transaction), then what _prepare returns, or the exception it raised for the runner to raise."""
+    claim = turn_claim(session_pk=session_pk, worker=worker)
+    if claim is None:
+        return None, None
+    try:
+        return claim, _prepare(claim.app_id, claim.agent_id, claim.session_pk, RECAP_MAX_ITEMS)
+    except Exception as exc:  # noqa: BLE001 - re-raised by TurnRunner._setup, where it was raised before
+        return claim, exc
+
+
 def _invoke_and_record_sync(
-    *, turn_pk: int, before: list[tuple[str, dict]] | None = None, **kwargs: Any
+    *, turn_pk: int, before: list[tuple[str, dict]] | None = None, prelude: list[Callable[[], Any]] = (),
+    **kwargs: Any,
 ) -> tuple[dict, Message | None]:
     call = kwargs["call"]
     secrets = kwargs["app"].secret_values
+    link = (kwargs["claim"].correlation_id, kwargs["claim"].session_pk)
     if kwargs["approval_request_id"] is None:
         # A call resumed after its approval had its tool_start before the request.
         turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}],
-                    before=before)
+                        before=before, link=link, prelude=prelude)
     outcome = _invoke_sync(**kwargs)
     if outcome["status"] == "wait":
         turn_record_wait(turn_pk=turn_pk, call_id=call["id"], wait=outcome["wait"])
@@ -651,6 +721,6 @@ def _invoke_and_record_sync(
         return outcome, None
     message = turn_record_result(
         turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=mask_secrets(outcome["result"], secrets),
-        params=mask_secrets(call["params"], secrets),
+        params=mask_secrets(call["params"], secrets), link=link,
     )
     return outcome, message

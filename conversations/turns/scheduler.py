@@ -13,8 +13,8 @@ import logging
 
 from conversations.events import db, error_data
 from conversations.models import Turn
-from conversations.turns.runner import WORKER_ID, TurnRunner
-from conversations.turns.state import turn_claim, turn_emit, turn_finish_and_peek, turns_recoverable
+from conversations.turns.runner import WORKER_ID, TurnRunner, claim_and_prepare
+from conversations.turns.state import turn_emit, turn_finish_and_peek, turns_recoverable
 from conversations.turns.wakeup import _tasks, forgotten_when_done, schedule_advance, start_task, track
 
 log = logging.getLogger("digitorn.engine")
@@ -69,13 +69,15 @@ async def advance_session(*, session_pk: int) -> None:
     try:
         while True:
             _again.discard(session_pk)
-            claim = await db(turn_claim)(session_pk=session_pk, worker=WORKER_ID)
+            # The claim and the turn's preparation (app, agent, transcript, tools) in one thread hop.
+            claim, prepared = await db(claim_and_prepare)(session_pk=session_pk, worker=WORKER_ID)
             if claim is None:
                 if session_pk in _again:
                     continue
                 return
+            runner = None
             try:
-                runner = TurnRunner(claim, compacted_upto=_compacted.get(session_pk, 0))
+                runner = TurnRunner(claim, compacted_upto=_compacted.get(session_pk, 0), prepared=prepared)
                 await runner.run()
                 if runner.compacted_upto:
                     _compacted.pop(session_pk, None)
@@ -92,7 +94,8 @@ async def advance_session(*, session_pk: int) -> None:
             except Exception as exc:  # noqa: BLE001 - a bug must end the turn, not wedge the queue
                 log.exception("turn %s failed", claim.correlation_id)
                 try:
-                    await db(turn_emit)(
+                    # Writes the runner had decided (its reply asking for tools) go first, as they did.
+                    await (runner.deferred_db(turn_emit) if runner is not None else db(turn_emit))(
                         turn_pk=claim.turn_pk,
                         type="error",
                         data=error_data(f"internal error: {exc}", kind="internal", correlation_id=claim.correlation_id),

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
@@ -151,16 +152,20 @@ def lock_session(session_pk: int) -> None:
     deadlocking on PostgreSQL, and NO KEY UPDATE does not conflict with the KEY SHARE locks that
     inserting a Message, Event or Turn row takes on the session it references.
     """
-    fastsql.session_get(session_pk, lock=True)
+    if connection.features.has_select_for_update:
+        # SQLite has no row locks: its IMMEDIATE transaction holds the database's write lock already,
+        # so the read would only cost a statement.
+        fastsql.session_get(session_pk, lock=True)
 
 
 def _turn_session_pk(turn_pk: int) -> int | None:
     return fastsql.turn_session_pk(turn_pk)
 
 
-def _lock_turn(turn_pk: int) -> Turn | None:
-    """The turn with its session, both locked (session first: see lock_session)."""
-    session_pk = _turn_session_pk(turn_pk)
+def _lock_turn(turn_pk: int, session_pk: int | None = None) -> Turn | None:
+    """The turn with its session, both locked (session first: see lock_session); ``session_pk``:
+    the turn's session when the caller knows it (a turn never changes session)."""
+    session_pk = session_pk or _turn_session_pk(turn_pk)
     if session_pk is None:
         return None
     session = fastsql.session_get(session_pk, lock=True)
@@ -179,7 +184,8 @@ def _locked_turn(turn_pk: int) -> Turn:
 
 
 def turn_record_reply(
-    *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None
+    *, turn_pk: int, text: str, tool_calls: list[dict], usage: dict | None = None, sealed: dict | None = None,
+    message: Message | None = None, session_pk: int | None = None,
 ) -> Message:
     """The model's reply that asks for tools: the assistant message (each call's `tool_start` is
     emitted right before it runs, see turn_tool_start).
@@ -187,10 +193,13 @@ def turn_record_reply(
     ``tool_calls`` and ``text`` arrive masked (no secret value in the transcript or the events);
     ``sealed`` maps a call id to its parameters in sealed form (``tooling.services.seal_secrets``)
     for the calls whose parameters held a secret: a resumed turn unseals them to run the call.
-    Returns the message so the runner can extend its in-memory transcript instead of re-reading it.
+    Returns the message so the runner can extend its in-memory transcript instead of re-reading it;
+    ``message``: the unsaved instance to write (the runner's transcript already holds it, it gets
+    its pk here), with ``session_pk`` the turn's session (known to the runner: no read for it).
+    Inside a caller's transaction it joins it (the runner writes it with the calls' tool_start).
     """
-    with transaction.atomic():
-        session_pk = _turn_session_pk(turn_pk)
+    with transaction.atomic(savepoint=False):
+        session_pk = session_pk or _turn_session_pk(turn_pk)
         if session_pk is None:
             raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
         lock_session(session_pk)  # before the turn row: the one lock order (see lock_session)
@@ -205,18 +214,19 @@ def turn_record_reply(
             # Only the latest reply's calls can still be unanswered: older entries are dropped.
             Turn.objects.filter(pk=turn_pk).update(state={**(turn.state or {}), "sealed": sealed})
         session = Session(pk=session_pk)
-        message = fastsql.insert(Message(
-            session=session,
-            role=Message.Role.ASSISTANT,
-            content=text or "",
-            tool_calls=tool_calls,
-            correlation_id=correlation_id,
-        ))
+        if message is None:
+            message = Message(role=Message.Role.ASSISTANT, content=text or "", tool_calls=tool_calls)
+        message.session = session
+        message.correlation_id = correlation_id
+        fastsql.insert(message)
     return message
 
 
-def _turn_link(turn_pk: int) -> tuple[str, Session]:
-    """The turn's correlation id and its session (a bare instance: only its pk is read)."""
+def _turn_link(turn_pk: int, link: tuple[str, int] | None = None) -> tuple[str, Session]:
+    """The turn's correlation id and its session (a bare instance: only its pk is read); ``link``:
+    ``(correlation_id, session pk)`` when the caller holds them (the runner's claim), read otherwise."""
+    if link is not None:
+        return link[0], Session(pk=link[1])
     row = fastsql.turn_link(turn_pk)
     if row is None:
         raise Turn.DoesNotExist(f"turn {turn_pk} is gone")
@@ -224,14 +234,24 @@ def _turn_link(turn_pk: int) -> tuple[str, Session]:
     return correlation_id, Session(pk=session_pk)
 
 
-def turn_tool_start(*, turn_pk: int, calls: list[dict], before: list[tuple[str, dict]] | None = None) -> None:
+def turn_tool_start(
+    *, turn_pk: int, calls: list[dict], before: list[tuple[str, dict]] | None = None,
+    link: tuple[str, int] | None = None, prelude: Sequence[Callable[[], Any]] = (),
+) -> None:
     """`tool_start` ``{id, name, params}`` for calls about to run, committed before they do; ``before``:
-    carried progress events (the reply's `stream_done`, `status {tool}`) appended first, in one batch."""
+    carried progress events (the reply's `stream_done`, `status {tool}`) appended first, in one batch.
+    ``prelude``: writes decided before (the reply asking for these calls, their started marks), made
+    in this transaction first: all of them are committed before the calls run, or none is."""
     with transaction.atomic():
-        correlation_id, session = _turn_link(turn_pk)
+        for write in prelude:
+            write()
+        correlation_id, session = _turn_link(turn_pk, link)
         starts = [("tool_start", {"id": call["id"], "name": call["name"], "params": call.get("params") or {}})
                   for call in calls]
-        append_carried(session=session, events=[*(before or ()), *starts], correlation_id=correlation_id)
+        try:
+            append_carried(session=session, events=[*(before or ()), *starts], correlation_id=correlation_id)
+        except Session.DoesNotExist as exc:  # the turn went with its session
+            raise Turn.DoesNotExist(f"turn {turn_pk} is gone") from exc
 
 
 # A `tool_call` event previews the tool's data; the full result is the tool message (history).
@@ -257,11 +277,24 @@ def tool_call_data(*, call_id: str, name: str, params: dict | None, result: dict
     }
 
 
-def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict, params: dict | None = None) -> Message:
+def turn_record_result(
+    *, turn_pk: int, call_id: str, name: str, result: dict, params: dict | None = None,
+    link: tuple[str, int] | None = None,
+) -> Message:
     """One tool result: the tool message for the model and the `tool_call` event for streams."""
     content = json.dumps(result, default=str)  # outside the transaction: it holds the write lock
+    events = [("tool_call", tool_call_data(call_id=call_id, name=name, params=params, result=result))]
+    if name.startswith("memory.") and result.get("success"):
+        # The original's clients refresh their goal / task / fact panels on `memory_update`.
+        events.append(("memory_update",
+                       {"action": name.split(".", 1)[1], "tool": name, "id": call_id, "params": params or {}}))
     with transaction.atomic():
-        correlation_id, session = _turn_link(turn_pk)
+        correlation_id, session = _turn_link(turn_pk, link)
+        # The events first: their seq reservation is what finds a session deleted meanwhile.
+        try:
+            append_carried(session=session, events=events, correlation_id=correlation_id)
+        except Session.DoesNotExist as exc:  # the turn went with its session
+            raise Turn.DoesNotExist(f"turn {turn_pk} is gone") from exc
         message = fastsql.insert(Message(
             session=session,
             role=Message.Role.TOOL,
@@ -270,20 +303,6 @@ def turn_record_result(*, turn_pk: int, call_id: str, name: str, result: dict, p
             name=name,
             correlation_id=correlation_id,
         ))
-        event_append(
-            session=session,
-            type="tool_call",
-            data=tool_call_data(call_id=call_id, name=name, params=params, result=result),
-            correlation_id=correlation_id,
-        )
-        if name.startswith("memory.") and result.get("success"):
-            # The original's clients refresh their goal / task / fact panels on `memory_update`.
-            event_append(
-                session=session,
-                type="memory_update",
-                data={"action": name.split(".", 1)[1], "tool": name, "id": call_id, "params": params or {}},
-                correlation_id=correlation_id,
-            )
     return message
 
 
@@ -295,7 +314,7 @@ def turn_calls_started(*, turn_pk: int, call_ids: list[str]) -> None:
     """
     if not call_ids:
         return
-    with transaction.atomic():
+    with transaction.atomic(savepoint=False):  # joins a caller's transaction (turn_tool_start's prelude)
         turn = _locked_turn(turn_pk)
         state = dict(turn.state or {})
         state["started_calls"] = {**state.get("started_calls", {}), **{cid: timezone.now().timestamp() for cid in call_ids}}
@@ -434,6 +453,7 @@ def turn_finish_and_peek(
     usage: dict | None = None,
     error: str | None = None,
     events: list[tuple[str, dict]] | None = None,
+    session_pk: int | None = None,
 ) -> tuple[dict | None, bool]:
     """End the turn: final assistant message, `notification_result` (notification turns) and the
     turn's one `result` event, the last of the turn; returns the `result` payload (None when the
@@ -447,7 +467,7 @@ def turn_finish_and_peek(
     them (the runner's transcript); None makes this read them from the database.
     """
     with transaction.atomic():
-        turn = _lock_turn(turn_pk)
+        turn = _lock_turn(turn_pk, session_pk)
         if turn is None or turn.status in (Turn.Status.DONE, Turn.Status.FAILED, Turn.Status.CANCELLED):
             return None, False
         session = turn.session
@@ -514,18 +534,20 @@ def turn_finish_and_peek(
         turn.lease_owner = ""
         turn.lease_expires_at = None
         fastsql.update(turn, ["result", "status", "finished_at", "lease_owner", "lease_expires_at", "turns_used"])
-        # The last model call's in/out_token and stream_done, `status {phase: done}`, turn_end hooks.
-        append_carried(session=session, events=events, correlation_id=turn.correlation_id)
+        # The last model call's in/out_token and stream_done, `status {phase: done}`, turn_end hooks,
+        # then the end events: one seq reservation and one INSERT for them all.
+        ending = list(events or ())
         if turn.kind == Turn.Kind.NOTIFICATION:
-            event_append(session=session, type="notification_result", data=payload, correlation_id=turn.correlation_id)
+            ending.append(("notification_result", payload))
         # A delegated run ends with `agent_result` on its parent's stream: that stream's `result` stays
         # the end of the turn its client is waiting for.
         end_type = "agent_result" if session.parent_id else "result"
         if end_type == "agent_result":
             payload = {**payload, "status": "cancelled" if cancelled else "failed" if failed else "completed"}
-            event_append(session=session, type="agent_event", correlation_id=turn.correlation_id,
-                         data=agent_event_data(payload["status"], agent_id=turn.agent_id, task_id=turn.correlation_id))
-        event_append(session=session, type=end_type, data=payload, correlation_id=turn.correlation_id)
+            ending.append(("agent_event", agent_event_data(payload["status"], agent_id=turn.agent_id,
+                                                           task_id=turn.correlation_id)))
+        ending.append((end_type, payload))
+        append_carried(session=session, events=ending, correlation_id=turn.correlation_id)
         if cancelled or failed:
             # The runs this turn delegated stop with it (each cascades to its own).
             cancel_runs_on_commit(active_runs(turn))

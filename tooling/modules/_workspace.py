@@ -30,6 +30,14 @@ _SYSTEM_DIRS = tuple(
     for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run",
               "/sbin", "/sys", "/usr", "/var/lib", "/var/run", "/var/log")
 )
+_SYSTEM_STRINGS = frozenset(str(p) for p in _SYSTEM_DIRS)
+_SYSTEM_PREFIXES = tuple(f"{p}/" for p in _SYSTEM_DIRS)
+
+
+def _within(path: str, base: str) -> bool:
+    """``Path(path).is_relative_to(base)`` for absolute, normalised paths (realpath's output), as a
+    string test: the Path form cost more than the rest of a workspace check together."""
+    return path == base or path.startswith(base if base.endswith("/") else base + "/")
 
 
 def default_workspace(app_id: str) -> Path:
@@ -48,26 +56,42 @@ def module_workspace(module) -> Path:
     return root
 
 
+_data_dir_memo: tuple[str, Path] | None = None
+
+
+def real_data_dir() -> Path:
+    """The daemon's data dir with its links resolved, memoised per value of the setting: the daemon
+    owns that folder and does not re-link it while it runs (every tool call asked for it, one to
+    three times, each a realpath walking every component)."""
+    global _data_dir_memo
+    configured = str(settings.DATA_DIR)
+    memo = _data_dir_memo
+    if memo is None or memo[0] != configured:
+        memo = _data_dir_memo = (configured, Path(os.path.realpath(configured)))
+    return memo[1]
+
+
 def workspace_root(app_id: str, configured: str | None) -> Path:
     """The real, existing workspace folder for an app (created when it is the default one)."""
-    data_dir = Path(os.path.realpath(settings.DATA_DIR))
+    data_dir = real_data_dir()
     if configured:
         root = Path(os.path.realpath(os.path.expanduser(str(configured))))
     else:
         root = Path(os.path.realpath(default_workspace(app_id)))
         root.mkdir(parents=True, exist_ok=True)
-    own = Path(os.path.realpath(default_workspace(app_id)))
-    if root.is_relative_to(data_dir) and not root.is_relative_to(own):
+    real = str(root)
+    # The app's own folder, only needed (and resolved) for a root inside the data dir.
+    if _within(real, str(data_dir)) and not _within(real, os.path.realpath(default_workspace(app_id))):
         raise ToolError(
             f"config.workspace: '{configured}' is inside the daemon's data dir; use a folder outside "
             f"{data_dir} or leave workspace unset for the app's own folder."
         )
-    if root == Path("/") or any(root == p or root.is_relative_to(p) for p in _SYSTEM_DIRS):
+    if real == "/" or real.startswith(_SYSTEM_PREFIXES) or real in _SYSTEM_STRINGS:
         # A workspace is read-write for tools and bound read-write into the shell's sandbox.
         raise ToolError(
             f"config.workspace: '{configured}' is a system folder ({root}); give the app a folder of its own."
         )
-    if not root.is_dir():
+    if not os.path.isdir(real):
         raise ToolError(
             f"config.workspace: '{configured}' does not exist or is not a folder; create it first."
         )
@@ -76,7 +100,7 @@ def workspace_root(app_id: str, configured: str | None) -> Path:
 
 def is_protected(path: Path, root: Path) -> bool:
     """True for paths inside the daemon's data dir that are not inside this workspace's own folder."""
-    data_dir = Path(os.path.realpath(settings.DATA_DIR))
+    data_dir = real_data_dir()
     if root.is_relative_to(data_dir):
         # The workspace is the app's own folder under the data dir: containment already applies.
         return False
@@ -160,12 +184,12 @@ class Beneath:
         self.root = root
         self.fd = os.open(root, _DIR_FLAGS)
         self._fds: list[int] = []
-        data_dir = Path(os.path.realpath(settings.DATA_DIR))
+        data_dir = real_data_dir()
         try:
             st = os.stat(data_dir)
             # A workspace inside the data dir is the app's own folder (workspace_root checks), and
             # a walk never climbs above the workspace, so only a data dir below it needs hiding.
-            self.data_dir_id = None if root.is_relative_to(data_dir) else (st.st_dev, st.st_ino)
+            self.data_dir_id = None if _within(str(root), str(data_dir)) else (st.st_dev, st.st_ino)
         except OSError:
             self.data_dir_id = None
 
