@@ -178,7 +178,7 @@ async def _turn_frames(
 # --- POST /{app}/chat/stream -------------------------------------------------------------------
 
 
-@async_endpoint({"POST": "apps:run"}, body=s.ChatSerializer)
+@async_endpoint({"POST": "apps:run"}, body=s.ChatSerializer, lean_request=True)
 async def chat_stream(request: HttpRequest, principal: Principal, app_id: str, body: dict) -> HttpResponse:
     enqueued, limit = await accept(app_id, principal, body)
     start(enqueued)
@@ -263,7 +263,7 @@ async def _session_frames(
         _guards.discard(guard)
 
 
-@async_endpoint({"GET": "apps:read"}, allow_query_token=True)
+@async_endpoint({"GET": "apps:read"}, allow_query_token=True, lean_request=True)
 async def session_events(request: HttpRequest, principal: Principal, app_id: str, session_id: str) -> HttpResponse:
     cursor = _cursor(request)
     await db(app_exists)(app_id=app_id)
@@ -288,7 +288,7 @@ async def session_events(request: HttpRequest, principal: Principal, app_id: str
 # --- POST /{app}/notifications ----------------------------------------------------------------
 
 
-@async_endpoint({"POST": "apps:run"})
+@async_endpoint({"POST": "apps:run"}, lean_request=True)
 async def notifications_drain(request: HttpRequest, principal: Principal, app_id: str) -> HttpResponse:
     data = request_json(request)
     if isinstance(data, dict) and "session_id" not in data and request.GET.get("session_id"):
