@@ -27,6 +27,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -36,14 +37,23 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import django
 import httpx
 import pytest
 import yaml
+from django.apps import apps as django_apps
 from django.test import Client, override_settings
 
-from apps_registry import services as registry
-from digitorn_site.errors import NotFoundError
-from tests import helpers
+if not django_apps.ready:
+    # Imported by a bench script (bench/*.py reuse start_daemon), not by pytest (pytest-django sets
+    # Django up before any conftest): set it up here, on a throwaway data dir of the bench's own.
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
+    os.environ.setdefault("DIGITORN_DATA_DIR", tempfile.mkdtemp(prefix="digitorn-bench-"))
+    django.setup()
+
+from apps_registry import services as registry  # noqa: E402
+from digitorn_site.errors import NotFoundError  # noqa: E402
+from tests import helpers  # noqa: E402
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CLI = [sys.executable, "-m", "digitorn_site.cli.main"]
