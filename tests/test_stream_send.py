@@ -1,0 +1,138 @@
+"""The API handler's streaming send (digitorn_site.asgi) and the ASGI worker's access lines
+(digitorn_site.cli.asgi_worker): leaner than Django's and Twisted's own, and the same on the wire."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+
+import pytest
+from asgiref.sync import async_to_sync
+from django.core.handlers.asgi import ASGIHandler
+from django.http import StreamingHttpResponse
+
+from digitorn_site import asgi
+
+
+def _frames(closed: list[str]):
+    async def frames():
+        try:
+            yield "event: connected\ndata: {\"é\": 1}\n\n"
+            yield b": ping\n\n"
+            yield ""
+            yield "x" * (ASGIHandler.chunk_size * 2 + 5)  # cut into three body messages, as Django cuts it
+            yield memoryview(b"data: end\n\n")
+        finally:
+            closed.append("closed")
+
+    return frames()
+
+
+def _response(stream) -> StreamingHttpResponse:
+    response = StreamingHttpResponse(stream, content_type="text/event-stream")
+    response["Cache-Control"] = "no-cache"
+    response["X-Accel-Buffering"] = "no"
+    response["X-RateLimit-Remaining"] = "59"
+    response.set_cookie("c", "v")
+    return response
+
+
+async def _sent(handler_send, response) -> list[dict]:
+    sent: list[dict] = []
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    await handler_send(response, send)
+    return sent
+
+
+def test_stream_sends_what_django_sends():
+    ours, django = [], []
+    ours_sent = async_to_sync(_sent)(asgi.api_asgi_app._send_stream, _response(_frames(ours)))
+    django_sent = async_to_sync(_sent)(
+        lambda r, s: ASGIHandler.send_response(asgi.api_asgi_app, r, s), _response(_frames(django))
+    )
+    assert ours_sent == django_sent
+    assert [m.get("body") for m in ours_sent[1:]][:3] == [
+        'event: connected\ndata: {"é": 1}\n\n'.encode(), b": ping\n\n", b""
+    ]
+    assert len(ours_sent) == 1 + 7 + 1 and ours_sent[-1] == {"type": "http.response.body"}
+    assert ours == ["closed"]
+
+
+def test_the_stream_views_response_takes_the_lean_send_and_others_do_not():
+    assert asgi._streams_directly(_response(_frames([])))
+    assert not asgi._streams_directly(StreamingHttpResponse(iter([b"a"])))  # a sync iterator: Django's way
+
+
+def test_a_failed_send_closes_the_stream_at_once():
+    closed: list[str] = []
+
+    async def run() -> None:
+        count = 0
+
+        async def send(message: dict) -> None:
+            nonlocal count
+            count += 1
+            if count == 3:  # the client is gone on the second frame
+                raise OSError("connection lost")
+
+        with pytest.raises(OSError):
+            await asgi.api_asgi_app._send_stream(_response(_frames(closed)), send)
+
+    async_to_sync(run)()
+    assert closed == ["closed"]  # the generator's finally ran (a stream's guard is dropped)
+
+
+def test_a_cancelled_stream_is_closed():
+    closed: list[str] = []
+
+    async def run() -> None:
+        async def frames():
+            try:
+                yield "a"
+                await asyncio.Event().wait()
+                yield "b"
+            finally:
+                closed.append("closed")
+
+        async def send(message: dict) -> None:
+            pass
+
+        task = asyncio.ensure_future(asgi.api_asgi_app._send_stream(_response(frames()), send))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    async_to_sync(run)()
+    assert closed == ["closed"]
+
+
+class _Server:
+    def __init__(self, verbosity: int):
+        self.verbosity = verbosity
+
+
+@pytest.mark.parametrize("verbosity, written", [(1, False), (2, True)])
+def test_twisted_access_line_only_where_it_goes_somewhere(verbosity, written):
+    """Daphne discards Twisted's log at verbosity <= 1: its combined-log line is not even built then;
+    above, it is written as before (and Python logging's RedactFilter sees it)."""
+    from daphne.http_protocol import HTTPFactory
+
+    from digitorn_site.cli import asgi_worker
+
+    formatted: list[object] = []
+
+    def formatter(timestamp, request) -> str:
+        formatted.append(request)
+        return "line"
+
+    factory = HTTPFactory(_Server(verbosity))
+    factory._logFormatter = formatter
+    factory._logDateTime = "now"
+    factory._logFile = io.StringIO()
+    asgi_worker._twisted_access_line(factory, "request")
+    assert (formatted == ["request"]) is written
+    assert factory._logFile.getvalue() == ("line\n" if written else "")
