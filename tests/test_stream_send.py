@@ -136,3 +136,52 @@ def test_twisted_access_line_only_where_it_goes_somewhere(verbosity, written):
     asgi_worker._twisted_access_line(factory, "request")
     assert (formatted == ["request"]) is written
     assert factory._logFile.getvalue() == ("line\n" if written else "")
+
+
+# --- the turn-taking endpoints' bodies share one set of fields (digitorn_site.api.asyncviews) ---
+
+
+def _outcome(serializer_class, data):
+    from digitorn_site.api.base import parse
+    from digitorn_site.errors import DigitornError
+
+    try:
+        return "ok", parse(serializer_class, data)
+    except DigitornError as exc:
+        return type(exc).__name__, str(exc), exc.details
+
+
+def test_shared_fields_validate_as_the_serializer_does():
+    from conversations.api import serializers as s
+    from digitorn_site.api.asyncviews import _shared_fields
+
+    image = {"data": "aGVsbG8=", "mime": "image/png", "name": "a.png"}
+    bodies = [
+        {"session_id": "s1", "message": "hi"},
+        {"session_id": "s1", "message": "hi", "images": [image], "queue_mode": "wait", "client_message_id": "c"},
+        {"message": "no session"},
+        {"session_id": "s1", "message": 3},
+        {"session_id": "s1", "message": "hi", "queue_mode": "later"},
+        {"session_id": "s1", "message": "hi", "images": [{"data": "!!", "mime": "image/png"}, "x"]},
+        {"session_id": "s1", "message": "hi", "images": [{"data": "aGVsbG8=", "mime": "audio/wav"}]},
+        {"session_id": "s1", "message": "hi", "images": [image] * 11},
+        [1, 2],
+        {"session_id": "s1", "message": "again"},  # after the failures: nothing of them left behind
+    ]
+    for serializer_class in (s.ChatSerializer, s.MessageSerializer, s.RunSerializer):
+        shared = _shared_fields(serializer_class)
+        for body in bodies + [{"input": "x", "input_type": "json"}, {"input": "x", "input_type": "?"}]:
+            assert _outcome(shared, body) == _outcome(serializer_class, body), (serializer_class, body)
+    ok = _outcome(_shared_fields(s.ChatSerializer), bodies[1])
+    assert ok[0] == "ok" and ok[1]["images"] == [image] and ok[1]["queue_mode"] == "wait"
+    default = _outcome(_shared_fields(s.ChatSerializer), bodies[0])[1]
+    assert default["images"] == [] and default["images"] is not _outcome(_shared_fields(s.ChatSerializer), bodies[0])[1]["images"]
+
+
+def test_shared_fields_are_built_once():
+    from conversations.api import serializers as s
+    from digitorn_site.api.asyncviews import _shared_fields
+
+    shared = _shared_fields(s.ChatSerializer)
+    assert shared(data={}).fields is shared(data={}).fields
+    assert s.ChatSerializer(data={}).fields is not s.ChatSerializer(data={}).fields
