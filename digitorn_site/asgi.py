@@ -130,7 +130,10 @@ class ApiASGIHandler(ASGIHandler):
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self.listen_for_disconnect(receive))
                         response = await self.run_get_response(request)
-                        await ASGIHandler.send_response(self, response, send)
+                        if _streams_directly(response):
+                            await self._send_stream(response, send)
+                        else:
+                            await ASGIHandler.send_response(self, response, send)
                         raise RequestProcessed
                 except* (RequestProcessed, RequestAborted):
                     pass

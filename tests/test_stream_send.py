@@ -7,7 +7,7 @@ import asyncio
 import io
 
 import pytest
-from asgiref.sync import async_to_sync
+from asgiref.sync import ThreadSensitiveContext, async_to_sync
 from django.core.handlers.asgi import ASGIHandler
 from django.http import StreamingHttpResponse
 
@@ -185,3 +185,50 @@ def test_shared_fields_are_built_once():
     shared = _shared_fields(s.ChatSerializer)
     assert shared(data={}).fields is shared(data={}).fields
     assert s.ChatSerializer(data={}).fields is not s.ChatSerializer(data={}).fields
+
+
+def test_the_lean_request_path_streams_through_the_lean_send(monkeypatch):
+    """The SSE views are lean requests (``_handle_lean``): their stream goes through ``_send_stream``,
+    not Django's send_response, and arrives whole."""
+    from django.urls import ResolverMatch
+
+    closed: list[str] = []
+    djangos: list[object] = []
+    original = ASGIHandler.send_response
+
+    async def recording(self, response, send):
+        djangos.append(response)
+        return await original(self, response, send)
+
+    monkeypatch.setattr(ASGIHandler, "send_response", recording)
+
+    async def view(request):
+        return _response(_frames(closed))
+
+    async def run() -> list[dict]:
+        sent: list[dict] = []
+        pending = [{"type": "http.request", "body": b"", "more_body": False}]
+
+        async def receive() -> dict:
+            if pending:
+                return pending.pop()
+            await asyncio.Event().wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET",
+            "scheme": "http", "path": "/api/x", "raw_path": b"/api/x", "query_string": b"", "root_path": "",
+            "headers": [(b"host", b"testserver")], "client": ("127.0.0.1", 50000), "server": ("testserver", 80),
+        }
+        async with ThreadSensitiveContext():  # as ApiASGIHandler.__call__ enters it
+            await asgi.api_asgi_app._handle_lean(scope, receive, send, ResolverMatch(view, (), {}))
+        return sent
+
+    sent = async_to_sync(run)()
+    assert djangos == []
+    assert sent[0]["status"] == 200 and (b"Content-Type", b"text/event-stream") in sent[0]["headers"]
+    assert b"".join(m.get("body", b"") for m in sent[1:]).startswith(b"event: connected\n")
+    assert sent[-1] == {"type": "http.response.body"} and closed == ["closed"]
