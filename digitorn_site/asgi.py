@@ -7,8 +7,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
 import asyncio  # noqa: E402
+import inspect  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
-from contextlib import closing  # noqa: E402
+from contextlib import aclosing, closing  # noqa: E402
 
 from asgiref.sync import SyncToAsync, ThreadSensitiveContext, sync_to_async  # noqa: E402
 from channels.routing import ProtocolTypeRouter  # noqa: E402  (needs Django set up first)
@@ -18,6 +19,7 @@ from django.core import signals  # noqa: E402
 from django.core.exceptions import RequestAborted  # noqa: E402
 from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
 from django.db import connections  # noqa: E402
+from django.http import StreamingHttpResponse  # noqa: E402
 from django.urls import Resolver404, get_resolver, set_script_prefix  # noqa: E402
 
 
@@ -128,7 +130,10 @@ class ApiASGIHandler(ASGIHandler):
                     async with asyncio.TaskGroup() as tg:
                         tg.create_task(self.listen_for_disconnect(receive))
                         response = await self.run_get_response(request)
-                        await ASGIHandler.send_response(self, response, send)
+                        if _streams_directly(response):
+                            await self._send_stream(response, send)
+                        else:
+                            await ASGIHandler.send_response(self, response, send)
                         raise RequestProcessed
                 except* (RequestProcessed, RequestAborted):
                     pass
@@ -153,12 +158,63 @@ class ApiASGIHandler(ASGIHandler):
             return await super().send_response(response, send)
         context = _release_request_thread()
         try:
+            if _streams_directly(response):
+                return await self._send_stream(response, send)
             return await super().send_response(response, send)
         finally:
             # Closing the response (request_finished's receivers) is thread-sensitive work: borrow
             # a thread again for it (unless a call during the stream already made one).
             if context is not None and context not in SyncToAsync.context_to_thread_executor:
                 SyncToAsync.context_to_thread_executor[context] = _request_threads.acquire()
+
+    async def _send_stream(self, response, send) -> None:
+        """Django's ``send_response`` of a streaming response over an async generator, minus two
+        layers per frame: Django's ``__aiter__`` and ``streaming_content`` wrappers (two generator
+        hops, and the charset looked up in the headers and settings for every frame). Same messages:
+        the start with the same headers, each part as its own body message (cut at ``chunk_size`` as
+        Django cuts it), then the empty final one; the generator is closed (aclosing) when the send
+        fails or the client goes away, as Django does."""
+        await send({"type": "http.response.start", "status": response.status_code, "headers": _headers(response)})
+        charset = response.charset  # the headers are sent: it cannot change now
+        chunk_size = self.chunk_size
+        async with aclosing(response._iterator) as parts:
+            async for part in parts:
+                if isinstance(part, str):
+                    chunk = part.encode(charset)
+                elif isinstance(part, (bytes, memoryview)):
+                    chunk = bytes(part)
+                else:
+                    chunk = str(part).encode(charset)
+                if len(chunk) <= chunk_size:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                else:
+                    for piece, _ in self.chunk_bytes(chunk):
+                        await send({"type": "http.response.body", "body": piece, "more_body": True})
+        await send({"type": "http.response.body"})
+
+
+def _streams_directly(response) -> bool:
+    """A streaming response over an async generator (the SSE views'): sent by ``_send_stream``.
+    Anything else (a sync iterator, a file) goes Django's way."""
+    return (
+        type(response) is StreamingHttpResponse
+        and response.is_async
+        and inspect.isasyncgen(getattr(response, "_iterator", None))
+    )
+
+
+def _headers(response) -> list[tuple[bytes, bytes]]:
+    """The start message's headers, built as Django's ``send_response`` builds them."""
+    headers = []
+    for header, value in response.items():
+        if isinstance(header, str):
+            header = header.encode("ascii")
+        if isinstance(value, str):
+            value = value.encode("latin1")
+        headers.append((bytes(header), bytes(value)))
+    for c in response.cookies.values():
+        headers.append((b"Set-Cookie", c.OutputString().encode("ascii")))
+    return headers
 
 
 def _release_request_thread() -> ThreadSensitiveContext | None:
