@@ -753,7 +753,7 @@ def events_min_seq(session_pk: int) -> int | None:
     return None if value is None else int(value)
 
 
-# --- acc ------------------------------------------------------------------------------------------
+# --- message accept (one statement finds and touches a session) ---------------------------------
 
 
 @_statement
