@@ -12,6 +12,7 @@ from asgiref.sync import async_to_sync
 from conversations import services
 from conversations.models import Event, Message, Session, Turn
 from conversations.turns import scheduler as engine
+from conversations.turns import state as turn_state
 from tests.helpers import ADMIN_KEY, admin_client, deploy, make_workspace
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -227,7 +228,7 @@ def test_cycle_at_run_time_is_a_clear_tool_error(ws):
     assert inner["success"] is False
     assert "delegation cycle: coordinator -> writer -> coordinator" in inner["error"]
     assert "writer got:" in writer.result["content"]
-    assert not Turn.objects.filter(status__in=services.ACTIVE).exists()
+    assert not Turn.objects.filter(status__in=turn_state.ACTIVE).exists()
 
 
 def test_depth_and_fan_out_limits(ws):
@@ -295,7 +296,7 @@ def test_a_parent_turn_ending_cancelled_cancels_its_runs(ws):
     parent = Turn.objects.get(correlation_id=enq.correlation_id)
     child = Turn.objects.get(parent_turn=parent)
     # What the engine does when the parent's runner stops on a cancel (or fails).
-    services.turn_finish_and_peek(turn_pk=parent.pk, content="Cancelled by the user.", cancelled=True)
+    turn_state.turn_finish_and_peek(turn_pk=parent.pk, content="Cancelled by the user.", cancelled=True)
     child.refresh_from_db()
     assert child.cancel_requested is True
     run(child.session_id)
@@ -416,10 +417,10 @@ def test_a_parent_whose_wake_up_was_lost_is_recovered(ws):
     run(enq.session_pk)
     parent = Turn.objects.get(correlation_id=enq.correlation_id)
     child = Turn.objects.get(parent_turn=parent)
-    assert enq.session_pk not in services.turns_recoverable()
+    assert enq.session_pk not in turn_state.turns_recoverable()
     # The run ends while no event loop runs here (as if its worker died before waking the parent).
-    services.turn_finish_and_peek(turn_pk=child.pk, content="the waiter's answer")
-    assert enq.session_pk in services.turns_recoverable()
+    turn_state.turn_finish_and_peek(turn_pk=child.pk, content="the waiter's answer")
+    assert enq.session_pk in turn_state.turns_recoverable()
     run(enq.session_pk)
     result = result_of(enq)
     assert result is not None and "the waiter's answer" in result["content"]
@@ -503,9 +504,9 @@ def test_a_wait_with_a_timeout_answers_still_running(ws):
     run(enq.session_pk)
     parent = Turn.objects.get(correlation_id=enq.correlation_id)
     assert parent.status == Turn.Status.WAITING_APPROVAL and parent.state["waits"]["call_0_0"]["deadline"]
-    assert enq.session_pk not in services.turns_recoverable()
+    assert enq.session_pk not in turn_state.turns_recoverable()
     time.sleep(1.2)
-    assert enq.session_pk in services.turns_recoverable()
+    assert enq.session_pk in turn_state.turns_recoverable()
     run(enq.session_pk)
     result = result_of(enq)
     assert result is not None and '"status":"waiting_approval"' in result["content"] and "wait again" in result["content"]

@@ -11,6 +11,7 @@ from asgiref.sync import async_to_sync
 from apps_registry import services as registry
 from conversations import services
 from conversations.models import Event, Message, Session, Turn
+from conversations.turns import state as turn_state
 from conversations.turns.scheduler import advance_session
 from tests.helpers import deploy, make_workspace, scripted_manifest
 
@@ -225,12 +226,12 @@ def test_resume_after_a_crashed_worker(ws):
 
     deploy(scripted_manifest("eng", ws, [{"steps": [{"call": "filesystem.ls", "params": {"path": "."}}, {"say": "finished"}]}]))
     enq = send("eng", "go")
-    claim = services.turn_claim(session_pk=enq.session_pk, worker="dead-worker")
+    claim = turn_state.turn_claim(session_pk=enq.session_pk, worker="dead-worker")
     assert claim is not None
     # Another worker cannot take it while the lease is valid ...
-    assert services.turn_claim(session_pk=enq.session_pk, worker="other") is None
+    assert turn_state.turn_claim(session_pk=enq.session_pk, worker="other") is None
     Turn.objects.filter(pk=claim.turn_pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
-    assert enq.session_pk in services.turns_recoverable()
+    assert enq.session_pk in turn_state.turns_recoverable()
     run(enq.session_pk)
     turn = Turn.objects.get(pk=claim.turn_pk)
     assert turn.status == Turn.Status.DONE and turn.attempts == 2

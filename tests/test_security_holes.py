@@ -13,6 +13,7 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient, Client
 
 from apps_registry import services as registry
+from conversations.turns import state as turn_state
 from tests.helpers import (
     HEADERS,
     admin_client,
@@ -327,9 +328,9 @@ def _crash_mid_call(app_id: str, call: dict):
     from conversations.models import Turn
 
     enq = services.message_enqueue(app_id=app_id, session_id="c1", principal="alice", message="go")
-    claim = services.turn_claim(session_pk=enq.session_pk, worker="doomed")
-    services.turn_record_reply(turn_pk=claim.turn_pk, text="", tool_calls=[call])
-    services.turn_calls_started(turn_pk=claim.turn_pk, call_ids=[call["id"]])
+    claim = turn_state.turn_claim(session_pk=enq.session_pk, worker="doomed")
+    turn_state.turn_record_reply(turn_pk=claim.turn_pk, text="", tool_calls=[call])
+    turn_state.turn_calls_started(turn_pk=claim.turn_pk, call_ids=[call["id"]])
     Turn.objects.filter(pk=claim.turn_pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
     return enq
 

@@ -10,6 +10,7 @@ from asgiref.sync import async_to_sync
 from django.test import AsyncClient
 
 from conversations import services
+from conversations.turns import state as turn_state
 from tests.helpers import (
     HEADERS,
     admin_client,
@@ -238,13 +239,13 @@ def test_session_listing_costs_the_same_queries_for_one_or_many_sessions(app):
         return len(captured)
 
     services.message_enqueue(app_id="demo", session_id="l0", principal=ADMIN_PRINCIPAL, message="first words")
-    services.turn_claim(session_pk=services.session_resolve(app_id="demo", session_id="l0",
+    turn_state.turn_claim(session_pk=services.session_resolve(app_id="demo", session_id="l0",
                                                             principal=ADMIN_PRINCIPAL).pk, worker="t")
     one = queries()
     for i in range(1, 6):
         sid = f"l{i}"
         services.message_enqueue(app_id="demo", session_id=sid, principal=ADMIN_PRINCIPAL, message="x " * 500)
-        services.turn_claim(session_pk=services.session_resolve(app_id="demo", session_id=sid,
+        turn_state.turn_claim(session_pk=services.session_resolve(app_id="demo", session_id=sid,
                                                                 principal=ADMIN_PRINCIPAL).pk, worker="t")
     assert queries() == one
     titles = {s["session_id"]: s for s in selectors.session_list(app_id="demo", principal=ADMIN_PRINCIPAL)["sessions"]}

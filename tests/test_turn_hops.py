@@ -14,6 +14,7 @@ from django.utils import timezone
 
 from conversations import services
 from conversations.models import Event, Message, Session, Turn
+from conversations.turns import state as turn_state
 from conversations.turns.runner import claim_and_prepare
 from conversations.turns.scheduler import advance_session
 from conversations.turns.state import turn_record_result, turn_tool_start
@@ -54,11 +55,11 @@ def test_a_reply_written_as_the_runner_defers_it_is_resumed_after_a_crash(ws):
         {"say": "done: {result}"},
     ]}]))
     enq = _send("hops", "read it")
-    claim = services.turn_claim(session_pk=enq.session_pk, worker="dead-worker")
+    claim = turn_state.turn_claim(session_pk=enq.session_pk, worker="dead-worker")
     call = {"id": "call_1", "name": "filesystem.read", "params": {"path": "README.md"}}
     message = Message(session_id=claim.session_pk, role=Message.Role.ASSISTANT, content="",
                       tool_calls=[call], correlation_id=claim.correlation_id)
-    written = services.turn_record_reply(turn_pk=claim.turn_pk, text="", tool_calls=[call], message=message,
+    written = turn_state.turn_record_reply(turn_pk=claim.turn_pk, text="", tool_calls=[call], message=message,
                                          session_pk=claim.session_pk)
     assert written is message and message.pk is not None
     assert Message.objects.get(pk=message.pk).tool_calls == [call]
@@ -78,7 +79,7 @@ def test_writes_given_the_turns_link_still_find_a_deleted_session(ws):
     """Without the re-read of the turn row, a session deleted under the turn still ends it as gone."""
     deploy(scripted_manifest("hops", ws, [{"steps": [{"say": "hello"}]}]))
     enq = _send("hops", "hi")
-    claim = services.turn_claim(session_pk=enq.session_pk, worker="w1")
+    claim = turn_state.turn_claim(session_pk=enq.session_pk, worker="w1")
     link = (claim.correlation_id, claim.session_pk)
     Session.objects.filter(pk=claim.session_pk).delete()
     with pytest.raises(Turn.DoesNotExist):
