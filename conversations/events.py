@@ -30,6 +30,7 @@ import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from asgiref.sync import SyncToAsync
@@ -46,13 +47,6 @@ GROUP_PREFIX = "digitorn.session."
 
 
 # --- writing ---------------------------------------------------------------------------------
-
-
-def _next_seq(session_pk: int) -> int:
-    seq = fastsql.session_next_seq(session_pk)
-    if seq is None:
-        raise Session.DoesNotExist(f"session {session_pk} is gone")
-    return seq
 
 
 def _next_stream_seq(session_pk: int) -> tuple[int, int]:
@@ -86,19 +80,17 @@ def event_append(*, session: Session, type: str, data: dict, correlation_id: str
     return event
 
 
+@dataclass(slots=True)
 class LoggedEvent:
     """A committed event handed over by the transaction that wrote it: the attributes of
     :class:`Event` a stream reads, ``data`` parsed back from the JSON text that was stored."""
 
-    __slots__ = ("session_id", "seq", "type", "data", "correlation_id", "created_at")
-
-    def __init__(self, session_id: int, seq: int, type: str, data: Any, correlation_id: str, created_at: Any):
-        self.session_id = session_id
-        self.seq = seq
-        self.type = type
-        self.data = data
-        self.correlation_id = correlation_id
-        self.created_at = created_at
+    session_id: int
+    seq: int
+    type: str
+    data: Any
+    correlation_id: str
+    created_at: Any
 
 
 def _handoff_enabled() -> bool:

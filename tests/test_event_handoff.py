@@ -19,6 +19,7 @@ from django.test import AsyncClient
 from conversations import events
 from conversations.events import LoggedEvent, SessionGone, event_append, follow, follow_batches
 from conversations.models import Event, Session
+from digitorn_site import fastsql
 from tests.helpers import HEADERS, make_workspace, scripted_manifest
 from tests.test_security_holes import _read_until
 from tests.test_sessions_api import stream_post
@@ -38,7 +39,7 @@ def foreign_write(session_pk: int, n: int) -> list[int]:
     seqs = []
     with transaction.atomic():
         for i in range(n):
-            seq = events._next_seq(session_pk)
+            seq = fastsql.session_next_seq(session_pk)
             Event.objects.create(session_id=session_pk, seq=seq, type="remote", data={"i": i})
             seqs.append(seq)
     return seqs

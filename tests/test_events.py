@@ -12,6 +12,7 @@ from django.db import connection, transaction
 from conversations import events
 from conversations.events import SessionGone, event_append, follow, sse_frame
 from conversations.models import Event, Session
+from digitorn_site import fastsql
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -94,7 +95,7 @@ def test_poller_wakes_streams_for_events_written_elsewhere():
 
         def foreign_write() -> None:
             with transaction.atomic():
-                seq = events._next_seq(session.pk)
+                seq = fastsql.session_next_seq(session.pk)
                 Event.objects.create(session_id=session.pk, seq=seq, type="remote", data={})
             # No on_commit doorbell: as if another process had written it.
 
