@@ -41,12 +41,19 @@ def bootstrap_admin_key() -> str:
     return key
 
 
+def _bootstrap_admin(raw_key: str) -> Principal | None:
+    """The admin when ``raw_key`` is the bootstrap admin key (no database), else None."""
+    admin_key = bootstrap_admin_key()
+    if raw_key and admin_key and hmac.compare_digest(raw_key.encode(), admin_key.encode()):
+        return Principal(name=ADMIN_PRINCIPAL, scopes=frozenset({"admin"}))
+    return None
+
+
 def principal_for_key(raw_key: str) -> Principal | None:
     if not raw_key:
         return None
-    admin_key = bootstrap_admin_key()
-    if admin_key and hmac.compare_digest(raw_key.encode(), admin_key.encode()):
-        return Principal(name=ADMIN_PRINCIPAL, scopes=frozenset({"admin"}))
+    if (admin := _bootstrap_admin(raw_key)) is not None:
+        return admin
     key = api_key_lookup(raw_key=raw_key)
     if key is None:
         return None
@@ -58,13 +65,7 @@ def bootstrap_principal(request, *, allow_query_token: bool = False) -> Principa
     key may still be a stored one). No database: the async views call it on the event loop and
     skip the trip to a thread that :func:`authenticate_request` costs (the admin holds every scope).
     The key file's stat, when the key is not in the environment, is the only I/O (as a log write)."""
-    admin_key = bootstrap_admin_key()
-    if not admin_key:
-        return None
-    raw = raw_key_from(request, allow_query_token=allow_query_token)
-    if raw and hmac.compare_digest(raw.encode(), admin_key.encode()):
-        return Principal(name=ADMIN_PRINCIPAL, scopes=frozenset({"admin"}))
-    return None
+    return _bootstrap_admin(raw_key_from(request, allow_query_token=allow_query_token))
 
 
 def raw_key_from(request, *, allow_query_token: bool = False) -> str:
