@@ -150,7 +150,6 @@ def _hit_in_transaction(app_id: str, limit: int, record: bool) -> RateLimitState
 
 
 def _effective_limit(app_id: str) -> int:
-
     return int(app_rate_limit(app_id=app_id))
 
 
