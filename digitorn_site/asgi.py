@@ -90,9 +90,13 @@ class ApiASGIHandler(ASGIHandler):
                     _request_threads.release(executor)
 
     def resolve_request(self, request):
-        # A lean request was resolved once already, before it was made (see _lean_match).
-        if request.resolver_match is not None and not hasattr(request, "urlconf"):
-            return request.resolver_match
+        # Every request was resolved once already, before it was made (see _lean_match): not again,
+        # unless a middleware gave it a urlconf of its own.
+        if not hasattr(request, "urlconf"):
+            match = request.resolver_match or getattr(request, "scope", {}).get(_MATCH_KEY)
+            if match is not None:
+                request.resolver_match = match
+                return match
         return super().resolve_request(request)
 
     async def _handle_lean(self, scope, receive, send, match) -> None:
@@ -247,7 +251,13 @@ def _lean_match(scope):
         match = get_resolver().resolve(scope["path"])
     except Resolver404:
         return None
-    return match if getattr(match.func, "lean_request", False) else None
+    if getattr(match.func, "lean_request", False):
+        return match
+    scope[_MATCH_KEY] = match  # Django's way, without resolving the path a second time
+    return None
+
+
+_MATCH_KEY = "digitorn.resolver_match"
 
 
 def _loop_thread_connected() -> bool:
