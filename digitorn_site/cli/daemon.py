@@ -177,6 +177,18 @@ def log_tail_hint(lines: int = 20) -> str:
     return f"\nLast lines of {path}:\n" + "\n".join(content)
 
 
+def asgi_server(option: str | None) -> str:
+    """``--server``, else DIGITORN_SERVER (the environment, or the env file the settings read into
+    it), else daphne: the project's stack stays the default; uvicorn is an opt-in."""
+    from digitorn_site.cli.supervisor import SERVERS
+
+    _ = config.settings().VERSION  # loads the settings, which read the env file into os.environ
+    value = (option or os.environ.get("DIGITORN_SERVER", "")).strip().lower() or "daphne"
+    if value not in SERVERS:
+        raise StartError(f"DIGITORN_SERVER must be one of {', '.join(SERVERS)}, not {value[:40]!r}.")
+    return value
+
+
 def cmd_start(args) -> int:
     if state := running_daemon():
         info(f"digitorn is already running at {state.get('url')} (pid {state.get('pid')}).")
@@ -185,6 +197,10 @@ def cmd_start(args) -> int:
         return fail("--workers must be at least 1.")
     if args.celery_workers < 0 or args.celery_concurrency < 1:
         return fail("--celery-workers must be >= 0 and --celery-concurrency >= 1.")
+    try:
+        server = asgi_server(args.server)
+    except StartError as exc:
+        return fail(f"cannot start digitorn: {exc}")
     lock_fd = acquire_lock()
     if lock_fd is None:
         info(f"digitorn is already running or starting for the data dir {config.data_dir()}.")
@@ -216,12 +232,13 @@ def cmd_start(args) -> int:
         "--workers", str(args.workers), "--celery-workers", str(args.celery_workers),
         "--celery-concurrency", str(args.celery_concurrency), "--celery-pool", args.celery_pool,
         "--broker", "embedded" if embedded_broker else "external", "--grace", str(args.grace),
+        "--server", server,
     ]
     if args.no_beat:
         supervisor_args.append("--no-beat")
 
     if args.foreground:
-        info(f"digitorn starting in the foreground at {url} (Ctrl-C stops it)")
+        info(f"digitorn starting in the foreground at {url} with {server} (Ctrl-C stops it)")
         _print_key_hint(key_file, url)
         # Become the supervisor (same pid, same terminal): a fresh interpreter that never imports
         # Django, instead of this process and everything the checks above loaded (issue 14).
@@ -266,7 +283,7 @@ def cmd_start(args) -> int:
         return fail(f"cannot start digitorn: {exc}")
     celery = args.celery_workers
     info(
-        f"digitorn is running at {url} (supervisor pid {proc.pid}; {args.workers} ASGI worker(s), "
+        f"digitorn is running at {url} (supervisor pid {proc.pid}; {args.workers} {server} ASGI worker(s), "
         f"{celery} Celery worker(s){', beat' if not args.no_beat else ''}). Logs: {log_path}"
     )
     _print_key_hint(key_file, url)
@@ -350,6 +367,8 @@ def cmd_status(args) -> int:
         console.print(f"[bold]url[/bold]: {url}")
         if state and local_alive:
             console.print(f"[bold]supervisor[/bold]: pid {state.get('pid')} (started {state.get('started_at')})")
+            console.print(f"[bold]server[/bold]: {state.get('server', 'daphne')} "
+                          f"({state.get('workers', '?')} ASGI worker(s))")
             table = Table("process", "pid", "alive", "restarts")
             for child in state.get("children", []):
                 alive = procs.proc_alive(child.get("pid"), child.get("starttime"))

@@ -17,7 +17,8 @@ from digitorn_site.cli.output import fail
 
 EPILOG = (
     "Environment: DIGITORN_DATA_DIR (data dir, default ~/.digitorn), DIGITORN_URL (daemon URL), "
-    "DIGITORN_API_KEY (key for the CLI and bootstrap admin key of the daemon)."
+    "DIGITORN_API_KEY (key for the CLI and bootstrap admin key of the daemon), "
+    "DIGITORN_SERVER (daphne or uvicorn, for `start`)."
 )
 
 
@@ -50,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Start the daemon and return once /api/health answers.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000, help="port to bind (default 8000; 0 picks a free one)")
-    p.add_argument("--workers", type=int, default=1, help="ASGI (daphne) worker processes sharing the socket")
+    p.add_argument("--workers", type=int, default=1, help="ASGI worker processes sharing the port")
+    p.add_argument("--server", choices=("daphne", "uvicorn"), default=None,
+                   help="the ASGI server of the workers: daphne (the default) or uvicorn (uvloop + httptools); "
+                        "default: DIGITORN_SERVER, else daphne")
     p.add_argument("--celery-workers", type=int, default=1,
                    help="Celery worker processes (0: none, e.g. when `digitorn worker` runs elsewhere)")
     p.add_argument("--celery-concurrency", type=int, default=min(4, os.cpu_count() or 2),

@@ -1,6 +1,7 @@
 """The daemon's supervisor process.
 
-It holds the listening sockets and serves them with N daphne workers, runs the Celery worker(s) and the beat
+It holds the listening sockets and serves them with N ASGI workers (daphne, or uvicorn with
+``--server uvicorn``), runs the Celery worker(s) and the beat
 scheduler, restarts a child that dies unexpectedly (with backoff), keeps the pid file current, and
 on SIGTERM/SIGINT stops every child: SIGTERM first, SIGKILL to each child's whole process group
 after the grace period. Each child runs in its own process group so Celery's pool processes are
@@ -39,6 +40,8 @@ from dataclasses import dataclass, field
 from digitorn_site.cli import config, procs
 
 REUSEPORT = hasattr(socket, "SO_REUSEPORT")
+# The ASGI servers a worker can run: daphne (the default, the project's stack) or uvicorn (opt-in).
+SERVERS = ("daphne", "uvicorn")
 
 
 def listen_socket(host: str, port: int) -> socket.socket:
@@ -101,6 +104,7 @@ class Supervisor:
     embedded_broker: bool = True  # the SQLAlchemy/SQLite broker (no REDIS_URL)
     beat: bool = True
     grace: float = 10.0
+    server: str = "daphne"  # the ASGI server of the workers: "daphne" | "uvicorn"
     children: list[Child] = field(default_factory=list)
     extra_fds: list[int] = field(default_factory=list)  # listening sockets of ASGI workers 2..N
     stopping: bool = False
@@ -127,22 +131,7 @@ class Supervisor:
                 except OSError as exc:  # e.g. a kernel without SO_REUSEPORT load balancing
                     log(f"asgi-{index + 1} shares the first worker's socket ({exc})")
                     fd = self.listen_fd
-            self.children.append(
-                Child(
-                    role="asgi",
-                    name=f"asgi-{index + 1}",
-                    argv=[
-                        # Daphne, with ?token= redacted from its access log (see asgi_worker).
-                        py, "-m", "digitorn_site.cli.asgi_worker",
-                        "--fd", str(fd),
-                        # SSE streams are long-lived: no HTTP timeout; let apps finish on stop.
-                        "--application-close-timeout", "5",
-                        "-v", "1",
-                        "digitorn_site.asgi:application",
-                    ],
-                    pass_fds=(fd,),
-                )
-            )
+            self.children.append(Child(role="asgi", name=f"asgi-{index + 1}", argv=self.asgi_argv(fd), pass_fds=(fd,)))
         pool = self.celery_pool
         if pool == "auto":
             pool = "threads" if self.embedded_broker else "prefork"
@@ -172,6 +161,30 @@ class Supervisor:
                           "--loglevel", "INFO"],
                 )
             )
+
+    def asgi_argv(self, fd: int) -> list[str]:
+        py = config.python()
+        if self.server == "uvicorn":
+            return [
+                # uvicorn on uvloop + httptools, same socket, logging and limits (see uvicorn_worker).
+                py, "-m", "digitorn_site.cli.uvicorn_worker",
+                "--fd", str(fd),
+                "--application-close-timeout", "5",
+                # Requests in flight get half the grace (streams end at once), so the worker is
+                # gone before the supervisor's SIGKILL.
+                "--graceful-timeout", f"{max(0.5, min(5.0, self.grace / 2)):g}",
+                "-v", "1",
+                "digitorn_site.asgi:application",
+            ]
+        return [
+            # Daphne, with ?token= redacted from its access log (see asgi_worker).
+            py, "-m", "digitorn_site.cli.asgi_worker",
+            "--fd", str(fd),
+            # SSE streams are long-lived: no HTTP timeout; let apps finish on stop.
+            "--application-close-timeout", "5",
+            "-v", "1",
+            "digitorn_site.asgi:application",
+        ]
 
     # --- children -----------------------------------------------------------------------------
     def spawn(self, child: Child) -> None:
@@ -230,6 +243,7 @@ class Supervisor:
                 "host": self.host,
                 "port": self.port,
                 "workers": self.workers,
+                "server": self.server,
                 "celery_workers": self.celery_workers,
                 "beat": self.beat,
                 "grace": self.grace,
@@ -307,7 +321,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_signal)
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
         self.build_children()
-        log(f"supervisor pid {os.getpid()} serving {self.url} with {self.workers} ASGI worker(s), "
+        log(f"supervisor pid {os.getpid()} serving {self.url} with {self.workers} {self.server} ASGI worker(s), "
             f"{self.celery_workers} Celery worker(s){' and beat' if self.beat else ''}")
         try:
             for child in self.children:
@@ -357,6 +371,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="embedded: the SQLAlchemy transport (set by `digitorn start` from the settings)")
     parser.add_argument("--no-beat", action="store_true")
     parser.add_argument("--grace", type=float, default=10.0)
+    parser.add_argument("--server", choices=SERVERS, default="daphne", help="the ASGI server of the workers")
     parser.add_argument("--log-file", default=None, help="the file stdout/stderr go to, rotated by size")
     # Held, never read: the flock on DATA_DIR/daemon.lock lives as long as this process.
     parser.add_argument("--lock-fd", type=int, default=None)
@@ -374,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         embedded_broker=args.broker == "embedded",
         beat=not args.no_beat,
         grace=args.grace,
+        server=args.server,
         log_file=args.log_file,
         log_max_bytes=_env_int("DIGITORN_LOG_MAX_BYTES", 10 * 1024 * 1024),
         log_backups=_env_int("DIGITORN_LOG_BACKUPS", 5),

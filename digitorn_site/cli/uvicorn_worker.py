@@ -1,0 +1,129 @@
+"""The ASGI worker under uvicorn (opt-in: ``digitorn start --server uvicorn``, ``DIGITORN_SERVER``).
+
+Daphne (``digitorn_site.cli.asgi_worker``) stays the default; this serves the same application
+(``digitorn_site.asgi:application``, plain ASGI) with uvicorn on uvloop + httptools, and keeps what
+that worker guarantees:
+
+- the listening model: the supervisor's SO_REUSEPORT socket, inherited as ``--fd N``. uvicorn's own
+  ``fd=`` option rebuilds the socket as AF_UNIX; here it is rebuilt with the family the descriptor
+  really has and handed to uvicorn as a ready socket.
+- no credential in the access log: uvicorn's logging configuration is not installed
+  (``log_config=None``), so its loggers (``uvicorn.error``, ``uvicorn.access``) propagate to the
+  root handler of settings.LOGGING, whose RedactFilter blanks ``?token=`` and friends, as daphne's
+  redacted access log does. ``-v``: 0 warnings only and no access log, 1 info plus the access log
+  (what the supervisor passes, as to daphne), 2 debug.
+- proxy headers: daphne runs here without ``--proxy-headers``, so ``X-Forwarded-For`` is ignored;
+  uvicorn trusts it from 127.0.0.1 by default, switched off here.
+- no lifespan (the app has none: uvicorn would only log that it is unsupported), no websockets (the
+  app serves none; an upgrade request is answered as plain HTTP by Django).
+- the application close timeout (daphne's ``--application-close-timeout``): once the client went
+  away, a request still running after that many seconds is cancelled.
+- a graceful stop on SIGTERM within the supervisor's grace: the listening socket closes, idle
+  keep-alive connections close, requests in flight get ``--graceful-timeout`` seconds, and the
+  open streams (a response started and not finished: SSE) are ended at once the way a client's
+  disconnect ends them, so their generators close cleanly instead of being cancelled at the deadline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import socket
+import sys
+
+import uvicorn
+
+LOG_LEVELS = {0: "warning", 1: "info", 2: "debug"}
+
+
+def close_timeout(app, seconds: float):
+    """``app`` with daphne's application close timeout: after the ``http.disconnect`` the app
+    receives, it has ``seconds`` to finish before it is cancelled. Django's handler listens for the
+    disconnect and stops by itself; this bounds an app that would not."""
+
+    async def guarded(scope, receive, send):
+        if scope["type"] != "http":
+            return await app(scope, receive, send)
+        task = asyncio.current_task()
+        timer = None
+
+        async def receive_():
+            nonlocal timer
+            message = await receive()
+            if message["type"] == "http.disconnect" and timer is None:
+                timer = asyncio.get_running_loop().call_later(seconds, task.cancel)
+            return message
+
+        try:
+            return await app(scope, receive_, send)
+        finally:
+            if timer is not None:
+                timer.cancel()
+
+    return guarded
+
+
+class Server(uvicorn.Server):
+    @contextlib.contextmanager
+    def capture_signals(self):
+        # uvicorn re-raises the SIGTERM it caught once it has stopped, so the process dies of it
+        # (exit -15); a stop asked for and carried out is a clean exit (0), as daphne's.
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
+
+    async def shutdown(self, sockets=None) -> None:
+        # uvicorn waits (up to timeout_graceful_shutdown) for every response to finish, and an SSE
+        # stream never does: then it cancels the request tasks, each logged as an "Exception in ASGI
+        # application". Close the streams' connections first instead; the app sees http.disconnect
+        # and closes its stream as when a client leaves. (uvicorn 0.54 internals: the protocol's
+        # ``cycle`` and its response flags; pinned in requirements.txt.)
+        for connection in list(self.server_state.connections):
+            cycle = getattr(connection, "cycle", None)
+            transport = getattr(connection, "transport", None)
+            if cycle is not None and transport is not None and cycle.response_started and not cycle.response_complete:
+                transport.close()
+        await super().shutdown(sockets=sockets)
+
+
+def build(args: argparse.Namespace) -> tuple[Server, socket.socket]:
+    # socket(fileno=) detects the descriptor's family (AF_INET/AF_INET6) and type.
+    sock = socket.socket(fileno=args.fd)
+    verbosity = max(0, min(args.verbosity, 2))
+    config = uvicorn.Config(
+        args.application,
+        loop="uvloop",
+        http="httptools",
+        ws="none",
+        lifespan="off",
+        interface="asgi3",
+        log_config=None,
+        log_level=LOG_LEVELS[verbosity],
+        access_log=verbosity >= 1,
+        proxy_headers=False,
+        backlog=1024,  # as the supervisor's listen(); uvicorn would listen() again with 2048
+        timeout_graceful_shutdown=args.graceful_timeout,
+    )
+    config.load()  # imports the app (and sets Django up, with settings.LOGGING) before serving
+    config.loaded_app = close_timeout(config.loaded_app, args.application_close_timeout)
+    return Server(config), sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m digitorn_site.cli.uvicorn_worker")
+    parser.add_argument("--fd", type=int, required=True, help="the inherited listening socket")
+    parser.add_argument("--application-close-timeout", type=float, default=5.0,
+                        help="seconds an app may run after its client disconnected (default 5)")
+    parser.add_argument("--graceful-timeout", type=float, default=5.0,
+                        help="seconds requests in flight get to finish on SIGTERM (default 5)")
+    parser.add_argument("-v", "--verbosity", type=int, default=1)
+    parser.add_argument("application", help="the ASGI application, module:attribute")
+    args = parser.parse_args(argv)
+    server, sock = build(args)
+    server.run(sockets=[sock])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
