@@ -76,15 +76,31 @@ class Server(uvicorn.Server):
     async def shutdown(self, sockets=None) -> None:
         # uvicorn waits (up to timeout_graceful_shutdown) for every response to finish, and an SSE
         # stream never does: then it cancels the request tasks, each logged as an "Exception in ASGI
-        # application". Close the streams' connections first instead; the app sees http.disconnect
-        # and closes its stream as when a client leaves. (uvicorn 0.54 internals: the protocol's
-        # ``cycle`` and its response flags; pinned in requirements.txt.)
+        # application". End the streams first: the response is terminated (the last chunk, so the
+        # client reads a complete response and reconnects with its Last-Event-ID), the connection
+        # closed, and the app sees http.disconnect and closes its stream as when a client leaves.
         for connection in list(self.server_state.connections):
-            cycle = getattr(connection, "cycle", None)
-            transport = getattr(connection, "transport", None)
-            if cycle is not None and transport is not None and cycle.response_started and not cycle.response_complete:
-                transport.close()
+            end_stream(connection)
         await super().shutdown(sockets=sockets)
+
+
+def end_stream(connection) -> None:
+    """End a connection's response if it is a stream (started, not finished); else leave it be.
+
+    uvicorn 0.54 internals (pinned in requirements.txt): the protocol's ``cycle`` and ``transport``,
+    the cycle's response flags, ``disconnected`` and ``message_event``, set here as uvicorn's
+    ``connection_lost`` sets them (sends are dropped from now on; receive answers http.disconnect)."""
+    cycle = getattr(connection, "cycle", None)
+    transport = getattr(connection, "transport", None)
+    if cycle is None or transport is None or not cycle.response_started or cycle.response_complete:
+        return
+    if transport.is_closing():
+        return
+    if cycle.chunked_encoding:
+        transport.write(b"0\r\n\r\n")
+    cycle.disconnected = True
+    cycle.message_event.set()
+    transport.close()
 
 
 def build(args: argparse.Namespace) -> tuple[Server, socket.socket]:

@@ -1,0 +1,230 @@
+"""The opt-in uvicorn server (`digitorn start --server uvicorn`) against the daphne default.
+
+One daemon per server, started as a user does (`digitorn start`, 1 ASGI worker), side by side: the
+same turn (a tool call, then the answer) gives the same SSE frames under both (event names, ids,
+data, `?since=` / Last-Event-ID replay); bad input still gets the envelope; the access log is
+redacted and ignores X-Forwarded-For (daphne's configuration here); streams a client dropped end,
+and SIGTERM ends the open ones cleanly and leaves no process (the last test).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.conftest import AppYaml, Daemon, poll, start_daemon
+
+pytestmark = pytest.mark.e2e
+
+RULES = [
+    {"when": "", "steps": [{"call": "filesystem.find", "params": {"pattern": "*.py", "path": "."}},
+                           {"say": "found: {result}"}]},
+]
+
+
+@pytest.fixture(scope="module")
+def apps(tmp_path_factory) -> AppYaml:
+    apps = AppYaml(tmp_path_factory.mktemp("apps"))
+    (apps.workspace / "alpha.py").write_text("print('a')\n")
+    (apps.workspace / "notes.txt").write_text("not python\n")
+    return apps
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, apps) -> dict[str, Daemon]:
+    """A uvicorn daemon and a daphne one, started at the same time (each `digitorn start`)."""
+    started: dict[str, Daemon] = {}
+    errors: list[BaseException] = []
+
+    def run(server: str) -> None:
+        try:
+            started[server] = start_daemon(tmp_path_factory.mktemp(server), workers=1, celery_workers=1,
+                                           args=("--server", server) if server == "uvicorn" else ())
+        except BaseException as exc:  # noqa: BLE001 - pytest.fail raises Failed, a BaseException
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(name,)) for name in ("uvicorn", "daphne")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    try:
+        if errors:
+            raise errors[0]
+        for daemon in started.values():
+            daemon.deploy(apps.minimal("uvapp", rules=RULES))
+        yield started
+    finally:
+        for daemon in started.values():
+            if not daemon.stopped:
+                daemon.stop()
+
+
+@pytest.fixture(scope="module")
+def uv(pair) -> Daemon:
+    return pair["uvicorn"]
+
+
+def _worker_cmdline(daemon: Daemon) -> str:
+    (pid,) = daemon.child_pids("asgi")
+    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+
+
+def test_the_server_is_chosen_and_reported(pair, uv):
+    assert "digitorn_site.cli.uvicorn_worker" in _worker_cmdline(uv)
+    assert "digitorn_site.cli.asgi_worker" in _worker_cmdline(pair["daphne"])
+    assert uv.pid_state()["server"] == "uvicorn" and pair["daphne"].pid_state()["server"] == "daphne"
+    health = uv.client.get("/api/health")
+    assert health.status_code == 200 and health.json()["data"]["status"] == "ok"
+    assert health.headers["server"] == "uvicorn"
+    status = uv.cli("status")
+    assert status.returncode == 0, status.stderr
+    assert "server: uvicorn (1 ASGI worker(s))" in status.stdout
+    assert "server: daphne" in pair["daphne"].cli("status").stdout
+
+
+def test_an_unknown_server_is_refused(cli_env):
+    env = cli_env(DIGITORN_SERVER="gunicorn")
+    done = subprocess.run([sys.executable, "-m", "digitorn_site.cli.main", "start", "--port", "0"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 1
+    assert "DIGITORN_SERVER must be one of daphne, uvicorn, not 'gunicorn'" in done.stderr
+    assert not (Path(env["DIGITORN_DATA_DIR"]) / "daemon.json").exists()
+
+
+def _shape(events: list[dict]) -> list[tuple]:
+    """The frames with the turn's correlation id (random) blanked: everything else must match."""
+
+    def blank(value):
+        if isinstance(value, dict):
+            return {k: ("<cid>" if k == "correlation_id" else blank(v)) for k, v in value.items()}
+        if isinstance(value, list):
+            return [blank(v) for v in value]
+        return value
+
+    return [(e["id"], e["event"], blank(e["data"])) for e in events]
+
+
+def _raw_stream(daemon: Daemon, path: str, **kwargs) -> tuple[httpx.Headers, str]:
+    """The raw text of a chat stream until its `result` frame."""
+    text = ""
+    with daemon.client.stream("POST", path, timeout=60, **kwargs) as response:
+        assert response.status_code == 200, response.read()
+        for chunk in response.iter_text():
+            text += chunk
+            if "\nevent: result\n" in text and text.endswith("\n\n"):
+                return response.headers, text
+    raise AssertionError(f"{path}: the stream ended before its result: {text!r}")
+
+
+def test_a_turn_streams_the_same_frames_as_under_daphne(pair):
+    turns = {}
+    for server, daemon in pair.items():
+        headers, raw = _raw_stream(daemon, "/api/apps/uvapp/chat/stream", json={"session_id": "s1", "message": "go"})
+        assert headers["content-type"] == "text/event-stream"
+        assert headers["cache-control"] == "no-cache" and headers["x-accel-buffering"] == "no"
+        from digitorn_site.cli.sse import parse_sse_lines
+
+        events = [e.as_dict() for e in parse_sse_lines(raw.splitlines())]
+        # The framing itself: "id:", "event:", "data:" lines, one blank line after each frame.
+        assert re.fullmatch(r"(?:(?:id: \d+\n)?event: \w+\ndata: .*\n\n)+", raw), raw
+        turns[server] = events
+    uv_events, dp_events = turns["uvicorn"], turns["daphne"]
+    kinds = [e["event"] for e in uv_events]
+    assert kinds[0] == "connected" and kinds[-1] == "result"
+    assert "tool_start" in kinds and "tool_call" in kinds
+    assert "alpha.py" in uv_events[-1]["data"]["content"] and "notes.txt" not in uv_events[-1]["data"]["content"]
+    assert _shape(uv_events) == _shape(dp_events)
+
+    # The session's stream replays from a cursor (?since= and Last-Event-ID) the same way.
+    cut = uv_events[3]["id"]
+    last = uv_events[-1]["id"]
+    replays = {}
+    for server, daemon in pair.items():
+        replays[server] = daemon.sse("/api/apps/uvapp/sessions/s1/events", params={"since": cut},
+                                     until=lambda e, last=last: e["id"] == last)
+    assert _shape(replays["uvicorn"]) == _shape(replays["daphne"]) == _shape(uv_events[4:])
+    by_header = pair["uvicorn"].sse("/api/apps/uvapp/sessions/s1/events", headers={"Last-Event-ID": cut},
+                                    until=lambda e: e["id"] == last)
+    assert _shape(by_header) == _shape(uv_events[4:])
+
+
+def test_bad_input_still_gets_the_envelope(uv):
+    def envelope(response: httpx.Response, status: int, code: str) -> None:
+        assert response.status_code == status, response.text
+        body = response.json()
+        assert body["success"] is False and body["data"] is None and body["error_code"] == code, body
+
+    envelope(uv.client.post("/api/apps/uvapp/chat/stream", content=b"{not json",
+                            headers={"Content-Type": "application/json"}), 400, "VALIDATION_ERROR")
+    envelope(uv.client.post("/api/apps/uvapp/chat", json={"session_id": "s2"}), 400, "VALIDATION_ERROR")
+    envelope(uv.client.get("/api/apps/uvapp/sessions/s1/events", params={"since": "-1"}), 400, "VALIDATION_ERROR")
+    envelope(uv.client.get("/api/apps/nope/sessions"), 404, "RESOURCE_NOT_FOUND")
+    envelope(uv.client.get("/api/no/such/endpoint"), 404, "RESOURCE_NOT_FOUND")
+    # Larger than DIGITORN_MAX_BODY_BYTES (1 MiB): the body-size check still answers.
+    envelope(uv.client.put("/api/apps/uvapp/quota", content=b"x" * (1024 * 1024 + 10),
+                           headers={"Content-Type": "application/json"}), 413, "PAYLOAD_TOO_LARGE")
+    unauth = httpx.get(f"{uv.url}/api/apps/uvapp/sessions", timeout=30)
+    assert unauth.status_code == 401 and unauth.json()["success"] is False
+
+
+def test_access_log_is_redacted_and_ignores_forwarded_headers(uv):
+    marker = "203.0.113.77"
+    # EventSource clients pass their key as ?token= (SSE streams only).
+    with httpx.stream("GET", f"{uv.url}/api/apps/uvapp/sessions/s1/events",
+                      params={"token": uv.key, "probe": "redact-me"},
+                      headers={"X-Forwarded-For": marker, "X-Forwarded-Proto": "https"}, timeout=30) as response:
+        assert response.status_code == 200, response.read()
+        next(response.iter_lines())
+    line = poll(lambda: next((ln for ln in uv.log_tail(400).splitlines() if "probe=redact-me" in ln), None),
+                timeout=10, what="the access line")
+    assert "uvicorn.access" in line and "token=[redacted]" in line and '" 200' in line
+    log = (uv.data_dir / "logs" / "daemon.log").read_text(errors="replace")
+    assert uv.key not in log
+    assert marker not in log and "127.0.0.1:" in line  # the peer's address, not the header's
+
+
+def test_dropped_streams_end_and_sigterm_ends_the_open_ones(uv):
+    # Streams a client drops: a session stream (idle, between pings) and a turn's stream mid-turn.
+    for _ in range(3):
+        with uv.client.stream("GET", "/api/apps/uvapp/sessions/s1/events", timeout=30) as response:
+            assert response.status_code == 200
+            next(response.iter_lines())  # its first frame arrived: the stream runs; now drop it
+    with uv.client.stream("POST", "/api/apps/uvapp/chat/stream", json={"session_id": "s3", "message": "go"},
+                          timeout=30) as response:
+        assert response.status_code == 200
+        next(response.iter_lines())
+    # One stream still open when the daemon is stopped.
+    opened = threading.Event()
+    ended: dict[str, object] = {}
+
+    def hold() -> None:
+        try:
+            with httpx.stream("GET", f"{uv.url}/api/apps/uvapp/sessions/s1/events",
+                              headers={"Authorization": f"Bearer {uv.key}"}, timeout=60) as response:
+                opened.set()
+                for _line in response.iter_lines():
+                    pass
+            ended["how"] = "eof"
+        except httpx.HTTPError as exc:
+            ended["how"] = repr(exc)
+
+    holder = threading.Thread(target=hold, daemon=True)
+    holder.start()
+    assert opened.wait(30)
+    uv.stop()  # `digitorn stop`: SIGTERM; asserts no process of the daemon is left, no pid file
+    holder.join(30)
+    assert ended.get("how") == "eof", ended
+    log = (uv.data_dir / "logs" / "daemon.log").read_text(errors="replace")
+    # A dropped stream whose request kept running would be waited for, then cancelled, at shutdown;
+    # an open stream cancelled at the deadline would be logged as an exception.
+    for leak in ("Waiting for background tasks", "Waiting for connections", "Cancel ", "Exception in ASGI"):
+        assert leak not in log, f"{leak!r} in daemon.log:\n{log[-3000:]}"
+    assert re.search(r"asgi-1 stopped \(code 0\) after \d+\.\ds", log), log[-3000:]
+    assert "did not stop" not in log
