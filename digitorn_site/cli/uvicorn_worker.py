@@ -12,6 +12,8 @@ that worker guarantees:
   root handler of settings.LOGGING, whose RedactFilter blanks ``?token=`` and friends, as daphne's
   redacted access log does. ``-v``: 0 warnings only and no access log, 1 info plus the access log
   (what the supervisor passes, as to daphne), 2 debug.
+- limits: a request head of at most 32 KiB and 500 fields (Twisted's, under daphne; httptools has
+  none); bodies are bounded by Django's and our middleware, as under daphne.
 - proxy headers: daphne runs here without ``--proxy-headers``, so ``X-Forwarded-For`` is ignored;
   uvicorn trusts it from 127.0.0.1 by default, switched off here.
 - no lifespan (the app has none: uvicorn would only log that it is unsupported), no websockets (the
@@ -33,8 +35,61 @@ import socket
 import sys
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 LOG_LEVELS = {0: "warning", 1: "info", 2: "debug"}
+# Twisted (under daphne) answers 400 past a 16 KiB request line, 16 KiB of header lines or 500 header
+# fields; httptools has no limit at all (a 2 MB header was read whole). The same bounds here.
+MAX_HEAD_BYTES = 32 * 1024
+MAX_HEADER_FIELDS = 500
+
+
+class BoundedHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol with a bounded request head (see MAX_HEAD_BYTES): a head still
+    incomplete after that many bytes, or with too many fields, gets uvicorn's plain 400 and the
+    connection is closed, as Twisted does."""
+
+    _head_bytes = 0  # bytes of a head that spans reads, so far
+    _field_bytes = 0  # bytes of the current head's URL and fields
+    _heads = 0  # heads parsed on this connection
+    _in_body = False
+
+    def data_received(self, data: bytes) -> None:
+        was_head, heads = not self._in_body, self._heads
+        super().data_received(data)
+        if was_head and self._heads == heads and not self.transport.is_closing():
+            self._head_bytes += len(data)  # every byte of this read belongs to an unfinished head
+            if self._head_bytes > MAX_HEAD_BYTES:
+                self.send_400_response("Request header fields too large.")
+
+    def on_message_begin(self) -> None:
+        self._field_bytes = 0
+        super().on_message_begin()
+
+    def on_url(self, url: bytes) -> None:
+        self._bound(len(url))
+        super().on_url(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if len(self.headers) >= MAX_HEADER_FIELDS:
+            raise ValueError("too many header fields")  # httptools turns it into the 400 above
+        self._bound(len(name) + len(value))
+        super().on_header(name, value)
+
+    def _bound(self, size: int) -> None:
+        self._field_bytes += size
+        if self._field_bytes > MAX_HEAD_BYTES:
+            raise ValueError("request head too large")
+
+    def on_headers_complete(self) -> None:
+        self._heads += 1
+        self._head_bytes = 0
+        self._in_body = True
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
 
 
 def close_timeout(app, seconds: float):
@@ -110,7 +165,7 @@ def build(args: argparse.Namespace) -> tuple[Server, socket.socket]:
     config = uvicorn.Config(
         args.application,
         loop="uvloop",
-        http="httptools",
+        http=BoundedHttpToolsProtocol,
         ws="none",
         lifespan="off",
         interface="asgi3",
