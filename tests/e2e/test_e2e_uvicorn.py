@@ -9,6 +9,7 @@ and SIGTERM ends the open ones cleanly and leaves no process (the last test).
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import subprocess
@@ -45,7 +46,9 @@ def pair(tmp_path_factory, apps) -> dict[str, Daemon]:
 
     def run(server: str) -> None:
         try:
-            started[server] = start_daemon(tmp_path_factory.mktemp(server), workers=1, celery_workers=1,
+            # uvicorn with 2 workers: the listening model (a socket each) is checked below.
+            workers = 2 if server == "uvicorn" else 1
+            started[server] = start_daemon(tmp_path_factory.mktemp(server), workers=workers, celery_workers=1,
                                            args=("--server", server) if server == "uvicorn" else ())
         except BaseException as exc:  # noqa: BLE001 - pytest.fail raises Failed, a BaseException
             errors.append(exc)
@@ -72,22 +75,67 @@ def uv(pair) -> Daemon:
     return pair["uvicorn"]
 
 
-def _worker_cmdline(daemon: Daemon) -> str:
-    (pid,) = daemon.child_pids("asgi")
-    return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+def _worker_cmdlines(daemon: Daemon) -> list[str]:
+    return [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode() for pid in daemon.child_pids("asgi")]
 
 
 def test_the_server_is_chosen_and_reported(pair, uv):
-    assert "digitorn_site.cli.uvicorn_worker" in _worker_cmdline(uv)
-    assert "digitorn_site.cli.asgi_worker" in _worker_cmdline(pair["daphne"])
+    assert len(_worker_cmdlines(uv)) == 2
+    assert all("digitorn_site.cli.uvicorn_worker" in cmd for cmd in _worker_cmdlines(uv))
+    assert ["digitorn_site.cli.asgi_worker" in cmd for cmd in _worker_cmdlines(pair["daphne"])] == [True]
     assert uv.pid_state()["server"] == "uvicorn" and pair["daphne"].pid_state()["server"] == "daphne"
     health = uv.client.get("/api/health")
     assert health.status_code == 200 and health.json()["data"]["status"] == "ok"
     assert health.headers["server"] == "uvicorn"
     status = uv.cli("status")
     assert status.returncode == 0, status.stderr
-    assert "server: uvicorn (1 ASGI worker(s))" in status.stdout
+    assert "server: uvicorn (2 ASGI worker(s))" in status.stdout
     assert "server: daphne" in pair["daphne"].cli("status").stdout
+
+
+def _listening_inodes(port: int) -> set[str]:
+    inodes = set()
+    with open("/proc/net/tcp") as f:
+        for line in list(f)[1:]:
+            fields = line.split()
+            if int(fields[1].rsplit(":", 1)[1], 16) == port and fields[3] == "0A":  # LISTEN
+                inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def _sockets_of(pid: int) -> set[str]:
+    links = (os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd"))
+    return {link for link in links if link.startswith("socket:")}
+
+
+def test_each_uvicorn_worker_serves_its_own_socket_of_the_one_port(uv):
+    """The supervisor's SO_REUSEPORT model, as with daphne: one listening socket per worker, all held
+    by the supervisor too; and fresh connections reach both workers."""
+    workers = uv.child_pids("asgi")
+    listening = _listening_inodes(uv.port)
+    per_worker = [_sockets_of(pid) & listening for pid in workers]
+    assert all(len(socks) == 1 for socks in per_worker) and per_worker[0] != per_worker[1], per_worker
+    assert per_worker[0] | per_worker[1] <= _sockets_of(uv.pid_state()["pid"])
+    served: set[int] = set()
+    for _ in range(40):  # fresh connections: the kernel hashes each one to a worker's socket
+        with socket.create_connection(("127.0.0.1", uv.port), timeout=5) as conn:
+            conn.sendall(b"GET /api/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            assert conn.recv(64).startswith(b"HTTP/1.1 200")
+            inode = _accepted_inode(conn.getsockname()[1], uv.port)
+            served.update(pid for pid in workers if inode in _sockets_of(pid))
+        if len(served) == 2:
+            break
+    assert served == set(workers), f"40 connections all went to {served}"
+
+
+def _accepted_inode(client_port: int, server_port: int) -> str | None:
+    with open("/proc/net/tcp") as f:
+        for line in list(f)[1:]:
+            fields = line.split()
+            local, remote = int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)
+            if local == server_port and remote == client_port and fields[3] == "01":  # ESTABLISHED
+                return f"socket:[{fields[9]}]"
+    return None
 
 
 def test_an_unknown_server_is_refused(cli_env):
