@@ -138,13 +138,23 @@ def _accepted_inode(client_port: int, server_port: int) -> str | None:
     return None
 
 
-def test_an_unknown_server_is_refused(cli_env):
-    env = cli_env(DIGITORN_SERVER="gunicorn")
+@pytest.mark.parametrize("where", ["environment", "env file"])
+def test_an_unknown_server_is_refused(cli_env, tmp_path, where):
+    if where == "environment":
+        env = cli_env(DIGITORN_SERVER="gunicorn")
+    else:  # DIGITORN_SERVER is read from the .env file like every other setting
+        env_file = tmp_path / "digitorn.env"
+        env_file.write_text("DIGITORN_SERVER=gunicorn\n")
+        env = cli_env(DIGITORN_ENV_FILE=str(env_file))
     done = subprocess.run([sys.executable, "-m", "digitorn_site.cli.main", "start", "--port", "0"],
                           capture_output=True, text=True, timeout=120, env=env)
     assert done.returncode == 1
     assert "DIGITORN_SERVER must be one of daphne, uvicorn, not 'gunicorn'" in done.stderr
     assert not (Path(env["DIGITORN_DATA_DIR"]) / "daemon.json").exists()
+    # --server wins over the setting; an unknown --server is argparse's usage error.
+    bad = subprocess.run([sys.executable, "-m", "digitorn_site.cli.main", "start", "--server", "nginx"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "invalid choice: 'nginx'" in bad.stderr
 
 
 def _shape(events: list[dict]) -> list[tuple]:
