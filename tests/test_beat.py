@@ -8,6 +8,7 @@ run in this process). Each entry runs on its lane thread, one run at a time.
 from __future__ import annotations
 
 import threading
+import uuid
 
 import pytest
 from celery import Celery
@@ -27,7 +28,9 @@ def probe_app():
     gate = threading.Event()
     ran = threading.Semaphore(0)
 
-    @app.task(name="probe.sweep")
+    name = f"probe.sweep.{uuid.uuid4().hex}"  # a name per test: Celery warns about a reused one
+
+    @app.task(name=name)
     def sweep(label: str) -> str:
         calls.append(f"{label}@{threading.current_thread().name}")
         ran.release()
@@ -36,7 +39,7 @@ def probe_app():
             raise RuntimeError("a failing sweep")
         return label
 
-    app.conf.beat_schedule = {"probe": {"task": "probe.sweep", "schedule": 3600.0, "args": ("tick",)}}
+    app.conf.beat_schedule = {"probe": {"task": name, "schedule": 3600.0, "args": ("tick",)}}
     return app, calls, gate, ran
 
 
@@ -64,7 +67,7 @@ def test_due_entries_run_in_this_worker_one_at_a_time(probe_app, tmp_path):
 def test_a_failing_run_does_not_stop_its_lane(probe_app, tmp_path):
     app, calls, gate, ran = probe_app
     gate.set()
-    app.conf.beat_schedule = {"probe": {"task": "probe.sweep", "schedule": 3600.0, "args": ("boom",)}}
+    app.conf.beat_schedule["probe"]["args"] = ("boom",)
     scheduler = InlineScheduler(app=app, schedule_filename=str(tmp_path / "beat-schedule"))
     try:
         entry = scheduler.schedule["probe"]
