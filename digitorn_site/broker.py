@@ -19,13 +19,17 @@ SQLAlchemy; kombu resolves the alias only when a process first connects to the b
 from __future__ import annotations
 
 import errno
+import json
 import os
 import select
+import sqlite3
 import stat
+import threading
 from queue import Empty
 from time import monotonic, sleep
 
 from kombu.transport import sqlalchemy as _sqla
+from kombu.utils.encoding import bytes_to_str
 
 SQLITE_PREFIX = "sqlite:///"
 # Without a doorbell (not a SQLite file, or the FIFO could not be set up) poll as before.
@@ -98,10 +102,78 @@ def _drain(fd: int) -> None:
             raise
 
 
+def sqlite_file(url: str) -> str | None:
+    """The broker file of a ``sqlite:///`` URL (kombu's hostname), or None for anything else."""
+    path = wake_path(url)
+    return path[: -len(".wake")] if path is not None else None
+
+
 class Channel(_sqla.Channel):
+    def __init__(self, connection, **kwargs):
+        self._raw: sqlite3.Connection | None = None
+        self._raw_lock = threading.Lock()
+        self._queue_ids: dict[str, int] = {}
+        super().__init__(connection, **kwargs)
+
     def _put(self, queue, payload, **kwargs):
         super()._put(queue, payload, **kwargs)
         ring(self.connection.doorbell_path)
+
+    def _get(self, queue):
+        """A consumer's poll on the SQLite broker, in plain SQL. kombu's ORM version takes the
+        write lock (``BEGIN IMMEDIATE``) and runs two ORM queries and a commit even when the queue
+        is empty, which is every safety-net poll; here an empty queue costs one indexed read. A
+        claimed message is deleted instead of being kept with ``visible = 0``: nothing ever reads a
+        delivered row again (an unacknowledged message is restored by publishing it anew), and
+        kept rows grew the broker file by ~1 KiB per task forever (issue 14, bounded growth)."""
+        path = sqlite_file(str(self.connection.client.hostname or ""))
+        if path is None:
+            return super()._get(queue)
+        queue_id = self._queue_ids.get(queue)
+        if queue_id is None:
+            queue_id = self._queue_ids[queue] = self._get_or_create(queue).id
+            self.session.commit()  # end the ORM's read transaction: it would hold a snapshot
+        table = self.message_tablename
+        with self._raw_lock:
+            conn = self._raw_connection(path)
+            if conn.execute(
+                f"SELECT 1 FROM {table} WHERE visible != 0 AND queue_id = ? LIMIT 1", (queue_id,)
+            ).fetchone() is None:
+                raise Empty()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                row = conn.execute(
+                    f"SELECT id, payload FROM {table} WHERE visible != 0 AND queue_id = ? "
+                    "ORDER BY timestamp, id LIMIT 1",
+                    (queue_id,),
+                ).fetchone()
+                if row is not None:
+                    conn.execute(f"DELETE FROM {table} WHERE id = ?", (row[0],))
+                conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        if row is None:  # another consumer took it between the read and the lock
+            raise Empty()
+        return json.loads(bytes_to_str(row[1]))
+
+    def _raw_connection(self, path: str) -> sqlite3.Connection:
+        if self._raw is None:
+            # Autocommit (isolation_level=None): the read above holds no transaction between polls.
+            conn = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+            # Rows delivered by earlier versions (kept with visible = 0) are dead weight: drop them once.
+            conn.execute(f"DELETE FROM {self.message_tablename} WHERE visible = 0")
+            self._raw = conn
+        return self._raw
+
+    def close(self):
+        try:
+            super().close()
+        finally:
+            if self._raw is not None:
+                raw, self._raw = self._raw, None
+                raw.close()
 
     # A finished task frees a prefetch slot: poll again at once instead of at the next interval.
     def basic_ack(self, delivery_tag, multiple=False):

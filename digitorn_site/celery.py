@@ -148,16 +148,27 @@ def _start_heartbeat(sender=None, **kwargs) -> None:
 def _start_embedded_beat() -> None:
     """The periodic scheduler as a thread of this worker, when ``DIGITORN_EMBEDDED_BEAT`` names its
     schedule file: the supervisor sets it on its first Celery worker. A beat process of its own
-    imported the whole app again (~145 MiB) to send three messages every few seconds (issue 14)."""
+    imported the whole app again (~145 MiB) to send three messages every few seconds (issue 14).
+    On the embedded broker it runs the periodic tasks itself (``InlineScheduler``)."""
     global _beat
     schedule = os.environ.get("DIGITORN_EMBEDDED_BEAT", "").strip()
     if not schedule or _beat is not None:
         return
     from celery.beat import EmbeddedService
 
-    _beat = EmbeddedService(app, thread=True, schedule_filename=schedule)
+    inline = _embedded_broker()
+    # A string: celery.beat resolves it, so only this worker imports digitorn_site.beat.
+    kwargs: dict[str, Any] = {"scheduler_cls": "digitorn_site.beat:InlineScheduler"} if inline else {}
+    _beat = EmbeddedService(app, thread=True, schedule_filename=schedule, **kwargs)
     _beat.start()
-    log.info("periodic scheduler running in this worker (schedule %s)", schedule)
+    log.info(
+        "periodic scheduler running in this worker (schedule %s%s)",
+        schedule, "; periodic tasks run in this worker" if inline else "",
+    )
+
+
+def _embedded_broker() -> bool:
+    return str(app.conf.broker_url or "").startswith("sqla+sqlite")
 
 
 @worker_shutdown.connect

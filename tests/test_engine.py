@@ -239,6 +239,28 @@ def test_resume_after_a_crashed_worker(ws):
     assert events(enq.session_pk)[-1].data["content"] == "finished"
 
 
+def test_the_periodic_recovery_resumes_an_expired_lease(ws):
+    """The beat's `recover_leases` (every 10 s): nothing to do without an active turn; a turn whose
+    worker died (lease expired) gets its session advanced (a Celery message per session)."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from conversations.tasks import recover_leases
+
+    assert recover_leases() == 0
+    deploy(scripted_manifest("eng", ws, [{"steps": [{"say": "finished"}]}]))
+    enq = send("eng", "go")
+    claim = turn_state.turn_claim(session_pk=enq.session_pk, worker="dead-worker")
+    assert claim is not None
+    assert recover_leases() == 0  # leased by a live worker
+    Turn.objects.filter(pk=claim.turn_pk).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert recover_leases() == 1
+    run(enq.session_pk)
+    assert Turn.objects.get(pk=claim.turn_pk).status == Turn.Status.DONE
+    assert recover_leases() == 0
+
+
 def test_notification_recorded_and_injected_once(ws):
     deploy(scripted_manifest("eng", ws, [{"steps": [{"say": "ok"}]}]))
     enq = send("eng", "hello")

@@ -17,6 +17,7 @@ EXEMPT = {
     "digitorn_site/fastsql.py": "the SQL module",
     "digitorn_site/sqlite_backend": "the database backend itself (its write queue classifies statements)",
     "tooling/modules/database.py": "the `database` tool: an app's own SQLite file, not the project's database",
+    "digitorn_site/broker.py": "the embedded Celery broker's own SQLite file (kombu's tables), not the project's database",
     "tooling/embeddings": "training and test phrases for the tool-search model, not statements",
 }
 
