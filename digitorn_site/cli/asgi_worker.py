@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 
 from daphne import cli as daphne_cli
+from daphne import http_protocol
 from daphne.access import AccessLogGenerator
 from daphne.http_protocol import HTTPFactory
 from twisted.internet import tcp
+from twisted.web import http as twisted_http
 
 from digitorn_site.logredact import redact
 
@@ -117,10 +119,26 @@ class SendSoonServer(tcp.Server):
             self.producer.resumeProducing()
 
 
+class _TwistedHttp:
+    """``twisted.web.http`` as daphne's module sees it, minus the proxy Twisted puts in front of it.
+
+    That module is wrapped in a deprecation proxy whose every attribute read is a dozen Python
+    steps, and daphne reads it per request and per body message (``http.Request.write(self, ...)``).
+    The names daphne uses are plain class attributes here; any other name goes through the proxy,
+    warnings included."""
+
+    Request = twisted_http.Request
+    HTTPFactory = twisted_http.HTTPFactory
+
+    def __getattr__(self, name: str):
+        return getattr(twisted_http, name)
+
+
 def main() -> None:
     daphne_cli.AccessLogGenerator = RedactingAccessLog  # cli.run instantiates it by this name
     HTTPFactory.log = _twisted_access_line
     tcp.Port.transport = SendSoonServer  # the connections daphne accepts (its --fd/tcp endpoints)
+    http_protocol.http = _TwistedHttp()
     daphne_cli.CommandLineInterface.entrypoint()
 
 
