@@ -56,7 +56,22 @@ SCRIPT = textwrap.dedent(
             if not server["lost"].done():
                 server["lost"].set_result(reason.type.__name__)
 
-    port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface="127.0.0.1")
+    if case == "tls":
+        # daphne's ssl: endpoint: Twisted's TLS protocol on top of the TCP connection, which then
+        # carries ciphertext through the same write path.
+        import ssl as pyssl
+
+        from twisted.internet import ssl
+
+        key = ssl.KeyPair.generate(size=2048)
+        cert = key.selfSignedCert(1, CN="localhost")
+        port = reactor.listenSSL(0, protocol.Factory.forProtocol(Server), cert.options(), interface="127.0.0.1")
+        client_tls = pyssl.create_default_context()
+        client_tls.check_hostname = False
+        client_tls.verify_mode = pyssl.CERT_NONE
+    else:
+        port = reactor.listenTCP(0, protocol.Factory.forProtocol(Server), interface="127.0.0.1")
+        client_tls = None
 
     async def read_all(reader):
         chunks = []
@@ -68,7 +83,7 @@ SCRIPT = textwrap.dedent(
         return b"".join(chunks)
 
     async def connect():
-        reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port.getHost().port, ssl=client_tls)
         while "transport" not in server:
             await asyncio.sleep(0)
         return reader, writer, server["transport"]
@@ -87,6 +102,17 @@ SCRIPT = textwrap.dedent(
             await asyncio.sleep(0)
             out["registered_after_send"] = t in reactor.getWriters()
             out["buffered_after_send"] = len(t.dataBuffer) + t._tempDataLen
+            t.write(b"event: c\n\n")
+            t.loseConnection()
+            out["received"] = (await read_all(reader)).decode()
+            out["lost"] = await server["lost"]
+        elif case == "tls":
+            tcp_transport = t.transport  # under the TLS protocol
+            out["class"] = type(tcp_transport).__name__
+            t.write(b"event: a\n\n")
+            t.writeSequence([b"event: ", b"b\n\n"])
+            await asyncio.sleep(0.05)
+            out["registered_after_send"] = tcp_transport in reactor.getWriters()
             t.write(b"event: c\n\n")
             t.loseConnection()
             out["received"] = (await read_all(reader)).decode()
@@ -150,6 +176,14 @@ def test_writes_of_one_pass_leave_in_one_send_without_the_reactor():
     assert out["registered_after_write"] is False
     assert out["pending"] == len(b"event: a\n\nevent: b\n\n")
     assert out["registered_after_send"] is False and out["buffered_after_send"] == 0
+    assert out["received"] == "event: a\n\nevent: b\n\nevent: c\n\n"
+    assert out["lost"] == "ConnectionDone"
+
+
+def test_tls_on_top_goes_the_same_way():
+    out = _run("tls")
+    assert out["class"] == "SendSoonServer"
+    assert out["registered_after_send"] is False
     assert out["received"] == "event: a\n\nevent: b\n\nevent: c\n\n"
     assert out["lost"] == "ConnectionDone"
 
