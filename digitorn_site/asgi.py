@@ -7,6 +7,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "digitorn_site.settings")
 django_asgi_app = get_asgi_application()
 
 import asyncio  # noqa: E402
+import functools  # noqa: E402
 import inspect  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 from contextlib import aclosing, closing  # noqa: E402
@@ -248,7 +249,7 @@ def _lean_match(scope):
     if scope.get("root_path") or _has_async_receivers() or _loop_thread_connected():
         return None
     try:
-        match = get_resolver().resolve(scope["path"])
+        match = _resolve(get_resolver(), scope["path"])
     except Resolver404:
         return None
     if getattr(match.func, "lean_request", False):
@@ -258,6 +259,19 @@ def _lean_match(scope):
 
 
 _MATCH_KEY = "digitorn.resolver_match"
+
+
+@functools.lru_cache(maxsize=512)
+def _resolve(resolver, path: str):
+    """``resolver.resolve(path)``, remembered for the paths seen lately.
+
+    Django resolves by trying the patterns in order, and every include that does not match builds
+    its list of tried patterns: a chat stream's path walks four includes of /api/apps/ first, about
+    a tenth of the request's handling on the loop. The answer depends only on the urlconf (the
+    resolver, a new object when the urlconf changes) and the path; a path that matches nothing
+    raises and is not remembered. The match is shared by the requests of one path: Django and DRF
+    only read it (a view gets its own copy of the keyword arguments)."""
+    return resolver.resolve(path)
 
 
 def _loop_thread_connected() -> bool:

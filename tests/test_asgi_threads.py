@@ -101,3 +101,22 @@ def test_lean_views_borrow_no_thread(threads_seen, admin_key):
     assert [kind for kind, _ in threads_seen] == ["started", "finished"]
     assert {thread for _, thread in threads_seen} == {loop_thread}
     assert asgi._request_threads.idle == idle_before  # nothing borrowed, nothing given back
+
+
+def test_api_paths_are_resolved_once_per_path(settings):
+    """Django tries the urlconf's patterns in order for every request; the API handler remembers the
+    match of the paths it saw lately (per urlconf), and a path that matches nothing stays a 404."""
+    asgi._resolve.cache_clear()
+    for _ in range(3):
+        sent = asyncio.run(get("/api/health"))
+        assert sent[0]["status"] == 200 and b'"success":true' in sent[1]["body"].replace(b" ", b"")
+    info = asgi._resolve.cache_info()
+    assert (info.misses, info.hits) == (1, 2)
+    for _ in range(2):
+        sent = asyncio.run(get("/api/no-such-route"))
+        assert sent[0]["status"] == 404 and b'"success":false' in sent[1]["body"].replace(b" ", b"")
+    assert asgi._resolve.cache_info().currsize == 1  # a miss raises: nothing remembered
+    # Another urlconf is another resolver: its own answers, not the remembered ones.
+    settings.ROOT_URLCONF = "conversations.ui_urls"
+    assert asyncio.run(get("/api/health"))[0]["status"] == 404
+    assert asgi._resolve.cache_info().currsize == 1
