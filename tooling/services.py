@@ -222,7 +222,8 @@ def validate_params(spec: ToolSpec, params: Any) -> dict[str, Any]:
 # -- recording ----------------------------------------------------------------------------------
 
 
-AUDIT_INTERRUPTED = "interrupted: no outcome was recorded (the daemon stopped while the call ran)"
+# What an audit row written before its call ran says until its outcome is written (see audit_open).
+AUDIT_INTERRUPTED = "no outcome recorded yet: the call is running, or the daemon stopped while it ran"
 _AUDIT_OUTCOME_FIELDS = ("outcome", "error", "duration_ms")
 
 
@@ -253,8 +254,8 @@ def audit_open(*, app: Any, gate: ToolGate, caller: str, principal: str, session
     """The audit row of a call about to run (unsaved), for a caller that inserts it in a transaction
     committed before the call runs (the agent's tool_start): a call that ran always has its row.
     Until ``tool_invoke(audit_row=)`` fills in the outcome and the caller writes it (audit_close,
-    in the transaction that records the result), it says the call was interrupted: what stays if
-    the daemon stops meanwhile."""
+    in the transaction that records the result), it says no outcome was recorded yet: what stays
+    if the daemon stops meanwhile."""
     return ToolExecution(
         app_id=app.app_id,
         tool=gate.tool,

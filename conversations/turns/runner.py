@@ -726,8 +726,8 @@ def _invoke_and_record_sync(
         if gate is not None and gate.policy == "auto" and set(gate.spec.side_effects) <= {"read_only"}:
             # A read-only call that runs now: its audit row goes in the tool_start's transaction
             # (committed before it runs) and its outcome in the result's, not in one of its own.
-            # Read-only only: until the outcome is written the row says "interrupted", which a
-            # long call with effects (a shell command) would show for as long as it runs.
+            # Read-only only: until the outcome is written the row's outcome is "error" (no outcome
+            # recorded yet), which a long call with effects (a shell command) would show as it runs.
             audit = audit_open(app=app, gate=gate, caller=f"agent:{kwargs['agent_id']}",
                                principal=kwargs["claim"].principal, session_id=kwargs["claim"].session_id)
             prelude = [*prelude, partial(fastsql.insert, audit)]
