@@ -172,23 +172,6 @@ def _apply_param_aliases(spec: ToolSpec, params: dict[str, Any]) -> dict[str, An
     return renamed
 
 
-# Compiled validators by parameter schema (the dict a ToolSpec holds, kept referenced so its id is
-# not reused): building one per call and resolving its references cost more than validating.
-_validators: dict[int, tuple[dict, Draft202012Validator]] = {}
-_VALIDATORS_MAX = 4096
-
-
-def _validator(schema: dict) -> Draft202012Validator:
-    found = _validators.get(id(schema))
-    if found is not None and found[0] is schema:
-        return found[1]
-    if len(_validators) >= _VALIDATORS_MAX:
-        _validators.clear()  # specs of apps redeployed many times over: start again
-    validator = Draft202012Validator(schema)
-    _validators[id(schema)] = (schema, validator)
-    return validator
-
-
 def validate_params(spec: ToolSpec, params: Any) -> dict[str, Any]:
     if params is None:
         params = {}
@@ -198,7 +181,7 @@ def validate_params(spec: ToolSpec, params: Any) -> dict[str, Any]:
         )
     params = _apply_param_aliases(spec, params)
     found = []
-    for err in _validator(spec.parameters).iter_errors(params):
+    for err in Draft202012Validator(spec.parameters).iter_errors(params):
         path = [str(p) for p in err.absolute_path]
         if err.validator == "required" and isinstance(err.instance, dict):
             # "'path' is a required property" belongs to the missing field, not to its parent.
