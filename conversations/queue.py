@@ -14,11 +14,12 @@ from django.utils import timezone
 
 from apps_registry.manifest.compiled import CompiledApp
 from apps_registry.selectors import app_compiled, app_with_limit
-from conversations.events import event_append
-from conversations.models import Turn
+from conversations.events import event_append, main_loop
+from conversations.models import Session, Turn
 from conversations.ratelimit import RateLimitState, rate_limit_take, rate_limited
 from conversations.sessions import check_runnable, idle_seconds_for, not_found, session_resolve
-from conversations.turns.state import ACTIVE
+from conversations.turns.state import ACTIVE, turn_claim_new
+from conversations.turns.wakeup import Preclaim, preclaim_drop, preclaim_hold
 from digitorn_site import fastsql
 from digitorn_site.errors import QueueFullError, ValidationError
 
@@ -82,24 +83,49 @@ def message_accept(
     compiled, limit = app_with_limit(app_id=app_id)
     if check is not None:
         check(compiled)
-    with transaction.atomic():
-        state = rate_limit_take(app_id=app_id, limit=limit)
-        if state.allowed:
-            # An error here rolls the hit back with the rest: a refused request is not counted.
-            enqueued = _enqueue(
-                app_id=app_id, session_id=session_id, principal=principal, message=message,
-                kind=Turn.Kind.MESSAGE, field_name=field_name, compiled=compiled,
-            )
+    # In an ASGI worker, the caller starts the session's runner here right after (``schedule_advance``):
+    # a turn with nothing ahead of it is claimed in this transaction (see wakeup.preclaim_hold).
+    claim_worker = _runner_worker() if main_loop() is not None else None
+    held: list[Preclaim] = []
+    try:
+        with transaction.atomic():
+            state = rate_limit_take(app_id=app_id, limit=limit)
+            if state.allowed:
+                # An error here rolls the hit back with the rest: a refused request is not counted.
+                enqueued = _enqueue(
+                    app_id=app_id, session_id=session_id, principal=principal, message=message,
+                    kind=Turn.Kind.MESSAGE, field_name=field_name, compiled=compiled, claim_worker=claim_worker,
+                    held=held,
+                )
+    except BaseException:
+        for preclaim in held:
+            preclaim_drop(preclaim.claim.session_pk, preclaim)
+        raise
     if not state.allowed:
         raise rate_limited(state)  # after the commit, which keeps the window's prune
+    for preclaim in held:
+        # The runner's preparation (app, agent, transcript, tools) in this thread hop too.
+        from conversations.turns.runner import prepare_claimed
+
+        preclaim.prepared = prepare_claimed(preclaim.claim)
+        preclaim.ready = True
     return enqueued, state
+
+
+def _runner_worker() -> str:
+    from conversations.turns.runner import WORKER_ID  # the runner's module imports this one's callers
+
+    return WORKER_ID
 
 
 def _enqueue(
     *, app_id: str, session_id: str, principal: str, message: str, kind: str, field_name: str,
-    compiled: CompiledApp | None,
+    compiled: CompiledApp | None, claim_worker: str | None = None, held: list[Preclaim] | None = None,
 ) -> Enqueued:
-    """message_enqueue's work, inside the caller's transaction (on SQLite, under its write lock)."""
+    """message_enqueue's work, inside the caller's transaction (on SQLite, under its write lock).
+
+    ``claim_worker``: with nothing ahead of the new turn, claim it for that worker's runner in this
+    transaction (``state.turn_claim_new``) and append the claim, held for the runner, to ``held``."""
     if kind == Turn.Kind.MESSAGE:
         message = _validate_message(message, field_name)
         compiled = compiled or app_compiled(app_id=app_id)
@@ -122,15 +148,23 @@ def _enqueue(
         session_pk = session.pk
     else:
         session_pk, last_seq = touched
+        session = None
     waiting, ahead = fastsql.turn_queue_counts(session_pk, queued=Turn.Status.QUEUED, active=ACTIVE)
     if waiting >= settings.DIGITORN_QUEUE_DEPTH:
         raise QueueFullError(
             f"Session '{session_id}' already has {waiting} messages waiting (the limit is "
             f"{settings.DIGITORN_QUEUE_DEPTH}); wait for the running turn to finish or cancel it."
         )
-    turn = fastsql.insert(Turn(
+    turn = Turn(
         session_id=session_pk, correlation_id=uuid.uuid4().hex, kind=kind, content=message, status=Turn.Status.QUEUED
-    ))
+    )
+    if claim_worker and not ahead and kind == Turn.Kind.MESSAGE:
+        if session is None:  # found by its key: the caller's own (only its pk was read)
+            session = Session(pk=session_pk, app_id=app_id, session_id=session_id, principal=principal)
+        claim = turn_claim_new(session=session, turn=turn, worker=claim_worker, now=now)
+        held.append(preclaim_hold(session_pk, claim))
+    else:
+        fastsql.insert(turn)
     enqueued = Enqueued(
         session_pk=session_pk,
         session_id=session_id,

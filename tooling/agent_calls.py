@@ -15,9 +15,10 @@ from digitorn_site.errors import DigitornError
 from tooling.background import background_meta_invoke, background_meta_tools
 from tooling.index import cached_index, injection_mode
 from tooling.meta import meta_tool_invoke
+from tooling.models import ToolExecution
 from tooling.registry import BACKGROUND_META_TOOL_NAMES, DISCOVERY_META_TOOL_NAMES
 from tooling.selectors import meta_tools, tools_for_agent
-from tooling.services import tool_invoke
+from tooling.services import ToolGate, tool_gate, tool_invoke
 
 _READ_ONLY_META = {"search_tools", "get_tool", "list_categories", "browse_category", "background_status"}
 
@@ -54,9 +55,14 @@ def agent_tool_call(
     agent_id: str,
     approval_request_id: str | None,
     cancel_check: Callable[[], bool],
+    gate: ToolGate | None = None,
+    audit_row: ToolExecution | None = None,
 ) -> dict:
     """Run one call ``{id, name, params}`` of the agent's model; returns ``{status, result}`` or
-    ``{status: "pending_approval", request_id}``. The call's id is the audit's ``origin_ref``."""
+    ``{status: "pending_approval", request_id}``. The call's id is the audit's ``origin_ref``.
+
+    ``gate`` and ``audit_row``: what :func:`agent_call_gate` and ``audit_open`` gave for this plain
+    tool call (see ``tool_invoke``)."""
     params = call["params"] if isinstance(call["params"], dict) else {}
     try:
         if call["name"] in BACKGROUND_META_TOOL_NAMES:
@@ -76,13 +82,27 @@ def agent_tool_call(
         if call["name"] in DISCOVERY_META_TOOL_NAMES:
             outcome = meta_tool_invoke(name=call["name"], **common)
         else:
-            outcome = tool_invoke(tool_name=call["name"], origin="agent", **common)
+            outcome = tool_invoke(tool_name=call["name"], origin="agent", gate=gate, audit_row=audit_row, **common)
     except DigitornError as exc:
         # Bad params, unknown tool (with its did-you-mean): the model reads the message and retries.
         return {"status": "error", "result": {"success": False, "data": None, "error": exc.message}}
     if outcome.status == "pending_approval":
         return {"status": "pending_approval", "request_id": outcome.request_id}
     return {"status": outcome.status, "result": outcome.as_result()}
+
+
+def agent_call_gate(*, app, call: dict, agent_id: str) -> ToolGate | None:
+    """The gate of a plain tool call (not a meta-tool), decided before it runs, for the caller to
+    pass to :func:`agent_tool_call`; None for a meta-tool, or when the gate refuses the call
+    (unknown tool, bad params: agent_tool_call reports it as it always did)."""
+    name = call["name"]
+    if name in BACKGROUND_META_TOOL_NAMES or name in DISCOVERY_META_TOOL_NAMES:
+        return None
+    params = call["params"] if isinstance(call["params"], dict) else {}
+    try:
+        return tool_gate(app=app, tool_name=name, params=params, agent_id=agent_id)
+    except DigitornError:
+        return None
 
 
 def call_is_read_only(app, name: str, params: Any) -> bool:

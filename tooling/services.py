@@ -205,9 +205,21 @@ def validate_params(spec: ToolSpec, params: Any) -> dict[str, Any]:
 # -- recording ----------------------------------------------------------------------------------
 
 
+# What an audit row written before its call ran says until its outcome is written (see audit_open).
+AUDIT_INTERRUPTED = "no outcome recorded yet: the call is running, or the daemon stopped while it ran"
+_AUDIT_OUTCOME_FIELDS = ("outcome", "error", "duration_ms")
+
+
 def _record(
-    *, app_id: str, outcome: ToolOutcome, caller: str, principal: str, session_id: str | None
+    *, app_id: str, outcome: ToolOutcome, caller: str, principal: str, session_id: str | None,
+    audit_row: ToolExecution | None = None,
 ) -> None:
+    if audit_row is not None:
+        # Inserted before the call ran (audit_open); its caller writes the outcome (audit_close).
+        audit_row.outcome = outcome.status
+        audit_row.error = (outcome.error or "")[:4000]
+        audit_row.duration_ms = round(outcome.duration_ms, 3)
+        return
     # One audit row per call, on every turn's path: a raw INSERT (see digitorn_site.fastsql).
     fastsql.insert(ToolExecution(
         app_id=app_id,
@@ -221,8 +233,32 @@ def _record(
     ))
 
 
+def audit_open(*, app: Any, gate: ToolGate, caller: str, principal: str, session_id: str | None) -> ToolExecution:
+    """The audit row of a call about to run (unsaved), for a caller that inserts it in a transaction
+    committed before the call runs (the agent's tool_start): a call that ran always has its row.
+    Until ``tool_invoke(audit_row=)`` fills in the outcome and the caller writes it (audit_close,
+    in the transaction that records the result), it says no outcome was recorded yet: what stays
+    if the daemon stops meanwhile."""
+    return ToolExecution(
+        app_id=app.app_id,
+        tool=gate.tool,
+        caller=caller[:200],
+        principal=principal[:100],
+        session_id=session_id,
+        outcome=ToolExecution.Outcome.ERROR,
+        error=AUDIT_INTERRUPTED,
+        duration_ms=0.0,
+    )
+
+
+def audit_close(row: ToolExecution) -> None:
+    """Write the outcome ``tool_invoke(audit_row=row)`` filled in on an inserted audit row."""
+    fastsql.update(row, _AUDIT_OUTCOME_FIELDS)
+
+
 def _finish(
-    outcome: ToolOutcome, *, app: Any, caller: str, principal: str, session_id: str | None, started: float
+    outcome: ToolOutcome, *, app: Any, caller: str, principal: str, session_id: str | None, started: float,
+    audit_row: ToolExecution | None = None,
 ) -> ToolOutcome:
     outcome.data = truncate_result(
         mask_secrets(outcome.data, app.secret_values), app.runtime.max_tool_result_chars
@@ -230,7 +266,8 @@ def _finish(
     if outcome.error:
         outcome.error = mask_secrets(outcome.error, app.secret_values)
     outcome.duration_ms = (time.monotonic() - started) * 1000
-    _record(app_id=app.app_id, outcome=outcome, caller=caller, principal=principal, session_id=session_id)
+    _record(app_id=app.app_id, outcome=outcome, caller=caller, principal=principal, session_id=session_id,
+            audit_row=audit_row)
     return outcome
 
 
@@ -349,15 +386,22 @@ def tool_invoke(
     origin: str = "agent",
     origin_ref: str = "",
     cancel_check: Callable[[], bool] | None = None,
+    gate: ToolGate | None = None,
+    audit_row: ToolExecution | None = None,
 ) -> ToolOutcome:
     """Run a tool for ``caller`` through the app's policy (see the module docstring and contracts).
 
     Unknown tool → NotFoundError (did-you-mean); invalid params → ValidationError naming the field.
     With ``approval_request_id`` of an approved request for this app and tool, the parameters that
     were approved (the request's ``call_params``) are what runs.
+
+    ``gate``: this call's :func:`tool_gate`, when the caller decided it already (same app, name,
+    params and agent). ``audit_row``: the call's audit row, inserted by the caller (audit_open):
+    its outcome is filled in, not written, and the caller writes it (audit_close).
     """
     started = time.monotonic()
-    gate = tool_gate(app=app, tool_name=tool_name, params=params, agent_id=agent_id)
+    if gate is None:
+        gate = tool_gate(app=app, tool_name=tool_name, params=params, agent_id=agent_id)
     spec, params = gate.spec, gate.params
     finish = {
         "app": app,
@@ -365,6 +409,7 @@ def tool_invoke(
         "principal": principal,
         "session_id": session_id,
         "started": started,
+        "audit_row": audit_row,
     }
 
     if gate.policy == "block":

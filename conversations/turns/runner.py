@@ -56,10 +56,17 @@ from conversations.turns.state import (
     turn_tool_start,
 )
 from conversations.turns.wakeup import schedule_advance
+from digitorn_site import fastsql
 from digitorn_site.errors import DigitornError
-from tooling.agent_calls import agent_tool_call, agent_tools, call_is_delegation, call_is_read_only
+from tooling.agent_calls import (
+    agent_call_gate,
+    agent_tool_call,
+    agent_tools,
+    call_is_delegation,
+    call_is_read_only,
+)
 from tooling.modules.memory import working_memory
-from tooling.services import mask_secrets, seal_secrets, unseal_secrets
+from tooling.services import audit_close, audit_open, mask_secrets, seal_secrets, unseal_secrets
 
 log = logging.getLogger("digitorn.engine")
 
@@ -654,13 +661,15 @@ def _invoke_sync(
     agent_id: str,
     approval_request_id: str | None,
     cancel_check: Callable[[], bool],
+    gate: Any = None,
+    audit_row: Any = None,
 ) -> dict:
     delegation = DelegationCall(turn_pk=claim.turn_pk, call_id=call["id"], loop=main_loop())
     token = CURRENT.set(delegation)
     try:
         outcome = agent_tool_call(app=app, call=call, principal=claim.principal, session_id=claim.session_id,
                                   agent_id=agent_id, approval_request_id=approval_request_id,
-                                  cancel_check=cancel_check)
+                                  cancel_check=cancel_check, gate=gate, audit_row=audit_row)
     finally:
         CURRENT.reset(token)
     if delegation.wait is not None and outcome["status"] == "ok":
@@ -692,10 +701,15 @@ def claim_and_prepare(*, session_pk: int, worker: str) -> tuple[ClaimedTurn | No
     claim = turn_claim(session_pk=session_pk, worker=worker)
     if claim is None:
         return None, None
+    return claim, prepare_claimed(claim)
+
+
+def prepare_claimed(claim: ClaimedTurn) -> Any:
+    """_prepare for a committed claim, or the exception it raised (for TurnRunner._setup to raise)."""
     try:
-        return claim, _prepare(claim.app_id, claim.agent_id, claim.session_pk, RECAP_MAX_ITEMS)
+        return _prepare(claim.app_id, claim.agent_id, claim.session_pk, RECAP_MAX_ITEMS)
     except Exception as exc:  # noqa: BLE001 - re-raised by TurnRunner._setup, where it was raised before
-        return claim, exc
+        return exc
 
 
 def _invoke_and_record_sync(
@@ -703,13 +717,33 @@ def _invoke_and_record_sync(
     **kwargs: Any,
 ) -> tuple[dict, Message | None]:
     call = kwargs["call"]
-    secrets = kwargs["app"].secret_values
+    app = kwargs["app"]
+    secrets = app.secret_values
     link = (kwargs["claim"].correlation_id, kwargs["claim"].session_pk)
+    audit = None
     if kwargs["approval_request_id"] is None:
+        gate = agent_call_gate(app=app, call=call, agent_id=kwargs["agent_id"])
+        if gate is not None and gate.policy == "auto" and set(gate.spec.side_effects) <= {"read_only"}:
+            # A read-only call that runs now: its audit row goes in the tool_start's transaction
+            # (committed before it runs) and its outcome in the result's, not in one of its own.
+            # Read-only only: until the outcome is written the row's outcome is "error" (no outcome
+            # recorded yet), which a long call with effects (a shell command) would show as it runs.
+            audit = audit_open(app=app, gate=gate, caller=f"agent:{kwargs['agent_id']}",
+                               principal=kwargs["claim"].principal, session_id=kwargs["claim"].session_id)
+            prelude = [*prelude, partial(fastsql.insert, audit)]
+            kwargs = {**kwargs, "gate": gate, "audit_row": audit}
         # A call resumed after its approval had its tool_start before the request.
         turn_tool_start(turn_pk=turn_pk, calls=[{**call, "params": mask_secrets(call["params"], secrets)}],
                         before=before, link=link, prelude=prelude)
-    outcome = _invoke_sync(**kwargs)
+    try:
+        outcome = _invoke_sync(**kwargs)
+    except BaseException:
+        if audit is not None:
+            audit.error = "the call failed unexpectedly; the daemon's log has details"
+            audit_close(audit)
+        raise
+    if audit is not None and outcome["status"] in ("wait", "pending_approval"):
+        audit_close(audit)  # no result is recorded now: the outcome is written on its own
     if outcome["status"] == "wait":
         turn_record_wait(turn_pk=turn_pk, call_id=call["id"], wait=outcome["wait"])
         return outcome, None
@@ -719,8 +753,14 @@ def _invoke_and_record_sync(
             request_id=outcome["request_id"],
         )
         return outcome, None
-    message = turn_record_result(
-        turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=mask_secrets(outcome["result"], secrets),
-        params=mask_secrets(call["params"], secrets), link=link,
-    )
+    try:
+        message = turn_record_result(
+            turn_pk=turn_pk, call_id=call["id"], name=call["name"], result=mask_secrets(outcome["result"], secrets),
+            params=mask_secrets(call["params"], secrets), link=link,
+            also=None if audit is None else partial(audit_close, audit),
+        )
+    except Turn.DoesNotExist:
+        if audit is not None:
+            audit_close(audit)  # the session went meanwhile; the audit row outlives it, with its outcome
+        raise
     return outcome, message

@@ -15,7 +15,14 @@ from conversations.events import db, error_data
 from conversations.models import Turn
 from conversations.turns.runner import WORKER_ID, TurnRunner, claim_and_prepare
 from conversations.turns.state import turn_emit, turn_finish_and_peek, turns_recoverable
-from conversations.turns.wakeup import _tasks, forgotten_when_done, schedule_advance, start_task, track
+from conversations.turns.wakeup import (
+    _tasks,
+    forgotten_when_done,
+    preclaim_take,
+    schedule_advance,
+    start_task,
+    track,
+)
 
 log = logging.getLogger("digitorn.engine")
 
@@ -69,8 +76,13 @@ async def advance_session(*, session_pk: int) -> None:
     try:
         while True:
             _again.discard(session_pk)
-            # The claim and the turn's preparation (app, agent, transcript, tools) in one thread hop.
-            claim, prepared = await db(claim_and_prepare)(session_pk=session_pk, worker=WORKER_ID)
+            held = preclaim_take(session_pk)
+            if held is not None:
+                # Claimed (and prepared) by the enqueue that started this runner: no claim of its own.
+                claim, prepared = held.claim, held.prepared
+            else:
+                # The claim and the turn's preparation (app, agent, transcript, tools) in one thread hop.
+                claim, prepared = await db(claim_and_prepare)(session_pk=session_pk, worker=WORKER_ID)
             if claim is None:
                 if session_pk in _again:
                     continue

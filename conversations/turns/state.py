@@ -24,7 +24,7 @@ from conversations.events import event_append
 from conversations.models import Message, Notification, Session, Turn
 from conversations.turn_events import THINKING, agent_event_data, append_carried, status_data
 from conversations.turns.context import notification_text
-from conversations.turns.wakeup import advance_on_commit, schedule_advance
+from conversations.turns.wakeup import advance_on_commit, preclaim_holds, schedule_advance
 from digitorn_site import fastsql
 from digitorn_site.errors import ConflictError
 
@@ -71,6 +71,8 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
             return None
         if head.status == Turn.Status.RUNNING and not head.lease_expired(now) and head.lease_owner != worker:
             return None
+        if preclaim_holds(session_pk, head.pk):
+            return None  # claimed by this process's enqueue, for the runner it is starting
         if head.parent_turn_id and not head.cancel_requested and parent_ended_badly(head.parent_turn_id):
             # Its parent was cancelled (or failed) and the cancel did not reach it (a crash in between).
             head.cancel_requested = True
@@ -84,32 +86,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         state = dict(head.state or {})
         if not state.get("started"):
             state["started"] = True
-            # `status {phase: thinking}`: the turn is under way (in the claim's transaction). A resumed
-            # turn says it again before its next model call (engine), after the results it records.
-            event_append(session=session, type="status", data=status_data(THINKING, head.correlation_id),
-                         correlation_id=head.correlation_id)
-            pending = fastsql.notifications_undelivered(session_pk)
-            if pending:
-                fastsql.insert(Message(
-                    session=session,
-                    role=Message.Role.SYSTEM,
-                    content=notification_text([n.summary for n in pending]),
-                    correlation_id=head.correlation_id,
-                ))
-                Notification.objects.filter(pk__in=[n.pk for n in pending]).update(delivered_at=now)
-            if head.kind == Turn.Kind.NOTIFICATION:
-                summaries = json.loads(head.content or "[]")
-                fastsql.insert(Message(
-                    session=session,
-                    role=Message.Role.USER,
-                    content=notification_text(summaries)
-                    + "\nReport these results to the user and take any follow-up they call for.",
-                    correlation_id=head.correlation_id,
-                ))
-            else:
-                fastsql.insert(Message(
-                    session=session, role=Message.Role.USER, content=head.content, correlation_id=head.correlation_id
-                ))
+            turn_open(session=session, turn=head, now=now)
         head.state = state
         head.status = Turn.Status.RUNNING
         head.lease_owner = worker
@@ -133,6 +110,69 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
             state=state,
             depth=head.depth,
         )
+
+
+def turn_open(*, session: Session, turn: Turn, now: datetime) -> None:
+    """A turn's opening writes, the first time it is claimed, inside the claiming transaction:
+    `status {phase: thinking}`, the session's undelivered notifications as a system message, and
+    the turn's own message (its user message, or the notification summaries it reports)."""
+    # `status {phase: thinking}`: the turn is under way (in the claim's transaction). A resumed turn
+    # says it again before its next model call (engine), after the results it records.
+    event_append(session=session, type="status", data=status_data(THINKING, turn.correlation_id),
+                 correlation_id=turn.correlation_id)
+    pending = fastsql.notifications_undelivered(session.pk)
+    if pending:
+        fastsql.insert(Message(
+            session=session,
+            role=Message.Role.SYSTEM,
+            content=notification_text([n.summary for n in pending]),
+            correlation_id=turn.correlation_id,
+        ))
+        Notification.objects.filter(pk__in=[n.pk for n in pending]).update(delivered_at=now)
+    if turn.kind == Turn.Kind.NOTIFICATION:
+        summaries = json.loads(turn.content or "[]")
+        fastsql.insert(Message(
+            session=session,
+            role=Message.Role.USER,
+            content=notification_text(summaries)
+            + "\nReport these results to the user and take any follow-up they call for.",
+            correlation_id=turn.correlation_id,
+        ))
+    else:
+        fastsql.insert(Message(
+            session=session, role=Message.Role.USER, content=turn.content, correlation_id=turn.correlation_id
+        ))
+
+
+def turn_claim_new(*, session: Session, turn: Turn, worker: str, now: datetime) -> ClaimedTurn:
+    """Claim a turn as the enqueue inserts it, when nothing is ahead of it in its session (the
+    caller checked, in this transaction): ``turn`` is the unsaved new row, written here already
+    leased to ``worker`` and opened (turn_open), so the turn's first claim costs no transaction of
+    its own. ``session`` carries the pk, app_id, session_id and principal (nothing re-read)."""
+    turn.state = {"started": True}
+    turn.status = Turn.Status.RUNNING
+    turn.lease_owner = worker
+    turn.lease_expires_at = _lease_until()
+    turn.attempts = 1
+    turn.started_at = now
+    fastsql.insert(turn)
+    turn_open(session=session, turn=turn, now=now)
+    fastsql.session_mark(session.pk, status=Session.Status.RUNNING, last_active=now)
+    return ClaimedTurn(
+        turn_pk=turn.pk,
+        session_pk=session.pk,
+        app_id=session.app_id,
+        session_id=session.session_id,
+        principal=session.principal,
+        correlation_id=turn.correlation_id,
+        kind=turn.kind,
+        agent_id=turn.agent_id,
+        turns_used=0,
+        tool_calls_count=0,
+        cancel_requested=False,
+        state=dict(turn.state),
+        depth=turn.depth,
+    )
 
 
 def turn_heartbeat(*, turn_pk: int, worker: str) -> bool | None:
@@ -279,9 +319,10 @@ def tool_call_data(*, call_id: str, name: str, params: dict | None, result: dict
 
 def turn_record_result(
     *, turn_pk: int, call_id: str, name: str, result: dict, params: dict | None = None,
-    link: tuple[str, int] | None = None,
+    link: tuple[str, int] | None = None, also: Callable[[], Any] | None = None,
 ) -> Message:
-    """One tool result: the tool message for the model and the `tool_call` event for streams."""
+    """One tool result: the tool message for the model and the `tool_call` event for streams.
+    ``also``: a write of the caller's made in the same transaction first (the call's audit outcome)."""
     content = json.dumps(result, default=str)  # outside the transaction: it holds the write lock
     events = [("tool_call", tool_call_data(call_id=call_id, name=name, params=params, result=result))]
     if name.startswith("memory.") and result.get("success"):
@@ -289,6 +330,8 @@ def turn_record_result(
         events.append(("memory_update",
                        {"action": name.split(".", 1)[1], "tool": name, "id": call_id, "params": params or {}}))
     with transaction.atomic():
+        if also is not None:
+            also()
         correlation_id, session = _turn_link(turn_pk, link)
         # The events first: their seq reservation is what finds a session deleted meanwhile.
         try:

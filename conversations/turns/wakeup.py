@@ -10,9 +10,11 @@ task ``advance_session_task``'s ``delay``).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
 
 from conversations.events import main_loop
@@ -78,3 +80,63 @@ def advance_on_commit(session_pks: list[int]) -> None:
 
     transaction.on_commit(advance)
 
+
+
+# --- turns claimed as they were enqueued ------------------------------------------------------
+#
+# A message accepted by this worker into a session with nothing ahead of it is claimed in the
+# enqueue's transaction (``state.turn_claim_new``), for the runner this worker starts right after
+# (``scheduler.advance_session`` takes the claim here instead of claiming in a transaction of its
+# own). Until then ``state.turn_claim`` refuses that turn in this process (the lease is this
+# worker's, which a claim would otherwise re-take); other workers wait for the lease as for any
+# running turn. An entry is only good for half the lease: past that, the turn is claimed as any
+# other (a request cancelled before it started its runner leaves its turn to recovery).
+
+
+class Preclaim:
+    __slots__ = ("claim", "prepared", "turn_pk", "until", "ready")
+
+    def __init__(self, claim: Any):
+        self.claim = claim
+        self.turn_pk = claim.turn_pk
+        self.prepared: Any = None  # what runner._prepare returned (or raised), when it ran
+        self.until = time.monotonic() + settings.DIGITORN_LEASE_SECONDS / 2
+        self.ready = False  # committed: a runner may take it
+
+    def fresh(self) -> bool:
+        return time.monotonic() < self.until
+
+
+_preclaimed: dict[int, Preclaim] = {}
+_PRECLAIMED_MAX = 10_000
+
+
+def preclaim_hold(session_pk: int, claim: Any) -> Preclaim:
+    """Hold ``claim`` (not ready yet: its transaction has not committed) for the session's runner."""
+    if len(_preclaimed) >= _PRECLAIMED_MAX:
+        for pk, held in list(_preclaimed.items()):
+            if not held.fresh():
+                _preclaimed.pop(pk, None)
+    held = _preclaimed[session_pk] = Preclaim(claim)
+    return held
+
+
+def preclaim_drop(session_pk: int, held: Preclaim) -> None:
+    """The claim's transaction rolled back: forget it."""
+    if _preclaimed.get(session_pk) is held:
+        _preclaimed.pop(session_pk, None)
+
+
+def preclaim_holds(session_pk: int, turn_pk: int) -> bool:
+    """Whether this process holds that turn's claim for a runner it is starting."""
+    held = _preclaimed.get(session_pk)
+    return held is not None and held.turn_pk == turn_pk and held.fresh()
+
+
+def preclaim_take(session_pk: int) -> Preclaim | None:
+    """The session's committed, fresh claim for the runner about to start (taken once), or None."""
+    held = _preclaimed.get(session_pk)
+    if held is None or not held.ready:
+        return None
+    _preclaimed.pop(session_pk, None)
+    return held if held.fresh() else None
