@@ -11,7 +11,7 @@ When the scheduler is a thread of a worker (``DIGITORN_EMBEDDED_BEAT``, see
 ``digitorn_site.celery``) and the broker is that SQLite file, ``InlineScheduler`` runs each due
 entry in this process instead of publishing it. What a tick guarantees is unchanged: each entry
 runs once per interval, in a worker that is alive (the scheduler lives in it), with the same task
-function. Each entry has a lane (a thread of its own, with its own database connection kept open),
+function. Each entry has a lane (a thread of its own, its database connection closed after each run),
 so a long retention prune does not delay lease recovery, and an entry whose previous run has not
 finished skips that tick (the broker's ``expires`` dropped piled-up ticks likewise).
 
@@ -54,23 +54,22 @@ class _Lane:
         return True
 
     def _loop(self) -> None:
-        from django.db import close_old_connections
+        from django.db import connections
 
         while True:
             self._due.wait()
             self._due.clear()
             call, self._call = self._call, None
             try:
-                # Drops a connection that broke or outlived CONN_MAX_AGE (PostgreSQL: 0, i.e. back
-                # to the pool after each run); SQLite's is kept (CONN_MAX_AGE=None).
-                close_old_connections()
                 if call is not None:
                     call()
             except Exception:  # noqa: BLE001 - the next tick runs it again; the worker lives on
                 log.exception("periodic task %s failed", self.name)
             finally:
+                # Closed after each run, as Celery's Django fixup does around a worker's task: an
+                # idle lane holds no connection (nor any SQLite snapshot) between its ticks.
                 try:
-                    close_old_connections()
+                    connections.close_all()
                 except Exception:  # noqa: BLE001 - a connection that cannot close is dropped anyway
                     log.warning("periodic task %s: closing its connection failed", self.name, exc_info=True)
                 with self._lock:

@@ -9,7 +9,7 @@ it polls when something was published, when one of its own tasks finished (a slo
 self-pipe), and otherwise every ``DIGITORN_BROKER_POLL_SECONDS`` (default 2 s) as a safety net
 for a publisher that could not ring (e.g. a message queued while no worker held the FIFO open).
 
-Every process that publishes (ASGI workers, the Celery worker's scheduler thread, ``manage.py``)
+Every process that publishes (ASGI workers, a separate beat, ``manage.py``)
 reaches this transport through the ``sqla`` alias that ``digitorn_site.celery`` points here, so
 the broker URL stays ``sqla+sqlite:///…``. A URL that is not a SQLite file (``sqla+postgresql``)
 gets no doorbell and the short 0.1 s interval kombu's users expect. Importing this module imports
