@@ -95,21 +95,7 @@ def turn_claim(*, session_pk: int, worker: str) -> ClaimedTurn | None:
         head.started_at = head.started_at or now
         fastsql.update(head, ["state", "status", "lease_owner", "lease_expires_at", "attempts", "started_at"])
         fastsql.session_mark(session_pk, status=Session.Status.RUNNING, last_active=now)
-        return ClaimedTurn(
-            turn_pk=head.pk,
-            session_pk=session.pk,
-            app_id=session.app_id,
-            session_id=session.session_id,
-            principal=session.principal,
-            correlation_id=head.correlation_id,
-            kind=head.kind,
-            agent_id=head.agent_id,
-            turns_used=head.turns_used,
-            tool_calls_count=head.tool_calls_count,
-            cancel_requested=head.cancel_requested,
-            state=state,
-            depth=head.depth,
-        )
+        return _claimed(session, head)
 
 
 def turn_open(*, session: Session, turn: Turn, now: datetime) -> None:
@@ -158,6 +144,11 @@ def turn_claim_new(*, session: Session, turn: Turn, worker: str, now: datetime) 
     fastsql.insert(turn)
     turn_open(session=session, turn=turn, now=now)
     fastsql.session_mark(session.pk, status=Session.Status.RUNNING, last_active=now)
+    return _claimed(session, turn)
+
+
+def _claimed(session: Session, turn: Turn) -> ClaimedTurn:
+    """What the runner needs of a turn it just claimed (both claims: turn_claim, turn_claim_new)."""
     return ClaimedTurn(
         turn_pk=turn.pk,
         session_pk=session.pk,
@@ -167,9 +158,9 @@ def turn_claim_new(*, session: Session, turn: Turn, worker: str, now: datetime) 
         correlation_id=turn.correlation_id,
         kind=turn.kind,
         agent_id=turn.agent_id,
-        turns_used=0,
-        tool_calls_count=0,
-        cancel_requested=False,
+        turns_used=turn.turns_used,
+        tool_calls_count=turn.tool_calls_count,
+        cancel_requested=turn.cancel_requested,
         state=dict(turn.state),
         depth=turn.depth,
     )
